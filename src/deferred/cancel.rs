@@ -1,0 +1,267 @@
+//! The canceller chain: `cancel()` travels from the invoker (who holds the end of the
+//! chain) back to the responder (who made the Deferred).
+//!
+//! Each canceller is tagged with its *position*: the number of links that had been added
+//! when it was registered. A canceller is live while the result has not reached that
+//! position, that is while the callbacks of its layer have not started; once they have,
+//! the layer is running and cancelling it means cancelling whatever it now waits on.
+//!
+//! `cancel()`:
+//! 1. does nothing if the Deferred has a result, or is running a callback (the result has
+//!    arrived and is never lost to a cancel);
+//! 2. runs the live layer cancellers, newest first, dropping the dead ones;
+//! 3. passes the cancel on, as a missing callback passes a result on: to the Deferred this
+//!    one waits on if a callback returned one, otherwise to the creator's canceller;
+//! 4. if the Deferred still has no result, fails it with `CancelledError` and remembers to
+//!    ignore the responder's first late `callback`/`errback`.
+//!
+//! Every `CancelledError` that one `cancel()` produces, on this Deferred or on any the
+//! cancel reaches, carries that call's [`CancelId`]: a thread-local holds it while
+//! cancellers run, so a canceller that cancels something else continues the same
+//! cancellation.
+
+use std::cell::Cell;
+use std::mem;
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::rc::Rc;
+
+use super::{Deferred, Next, Slot};
+use crate::failure::{CancelId, CancelledError, Failure};
+
+type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
+type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
+
+/// Cancellers and cancel bookkeeping of one Deferred; boxed and allocated on first use.
+pub(super) struct CancelState<T: 'static> {
+    /// The creator's canceller (Twisted's `Deferred(canceller)`); dropped once fired.
+    pub(super) canceller: Option<Canceller<T>>,
+    /// Layer cancellers with their positions, in the order added (positions ascend).
+    layers: Vec<(u32, LayerCanceller)>,
+    /// Set when `cancel()` made this Deferred fail: ignore the first late fire.
+    pub(super) suppress_already_called: bool,
+    /// The id of the cancellation that started with `cancel()` on this very Deferred.
+    started_here: Option<CancelId>,
+}
+
+impl<T: 'static> CancelState<T> {
+    fn new() -> Self {
+        CancelState {
+            canceller: None,
+            layers: Vec::new(),
+            suppress_already_called: false,
+            started_here: None,
+        }
+    }
+
+    /// Removes the layer cancellers whose callbacks have started; returns them so the
+    /// caller drops them after releasing its borrow.
+    pub(super) fn take_dead_layers(&mut self, consumed: u32) -> Vec<(u32, LayerCanceller)> {
+        let live = self.layers.partition_point(|(pos, _)| *pos < consumed);
+        if live == 0 {
+            return Vec::new();
+        }
+        let rest = self.layers.split_off(live);
+        mem::replace(&mut self.layers, rest)
+    }
+}
+
+thread_local! {
+    /// The cancellation under way on this thread, while cancellers run.
+    static CURRENT: Cell<Option<(CancelId, &'static Location<'static>)>> = const { Cell::new(None) };
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Restores the thread's current cancellation on every exit.
+struct CurrentGuard(Option<(CancelId, &'static Location<'static>)>);
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let previous = self.0;
+        CURRENT.with(|c| c.set(previous));
+    }
+}
+
+enum Target<T: 'static> {
+    Creator,
+    Inner(Option<Rc<super::Inner<T>>>),
+}
+
+impl<T: 'static> Deferred<T> {
+    /// A new Deferred whose creator knows how to stop the work behind it (Twisted's
+    /// `Deferred(canceller)`).
+    ///
+    /// `canceller` runs when the Deferred is cancelled before it has a result, after the
+    /// cancellers of any layers added since. It may fire the Deferred (with a value or a
+    /// more specific failure); if it does not, the Deferred fails with
+    /// [`CancelledError`]. It is dropped, unrun, once the Deferred fires.
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc};
+    /// use weft::{Deferred, CancelledError};
+    ///
+    /// let stopped = Rc::new(Cell::new(false));
+    /// let s = stopped.clone();
+    /// let d: Deferred<String> = Deferred::with_canceller(move |_d| s.set(true));
+    /// d.cancel();
+    /// assert!(stopped.get());
+    /// assert!(d.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    /// ```
+    pub fn with_canceller<F>(canceller: F) -> Deferred<T>
+    where
+        F: FnOnce(&Deferred<T>) + 'static,
+    {
+        let d = Deferred::new();
+        let mut state = Box::new(CancelState::new());
+        state.canceller = Some(Box::new(canceller));
+        d.inner.core.borrow_mut().cancel = Some(state);
+        d
+    }
+
+    /// Registers a canceller for the layer whose callbacks are added next: it runs on
+    /// [`cancel`](Self::cancel) if the result has not reached this point of the chain
+    /// yet, before the cancellers of earlier layers and of the creator. It gets the
+    /// [`CancelledError`] describing the cancellation, and is meant to free what this
+    /// layer holds; the cancel then goes on towards the responder.
+    ///
+    /// ```
+    /// use std::{cell::RefCell, rc::Rc};
+    /// let order = Rc::new(RefCell::new(Vec::new()));
+    /// let (o1, o2, o3) = (order.clone(), order.clone(), order.clone());
+    /// let d: weft::Deferred<u32> = weft::Deferred::with_canceller(move |_| o1.borrow_mut().push("creator"));
+    /// d.add_canceller(move |_| o2.borrow_mut().push("inner layer")).add_callback(|x| x);
+    /// d.add_canceller(move |_| o3.borrow_mut().push("outer layer")).add_callback(|x| x);
+    /// d.cancel();
+    /// assert_eq!(*order.borrow(), ["outer layer", "inner layer", "creator"]);
+    /// # let _ = d.take_result();
+    /// ```
+    pub fn add_canceller<F>(&self, canceller: F) -> &Self
+    where
+        F: FnOnce(&CancelledError) + 'static,
+    {
+        let mut core = self.inner.core.borrow_mut();
+        let position = core.end();
+        let finished =
+            matches!(core.slot, Slot::Ready(_) | Slot::Consumed) && !core.running && !core.has_links_to_run();
+        if finished {
+            // The result is here and nothing will run before the layer's callbacks: the
+            // layer can never be cancelled.
+            return self;
+        }
+        core.cancel
+            .get_or_insert_with(|| Box::new(CancelState::new()))
+            .layers
+            .push((position, Box::new(canceller)));
+        self
+    }
+
+    /// [`add_callbacks`](Self::add_callbacks) with a canceller for this layer (see
+    /// [`add_canceller`](Self::add_canceller)).
+    pub fn add_callbacks_with_canceller<F, G, R, S, C>(&self, callback: F, errback: G, canceller: C) -> &Self
+    where
+        F: FnOnce(T) -> R + 'static,
+        G: FnOnce(Failure) -> S + 'static,
+        R: super::CallbackResult<T>,
+        S: super::CallbackResult<T>,
+        C: FnOnce(&CancelledError) + 'static,
+    {
+        self.add_canceller(canceller).add_callbacks(callback, errback)
+    }
+
+    /// Cancels the Deferred: runs the canceller chain from the invoker's end back to the
+    /// responder's, then fails the Deferred with [`CancelledError`] if it still has no
+    /// result. Does nothing if the result has already arrived.
+    ///
+    /// If the chain waits for a Deferred that a callback returned, that Deferred is
+    /// cancelled (after the cancellers of the layers still waiting here), and its
+    /// failure comes back down this chain as usual.
+    #[track_caller]
+    pub fn cancel(&self) {
+        let (err, _guard) = match CURRENT.with(Cell::get) {
+            Some((id, location)) => (CancelledError { id, location }, None),
+            None => {
+                let id = CancelId(NEXT_ID.with(|n| {
+                    let id = n.get();
+                    n.set(id + 1);
+                    id
+                }));
+                let location = Location::caller();
+                {
+                    let mut core = self.inner.core.borrow_mut();
+                    if !core.is_cancellable() {
+                        return;
+                    }
+                    core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).started_here = Some(id);
+                }
+                let previous = CURRENT.with(|c| c.replace(Some((id, location))));
+                (CancelledError { id, location }, Some(CurrentGuard(previous)))
+            }
+        };
+        self.cancel_with(err);
+    }
+
+    fn cancel_with(&self, err: CancelledError) {
+        let (target, layers, dead) = {
+            let mut core = self.inner.core.borrow_mut();
+            let target = match &core.slot {
+                Slot::Pending => Target::Creator,
+                Slot::Waiting(w) => Target::Inner(w.upgrade()),
+                _ => return,
+            };
+            let consumed = core.consumed();
+            match core.cancel.as_mut() {
+                Some(c) => {
+                    let dead = c.take_dead_layers(consumed);
+                    (target, mem::take(&mut c.layers), dead)
+                }
+                None => (target, Vec::new(), Vec::new()),
+            }
+        };
+        drop(dead);
+        for (_, layer) in layers.into_iter().rev() {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| layer(&err))) {
+                log::error!("a layer canceller panicked: {}", Failure::from_panic(panic));
+            }
+        }
+        match target {
+            Target::Creator => {
+                let canceller = {
+                    let mut core = self.inner.core.borrow_mut();
+                    if core.is_called() {
+                        return;
+                    }
+                    core.cancel.as_mut().and_then(|c| c.canceller.take())
+                };
+                if let Some(canceller) = canceller {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
+                        log::error!("a canceller panicked: {}", Failure::from_panic(panic));
+                    }
+                }
+                let mut core = self.inner.core.borrow_mut();
+                if core.is_called() {
+                    return;
+                }
+                core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).suppress_already_called =
+                    true;
+                drop(core);
+                let _ = self.fire(Next::Ready(Err(Failure::new(err))));
+            }
+            Target::Inner(Some(inner)) => Deferred::from_inner(inner).cancel_with(err),
+            Target::Inner(None) => {
+                // What we waited on is gone and can never fire: fail here instead.
+                self.inner.resume(Err(Failure::new(err)));
+            }
+        }
+    }
+
+    /// The id of the cancellation started by `cancel()` on this Deferred, if any.
+    pub(crate) fn cancel_started_here(&self) -> Option<CancelId> {
+        self.inner.core.borrow().cancel.as_ref().and_then(|c| c.started_here)
+    }
+}
+
+impl<T: 'static> super::Core<T> {
+    /// True if a cancel can still change anything: no result has arrived.
+    fn is_cancellable(&self) -> bool {
+        matches!(self.slot, Slot::Pending | Slot::Waiting(_))
+    }
+}

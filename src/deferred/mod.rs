@@ -1,0 +1,745 @@
+//! `Deferred<T>`: a result that arrives later, with Twisted's callback, errback and
+//! canceller chains.
+//!
+//! # How it is built
+//!
+//! A `Deferred<T>` is an `Rc` handle to one [`Inner`]: a `RefCell<Core>` holding the
+//! current result (the [`Slot`]), the list of links (callback/errback pairs and
+//! continuations) and a few counters. Links are boxed `FnOnce` closures kept in a
+//! `SmallVec` with room for one inline, so a pending Deferred with one callback whose
+//! closure captures nothing lives in a single allocation.
+//!
+//! The callback loop (`run_loop`) never holds the borrow while user code runs: it takes
+//! the next link and the result out, releases the borrow, calls the link, then stores
+//! what the link returned. So a callback may add callbacks to, fire, pause, unpause or
+//! cancel any Deferred, the one running it included.
+//!
+//! Cancellers live beside the links, each tagged with its position in the chain (see
+//! `cancel.rs`).
+
+mod cancel;
+mod run;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::mem;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+
+use smallvec::SmallVec;
+
+use crate::failure::{AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError};
+
+/// A single-threaded handle to a result that arrives later (Twisted's `Deferred`).
+///
+/// Callbacks added with [`add_callback`](Self::add_callback),
+/// [`add_errback`](Self::add_errback), [`add_callbacks`](Self::add_callbacks) and
+/// [`add_both`](Self::add_both) run in the order they were added, once the Deferred is
+/// fired with [`callback`](Self::callback) or [`errback`](Self::errback). Each receives
+/// what the previous step produced: a value goes to the next callback, a [`Failure`] to
+/// the next errback. An errback can recover by returning a value; a callback can fail by
+/// returning `Err(failure)` (or by panicking: the panic becomes a Failure). A callback
+/// may also return another `Deferred<T>`: the chain then waits for it and goes on with
+/// its outcome. Callbacks added after the Deferred fired run at once.
+///
+/// The value type stays `T` along one Deferred; [`then`](Self::then) and
+/// [`map`](Self::map) continue the chain in a new `Deferred<U>` linked to this one, so
+/// cancelling the new one cancels this one.
+///
+/// A `Deferred` is a cheap handle: `clone()` gives another handle to the same Deferred.
+/// It is not `Send`: it lives on the thread (normally the reactor's) that made it.
+///
+/// ```compile_fail
+/// fn needs_send<S: Send>(_: S) {}
+/// needs_send(weft::Deferred::<i32>::new());
+/// ```
+///
+/// # Examples
+///
+/// ```
+/// use weft::{Deferred, Failure};
+///
+/// let d: Deferred<i32> = Deferred::new();
+/// d.add_callback(|x| x * 2)                     // 21 -> 42
+///  .add_callback(|x| -> Result<i32, Failure> {  // a callback can fail
+///      if x > 40 { Err(Failure::msg("too big")) } else { Ok(x) }
+///  })
+///  .add_errback(|_failure| 0);                  // and an errback can recover
+/// d.callback(21).unwrap();
+/// assert_eq!(d.result().unwrap().unwrap(), 0);
+/// ```
+///
+/// # Cancellation
+///
+/// [`cancel`](Self::cancel) runs the canceller chain from the invoker's end back to the
+/// responder's: first the cancellers of the layers added with
+/// [`add_canceller`](Self::add_canceller) or
+/// [`add_callbacks_with_canceller`](Self::add_callbacks_with_canceller) whose callbacks
+/// have not run yet, newest first, then either the Deferred this one waits on (which is
+/// cancelled in turn) or the creator's canceller given to
+/// [`with_canceller`](Self::with_canceller). If the Deferred still has no result after
+/// that, it fails with [`CancelledError`](crate::CancelledError). A result that has
+/// already arrived is never lost to a cancel.
+///
+/// # Drop
+///
+/// Dropping the last handle drops the callbacks that have not run. A Deferred dropped
+/// while it holds a Failure that no errback handled logs it once with `log::error!`
+/// ("Unhandled error in Deferred"), as Twisted does at garbage collection.
+#[must_use = "a Deferred does nothing unless callbacks are added to it or it is fired"]
+pub struct Deferred<T: 'static> {
+    inner: Rc<Inner<T>>,
+}
+
+/// What a callback or errback may return: a value `T`, a `Result<T, Failure>`, or a
+/// `Deferred<T>` for the chain to wait on.
+///
+/// This trait is sealed: weft implements it for those three types only.
+pub trait CallbackResult<T: 'static>: sealed::Sealed<T> {
+    #[doc(hidden)]
+    fn into_next(self) -> Next<T>;
+}
+
+mod sealed {
+    pub trait Sealed<T> {}
+}
+
+/// What a link hands to the next one. Public only because [`CallbackResult`] names it;
+/// it cannot be named from outside the crate.
+#[doc(hidden)]
+#[allow(missing_debug_implementations)]
+pub enum Next<T: 'static> {
+    /// A result for the next link.
+    Ready(Result<T, crate::Failure>),
+    /// Wait for this Deferred and go on with its outcome.
+    Wait(Deferred<T>),
+    /// The result was moved somewhere else (`then`, `chain_deferred`).
+    Consumed,
+}
+
+impl<T: 'static> sealed::Sealed<T> for T {}
+impl<T: 'static> CallbackResult<T> for T {
+    #[inline]
+    fn into_next(self) -> Next<T> {
+        Next::Ready(Ok(self))
+    }
+}
+
+impl<T: 'static> sealed::Sealed<T> for Result<T, Failure> {}
+impl<T: 'static> CallbackResult<T> for Result<T, Failure> {
+    #[inline]
+    fn into_next(self) -> Next<T> {
+        Next::Ready(self)
+    }
+}
+
+impl<T: 'static> sealed::Sealed<T> for Deferred<T> {}
+impl<T: 'static> CallbackResult<T> for Deferred<T> {
+    #[inline]
+    fn into_next(self) -> Next<T> {
+        Next::Wait(self)
+    }
+}
+
+impl<T: 'static> sealed::Sealed<T> for Next<T> {}
+impl<T: 'static> CallbackResult<T> for Next<T> {
+    #[inline]
+    fn into_next(self) -> Next<T> {
+        self
+    }
+}
+
+type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
+
+/// One step of the chain.
+enum Link<T: 'static> {
+    /// A callback/errback pair (either may be a pass-through).
+    Call(Call<T>),
+    /// The outer Deferred waiting on this one: hand it the result and resume it.
+    /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
+    Continue(Rc<Inner<T>>),
+}
+
+/// Where the result is. One state at a time; comments say what cannot coexist with it.
+enum Slot<T: 'static> {
+    /// Not fired. No link has run.
+    Pending,
+    /// Fired, and a callback returned a Deferred that has no result yet: the chain waits
+    /// for it. Weak, because that Deferred owns this one through its continuation link.
+    Waiting(Weak<Inner<T>>),
+    /// The current result, for the next link (or for whoever reads it).
+    Ready(Result<T, Failure>),
+    /// A link is running with the result taken out.
+    Running,
+    /// The result was moved elsewhere; links still to run get a `ResultConsumedError`.
+    Consumed,
+}
+
+pub(crate) struct Inner<T: 'static> {
+    core: RefCell<Core<T>>,
+}
+
+struct Core<T: 'static> {
+    slot: Slot<T>,
+    /// Links in the order added. `links[..head]` have run (their entries are `None`).
+    links: SmallVec<[Option<Link<T>>; 1]>,
+    /// Index in `links` of the next link to run.
+    head: u32,
+    /// How many links were dropped from the front of `links` when it was emptied; with
+    /// `head` it gives absolute positions, which cancellers are tagged with.
+    base: u32,
+    /// `pause()` calls not yet matched by `unpause()`.
+    paused: u32,
+    /// A callback loop is on the stack (or queued) for this Deferred.
+    running: bool,
+    /// Cancellers and cancel bookkeeping, allocated only when used.
+    cancel: Option<Box<cancel::CancelState<T>>>,
+}
+
+impl<T: 'static> Core<T> {
+    fn is_called(&self) -> bool {
+        !matches!(self.slot, Slot::Pending)
+    }
+
+    /// Absolute position of the next link to run.
+    fn consumed(&self) -> u32 {
+        self.base + self.head
+    }
+
+    /// Absolute position the next added link will have.
+    fn end(&self) -> u32 {
+        self.base + self.links.len() as u32
+    }
+
+    fn has_links_to_run(&self) -> bool {
+        (self.head as usize) < self.links.len()
+    }
+
+    /// True if a callback loop should start now.
+    fn can_run(&self) -> bool {
+        !self.running
+            && self.paused == 0
+            && self.has_links_to_run()
+            && matches!(self.slot, Slot::Ready(_) | Slot::Consumed)
+    }
+}
+
+impl<T: 'static> Deferred<T> {
+    /// A new Deferred with no result and no canceller.
+    pub fn new() -> Deferred<T> {
+        Deferred {
+            inner: Rc::new(Inner {
+                core: RefCell::new(Core {
+                    slot: Slot::Pending,
+                    links: SmallVec::new(),
+                    head: 0,
+                    base: 0,
+                    paused: 0,
+                    running: false,
+                    cancel: None,
+                }),
+            }),
+        }
+    }
+
+    fn from_inner(inner: Rc<Inner<T>>) -> Deferred<T> {
+        Deferred { inner }
+    }
+
+    /// Adds a callback and an errback as one step: `callback` gets a value, `errback` a
+    /// Failure; whichever runs, what it returns goes on to the next step.
+    ///
+    /// Returns `self` so that calls can be chained.
+    pub fn add_callbacks<F, G, R, S>(&self, callback: F, errback: G) -> &Self
+    where
+        F: FnOnce(T) -> R + 'static,
+        G: FnOnce(Failure) -> S + 'static,
+        R: CallbackResult<T>,
+        S: CallbackResult<T>,
+    {
+        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+            Ok(v) => callback(v).into_next(),
+            Err(f) => errback(f).into_next(),
+        })));
+        self
+    }
+
+    /// Adds a callback; a Failure passes it by.
+    ///
+    /// ```
+    /// let d = weft::succeed(1);
+    /// d.add_callback(|x| x + 1);
+    /// assert_eq!(d.result().unwrap().unwrap(), 2);
+    /// ```
+    pub fn add_callback<F, R>(&self, callback: F) -> &Self
+    where
+        F: FnOnce(T) -> R + 'static,
+        R: CallbackResult<T>,
+    {
+        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+            Ok(v) => callback(v).into_next(),
+            Err(f) => Next::Ready(Err(f)),
+        })));
+        self
+    }
+
+    /// Adds an errback; a value passes it by.
+    pub fn add_errback<G, S>(&self, errback: G) -> &Self
+    where
+        G: FnOnce(Failure) -> S + 'static,
+        S: CallbackResult<T>,
+    {
+        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+            Ok(v) => Next::Ready(Ok(v)),
+            Err(f) => errback(f).into_next(),
+        })));
+        self
+    }
+
+    /// Adds one function that gets the outcome either way (Twisted's `addBoth`).
+    pub fn add_both<F, R>(&self, f: F) -> &Self
+    where
+        F: FnOnce(Result<T, Failure>) -> R + 'static,
+        R: CallbackResult<T>,
+    {
+        self.push(Link::Call(Box::new(move |r| f(r).into_next())));
+        self
+    }
+
+    fn push(&self, link: Link<T>) {
+        let run = {
+            let mut core = self.inner.core.borrow_mut();
+            core.links.push(Some(link));
+            core.can_run()
+        };
+        if run {
+            self.inner.kick();
+        }
+    }
+
+    /// Fires the Deferred with a value: its callbacks start to run.
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyCalledError`] holding `value` if the Deferred was already fired. One
+    /// exception, as in Twisted: after [`cancel`](Self::cancel) made it fail with
+    /// `CancelledError`, the first late `callback` or `errback` from the responder is
+    /// ignored and returns `Ok(())`.
+    pub fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
+        self.fire(Next::Ready(Ok(value))).map_err(|next| match next {
+            Next::Ready(Ok(v)) => AlreadyCalledError::new(v),
+            _ => unreachable!("fire hands back what it was given"),
+        })
+    }
+
+    /// Fires the Deferred with a failure: its errbacks start to run.
+    ///
+    /// Takes a [`Failure`] or any `std::error::Error + 'static` (converted with
+    /// `Failure::from`, which records the caller's location).
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyCalledError`] holding the failure if the Deferred was already fired
+    /// (with the same exception after a cancel as [`callback`](Self::callback)).
+    #[track_caller]
+    pub fn errback(&self, failure: impl Into<Failure>) -> Result<(), AlreadyCalledError<Failure>> {
+        self.fire(Next::Ready(Err(failure.into()))).map_err(|next| match next {
+            Next::Ready(Err(f)) => AlreadyCalledError::new(f),
+            _ => unreachable!("fire hands back what it was given"),
+        })
+    }
+
+    /// Fires with whatever a callback could return; hands `next` back if already fired.
+    pub(crate) fn fire(&self, next: Next<T>) -> Result<(), Next<T>> {
+        let _unused_canceller = {
+            let mut core = self.inner.core.borrow_mut();
+            if core.is_called() {
+                if let Some(c) = core.cancel.as_mut() {
+                    if mem::take(&mut c.suppress_already_called) {
+                        return Ok(());
+                    }
+                }
+                return Err(next);
+            }
+            core.slot = Slot::Running;
+            // The creator's canceller is of no use once there is a result; it is dropped
+            // at the end of this function, outside the borrow.
+            core.cancel.as_mut().and_then(|c| c.canceller.take())
+        };
+        self.inner.settle(next);
+        self.inner.kick();
+        Ok(())
+    }
+
+    /// Pauses the chain: no further callback runs until [`unpause`](Self::unpause) is
+    /// called as many times as `pause` was.
+    pub fn pause(&self) {
+        self.inner.core.borrow_mut().paused += 1;
+    }
+
+    /// Undoes one [`pause`](Self::pause); the chain goes on when the last pause is undone.
+    ///
+    /// # Errors
+    ///
+    /// [`NotPausedError`] if the Deferred is not paused.
+    pub fn unpause(&self) -> Result<(), NotPausedError> {
+        let run = {
+            let mut core = self.inner.core.borrow_mut();
+            if core.paused == 0 {
+                return Err(NotPausedError);
+            }
+            core.paused -= 1;
+            core.can_run()
+        };
+        if run {
+            self.inner.kick();
+        }
+        Ok(())
+    }
+
+    /// True once [`callback`](Self::callback) or [`errback`](Self::errback) was called
+    /// (Twisted's `called`).
+    pub fn is_called(&self) -> bool {
+        self.inner.core.borrow().is_called()
+    }
+
+    /// True if the chain is held up: by [`pause`](Self::pause), or because it waits for a
+    /// Deferred a callback returned (Twisted's `paused`).
+    pub fn is_paused(&self) -> bool {
+        let core = self.inner.core.borrow();
+        core.paused > 0 || matches!(core.slot, Slot::Waiting(_))
+    }
+
+    /// True if the Deferred has a result that no link is waiting to process: it fired,
+    /// every callback ran, and the chain is not paused or waiting.
+    pub fn has_result(&self) -> bool {
+        let core = self.inner.core.borrow();
+        matches!(core.slot, Slot::Ready(_)) && !core.has_links_to_run()
+    }
+
+    /// A copy of the current result, if the chain has finished with one (see
+    /// [`has_result`](Self::has_result)). Reading it does not consume it, so a Failure
+    /// read this way is still reported as unhandled when the Deferred is dropped;
+    /// use [`take_result`](Self::take_result) to handle it.
+    pub fn result(&self) -> Option<Result<T, Failure>>
+    where
+        T: Clone,
+    {
+        let core = self.inner.core.borrow();
+        match &core.slot {
+            Slot::Ready(r) if !core.has_links_to_run() => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Moves the finished result out (see [`has_result`](Self::has_result)); callbacks
+    /// added afterwards get a [`ResultConsumedError`]. `None` if there is no result yet.
+    pub fn take_result(&self) -> Option<Result<T, Failure>> {
+        let mut core = self.inner.core.borrow_mut();
+        if core.has_links_to_run() || !matches!(core.slot, Slot::Ready(_)) {
+            return None;
+        }
+        match mem::replace(&mut core.slot, Slot::Consumed) {
+            Slot::Ready(r) => Some(r),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// Sends this Deferred's outcome on to `other` (Twisted's `chainDeferred`): when this
+    /// one reaches this point of its chain, `other` is fired with the result, which is
+    /// moved there. Cancelling `other` does not cancel this Deferred, as in Twisted.
+    pub fn chain_deferred(&self, other: &Deferred<T>) -> &Self {
+        let other = other.clone();
+        self.push(Link::Call(Box::new(move |r| {
+            if let Err(next) = other.fire(Next::Ready(r)) {
+                if let Next::Ready(Err(f)) = next {
+                    log::error!("chain_deferred: target already called; dropping failure: {f}");
+                } else {
+                    log::error!("chain_deferred: target already called; dropping its value");
+                }
+            }
+            Next::Consumed
+        })));
+        self
+    }
+
+    /// Continues the chain in a new `Deferred<U>`: when this one reaches this point, `f`
+    /// gets the outcome and what it returns fires the new Deferred. Cancelling the new
+    /// Deferred cancels this one. The result is moved into `f`; steps added to this
+    /// Deferred afterwards get a [`ResultConsumedError`].
+    ///
+    /// ```
+    /// let d = weft::Deferred::<u32>::new();
+    /// // A closure returning a `Result` could mean `Deferred<Result<..>>` too: name the type.
+    /// let s: weft::Deferred<String> = d.clone().then(|r| r.map(|n| format!("got {n}")));
+    /// d.callback(7).unwrap();
+    /// assert_eq!(s.result().unwrap().unwrap(), "got 7");
+    /// ```
+    pub fn then<U, F, R>(self, f: F) -> Deferred<U>
+    where
+        U: 'static,
+        F: FnOnce(Result<T, Failure>) -> R + 'static,
+        R: CallbackResult<U>,
+    {
+        let source = Rc::downgrade(&self.inner);
+        let out = Deferred::<U>::with_canceller(move |_| {
+            if let Some(source) = source.upgrade() {
+                Deferred::from_inner(source).cancel();
+            }
+        });
+        let target = out.clone();
+        self.push(Link::Call(Box::new(move |r| {
+            let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
+                Ok(next) => next,
+                Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
+            };
+            if target.fire(next).is_err() {
+                log::debug!("then: the linked deferred was already called; result dropped");
+            }
+            Next::Consumed
+        })));
+        out
+    }
+
+    /// Like [`then`](Self::then) for the value only: a Failure passes straight to the
+    /// new Deferred.
+    ///
+    /// ```
+    /// let lengths = weft::succeed("four").map(str::len);
+    /// assert_eq!(lengths.result().unwrap().unwrap(), 4);
+    /// ```
+    pub fn map<U, F, R>(self, f: F) -> Deferred<U>
+    where
+        U: 'static,
+        F: FnOnce(T) -> R + 'static,
+        R: CallbackResult<U>,
+    {
+        self.then(move |r| match r {
+            Ok(v) => f(v).into_next(),
+            Err(e) => Next::Ready(Err(e)),
+        })
+    }
+
+    /// True if both handles refer to the same Deferred.
+    pub fn ptr_eq(a: &Deferred<T>, b: &Deferred<T>) -> bool {
+        Rc::ptr_eq(&a.inner, &b.inner)
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// Stores what a link (or `fire`) produced. The slot must be `Running`.
+    ///
+    /// A Deferred to wait on is handled here: if it already has a result the result is
+    /// taken at once (Twisted steals it too); otherwise this chain waits, and the other
+    /// Deferred gets a continuation link that hands its result back here.
+    fn settle(self: &Rc<Self>, next: Next<T>) {
+        let slot = match next {
+            Next::Ready(r) => Slot::Ready(r),
+            Next::Consumed => Slot::Consumed,
+            Next::Wait(d) => {
+                if Rc::ptr_eq(&d.inner, self) {
+                    Slot::Ready(Err(Failure::new(ChainedToSelfError)))
+                } else {
+                    let mut other = d.inner.core.borrow_mut();
+                    let idle = !other.running && other.paused == 0 && !other.has_links_to_run();
+                    match &other.slot {
+                        Slot::Ready(_) if idle => match mem::replace(&mut other.slot, Slot::Consumed) {
+                            Slot::Ready(r) => Slot::Ready(r),
+                            _ => unreachable!("matched above"),
+                        },
+                        Slot::Consumed if idle => Slot::Ready(Err(Failure::new(ResultConsumedError))),
+                        _ => {
+                            other.links.push(Some(Link::Continue(self.clone())));
+                            let run = other.can_run();
+                            drop(other);
+                            if run {
+                                d.inner.kick();
+                            }
+                            // If the other Deferred could run, it may have reached our
+                            // continuation already and resumed us; only a slot still
+                            // `Running` means we are to wait.
+                            let mut core = self.core.borrow_mut();
+                            if matches!(core.slot, Slot::Running) {
+                                core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        self.core.borrow_mut().slot = slot;
+    }
+
+    /// Starts the callback loop if it can run and is not running already.
+    fn kick(self: &Rc<Self>) {
+        {
+            let mut core = self.core.borrow_mut();
+            if !core.can_run() {
+                return;
+            }
+            core.running = true;
+        }
+        run::run(self.clone());
+    }
+
+    /// Called through a continuation link: the Deferred this one waited on has `result`.
+    fn resume(self: &Rc<Self>, result: Result<T, Failure>) {
+        {
+            let mut core = self.core.borrow_mut();
+            match core.slot {
+                Slot::Waiting(_) | Slot::Running => core.slot = Slot::Ready(result),
+                _ => {
+                    // Cancelled while waiting on a Deferred that had been dropped, then
+                    // the result came anyway; keep the first outcome.
+                    log::debug!("resume: deferred no longer waiting; late result dropped");
+                    return;
+                }
+            }
+        }
+        self.kick();
+    }
+}
+
+impl<T: 'static> run::Runnable for Inner<T> {
+    fn run_loop(self: Rc<Self>) {
+        loop {
+            let (link, input) = {
+                let mut core = self.core.borrow_mut();
+                let ready = matches!(core.slot, Slot::Ready(_) | Slot::Consumed);
+                if core.paused > 0 || !ready || !core.has_links_to_run() {
+                    core.running = false;
+                    if !core.has_links_to_run() && !core.links.is_empty() {
+                        // Every link ran: free the list, remember how many there were.
+                        core.base += core.links.len() as u32;
+                        core.head = 0;
+                        core.links = SmallVec::new();
+                    }
+                    let consumed = core.consumed();
+                    let dead = core.cancel.as_mut().map(|c| c.take_dead_layers(consumed));
+                    drop(core);
+                    drop(dead);
+                    return;
+                }
+                let input = match mem::replace(&mut core.slot, Slot::Running) {
+                    Slot::Ready(r) => r,
+                    _ => Err(Failure::new(ResultConsumedError)),
+                };
+                let head = core.head as usize;
+                core.head += 1;
+                (core.links[head].take(), input)
+            };
+            match link {
+                Some(Link::Call(f)) => {
+                    let next = match catch_unwind(AssertUnwindSafe(move || f(input))) {
+                        Ok(next) => next,
+                        Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
+                    };
+                    self.settle(next);
+                }
+                Some(Link::Continue(outer)) => {
+                    self.core.borrow_mut().slot = Slot::Consumed;
+                    outer.resume(input);
+                }
+                None => unreachable!("a link runs once"),
+            }
+        }
+    }
+}
+
+impl<T: 'static> Drop for Inner<T> {
+    fn drop(&mut self) {
+        let core = self.core.get_mut();
+        if let Slot::Ready(Err(f)) = &core.slot {
+            log::error!("Unhandled error in Deferred: {f}");
+        }
+        let links = mem::take(&mut core.links);
+        let cancel = core.cancel.take();
+        let slot = mem::replace(&mut core.slot, Slot::Consumed);
+        let holds_value = matches!(slot, Slot::Ready(Ok(_))) && mem::needs_drop::<T>();
+        if !links.is_empty() || cancel.is_some() || holds_value {
+            run::drop_bounded((links, cancel, slot));
+        }
+    }
+}
+
+impl<T: 'static> Clone for Deferred<T> {
+    /// Another handle to the same Deferred.
+    fn clone(&self) -> Self {
+        Deferred { inner: self.inner.clone() }
+    }
+}
+
+impl<T: 'static> Default for Deferred<T> {
+    fn default() -> Self {
+        Deferred::new()
+    }
+}
+
+impl<T: 'static> fmt::Debug for Deferred<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = match self.inner.core.try_borrow() {
+            Ok(core) => core,
+            Err(_) => return f.write_str("Deferred { <busy> }"),
+        };
+        let state = match &core.slot {
+            Slot::Pending => "pending",
+            Slot::Waiting(_) => "waiting",
+            Slot::Ready(Ok(_)) => "ready(value)",
+            Slot::Ready(Err(_)) => "ready(failure)",
+            Slot::Running => "running",
+            Slot::Consumed => "consumed",
+        };
+        f.debug_struct("Deferred")
+            .field("state", &state)
+            .field("links_to_run", &(core.links.len() - core.head as usize))
+            .field("paused", &core.paused)
+            .finish()
+    }
+}
+
+/// A Deferred that already has `value` (Twisted's `succeed`).
+pub fn succeed<T: 'static>(value: T) -> Deferred<T> {
+    let d = Deferred::new();
+    d.inner.core.borrow_mut().slot = Slot::Ready(Ok(value));
+    d
+}
+
+/// A Deferred that already has `failure` (Twisted's `fail`).
+#[track_caller]
+pub fn fail<T: 'static>(failure: impl Into<Failure>) -> Deferred<T> {
+    let d = Deferred::new();
+    d.inner.core.borrow_mut().slot = Slot::Ready(Err(failure.into()));
+    d
+}
+
+/// Calls `f` and wraps what it returns in a Deferred (Twisted's `maybeDeferred`): a value
+/// or `Ok` becomes a fired Deferred, an `Err` or a panic a failed one, and a Deferred is
+/// returned as it is.
+///
+/// ```
+/// let d: weft::Deferred<u8> = weft::maybe_deferred(|| -> Result<u8, weft::Failure> { Ok(3) });
+/// assert_eq!(d.result().unwrap().unwrap(), 3);
+/// let p: weft::Deferred<u8> = weft::maybe_deferred(|| -> u8 { panic!("boom") });
+/// assert!(p.take_result().unwrap().unwrap_err().check::<weft::PanicError>());
+/// ```
+pub fn maybe_deferred<T, F, R>(f: F) -> Deferred<T>
+where
+    T: 'static,
+    F: FnOnce() -> R,
+    R: CallbackResult<T>,
+{
+    match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
+        Ok(Next::Ready(r)) => {
+            let d = Deferred::new();
+            d.inner.core.borrow_mut().slot = Slot::Ready(r);
+            d
+        }
+        Ok(Next::Wait(d)) => d,
+        Ok(Next::Consumed) => fail(ResultConsumedError),
+        Err(panic) => fail(Failure::from_panic(panic)),
+    }
+}

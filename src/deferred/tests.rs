@@ -1,0 +1,97 @@
+//! State-machine tests of the Deferred internals; behaviour through the public API is
+//! tested in `tests/it/deferred.rs`.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use super::*;
+use crate::CancelledError;
+
+#[test]
+fn million_callbacks_run_in_order_without_recursion() {
+    let d = Deferred::new();
+    for _ in 0..1_000_000 {
+        d.add_callback(|x: u64| x + 1);
+    }
+    d.callback(0).unwrap();
+    assert_eq!(d.result().unwrap().unwrap(), 1_000_000);
+}
+
+#[test]
+fn nested_chain_of_100_000_fires_and_drops_without_overflow() {
+    let n = 100_000;
+    let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in (0..n - 1).rev() {
+        let next = ds[i + 1].clone();
+        ds[i].add_callback(move |_| next);
+        ds[i].callback(0).unwrap();
+        assert!(ds[i].is_paused());
+    }
+    ds[n - 1].callback(7).unwrap();
+    assert_eq!(ds[0].result().unwrap().unwrap(), 7);
+    assert!(!ds[0].is_paused());
+    drop(ds);
+}
+
+#[test]
+fn unfired_nested_chain_drops_without_overflow() {
+    let n = 100_000;
+    let drops = Rc::new(Cell::new(0));
+    struct Count(Rc<Cell<u32>>);
+    impl Drop for Count {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in (0..n - 1).rev() {
+        let next = ds[i + 1].clone();
+        let guard = Count(drops.clone());
+        ds[i].add_callback(move |_| next);
+        ds[i].add_callback(move |x| {
+            let _keep = &guard;
+            x
+        });
+        ds[i].callback(0).unwrap();
+    }
+    drop(ds);
+    assert_eq!(drops.get(), n as u32 - 1);
+}
+
+#[test]
+fn map_chain_of_100_000_types_fires_without_overflow() {
+    let first = Deferred::<u64>::new();
+    let mut d = first.clone().map(|x| x + 1);
+    for _ in 0..100_000 {
+        d = d.map(|x| x + 1);
+    }
+    first.callback(0).unwrap();
+    assert_eq!(d.result().unwrap().unwrap(), 100_001);
+}
+
+#[test]
+fn cancel_reaches_the_inner_deferred_and_back() {
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    let inner: Deferred<i32> = Deferred::with_canceller(move |_| r.set(true));
+    let outer = Deferred::new();
+    let i2 = inner.clone();
+    outer.add_callback(move |_: i32| i2);
+    outer.callback(1).unwrap();
+    assert!(outer.is_paused());
+    outer.cancel();
+    assert!(ran.get());
+    let f = outer.take_result().unwrap().unwrap_err();
+    let c = f.downcast_ref::<CancelledError>().unwrap();
+    assert!(c.cancelled_by(&outer));
+    assert!(!c.cancelled_by(&inner));
+}
+
+#[test]
+fn pending_deferred_with_one_callback_is_one_small_allocation() {
+    let size = std::mem::size_of::<Inner<u64>>() + 2 * std::mem::size_of::<usize>();
+    assert!(size < 128, "Rc<Inner<u64>> is {size} bytes");
+    let d = RefCell::new(Deferred::<u64>::new());
+    d.borrow().add_callback(|x| x + 1);
+    assert!(!d.borrow().inner.core.borrow().links.spilled());
+}

@@ -1,0 +1,72 @@
+//! weft brings Twisted's programming model to Rust: a callback-chain [`Deferred`] whose
+//! cancellation runs a chain of per-layer cancellers from the invoker back to the
+//! responder, on a single thread.
+//!
+//! weft is not a multi-threaded runtime and not a `Future` executor first: a `Deferred`
+//! is a value you add callbacks to and fire, exactly as in Twisted, and everything runs
+//! on the thread that owns it.
+//!
+//! # How to use it
+//!
+//! ```
+//! use std::{cell::RefCell, rc::Rc};
+//! use weft::{CancelledError, Deferred, Failure};
+//!
+//! // A responder makes a Deferred, with a canceller that stops its work.
+//! let log = Rc::new(RefCell::new(Vec::new()));
+//! let l = log.clone();
+//! let fetch: Deferred<String> = Deferred::with_canceller(move |_| l.borrow_mut().push("fetch stopped"));
+//!
+//! // A layer above adds its callbacks, and its own canceller for what it holds.
+//! let l = log.clone();
+//! fetch
+//!     .add_canceller(move |_| l.borrow_mut().push("parser freed"))
+//!     .add_callback(|body| body.to_uppercase());
+//!
+//! // The invoker adds an errback that handles a cancel and nothing else.
+//! fetch.add_errback(|f: Failure| -> Result<String, Failure> {
+//!     f.trap::<CancelledError>()?;
+//!     Ok("cancelled".to_string())
+//! });
+//!
+//! // Cancelling runs the layers' cancellers newest first, then the creator's.
+//! fetch.cancel();
+//! assert_eq!(*log.borrow(), ["parser freed", "fetch stopped"]);
+//! assert_eq!(fetch.result().unwrap().unwrap(), "cancelled");
+//! ```
+//!
+//! # Implementation
+//!
+//! A `Deferred` is an `Rc` handle to a `RefCell` holding the result and the links of
+//! the chain. The callback loop never holds that borrow while user code runs, so any
+//! callback may re-enter any Deferred. Callback loops and drops nest at most a fixed
+//! depth on the stack; deeper ones are queued on a thread-local trampoline, so chains of
+//! any length and nesting run in constant stack. See `ARCHITECTURE.md`.
+//!
+//! # Porting from Twisted
+//!
+//! | Twisted | weft |
+//! |---|---|
+//! | `Deferred(canceller)` | [`Deferred::with_canceller`] |
+//! | `addCallback`, `addErrback`, `addCallbacks`, `addBoth` | [`Deferred::add_callback`], [`Deferred::add_errback`], [`Deferred::add_callbacks`], [`Deferred::add_both`] |
+//! | (new) per-layer canceller | [`Deferred::add_canceller`], [`Deferred::add_callbacks_with_canceller`] |
+//! | `callback`, `errback`, `cancel` | [`Deferred::callback`], [`Deferred::errback`], [`Deferred::cancel`] |
+//! | `pause`, `unpause`, `chainDeferred` | [`Deferred::pause`], [`Deferred::unpause`], [`Deferred::chain_deferred`] |
+//! | `.called`, `.paused` | [`Deferred::is_called`], [`Deferred::is_paused`] |
+//! | `succeed`, `fail`, `maybeDeferred` | [`succeed`], [`fail`], [`maybe_deferred`] |
+//! | `Failure`, `.check`, `.trap` | [`Failure`], [`Failure::check`], [`Failure::trap`] |
+//! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
+//! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![doc(test(attr(deny(warnings))))]
+
+mod deferred;
+mod failure;
+
+pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
+pub use failure::{
+    AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
+    ResultConsumedError, StringError,
+};
