@@ -64,9 +64,11 @@
 
 mod deferred;
 mod failure;
+pub mod reactor;
 
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
 pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
     ResultConsumedError, StringError,
 };
+pub use reactor::{Clock, DelayedCall, DelayedCallError, ReactorTime};

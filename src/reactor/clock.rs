@@ -1,0 +1,206 @@
+//! The time interface ([`ReactorTime`]) shared by the reactor and the deterministic test
+//! [`Clock`] (Twisted's `task.Clock`), so application code takes either.
+
+use std::fmt;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::timers::{DelayedCall, TimeSource, Timers};
+
+/// What code that needs time asks of a reactor (Twisted's `IReactorTime`): the current
+/// time and calls scheduled for later. Implemented by the real reactor and by [`Clock`].
+///
+/// Take `&dyn ReactorTime` (or `impl ReactorTime`) in application code, and pass a
+/// [`Clock`] in tests to move time by hand.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc, time::Duration};
+/// use weft::{Clock, ReactorTime};
+///
+/// fn remind(time: &dyn ReactorTime, fired: Rc<Cell<bool>>) {
+///     time.call_later(Duration::from_secs(30), Box::new(move || fired.set(true)));
+/// }
+///
+/// let clock = Clock::new();
+/// let fired = Rc::new(Cell::new(false));
+/// remind(&clock, fired.clone());
+/// clock.advance(Duration::from_secs(29));
+/// assert!(!fired.get());
+/// clock.advance(Duration::from_secs(1));
+/// assert!(fired.get());
+/// ```
+pub trait ReactorTime {
+    /// The current time, as a duration since this clock started.
+    fn now(&self) -> Duration;
+
+    /// The current time in seconds (Twisted's `seconds()`).
+    fn seconds(&self) -> f64 {
+        self.now().as_secs_f64()
+    }
+
+    /// Schedules `f` to run `delay` from now (Twisted's `callLater`). Calls run in
+    /// deadline order, first-in first-out among equal deadlines.
+    fn call_later(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall;
+}
+
+/// A deterministic clock for tests (Twisted's `task.Clock`): time moves only when
+/// [`advance`](Clock::advance) or [`pump`](Clock::pump) is called, and nothing sleeps.
+///
+/// Cloning gives another handle to the same clock.
+#[derive(Clone)]
+pub struct Clock {
+    timers: Rc<Timers>,
+}
+
+impl Clock {
+    /// A clock at time zero with nothing scheduled.
+    pub fn new() -> Clock {
+        Clock { timers: Timers::new(TimeSource::Manual(Default::default())) }
+    }
+
+    /// Moves time forward by `amount` and runs every call that is due, in order,
+    /// including calls scheduled by those calls that fall due within the new time.
+    pub fn advance(&self, amount: Duration) {
+        let now = match &self.timers.source {
+            TimeSource::Manual(now) => {
+                now.set(now.get().saturating_add(amount));
+                now.get()
+            }
+            TimeSource::Real(_) => unreachable!("a Clock always has manual time"),
+        };
+        while let Some(call) = self.timers.pop_due(now) {
+            call();
+        }
+    }
+
+    /// Advances by each of `timings` in turn (Twisted's `pump`).
+    pub fn pump(&self, timings: &[Duration]) {
+        for &t in timings {
+            self.advance(t);
+        }
+    }
+
+    /// Schedules `f` to run `delay` from now; the generic form of
+    /// [`ReactorTime::call_later`].
+    pub fn call_later<F: FnOnce() + 'static>(&self, delay: Duration, f: F) -> DelayedCall {
+        self.timers.schedule(delay, Box::new(f))
+    }
+
+    /// How many calls are scheduled and not yet run or cancelled (Twisted's
+    /// `len(getDelayedCalls())`).
+    pub fn pending_calls(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// When the next call is due, if any.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.timers.next_deadline()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+impl ReactorTime for Clock {
+    fn now(&self) -> Duration {
+        self.timers.now()
+    }
+
+    fn call_later(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
+        self.timers.schedule(delay, f)
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clock").field("now", &self.timers.now()).field("pending", &self.timers.len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::DelayedCallError;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn calls_fire_in_deadline_order_fifo_among_ties() {
+        let clock = Clock::new();
+        let order = Rc::new(RefCell::new(Vec::new()));
+        for (name, delay) in [("c", 3), ("a1", 1), ("b", 2), ("a2", 1), ("a3", 1)] {
+            let o = order.clone();
+            clock.call_later(secs(delay), move || o.borrow_mut().push(name));
+        }
+        clock.advance(secs(10));
+        assert_eq!(*order.borrow(), ["a1", "a2", "a3", "b", "c"]);
+    }
+
+    #[test]
+    fn cancel_reset_delay_and_states() {
+        let clock = Clock::new();
+        let hits = Rc::new(RefCell::new(Vec::new()));
+        let h = hits.clone();
+        let a = clock.call_later(secs(5), move || h.borrow_mut().push("a"));
+        let h = hits.clone();
+        let b = clock.call_later(secs(5), move || h.borrow_mut().push("b"));
+        assert_eq!(a.get_time(), Some(secs(5)));
+        a.reset(secs(1)).unwrap();
+        assert_eq!(a.get_time(), Some(secs(1)));
+        b.delay(secs(2)).unwrap();
+        assert_eq!(b.get_time(), Some(secs(7)));
+        clock.advance(secs(1));
+        assert_eq!(*hits.borrow(), ["a"]);
+        assert!(!a.is_active());
+        assert_eq!(a.cancel(), Err(DelayedCallError::AlreadyCalled));
+        b.cancel().unwrap();
+        assert_eq!(b.cancel(), Err(DelayedCallError::AlreadyCancelled));
+        assert_eq!(b.reset(secs(1)), Err(DelayedCallError::AlreadyCancelled));
+        clock.advance(secs(100));
+        assert_eq!(*hits.borrow(), ["a"]);
+        assert_eq!(clock.pending_calls(), 0);
+    }
+
+    #[test]
+    fn calls_scheduled_while_advancing_fire_if_due() {
+        let clock = Clock::new();
+        let hits = Rc::new(RefCell::new(Vec::new()));
+        let (c, h) = (clock.clone(), hits.clone());
+        clock.call_later(secs(1), move || {
+            h.borrow_mut().push(c.now());
+            let h2 = h.clone();
+            let c2 = c.clone();
+            c.call_later(secs(0), move || h2.borrow_mut().push(c2.now()));
+            let h3 = h.clone();
+            c.call_later(secs(5), move || h3.borrow_mut().push(Duration::MAX));
+        });
+        clock.pump(&[secs(1), secs(1)]);
+        assert_eq!(*hits.borrow(), [secs(1), secs(1)]);
+        assert_eq!(clock.pending_calls(), 1);
+    }
+
+    #[test]
+    fn cancelled_timers_release_memory() {
+        let clock = Clock::new();
+        let payload = Rc::new(());
+        let calls: Vec<_> = (0..10_000)
+            .map(|i| {
+                let p = payload.clone();
+                clock.call_later(secs(3600) + Duration::from_millis(i), move || drop(p))
+            })
+            .collect();
+        assert_eq!(Rc::strong_count(&payload), 10_001);
+        for c in calls.iter().rev().step_by(2).chain(calls.iter().step_by(2)) {
+            let _ = c.cancel();
+        }
+        assert_eq!(Rc::strong_count(&payload), 1);
+        assert_eq!(clock.pending_calls(), 0);
+    }
+}
