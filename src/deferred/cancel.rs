@@ -29,7 +29,7 @@ use super::{Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 
 type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
-type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
+pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
 /// Cancellers and cancel bookkeeping of one Deferred; boxed and allocated on first use.
 pub(super) struct CancelState<T: 'static> {
