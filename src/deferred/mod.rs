@@ -221,14 +221,21 @@ impl<T: 'static> Core<T> {
     /// When the loop stops: if every link ran, empty the list (a spilled one goes back to
     /// inline storage, so the next link added costs no allocation), and take the layer
     /// cancellers whose callbacks have started, for the caller to drop outside the borrow.
+    #[inline]
     fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
         if !self.has_links_to_run() && !self.links.is_empty() {
             self.base += self.links.len() as u32;
             self.head = 0;
-            self.links = SmallVec::new();
+            if self.links.spilled() {
+                self.links = SmallVec::new();
+            } else {
+                // Every entry is `None`: nothing to drop, only the length to reset.
+                self.links.clear();
+            }
         }
-        let consumed = self.consumed();
-        self.cancel.as_mut().map(|c| c.take_dead_layers(consumed))
+        let cancel = self.cancel.as_mut()?;
+        let consumed = self.base + self.head;
+        Some(cancel.take_dead_layers(consumed))
     }
 
     /// True if a callback loop should start now.
