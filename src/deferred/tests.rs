@@ -95,3 +95,15 @@ fn pending_deferred_with_one_callback_is_one_small_allocation() {
     d.borrow().add_callback(|x| x + 1);
     assert!(!d.borrow().inner.core.borrow().links.spilled());
 }
+
+#[test]
+fn paused_deferred_has_no_result_to_read_or_take() {
+    let d = succeed(3);
+    d.pause();
+    assert!(!d.has_result());
+    assert!(d.result().is_none());
+    assert!(d.take_result().is_none());
+    d.unpause().unwrap();
+    assert!(d.has_result());
+    assert_eq!(d.take_result().unwrap().unwrap(), 3);
+}
