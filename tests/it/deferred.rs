@@ -319,7 +319,7 @@ fn add_callbacks_runs_exactly_one_of_its_pair() {
     check(false, &["eb1 fired", "eb2 fired"], Ok(100));
 }
 
-/// TW test_defer.py testCallbackWithoutArgs (add_both runs on either path)
+/// Twisted has no direct test of `addBoth`; it is used throughout test_defer.py.
 #[test]
 fn add_both_sees_values_and_failures() {
     let trace = Trace::new();
