@@ -238,6 +238,13 @@ impl<T: 'static> Core<T> {
         Some(cancel.take_dead_layers(consumed))
     }
 
+    /// True if the chain has finished with a result: it is `Ready`, no link is left to
+    /// run, and it is not paused (a paused chain may still get links that must run on
+    /// that result first).
+    fn has_final_result(&self) -> bool {
+        matches!(self.slot, Slot::Ready(_)) && self.paused == 0 && !self.has_links_to_run()
+    }
+
     /// True if a callback loop should start now.
     #[inline]
     fn can_run(&self) -> bool {
@@ -438,8 +445,7 @@ impl<T: 'static> Deferred<T> {
     /// True if the Deferred has a result that no link is waiting to process: it fired,
     /// every callback ran, and the chain is not paused or waiting.
     pub fn has_result(&self) -> bool {
-        let core = self.inner.core.borrow();
-        matches!(core.slot, Slot::Ready(_)) && !core.has_links_to_run()
+        self.inner.core.borrow().has_final_result()
     }
 
     /// A copy of the current result, if the chain has finished with one (see
@@ -452,7 +458,7 @@ impl<T: 'static> Deferred<T> {
     {
         let core = self.inner.core.borrow();
         match &core.slot {
-            Slot::Ready(r) if !core.has_links_to_run() => Some(r.clone()),
+            Slot::Ready(r) if core.has_final_result() => Some(r.clone()),
             _ => None,
         }
     }
@@ -461,7 +467,7 @@ impl<T: 'static> Deferred<T> {
     /// added afterwards get a [`ResultConsumedError`]. `None` if there is no result yet.
     pub fn take_result(&self) -> Option<Result<T, Failure>> {
         let mut core = self.inner.core.borrow_mut();
-        if core.has_links_to_run() || !matches!(core.slot, Slot::Ready(_)) {
+        if !core.has_final_result() {
             return None;
         }
         match mem::replace(&mut core.slot, Slot::Consumed) {

@@ -1,0 +1,4 @@
+//! weft's integration tests: one binary, one module per area, each testing behaviour
+//! through the public API only (unit tests of internals live beside the code).
+
+mod deferred;
