@@ -196,7 +196,10 @@ impl<T: 'static> Deferred<T> {
                 (CancelledError { id, location }, Some(CurrentGuard(previous)))
             }
         };
-        self.cancel_with(err);
+        // Past a fixed nesting depth the cancel is queued, and runs before the outermost
+        // `cancel()` returns (while `CURRENT` still holds this cancellation's id).
+        let this = self.clone();
+        super::run::cancel_bounded(move || this.cancel_with(err));
     }
 
     fn cancel_with(&self, err: CancelledError) {

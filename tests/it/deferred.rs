@@ -2231,7 +2231,6 @@ fn cancel_travels_back_through_a_map_chain_to_the_source() {
 /// link cancels its source from inside its creator's canceller, so a cancel recurses once
 /// per link and a debug build overflows the stack near 1,000 links.
 #[test]
-#[ignore = "known bug: cancel through then/map recurses once per link"]
 fn cancel_of_a_long_map_chain_does_not_overflow() {
     let first: Deferred<u64> = Deferred::new();
     let mut last: Deferred<u64> = first.clone().map(|x| x + 1);
