@@ -280,3 +280,9 @@ impl<T: 'static> super::Core<T> {
         matches!(self.slot, Slot::Pending | Slot::Waiting(_))
     }
 }
+
+/// The `CancelledError` of the cancellation under way on this thread, if a canceller is
+/// running now; lets code outside this module continue the same cancellation.
+pub(crate) fn current_cancellation() -> Option<CancelledError> {
+    CURRENT.with(Cell::get).map(|(id, location)| CancelledError { id, location })
+}

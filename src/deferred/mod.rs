@@ -20,6 +20,8 @@
 mod cancel;
 mod run;
 
+pub(crate) use cancel::current_cancellation;
+
 #[cfg(test)]
 mod tests;
 
@@ -831,5 +833,23 @@ where
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
         Err(panic) => fail(Failure::from_panic(panic)),
+    }
+}
+
+/// A weak handle to a Deferred, for crate-internal back-references (a canceller reaching
+/// the members of a list without keeping them alive).
+pub(crate) struct WeakDeferred<T: 'static>(Weak<Inner<T>>);
+
+impl<T: 'static> WeakDeferred<T> {
+    /// The Deferred, if a strong handle to it still exists.
+    pub(crate) fn upgrade(&self) -> Option<Deferred<T>> {
+        self.0.upgrade().map(Deferred::from_inner)
+    }
+}
+
+impl<T: 'static> Deferred<T> {
+    /// A weak handle to this Deferred.
+    pub(crate) fn downgrade(&self) -> WeakDeferred<T> {
+        WeakDeferred(Rc::downgrade(&self.inner))
     }
 }

@@ -1,4 +1,9 @@
 //! weft's integration tests: one binary, one module per area, each testing behaviour
 //! through the public API only (unit tests of internals live beside the code).
 
+mod cancellation;
+mod combinators;
 mod deferred;
+mod observable;
+mod sync;
+mod task;
