@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use serde_json::{json, Value};
-use weft::{CancelledError, Deferred, Failure};
+use weft::{gather_results, CancelledError, Deferred, Failure, ObservableDeferred};
 
 // ---------------------------------------------------------------------------
 // harness (keep as is)
@@ -141,8 +141,23 @@ fn chain_nested(n: usize) -> Rep {
 /// fanout N — unit "observer". t0; src = Deferred; obs = ObservableDeferred(src);
 /// N x obs.observe().add_callback(|x| sum += x); t1 ("observe"); src.callback(1);
 /// t2 ("fire"); assert sum == N.
-fn fanout(_n: usize) -> Rep {
-    not_yet("ObservableDeferred with N observers, each with one callback")
+fn fanout(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let src = Deferred::<u64>::new();
+    let obs = ObservableDeferred::new(src.clone(), false);
+    let sum = Rc::new(Cell::new(0u64));
+    for _ in 0..n {
+        let s = sum.clone();
+        let _ = obs.observe().add_callback(move |x| {
+            s.set(s.get() + x);
+            x
+        });
+    }
+    let t1 = Instant::now();
+    src.callback(1).unwrap();
+    let t2 = Instant::now();
+    assert_eq!(sum.get(), n as u64);
+    rep(t0, &[("observe", t1), ("fire", t2)])
 }
 
 /// cancel-chain N — unit "layer". t0; inner = Deferred with a canceller that
@@ -178,8 +193,24 @@ fn cancel_chain(n: usize) -> Rep {
 /// gather N — unit "member". t0; N unfired deferreds; t1 ("create");
 /// g = gather_results(ds) + a callback storing the Vec; t2 ("gather");
 /// ds[i].callback(i) for all i; t3 ("fire"); assert len N and last == N-1.
-fn gather(_n: usize) -> Rep {
-    not_yet("gatherResults over N unfired deferreds, fire them all")
+fn gather(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let ds: Vec<Deferred<usize>> = (0..n).map(|_| Deferred::new()).collect();
+    let t1 = Instant::now();
+    let out = Rc::new(RefCell::new(Vec::new()));
+    let o = out.clone();
+    gather_results(ds.clone(), false).add_callback(move |v| {
+        *o.borrow_mut() = v;
+        Vec::new()
+    });
+    let t2 = Instant::now();
+    for (i, d) in ds.iter().enumerate() {
+        d.callback(i).unwrap();
+    }
+    let t3 = Instant::now();
+    assert_eq!(out.borrow().len(), n);
+    assert_eq!(out.borrow()[n - 1], n - 1);
+    rep(t0, &[("create", t1), ("gather", t2), ("fire", t3)])
 }
 
 /// timers N — unit "timer". Virtual clock (the crate's task.Clock analog).
