@@ -71,4 +71,4 @@ pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
     ResultConsumedError, StringError,
 };
-pub use reactor::{Clock, DelayedCall, DelayedCallError, ReactorTime};
+pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
