@@ -9,12 +9,11 @@
 //! ```
 //! use std::time::Duration;
 //! use weft::reactor::Reactor;
-//! use weft::ReactorTime;
 //!
 //! let reactor = Reactor::new().unwrap();
 //! let handle = reactor.handle();
 //! // Stop 10 ms from now; `run` returns once the shutdown triggers have run.
-//! reactor.call_later(Duration::from_millis(10), Box::new(move || handle.stop()));
+//! reactor.call_later(Duration::from_millis(10), move || handle.stop());
 //! reactor.run();
 //! ```
 //!
@@ -51,7 +50,7 @@ pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};
 
 use crate::Deferred;
-use poll::{Poller, Ready, Readiness, SourceKey};
+use poll::{Poller, Readiness, Ready, SourceKey};
 use timers::{TimeSource, Timers};
 
 /// The event loop (Twisted's reactor). Owns the OS readiness queue, the timers, the
@@ -502,16 +501,6 @@ impl ReactorTime for ReactorHandle {
 
     fn call_later(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
         self.inner.timers.schedule(delay, f)
-    }
-}
-
-impl ReactorTime for Reactor {
-    fn now(&self) -> Duration {
-        self.handle.inner.timers.now()
-    }
-
-    fn call_later(&self, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
-        self.handle.inner.timers.schedule(delay, f)
     }
 }
 

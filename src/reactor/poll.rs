@@ -73,7 +73,13 @@ impl Poller {
     }
 
     /// Registers `fd`, edge-triggered, for the given interests (at least one).
-    pub(crate) fn register(&self, fd: RawFd, key: SourceKey, readable: bool, writable: bool) -> io::Result<()> {
+    pub(crate) fn register(
+        &self,
+        fd: RawFd,
+        key: SourceKey,
+        readable: bool,
+        writable: bool,
+    ) -> io::Result<()> {
         let interest = match (readable, writable) {
             (true, true) => Interest::READABLE | Interest::WRITABLE,
             (false, true) => Interest::WRITABLE,

@@ -161,7 +161,7 @@ impl LoopInner {
     fn tick(this: &Rc<LoopInner>) {
         let r = {
             let mut f = this.f.borrow_mut();
-            catch_unwind(AssertUnwindSafe(|| (f)()))
+            catch_unwind(AssertUnwindSafe(&mut *f))
         };
         if let Err(panic) = r {
             this.running.set(false);

@@ -174,7 +174,12 @@ impl ReactorHandle {
     /// # Errors
     ///
     /// The OS error from creating, binding or registering the socket.
-    pub fn listen_tcp<F: Factory>(&self, addr: SocketAddr, factory: F, reuse_port: bool) -> io::Result<ListeningPort> {
+    pub fn listen_tcp<F: Factory>(
+        &self,
+        addr: SocketAddr,
+        factory: F,
+        reuse_port: bool,
+    ) -> io::Result<ListeningPort> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         if reuse_port {
@@ -216,7 +221,8 @@ impl ReactorHandle {
         factory: F,
         timeout: Duration,
     ) -> Deferred<Rc<RefCell<F::Protocol>>> {
-        let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP)) {
+        let socket = match Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))
+        {
             Ok(s) => s,
             Err(e) => return crate::fail(e),
         };
@@ -275,7 +281,8 @@ impl ReactorHandle {
     ) -> Deferred<Rc<RefCell<F::Protocol>>> {
         match socket.connect(addr) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return crate::fail(e),
         }
         let conn = match Conn::register(self, into_stream(socket)) {
@@ -398,7 +405,9 @@ impl Transport {
         let io = self.conn.stream.borrow();
         match &*io {
             Some(Stream::Tcp(s)) => s.local_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
-            Some(Stream::Unix(s)) => Address::Unix(s.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into))),
+            Some(Stream::Unix(s)) => {
+                Address::Unix(s.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
+            }
             None => Address::Unix(None),
         }
     }
@@ -416,7 +425,10 @@ impl Transport {
 
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transport").field("buffered", &self.buffered()).field("closed", &self.is_closed()).finish()
+        f.debug_struct("Transport")
+            .field("buffered", &self.buffered())
+            .field("closed", &self.is_closed())
+            .finish()
     }
 }
 
@@ -505,7 +517,9 @@ impl Stream {
     fn peer(&self) -> Address {
         match self {
             Stream::Tcp(s) => s.peer_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
-            Stream::Unix(s) => Address::Unix(s.peer_addr().ok().and_then(|a| a.as_pathname().map(Into::into))),
+            Stream::Unix(s) => {
+                Address::Unix(s.peer_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
+            }
         }
     }
 }
@@ -526,6 +540,9 @@ pub(crate) struct Conn {
     error: RefCell<Option<Failure>>,
     read_paused: Cell<bool>,
     read_closed: Cell<bool>,
+    /// The OS reported the peer's end of file or an error: read past short reads until
+    /// the read returns 0 or fails, since no further edge will come.
+    eof_pending: Cell<bool>,
     disconnecting: Cell<bool>,
     write_shut_requested: Cell<bool>,
     write_shut: Cell<bool>,
@@ -549,6 +566,7 @@ impl Conn {
             error: RefCell::new(None),
             read_paused: Cell::new(false),
             read_closed: Cell::new(false),
+            eof_pending: Cell::new(false),
             disconnecting: Cell::new(false),
             write_shut_requested: Cell::new(false),
             write_shut: Cell::new(false),
@@ -580,13 +598,16 @@ impl Conn {
                 Ok(mut p) => {
                     guarded(what, || f(&mut *p));
                 }
-                Err(_) => log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped"),
+                Err(_) => {
+                    log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped")
+                }
             }
         }
     }
 
     fn write(self: &Rc<Self>, data: &[u8]) {
-        if self.closed.get() || self.disconnecting.get() || self.write_shut_requested.get() || data.is_empty() {
+        if self.closed.get() || self.disconnecting.get() || self.write_shut_requested.get() || data.is_empty()
+        {
             return;
         }
         let mut written = 0;
@@ -667,7 +688,10 @@ impl Conn {
     fn read(self: &Rc<Self>) {
         let Some(reactor) = self.reactor.upgrade() else { return };
         for _ in 0..MAX_READS_PER_EVENT {
-            if self.read_paused.get() || self.read_closed.get() || self.closed.get() || self.error.borrow().is_some()
+            if self.read_paused.get()
+                || self.read_closed.get()
+                || self.closed.get()
+                || self.error.borrow().is_some()
             {
                 return;
             }
@@ -688,8 +712,9 @@ impl Conn {
                     }
                     Ok(n) => {
                         self.with_protocol("data_received", |p| p.data_received(&buf[..n]));
-                        // A short read emptied the kernel buffer: the next data brings a new edge.
-                        n == READ_SIZE
+                        // A short read emptied the kernel buffer: the next data brings a new
+                        // edge, but an end of file already reported does not.
+                        n == READ_SIZE || self.eof_pending.get()
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
@@ -833,6 +858,9 @@ impl Source for Conn {
                 return;
             }
         }
+        if r.read_closed || r.error {
+            self.eof_pending.set(true);
+        }
         if r.writable || r.error {
             self.flush();
         }
@@ -924,8 +952,10 @@ impl Listener {
                 Err(e)
                     if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
-                    let out_of_resources =
-                        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
+                    let out_of_resources = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
                     if out_of_resources {
                         log::warn!(target: "weft::reactor", "accept: {e}; pausing accepts for {ACCEPT_RETRY:?}");
                     } else {

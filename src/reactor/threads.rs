@@ -161,7 +161,11 @@ struct Job {
 impl ReactorThreads {
     pub(crate) fn new(waker: Waker) -> ReactorThreads {
         ReactorThreads {
-            shared: Arc::new(ThreadShared { queue: Mutex::new(VecDeque::new()), waker, closed: AtomicBool::new(false) }),
+            shared: Arc::new(ThreadShared {
+                queue: Mutex::new(VecDeque::new()),
+                waker,
+                closed: AtomicBool::new(false),
+            }),
             pool: RefCell::new(None),
             pool_size: Cell::new(4),
             completers: RefCell::new(HashMap::new()),

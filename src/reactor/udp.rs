@@ -131,7 +131,9 @@ impl UdpPort {
                             Ok(mut p) => {
                                 guarded("datagram_received", || p.datagram_received(&buf[..n], from));
                             }
-                            Err(_) => log::error!(target: "weft::reactor", "datagram_received: protocol busy"),
+                            Err(_) => {
+                                log::error!(target: "weft::reactor", "datagram_received: protocol busy")
+                            }
                         }
                         true
                     }
