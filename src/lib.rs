@@ -62,9 +62,14 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod cancellation;
+pub mod combinators;
 mod deferred;
 mod failure;
+mod observable;
 pub mod reactor;
+pub mod sync;
+pub mod task;
 
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
 pub use failure::{
@@ -72,3 +77,13 @@ pub use failure::{
     ResultConsumedError, StringError,
 };
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
+
+pub use cancellation::{
+    add_timeout, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred, TimeoutError,
+};
+pub use combinators::{
+    gather_results, race, unwrap_first_error, DeferredList, FailureGroup, FirstError, ListResult,
+};
+pub use observable::ObservableDeferred;
+pub use sync::{DeferredLock, DeferredQueue, DeferredSemaphore, Linearizer, Permit, ReadWriteLock, RwGuard};
+pub use task::{ensure_deferred, DeferredFuture};

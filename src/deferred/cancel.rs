@@ -29,7 +29,7 @@ use super::{Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 
 type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
-type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
+pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
 /// Cancellers and cancel bookkeeping of one Deferred; boxed and allocated on first use.
 pub(super) struct CancelState<T: 'static> {
@@ -196,16 +196,30 @@ impl<T: 'static> Deferred<T> {
                 (CancelledError { id, location }, Some(CurrentGuard(previous)))
             }
         };
-        self.cancel_with(err);
+        // Past a fixed nesting depth the cancel is queued, and runs before the outermost
+        // `cancel()` returns (while `CURRENT` still holds this cancellation's id).
+        let this = self.clone();
+        super::run::cancel_bounded(move || this.cancel_with(err));
     }
 
     fn cancel_with(&self, err: CancelledError) {
+        // Going down a chain of Deferreds that wait on one another is a loop, not
+        // recursion: a cancel reaches the innermost one at any depth in constant stack.
+        let mut current = self.clone();
+        while let Some(inner) = current.cancel_step(&err) {
+            current = inner;
+        }
+    }
+
+    /// Cancels this Deferred's own layers, then either its creator's canceller or, if it
+    /// waits on another Deferred, returns that one for the caller to cancel next.
+    fn cancel_step(&self, err: &CancelledError) -> Option<Deferred<T>> {
         let (target, layers, dead) = {
             let mut core = self.inner.core.borrow_mut();
             let target = match &core.slot {
                 Slot::Pending => Target::Creator,
                 Slot::Waiting(w) => Target::Inner(w.upgrade()),
-                _ => return,
+                _ => return None,
             };
             let consumed = core.consumed();
             match core.cancel.as_mut() {
@@ -218,7 +232,7 @@ impl<T: 'static> Deferred<T> {
         };
         drop(dead);
         for (_, layer) in layers.into_iter().rev() {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| layer(&err))) {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| layer(err))) {
                 log::error!("a layer canceller panicked: {}", Failure::from_panic(panic));
             }
         }
@@ -227,7 +241,7 @@ impl<T: 'static> Deferred<T> {
                 let canceller = {
                     let mut core = self.inner.core.borrow_mut();
                     if core.is_called() {
-                        return;
+                        return None;
                     }
                     core.cancel.as_mut().and_then(|c| c.canceller.take())
                 };
@@ -238,19 +252,20 @@ impl<T: 'static> Deferred<T> {
                 }
                 let mut core = self.inner.core.borrow_mut();
                 if core.is_called() {
-                    return;
+                    return None;
                 }
                 core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).suppress_already_called =
                     true;
                 drop(core);
-                let _ = self.fire(Next::Ready(Err(Failure::new(err))));
+                let _ = self.fire(Next::Ready(Err(Failure::new(err.clone()))));
             }
-            Target::Inner(Some(inner)) => Deferred::from_inner(inner).cancel_with(err),
+            Target::Inner(Some(inner)) => return Some(Deferred::from_inner(inner)),
             Target::Inner(None) => {
                 // What we waited on is gone and can never fire: fail here instead.
-                self.inner.resume(Err(Failure::new(err)));
+                self.inner.resume(Err(Failure::new(err.clone())));
             }
         }
+        None
     }
 
     /// The id of the cancellation started by `cancel()` on this Deferred, if any.
@@ -264,4 +279,10 @@ impl<T: 'static> super::Core<T> {
     fn is_cancellable(&self) -> bool {
         matches!(self.slot, Slot::Pending | Slot::Waiting(_))
     }
+}
+
+/// The `CancelledError` of the cancellation under way on this thread, if a canceller is
+/// running now; lets code outside this module continue the same cancellation.
+pub(crate) fn current_cancellation() -> Option<CancelledError> {
+    CURRENT.with(Cell::get).map(|(id, location)| CancelledError { id, location })
 }

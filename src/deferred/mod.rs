@@ -20,6 +20,8 @@
 mod cancel;
 mod run;
 
+pub(crate) use cancel::current_cancellation;
+
 #[cfg(test)]
 mod tests;
 
@@ -218,12 +220,40 @@ impl<T: 'static> Core<T> {
         (self.head as usize) < self.links.len()
     }
 
+    /// When the loop stops: if every link ran, empty the list (a spilled one goes back to
+    /// inline storage, so the next link added costs no allocation), and take the layer
+    /// cancellers whose callbacks have started, for the caller to drop outside the borrow.
+    #[inline]
+    fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
+        if !self.has_links_to_run() && !self.links.is_empty() {
+            self.base += self.links.len() as u32;
+            self.head = 0;
+            if self.links.spilled() {
+                self.links = SmallVec::new();
+            } else {
+                // Every entry is `None`: nothing to drop, only the length to reset.
+                self.links.clear();
+            }
+        }
+        let cancel = self.cancel.as_mut()?;
+        let consumed = self.base + self.head;
+        Some(cancel.take_dead_layers(consumed))
+    }
+
+    /// True if the chain has finished with a result: it is `Ready`, no link is left to
+    /// run, and it is not paused (a paused chain may still get links that must run on
+    /// that result first).
+    fn has_final_result(&self) -> bool {
+        matches!(self.slot, Slot::Ready(_)) && self.paused == 0 && !self.has_links_to_run()
+    }
+
     /// True if a callback loop should start now.
+    #[inline]
     fn can_run(&self) -> bool {
-        !self.running
+        matches!(self.slot, Slot::Ready(_) | Slot::Consumed)
+            && !self.running
             && self.paused == 0
             && self.has_links_to_run()
-            && matches!(self.slot, Slot::Ready(_) | Slot::Consumed)
     }
 }
 
@@ -309,6 +339,7 @@ impl<T: 'static> Deferred<T> {
         self
     }
 
+    #[inline]
     fn push(&self, link: Link<T>) {
         let run = {
             let mut core = self.inner.core.borrow_mut();
@@ -416,8 +447,7 @@ impl<T: 'static> Deferred<T> {
     /// True if the Deferred has a result that no link is waiting to process: it fired,
     /// every callback ran, and the chain is not paused or waiting.
     pub fn has_result(&self) -> bool {
-        let core = self.inner.core.borrow();
-        matches!(core.slot, Slot::Ready(_)) && !core.has_links_to_run()
+        self.inner.core.borrow().has_final_result()
     }
 
     /// A copy of the current result, if the chain has finished with one (see
@@ -430,7 +460,7 @@ impl<T: 'static> Deferred<T> {
     {
         let core = self.inner.core.borrow();
         match &core.slot {
-            Slot::Ready(r) if !core.has_links_to_run() => Some(r.clone()),
+            Slot::Ready(r) if core.has_final_result() => Some(r.clone()),
             _ => None,
         }
     }
@@ -439,7 +469,7 @@ impl<T: 'static> Deferred<T> {
     /// added afterwards get a [`ResultConsumedError`]. `None` if there is no result yet.
     pub fn take_result(&self) -> Option<Result<T, Failure>> {
         let mut core = self.inner.core.borrow_mut();
-        if core.has_links_to_run() || !matches!(core.slot, Slot::Ready(_)) {
+        if !core.has_final_result() {
             return None;
         }
         match mem::replace(&mut core.slot, Slot::Consumed) {
@@ -529,49 +559,87 @@ impl<T: 'static> Deferred<T> {
     }
 }
 
+/// A result held by the callback loop between links (the slot says `Running` meanwhile).
+enum Held<T: 'static> {
+    Result(Result<T, Failure>),
+    Consumed,
+}
+
+impl<T: 'static> Held<T> {
+    fn into_slot(self) -> Slot<T> {
+        match self {
+            Held::Result(r) => Slot::Ready(r),
+            Held::Consumed => Slot::Consumed,
+        }
+    }
+
+    fn into_input(self) -> Result<T, Failure> {
+        match self {
+            Held::Result(r) => r,
+            Held::Consumed => Err(Failure::new(ResultConsumedError)),
+        }
+    }
+}
+
 impl<T: 'static> Inner<T> {
-    /// Stores what a link (or `fire`) produced. The slot must be `Running`.
+    /// Stores what `fire` was given. The slot must be `Running`.
+    fn settle(self: &Rc<Self>, next: Next<T>) {
+        if let Some(held) = self.absorb(next) {
+            self.core.borrow_mut().slot = held.into_slot();
+        }
+    }
+
+    /// Turns what a link returned into the result for the next link, or `None` if the
+    /// chain must now wait. The slot must be `Running`.
     ///
     /// A Deferred to wait on is handled here: if it already has a result the result is
-    /// taken at once (Twisted steals it too); otherwise this chain waits, and the other
-    /// Deferred gets a continuation link that hands its result back here.
-    fn settle(self: &Rc<Self>, next: Next<T>) {
-        let slot = match next {
-            Next::Ready(r) => Slot::Ready(r),
-            Next::Consumed => Slot::Consumed,
-            Next::Wait(d) => {
-                if Rc::ptr_eq(&d.inner, self) {
-                    Slot::Ready(Err(Failure::new(ChainedToSelfError)))
-                } else {
-                    let mut other = d.inner.core.borrow_mut();
-                    let idle = !other.running && other.paused == 0 && !other.has_links_to_run();
-                    match &other.slot {
-                        Slot::Ready(_) if idle => match mem::replace(&mut other.slot, Slot::Consumed) {
-                            Slot::Ready(r) => Slot::Ready(r),
-                            _ => unreachable!("matched above"),
-                        },
-                        Slot::Consumed if idle => Slot::Ready(Err(Failure::new(ResultConsumedError))),
-                        _ => {
-                            other.links.push(Some(Link::Continue(self.clone())));
-                            let run = other.can_run();
-                            drop(other);
-                            if run {
-                                d.inner.kick();
-                            }
-                            // If the other Deferred could run, it may have reached our
-                            // continuation already and resumed us; only a slot still
-                            // `Running` means we are to wait.
-                            let mut core = self.core.borrow_mut();
-                            if matches!(core.slot, Slot::Running) {
-                                core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
-                            }
-                            return;
-                        }
-                    }
-                }
+    /// taken at once (Twisted steals it too); otherwise the other Deferred gets a
+    /// continuation link that hands its result back here, and the slot becomes `Waiting`.
+    #[inline]
+    fn absorb(self: &Rc<Self>, next: Next<T>) -> Option<Held<T>> {
+        match next {
+            Next::Ready(r) => Some(Held::Result(r)),
+            Next::Consumed => Some(Held::Consumed),
+            Next::Wait(d) => self.wait_on(d),
+        }
+    }
+
+    /// The `Next::Wait` case of [`absorb`](Self::absorb).
+    #[inline(never)]
+    fn wait_on(self: &Rc<Self>, d: Deferred<T>) -> Option<Held<T>> {
+        if Rc::ptr_eq(&d.inner, self) {
+            return Some(Held::Result(Err(Failure::new(ChainedToSelfError))));
+        }
+        let mut other = d.inner.core.borrow_mut();
+        let idle = !other.running && other.paused == 0 && !other.has_links_to_run();
+        match &other.slot {
+            Slot::Ready(_) if idle => match mem::replace(&mut other.slot, Slot::Consumed) {
+                Slot::Ready(r) => return Some(Held::Result(r)),
+                _ => unreachable!("matched above"),
+            },
+            Slot::Consumed if idle => return Some(Held::Result(Err(Failure::new(ResultConsumedError)))),
+            _ => {}
+        }
+        other.links.push(Some(Link::Continue(self.clone())));
+        let run = other.can_run();
+        drop(other);
+        if run {
+            d.inner.kick();
+        }
+        // If the other Deferred could run, it may have reached our continuation already
+        // and resumed us (`resume` leaves the result in our slot); otherwise we wait.
+        let mut core = self.core.borrow_mut();
+        match mem::replace(&mut core.slot, Slot::Running) {
+            Slot::Ready(r) => Some(Held::Result(r)),
+            Slot::Running => {
+                core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
+                None
             }
-        };
-        self.core.borrow_mut().slot = slot;
+            other => {
+                core.slot = other;
+                unreachable!("only resume touches a running slot")
+            }
+        }
     }
 
     /// Starts the callback loop if it can run and is not running already.
@@ -605,44 +673,68 @@ impl<T: 'static> Inner<T> {
 }
 
 impl<T: 'static> run::Runnable for Inner<T> {
+    /// The callback loop. A panicking callback unwinds out of `run_links` to here, and
+    /// its panic becomes the Failure the next link gets: one `catch_unwind` per loop, not
+    /// per callback.
     fn run_loop(self: Rc<Self>) {
-        loop {
-            let (link, input) = {
-                let mut core = self.core.borrow_mut();
-                let ready = matches!(core.slot, Slot::Ready(_) | Slot::Consumed);
-                if core.paused > 0 || !ready || !core.has_links_to_run() {
+        let mut held = {
+            let mut core = self.core.borrow_mut();
+            match mem::replace(&mut core.slot, Slot::Running) {
+                Slot::Ready(r) => Held::Result(r),
+                Slot::Consumed => Held::Consumed,
+                other => {
+                    // `kick` checked the slot; nothing can change it before we run.
+                    core.slot = other;
                     core.running = false;
-                    if !core.has_links_to_run() && !core.links.is_empty() {
-                        // Every link ran: free the list, remember how many there were.
-                        core.base += core.links.len() as u32;
-                        core.head = 0;
-                        core.links = SmallVec::new();
-                    }
-                    let consumed = core.consumed();
-                    let dead = core.cancel.as_mut().map(|c| c.take_dead_layers(consumed));
+                    return;
+                }
+            }
+        };
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.run_links(held))) {
+                Ok(()) => return,
+                Err(panic) => held = Held::Result(Err(Failure::from_panic(panic))),
+            }
+        }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// Runs links until the chain finishes, pauses or waits, holding the result in a
+    /// local between links, so each link costs one borrow: take the link (or stop),
+    /// release, call. On return the slot and `running` are up to date.
+    fn run_links(self: &Rc<Self>, mut held: Held<T>) {
+        loop {
+            let link = {
+                let mut core = self.core.borrow_mut();
+                if core.paused > 0 || !core.has_links_to_run() {
+                    core.slot = held.into_slot();
+                    core.running = false;
+                    let dead = core.compact();
                     drop(core);
                     drop(dead);
                     return;
                 }
-                let input = match mem::replace(&mut core.slot, Slot::Running) {
-                    Slot::Ready(r) => r,
-                    _ => Err(Failure::new(ResultConsumedError)),
-                };
                 let head = core.head as usize;
                 core.head += 1;
-                (core.links[head].take(), input)
+                core.links[head].take()
             };
             match link {
-                Some(Link::Call(f)) => {
-                    let next = match catch_unwind(AssertUnwindSafe(move || f(input))) {
-                        Ok(next) => next,
-                        Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
-                    };
-                    self.settle(next);
-                }
+                Some(Link::Call(f)) => match self.absorb(f(held.into_input())) {
+                    Some(h) => held = h,
+                    None => {
+                        // Waiting on another Deferred; its continuation resumes us.
+                        let mut core = self.core.borrow_mut();
+                        core.running = false;
+                        let dead = core.compact();
+                        drop(core);
+                        drop(dead);
+                        return;
+                    }
+                },
                 Some(Link::Continue(outer)) => {
-                    self.core.borrow_mut().slot = Slot::Consumed;
-                    outer.resume(input);
+                    outer.resume(held.into_input());
+                    held = Held::Consumed;
                 }
                 None => unreachable!("a link runs once"),
             }
@@ -741,5 +833,23 @@ where
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
         Err(panic) => fail(Failure::from_panic(panic)),
+    }
+}
+
+/// A weak handle to a Deferred, for crate-internal back-references (a canceller reaching
+/// the members of a list without keeping them alive).
+pub(crate) struct WeakDeferred<T: 'static>(Weak<Inner<T>>);
+
+impl<T: 'static> WeakDeferred<T> {
+    /// The Deferred, if a strong handle to it still exists.
+    pub(crate) fn upgrade(&self) -> Option<Deferred<T>> {
+        self.0.upgrade().map(Deferred::from_inner)
+    }
+}
+
+impl<T: 'static> Deferred<T> {
+    /// A weak handle to this Deferred.
+    pub(crate) fn downgrade(&self) -> WeakDeferred<T> {
+        WeakDeferred(Rc::downgrade(&self.inner))
     }
 }

@@ -10,6 +10,9 @@
 //! loop drains the queue before it returns. The user sees no difference below that depth,
 //! and above it the queued callbacks still run before the outermost `callback()` returns.
 //!
+//! Cancels nest the same way when a canceller cancels another Deferred (as `then` does
+//! for its source), and are bounded the same way.
+//!
 //! Dropping a long waiting chain would recurse too (each Deferred owns the next through
 //! its continuation link), so drops are bounded the same way: past [`MAX_DEPTH`] nested
 //! drops, what a Deferred owns is parked in a thread-local list that the outermost drop
@@ -32,6 +35,8 @@ pub(crate) trait Runnable {
 thread_local! {
     static RUN_DEPTH: Cell<u32> = const { Cell::new(0) };
     static RUN_QUEUE: RefCell<VecDeque<Rc<dyn Runnable>>> = const { RefCell::new(VecDeque::new()) };
+    static CANCEL_DEPTH: Cell<u32> = const { Cell::new(0) };
+    static CANCEL_QUEUE: RefCell<VecDeque<Box<dyn FnOnce()>>> = const { RefCell::new(VecDeque::new()) };
     static DROP_DEPTH: Cell<u32> = const { Cell::new(0) };
     static GRAVEYARD: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
@@ -63,6 +68,26 @@ pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
         // The outermost loop: run whatever deeper loops queued, each at depth 1 again.
         while let Some(next) = RUN_QUEUE.with(|q| q.borrow_mut().pop_front()) {
             next.run_loop();
+        }
+    }
+}
+
+/// Runs one `cancel()` now, or queues it if too many cancels are already nested on the
+/// stack (a canceller that cancels what it depends on, which cancels what *it* depends
+/// on, and so on down a long `then`/`map` chain). The outermost cancel drains the queue
+/// before it returns.
+pub(crate) fn cancel_bounded<F: FnOnce() + 'static>(cancel: F) {
+    let depth = CANCEL_DEPTH.with(Cell::get);
+    if depth >= MAX_DEPTH {
+        CANCEL_QUEUE.with(|q| q.borrow_mut().push_back(Box::new(cancel)));
+        return;
+    }
+    CANCEL_DEPTH.with(|d| d.set(depth + 1));
+    let _restore = DepthGuard(&CANCEL_DEPTH, depth);
+    cancel();
+    if depth == 0 {
+        while let Some(next) = CANCEL_QUEUE.with(|q| q.borrow_mut().pop_front()) {
+            next();
         }
     }
 }

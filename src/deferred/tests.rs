@@ -95,3 +95,36 @@ fn pending_deferred_with_one_callback_is_one_small_allocation() {
     d.borrow().add_callback(|x| x + 1);
     assert!(!d.borrow().inner.core.borrow().links.spilled());
 }
+
+#[test]
+fn paused_deferred_has_no_result_to_read_or_take() {
+    let d = succeed(3);
+    d.pause();
+    assert!(!d.has_result());
+    assert!(d.result().is_none());
+    assert!(d.take_result().is_none());
+    d.unpause().unwrap();
+    assert!(d.has_result());
+    assert_eq!(d.take_result().unwrap().unwrap(), 3);
+}
+
+#[test]
+fn cancel_reaches_the_innermost_of_100_000_nested_deferreds_without_overflow() {
+    let n = 100_000;
+    let reached = Rc::new(Cell::new(false));
+    let r = reached.clone();
+    let mut ds: Vec<Deferred<u32>> = (0..n - 1).map(|_| Deferred::new()).collect();
+    ds.push(Deferred::with_canceller(move |_| r.set(true)));
+    for i in 0..n - 1 {
+        let next = ds[i + 1].clone();
+        ds[i].add_callback(move |_| next);
+    }
+    // Outermost first: each fire leaves one more Deferred waiting on the next.
+    for d in &ds[..n - 1] {
+        d.callback(0).unwrap();
+        assert!(d.is_paused());
+    }
+    ds[0].cancel();
+    assert!(reached.get());
+    assert!(ds[0].take_result().unwrap().unwrap_err().check::<CancelledError>());
+}

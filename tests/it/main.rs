@@ -1,1 +1,10 @@
+//! weft's integration tests: one binary, one module per area, each testing behaviour
+//! through the public API only (unit tests of internals live beside the code).
+
+mod cancellation;
+mod combinators;
+mod deferred;
+mod observable;
 mod reactor;
+mod sync;
+mod task;

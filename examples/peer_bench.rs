@@ -1,0 +1,314 @@
+//! weft's side of the peer benchmarks in `../shared/peers/` (same subcommands and JSON
+//! line as the Twisted and tokio peers; see that README).
+//!
+//!   cargo build --release --example peer_bench
+//!   EXTRA_IMPLS="weft=$PWD/target/release/examples/peer_bench" ../shared/peers/run_peers.sh
+//!
+//! The harness (warm-up, repetition budget, median, JSON schema) is the peers' own and is
+//! kept unchanged so the numbers compare. A subcommand weft cannot run yet exits with
+//! status 3, which the report lists under "Errors".
+
+use std::time::{Duration, Instant};
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+use weft::{CancelledError, Deferred, Failure};
+
+// ---------------------------------------------------------------------------
+// harness (keep as is)
+// ---------------------------------------------------------------------------
+
+struct Rep {
+    total: u64,
+    phases: Vec<(&'static str, u64)>,
+}
+
+/// `marks` are the ends of consecutive phases, starting at `t0`.
+fn rep(t0: Instant, marks: &[(&'static str, Instant)]) -> Rep {
+    let mut prev = t0;
+    let mut phases = Vec::with_capacity(marks.len());
+    for &(name, t) in marks {
+        phases.push((name, (t - prev).as_nanos() as u64));
+        prev = t;
+    }
+    Rep { total: (prev - t0).as_nanos() as u64, phases }
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &mut [u64]) -> f64 {
+    v.sort_unstable();
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m] as f64
+    } else {
+        (v[m - 1] as f64 + v[m] as f64) / 2.0
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// One warm-up repetition, then repetitions until BENCH_BUDGET_S (default 1 s):
+/// at least 5 (3 if one repetition is slow), at most 101.
+fn run_variant(variant: &'static str, n: usize, mut one: impl FnMut(usize) -> Rep) -> Value {
+    let budget = Duration::from_secs_f64(env_f64("BENCH_BUDGET_S", 1.0));
+    let max_reps = env_f64("BENCH_MAX_REPS", 101.0) as usize;
+    let min_cfg = env_f64("BENCH_MIN_REPS", 5.0) as usize;
+    let w0 = Instant::now();
+    let _ = one(n);
+    let min_reps = if w0.elapsed() * (min_cfg as u32) < budget * 2 { min_cfg } else { 3 };
+    let mut reps = Vec::new();
+    let start = Instant::now();
+    while reps.len() < min_reps || (start.elapsed() < budget && reps.len() < max_reps) {
+        reps.push(one(n));
+    }
+    let mut totals: Vec<u64> = reps.iter().map(|r| r.total).collect();
+    let min = *totals.iter().min().unwrap();
+    let med = median(&mut totals);
+    let mut phases = serde_json::Map::new();
+    for (i, (name, _)) in reps[0].phases.iter().enumerate() {
+        let mut v: Vec<u64> = reps.iter().map(|r| r.phases[i].1).collect();
+        phases.insert((*name).to_string(), json!(round2(median(&mut v) / n as f64)));
+    }
+    json!({
+        "variant": variant,
+        "ns_per_op": round2(med / n as f64),
+        "min_ns_per_op": round2(min as f64 / n as f64),
+        "reps": reps.len(),
+        "phases": Value::Object(phases),
+    })
+}
+
+fn emit(bench: &str, n: usize, unit: &str, results: Vec<Value>) {
+    let line = json!({
+        "impl": "weft",
+        "bench": bench,
+        "n": n,
+        "unit": unit,
+        "results": results,
+        "meta": {
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "budget_s": env_f64("BENCH_BUDGET_S", 1.0),
+        }
+    });
+    println!("{line}");
+}
+
+// ---------------------------------------------------------------------------
+// scenarios (fill in)
+// ---------------------------------------------------------------------------
+
+/// chain N — unit "callback". t0; d = Deferred::new(); N x add_callback(|x| x + 1);
+/// t1 ("build"); d.callback(0); t2 ("fire"); assert result == N.
+fn chain(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let d = Deferred::<u64>::new();
+    for _ in 0..n {
+        d.add_callback(|x| x + 1);
+    }
+    let t1 = Instant::now();
+    d.callback(0).unwrap();
+    let t2 = Instant::now();
+    assert_eq!(d.take_result().unwrap().unwrap(), n as u64);
+    rep(t0, &[("build", t1), ("fire", t2)])
+}
+
+/// chain-nested N — unit "level". t0; create N deferreds ds[0..N]; for i in
+/// (0..N-1).rev(): ds[i].add_callback(move |_| return ds[i+1] (chain onto it));
+/// ds[i].callback(()) — ds[i] is now paused waiting on ds[i+1]; t1 ("build");
+/// ds[N-1].callback(7); t2 ("fire"); assert ds[0]'s result == 7.
+fn chain_nested(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in (0..n - 1).rev() {
+        let next = ds[i + 1].clone();
+        ds[i].add_callback(move |_| next);
+        ds[i].callback(0).unwrap();
+    }
+    let t1 = Instant::now();
+    ds[n - 1].callback(7).unwrap();
+    let t2 = Instant::now();
+    assert_eq!(ds[0].take_result().unwrap().unwrap(), 7);
+    rep(t0, &[("build", t1), ("fire", t2)])
+}
+
+/// fanout N — unit "observer". t0; src = Deferred; obs = ObservableDeferred(src);
+/// N x obs.observe().add_callback(|x| sum += x); t1 ("observe"); src.callback(1);
+/// t2 ("fire"); assert sum == N.
+fn fanout(_n: usize) -> Rep {
+    not_yet("ObservableDeferred with N observers, each with one callback")
+}
+
+/// cancel-chain N — unit "layer". t0; inner = Deferred with a canceller that
+/// counts; N layers built as in chain-nested (layer N-1 returns inner); t1
+/// ("build"); outer.cancel(); outer gets an errback that traps CancelledError;
+/// t2 ("cancel"); assert canceller ran once and the outer saw CancelledError.
+fn cancel_chain(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let ran = Rc::new(Cell::new(0u32));
+    let r = ran.clone();
+    let inner = Deferred::<u64>::with_canceller(move |_| r.set(r.get() + 1));
+    let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in (0..n).rev() {
+        let next = if i + 1 < n { ds[i + 1].clone() } else { inner.clone() };
+        ds[i].add_callback(move |_| next);
+        ds[i].callback(0).unwrap();
+    }
+    let t1 = Instant::now();
+    let saw_cancel = Rc::new(Cell::new(false));
+    let s = saw_cancel.clone();
+    ds[0].cancel();
+    ds[0].add_errback(move |f: Failure| -> Result<u64, Failure> {
+        f.trap::<CancelledError>()?;
+        s.set(true);
+        Ok(0)
+    });
+    let t2 = Instant::now();
+    assert_eq!(ran.get(), 1);
+    assert!(saw_cancel.get());
+    rep(t0, &[("build", t1), ("cancel", t2)])
+}
+
+/// gather N — unit "member". t0; N unfired deferreds; t1 ("create");
+/// g = gather_results(ds) + a callback storing the Vec; t2 ("gather");
+/// ds[i].callback(i) for all i; t3 ("fire"); assert len N and last == N-1.
+fn gather(_n: usize) -> Rep {
+    not_yet("gatherResults over N unfired deferreds, fire them all")
+}
+
+/// timers N — unit "timer". Virtual clock (the crate's task.Clock analog).
+/// t0; clock; for i: call_later((i+1) ms, count += 1); t1 ("schedule");
+/// advance past the last deadline (firing all); t2 ("fire"); assert count == N.
+fn timers(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let clock = weft::Clock::new();
+    let count = Rc::new(Cell::new(0usize));
+    for i in 0..n {
+        let c = count.clone();
+        clock.call_later(Duration::from_millis(i as u64 + 1), move || c.set(c.get() + 1));
+    }
+    let t1 = Instant::now();
+    clock.advance(Duration::from_millis(n as u64 + 1));
+    let t2 = Instant::now();
+    assert_eq!(count.get(), n);
+    rep(t0, &[("schedule", t1), ("fire", t2)])
+}
+
+/// timers-cancel N — unit "timer". t0; N call_later(3600 s + i ms) handles;
+/// (let them reach the timer queue, as one reactor turn would); t1 ("schedule");
+/// cancel all N (and whatever purge the queue needs); t2 ("cancel"); assert the
+/// queue is empty and nothing fired.
+fn timers_cancel(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let clock = weft::Clock::new();
+    let fired = Rc::new(Cell::new(0usize));
+    let calls: Vec<weft::DelayedCall> = (0..n)
+        .map(|i| {
+            let f = fired.clone();
+            clock.call_later(Duration::from_secs(3600) + Duration::from_millis(i as u64), move || {
+                f.set(f.get() + 1)
+            })
+        })
+        .collect();
+    let t1 = Instant::now();
+    for c in &calls {
+        c.cancel().unwrap();
+    }
+    let t2 = Instant::now();
+    assert_eq!(clock.pending_calls(), 0);
+    assert_eq!(fired.get(), 0);
+    drop(calls);
+    rep(t0, &[("schedule", t1), ("cancel", t2)])
+}
+
+/// reactor-timers N — unit "timer". The real (mio) reactor. t0; N call_later(0, f)
+/// where f counts and stops the reactor at N; t1 ("schedule"); run the reactor
+/// until it stops; t2 ("run").
+fn reactor_timers(n: usize) -> Rep {
+    thread_local! {
+        // One reactor for all repetitions, as Twisted's run back to back in one run().
+        static REACTOR: weft::Reactor = weft::Reactor::new().expect("reactor");
+    }
+    REACTOR.with(|reactor| {
+        let t0 = Instant::now();
+        let count = Rc::new(Cell::new(0usize));
+        for _ in 0..n {
+            let (c, h) = (count.clone(), reactor.handle());
+            reactor.call_later(Duration::ZERO, move || {
+                c.set(c.get() + 1);
+                if c.get() == n {
+                    h.stop();
+                }
+            });
+        }
+        let t1 = Instant::now();
+        reactor.run();
+        let t2 = Instant::now();
+        assert_eq!(count.get(), n);
+        rep(t0, &[("schedule", t1), ("run", t2)])
+    })
+}
+
+/// echo-server PORT: the crate's reactor with listen_tcp on 127.0.0.1:PORT,
+/// listen backlog 1024, TCP_NODELAY on each accepted socket, a Protocol whose
+/// data_received writes the bytes straight back (read up to 64 KiB at a time),
+/// running until SIGTERM (default action is fine). Print one line to stderr.
+fn echo_server(port: u16) {
+    use weft::reactor::{Address, Protocol, Transport};
+    struct Echo(Option<Transport>);
+    impl Protocol for Echo {
+        fn connection_made(&mut self, t: Transport) {
+            self.0 = Some(t);
+        }
+        fn data_received(&mut self, data: &[u8]) {
+            if let Some(t) = &self.0 {
+                t.write(data);
+            }
+        }
+    }
+    let reactor = weft::Reactor::new().expect("reactor");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    reactor.listen_tcp(addr, |_: &Address| Echo(None), false).expect("listen");
+    eprintln!("weft echo server on {addr}");
+    reactor.run();
+}
+
+/// A scenario weft cannot run yet: say so and exit non-zero, as the peers' README asks.
+fn not_yet(what: &str) -> ! {
+    eprintln!("peer_bench: not implemented in weft yet: {what}");
+    std::process::exit(3)
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || -> ! {
+        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers> N | echo-server PORT");
+        std::process::exit(2)
+    };
+    let cmd = args.first().map(String::as_str).unwrap_or_else(|| usage());
+    let arg: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+    let v = |name: &'static str, f: fn(usize) -> Rep| run_variant(name, arg, f);
+    match cmd {
+        "chain" => emit("chain", arg, "callback", vec![v("deferred", chain)]),
+        "chain-nested" => emit("chain-nested", arg, "level", vec![v("deferred", chain_nested)]),
+        "fanout" => emit("fanout", arg, "observer", vec![v("observable_deferred", fanout)]),
+        "cancel-chain" => emit("cancel-chain", arg, "layer", vec![v("deferred", cancel_chain)]),
+        "gather" => emit("gather", arg, "member", vec![v("gather_results", gather)]),
+        "timers" => emit("timers", arg, "timer", vec![v("virtual_clock", timers)]),
+        "timers-cancel" => emit("timers-cancel", arg, "timer", vec![v("virtual_clock", timers_cancel)]),
+        "reactor-timers" => emit("reactor-timers", arg, "timer", vec![v("mio_reactor", reactor_timers)]),
+        "echo-server" => echo_server(u16::try_from(arg).unwrap_or_else(|_| usage())),
+        _ => usage(),
+    }
+    // If a benchmark has deep recursion (nested chains), run it on a thread with a
+    // big stack as tokio-peer does; Twisted's chaining is iterative, so a crate
+    // that matches it should not need that.
+}

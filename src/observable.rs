@@ -1,0 +1,146 @@
+//! [`ObservableDeferred`]: one source Deferred, any number of independent observers
+//! (Synapse's `ObservableDeferred`).
+//!
+//! # Ownership
+//!
+//! The `ObservableDeferred` holds the source and an `Rc` to the shared state; the source's
+//! chain holds the state too, through the one link that records the outcome. The state
+//! owns the observers still waiting, in a `Slab`; each observer's canceller holds only a
+//! `Weak` to the state and its slab key, so cancelling an observer removes that one entry
+//! and nothing else. The outcome is stored once; each observer gets a clone of the value
+//! (`T: Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+
+use slab::Slab;
+
+use crate::deferred::Next;
+use crate::{Deferred, Failure};
+
+/// Shares the outcome of one source Deferred with many observers, each of which gets its
+/// own new Deferred from [`observe`](Self::observe).
+///
+/// - Cancelling an observer fails that observer with `CancelledError` and detaches it;
+///   the source and the other observers are not affected.
+/// - Observers added after the source fired get the outcome at once.
+/// - The source's own chain gets its result back unchanged, unless `consume_errors` is
+///   set and the result is a failure: then the failure is consumed there (it is not
+///   reported as unhandled by the source; steps added to the source later get a
+///   `ResultConsumedError`).
+///
+/// # Examples
+///
+/// ```
+/// use weft::{Deferred, ObservableDeferred};
+///
+/// let source: Deferred<u32> = Deferred::new();
+/// let shared = ObservableDeferred::new(source.clone(), false);
+/// let a = shared.observe();
+/// let b = shared.observe();
+/// a.cancel(); // only `a` is cancelled
+/// source.callback(7).unwrap();
+/// assert_eq!(b.result().unwrap().unwrap(), 7);
+/// assert_eq!(shared.observe().result().unwrap().unwrap(), 7); // late observers too
+/// # let _ = a.take_result();
+/// ```
+///
+/// # Drop
+///
+/// Dropping the `ObservableDeferred` does not cancel the source or the observers: they
+/// still fire when the source does.
+pub struct ObservableDeferred<T: Clone + 'static> {
+    source: Deferred<T>,
+    state: Rc<State<T>>,
+}
+
+struct State<T: 'static> {
+    /// The source's outcome, once it has one; set before any observer is told.
+    outcome: RefCell<Option<Result<T, Failure>>>,
+    /// Observers waiting for the outcome.
+    observers: RefCell<Slab<Deferred<T>>>,
+}
+
+impl<T: Clone + 'static> ObservableDeferred<T> {
+    /// Starts observing `source`. See the type's docs for `consume_errors`.
+    pub fn new(source: Deferred<T>, consume_errors: bool) -> ObservableDeferred<T> {
+        let state = Rc::new(State { outcome: RefCell::new(None), observers: RefCell::new(Slab::new()) });
+        let st = state.clone();
+        source.add_both(move |r: Result<T, Failure>| -> Next<T> {
+            *st.outcome.borrow_mut() = Some(r.clone());
+            // The state is set first; then the observers are told from a taken list, so
+            // an observer's callback may observe or cancel freely.
+            let observers = std::mem::take(&mut *st.observers.borrow_mut());
+            for (_, d) in observers {
+                let _ = d.fire(Next::Ready(r.clone()));
+            }
+            match r {
+                Err(_) if consume_errors => Next::Consumed,
+                r => Next::Ready(r),
+            }
+        });
+        ObservableDeferred { source, state }
+    }
+
+    /// A new Deferred that fires with the source's outcome (at once if it has one).
+    ///
+    /// # Cancellation
+    ///
+    /// Cancelling the returned Deferred detaches it; the source is never cancelled.
+    #[must_use = "observe returns a new Deferred for the outcome"]
+    pub fn observe(&self) -> Deferred<T> {
+        if let Some(r) = self.state.outcome.borrow().as_ref() {
+            return match r {
+                Ok(v) => crate::succeed(v.clone()),
+                Err(f) => crate::fail(f.clone()),
+            };
+        }
+        let weak = Rc::downgrade(&self.state);
+        let mut observers = self.state.observers.borrow_mut();
+        let entry = observers.vacant_entry();
+        let key = entry.key();
+        let d = Deferred::with_canceller(move |_| {
+            if let Some(st) = weak.upgrade() {
+                let removed = st.observers.borrow_mut().try_remove(key);
+                drop(removed);
+            }
+        });
+        entry.insert(d.clone());
+        d
+    }
+
+    /// True once the source has produced its outcome.
+    pub fn has_called(&self) -> bool {
+        self.state.outcome.borrow().is_some()
+    }
+
+    /// True once the source has produced a value.
+    pub fn has_succeeded(&self) -> bool {
+        matches!(*self.state.outcome.borrow(), Some(Ok(_)))
+    }
+
+    /// A clone of the outcome, if there is one.
+    pub fn get_result(&self) -> Option<Result<T, Failure>> {
+        self.state.outcome.borrow().clone()
+    }
+
+    /// How many observers are still waiting.
+    pub fn observer_count(&self) -> usize {
+        self.state.observers.borrow().len()
+    }
+
+    /// The source Deferred.
+    pub fn source(&self) -> &Deferred<T> {
+        &self.source
+    }
+}
+
+impl<T: Clone + 'static> fmt::Debug for ObservableDeferred<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObservableDeferred")
+            .field("called", &self.has_called())
+            .field("observers", &self.observer_count())
+            .finish()
+    }
+}

@@ -1,0 +1,217 @@
+//! `DeferredQueue`: a bounded queue whose `get` and `put` wait with Deferreds.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::error::Error;
+use std::fmt;
+use std::rc::Rc;
+
+use super::Waiters;
+use crate::Deferred;
+
+/// A FIFO queue whose [`get`](Self::get) waits for an item and whose
+/// [`put`](Self::put) waits for room (Twisted's `DeferredQueue`, with backpressure on
+/// `put` instead of `QueueOverflow`; [`try_put`](Self::try_put) is Twisted's behaviour).
+///
+/// ```
+/// use weft::DeferredQueue;
+///
+/// let q = DeferredQueue::bounded(1);
+/// let got = q.get();
+/// q.put("a").take_result().unwrap().unwrap(); // handed straight to the getter
+/// assert_eq!(got.take_result().unwrap().unwrap(), "a");
+/// q.put("b").take_result().unwrap().unwrap(); // room for one
+/// let blocked = q.put("c");
+/// assert!(!blocked.is_called());
+/// assert_eq!(q.get().take_result().unwrap().unwrap(), "b");
+/// assert!(blocked.is_called()); // "c" went in as "b" came out
+/// ```
+///
+/// # Cancellation
+///
+/// Cancelling a waiting `get` removes it: no item is ever handed to it. Cancelling a
+/// waiting `put` removes it and drops its item. An item handed to a getter is in the
+/// getter's result, which a later cancel never takes away.
+pub struct DeferredQueue<T: 'static> {
+    inner: Rc<QueueInner<T>>,
+}
+
+struct QueueInner<T: 'static> {
+    size: Option<usize>,
+    items: RefCell<VecDeque<T>>,
+    getters: RefCell<Waiters<Deferred<T>>>,
+    putters: RefCell<Waiters<(T, Deferred<()>)>>,
+}
+
+/// [`DeferredQueue::try_put`] found the queue full; the item is handed back.
+pub struct QueueOverflow<T>(pub T);
+
+impl<T> fmt::Debug for QueueOverflow<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QueueOverflow")
+    }
+}
+
+impl<T> fmt::Display for QueueOverflow<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("queue is full")
+    }
+}
+
+impl<T> Error for QueueOverflow<T> {}
+
+impl<T: 'static> DeferredQueue<T> {
+    /// A queue without a size limit.
+    pub fn unbounded() -> DeferredQueue<T> {
+        DeferredQueue::with_size(None)
+    }
+
+    /// A queue holding at most `size` items; `put` waits beyond that. A size of 0 makes
+    /// every `put` wait for a `get` (a rendezvous).
+    pub fn bounded(size: usize) -> DeferredQueue<T> {
+        DeferredQueue::with_size(Some(size))
+    }
+
+    fn with_size(size: Option<usize>) -> DeferredQueue<T> {
+        DeferredQueue {
+            inner: Rc::new(QueueInner {
+                size,
+                items: RefCell::new(VecDeque::new()),
+                getters: RefCell::new(Waiters::new()),
+                putters: RefCell::new(Waiters::new()),
+            }),
+        }
+    }
+
+    /// Puts `item`; the Deferred fires once the queue has taken it (at once if there is
+    /// room or a getter waiting).
+    #[must_use = "the Deferred says when the item was accepted"]
+    pub fn put(&self, item: T) -> Deferred<()> {
+        match self.try_put(item) {
+            Ok(()) => crate::succeed(()),
+            Err(QueueOverflow(item)) => {
+                let weak = Rc::downgrade(&self.inner);
+                let id = self.inner.putters.borrow_mut().reserve();
+                let d = Deferred::with_canceller(move |_| {
+                    if let Some(q) = weak.upgrade() {
+                        let removed = q.putters.borrow_mut().remove(id);
+                        drop(removed);
+                    }
+                });
+                self.inner.putters.borrow_mut().insert(id, (item, d.clone()));
+                d
+            }
+        }
+    }
+
+    /// Puts `item` if a getter waits or there is room.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueOverflow`] with the item if the queue is full.
+    pub fn try_put(&self, item: T) -> Result<(), QueueOverflow<T>> {
+        let mut item = item;
+        loop {
+            let getter = self.inner.getters.borrow_mut().pop_front();
+            match getter {
+                Some(g) => match g.callback(item) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => item = e.into_inner(),
+                },
+                None => break,
+            }
+        }
+        let mut items = self.inner.items.borrow_mut();
+        let waiting_putters = !self.inner.putters.borrow().is_empty();
+        if waiting_putters || self.inner.size.is_some_and(|s| items.len() >= s) {
+            return Err(QueueOverflow(item));
+        }
+        items.push_back(item);
+        Ok(())
+    }
+
+    /// A Deferred that fires with the next item (at once if one is queued).
+    #[must_use = "the Deferred carries the item; dropping it drops the item"]
+    pub fn get(&self) -> Deferred<T> {
+        let item = self.inner.items.borrow_mut().pop_front();
+        let item = match item {
+            Some(item) => {
+                self.inner.admit_putter();
+                Some(item)
+            }
+            None => {
+                // A rendezvous queue (or one racing a put): take straight from a putter.
+                let putter = self.inner.putters.borrow_mut().pop_front();
+                putter.map(|(item, d)| {
+                    let _ = d.callback(());
+                    item
+                })
+            }
+        };
+        if let Some(item) = item {
+            return crate::succeed(item);
+        }
+        let weak = Rc::downgrade(&self.inner);
+        let id = self.inner.getters.borrow_mut().reserve();
+        let d = Deferred::with_canceller(move |_| {
+            if let Some(q) = weak.upgrade() {
+                let removed = q.getters.borrow_mut().remove(id);
+                drop(removed);
+            }
+        });
+        self.inner.getters.borrow_mut().insert(id, d.clone());
+        d
+    }
+
+    /// Items queued.
+    pub fn len(&self) -> usize {
+        self.inner.items.borrow().len()
+    }
+
+    /// True if no item is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Getters waiting for an item.
+    pub fn waiting_getters(&self) -> usize {
+        self.inner.getters.borrow().len()
+    }
+
+    /// Puts waiting for room.
+    pub fn waiting_putters(&self) -> usize {
+        self.inner.putters.borrow().len()
+    }
+}
+
+impl<T: 'static> QueueInner<T> {
+    /// An item left: move the first waiting put's item in, if there is room.
+    fn admit_putter(&self) {
+        let room = self.size.map_or(true, |s| self.items.borrow().len() < s);
+        if !room {
+            return;
+        }
+        let putter = self.putters.borrow_mut().pop_front();
+        if let Some((item, d)) = putter {
+            self.items.borrow_mut().push_back(item);
+            let _ = d.callback(());
+        }
+    }
+}
+
+impl<T: 'static> Clone for DeferredQueue<T> {
+    /// Another handle to the same queue.
+    fn clone(&self) -> Self {
+        DeferredQueue { inner: self.inner.clone() }
+    }
+}
+
+impl<T: 'static> fmt::Debug for DeferredQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeferredQueue")
+            .field("len", &self.len())
+            .field("waiting_getters", &self.waiting_getters())
+            .field("waiting_putters", &self.waiting_putters())
+            .finish()
+    }
+}

@@ -1,0 +1,140 @@
+//! Ports of Twisted's DeferredList, gatherResults and race tests.
+
+use weft::{
+    gather_results, race, succeed, unwrap_first_error, CancelledError, Deferred, DeferredList, Failure,
+    FailureGroup, FirstError, ListResult,
+};
+
+fn all<T>(d: &Deferred<ListResult<T>>) -> Vec<Result<T, Failure>> {
+    match d.take_result().unwrap().unwrap() {
+        ListResult::All(v) => v,
+        ListResult::One { .. } => panic!("expected All"),
+    }
+}
+
+/// TW test_defer.py DeferredListTests.testDeferredList
+#[test]
+fn list_collects_in_member_order() {
+    let (a, b, c) = (Deferred::<u8>::new(), Deferred::<u8>::new(), Deferred::<u8>::new());
+    let list = DeferredList::new(vec![a.clone(), b.clone(), c.clone()]).into_deferred();
+    a.callback(1).unwrap();
+    assert!(!list.is_called());
+    c.errback(Failure::msg("c")).unwrap();
+    b.callback(2).unwrap();
+    let r = all(&list);
+    assert_eq!(*r[0].as_ref().unwrap(), 1);
+    assert_eq!(*r[1].as_ref().unwrap(), 2);
+    assert!(r[2].is_err());
+    // Without consume_errors, the member keeps its failure.
+    assert!(c.take_result().unwrap().is_err());
+}
+
+/// TW test_defer.py DeferredListTests.testEmptyDeferredList
+#[test]
+fn empty_list_fires_at_once() {
+    let list = DeferredList::<u8>::new(vec![]).into_deferred();
+    assert!(all(&list).is_empty());
+}
+
+/// TW test_defer.py DeferredListTests.testDeferredListFireOnOneError
+#[test]
+fn fire_on_one_errback_gives_first_error() {
+    let (a, b) = (Deferred::<u8>::new(), Deferred::<u8>::new());
+    let list = DeferredList::new(vec![a.clone(), b.clone()])
+        .fire_on_one_errback(true)
+        .consume_errors(true)
+        .into_deferred();
+    b.errback(Failure::msg("b failed")).unwrap();
+    let f = list.take_result().unwrap().unwrap_err();
+    let first = f.downcast_ref::<FirstError>().unwrap();
+    assert_eq!(first.index, 1);
+    assert_eq!(first.failure.as_error().to_string(), "b failed");
+    assert!(b.result().is_none()); // consumed
+    a.callback(1).unwrap();
+    assert_eq!(a.result().unwrap().unwrap(), 1); // late members keep their result
+}
+
+/// TW test_defer.py DeferredListTests.testDeferredListWithAlreadyFiredDeferreds + fireOnOneCallback
+#[test]
+fn fire_on_one_callback() {
+    let (a, b) = (Deferred::<u8>::new(), succeed(9));
+    let list = DeferredList::new(vec![a.clone(), b]).fire_on_one_callback(true).into_deferred();
+    match list.take_result().unwrap().unwrap() {
+        ListResult::One { index, value } => assert_eq!((index, value), (1, 9)),
+        ListResult::All(_) => panic!(),
+    }
+}
+
+/// TW test_defer.py DeferredListTests.test_cancelDeferredList
+#[test]
+fn cancelling_list_cancels_pending_members() {
+    let (a, b) = (Deferred::<u8>::new(), succeed(3));
+    let list = DeferredList::new(vec![a.clone(), b]).into_deferred();
+    let a2 = Deferred::<u8>::new();
+    let list2 = DeferredList::new(vec![a2.clone()]).consume_errors(true).into_deferred();
+    drop(list2.clone());
+    list2.cancel();
+    assert!(all(&list2)[0].as_ref().unwrap_err().check::<CancelledError>());
+    list.cancel();
+    let r = all(&list);
+    assert!(r[0].as_ref().unwrap_err().check::<CancelledError>());
+    assert_eq!(*r[1].as_ref().unwrap(), 3);
+    let _ = a.take_result();
+}
+
+/// TW test_defer.py GatherResultsTests.test_cancelGatherResults (+ Synapse unwrapFirstError)
+#[test]
+fn cancelling_gather_wraps_cancel_in_first_error() {
+    let (a, b) = (Deferred::<u8>::new(), Deferred::<u8>::new());
+    let g = gather_results(vec![a.clone(), b.clone()], true);
+    g.cancel();
+    let f = g.take_result().unwrap().unwrap_err();
+    let first = f.downcast_ref::<FirstError>().unwrap();
+    assert!(first.failure.check::<CancelledError>());
+    assert!(a.is_called() && b.is_called());
+    let unwrapped = unwrap_first_error::<()>(f).unwrap_err();
+    assert!(unwrapped.check::<CancelledError>());
+}
+
+/// TW test_defer.py GatherResultsTests.test_gatherResults
+#[test]
+fn gather_values_in_order() {
+    let (a, b) = (Deferred::<u8>::new(), Deferred::<u8>::new());
+    let g = gather_results(vec![a.clone(), b.clone()], false);
+    b.callback(2).unwrap();
+    a.callback(1).unwrap();
+    assert_eq!(g.take_result().unwrap().unwrap(), [1, 2]);
+}
+
+/// TW test_defer.py RaceTests.test_success
+#[test]
+fn race_first_success_wins_others_cancelled() {
+    let ds: Vec<Deferred<u8>> = (0..3).map(|_| Deferred::new()).collect();
+    let r = race(ds.clone());
+    ds[1].callback(7).unwrap();
+    assert_eq!(r.take_result().unwrap().unwrap(), (1, 7));
+    assert!(ds[0].is_called() && ds[2].is_called());
+    assert!(ds[0].result().is_none()); // cancel consumed
+}
+
+/// TW test_defer.py RaceTests.test_failure
+#[test]
+fn race_all_fail_gives_failure_group() {
+    let ds: Vec<Deferred<u8>> = (0..2).map(|_| Deferred::new()).collect();
+    let r = race(ds.clone());
+    ds[0].errback(Failure::msg("a")).unwrap();
+    ds[1].errback(Failure::msg("b")).unwrap();
+    let f = r.take_result().unwrap().unwrap_err();
+    assert_eq!(f.downcast_ref::<FailureGroup>().unwrap().failures.len(), 2);
+}
+
+/// TW test_defer.py RaceTests.test_cancel
+#[test]
+fn cancelling_race_cancels_all() {
+    let ds: Vec<Deferred<u8>> = (0..2).map(|_| Deferred::new()).collect();
+    let r = race(ds.clone());
+    r.cancel();
+    let f = r.take_result().unwrap().unwrap_err();
+    let g = f.downcast_ref::<FailureGroup>().unwrap();
+    assert!(g.failures.iter().all(|f| f.check::<CancelledError>()));
+}

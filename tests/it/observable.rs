@@ -1,0 +1,90 @@
+//! Ports of Synapse's `ObservableDeferredTest`.
+
+use weft::{CancelledError, Deferred, Failure, ObservableDeferred};
+
+/// SY test_async_helpers.py ObservableDeferredTest.test_succeed
+#[test]
+fn observers_get_the_value_and_source_keeps_it() {
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), false);
+    let (a, b) = (obs.observe(), obs.observe());
+    assert!(!a.is_called() && !b.is_called());
+    origin.callback(123).unwrap();
+    assert_eq!(a.result().unwrap().unwrap(), 123);
+    assert_eq!(b.result().unwrap().unwrap(), 123);
+    assert_eq!(origin.result().unwrap().unwrap(), 123); // unchanged
+    assert_eq!(obs.observe().result().unwrap().unwrap(), 123); // late observer
+    assert!(obs.has_succeeded());
+}
+
+/// SY test_async_helpers.py ObservableDeferredTest.test_failure
+#[test]
+fn observers_get_the_failure_shared() {
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), false);
+    let a = obs.observe();
+    origin.errback(Failure::msg("boom")).unwrap();
+    let fa = a.take_result().unwrap().unwrap_err();
+    let fo = origin.take_result().unwrap().unwrap_err();
+    assert!(Failure::ptr_eq(&fa, &fo)); // one failure, shared
+    let late = obs.observe().take_result().unwrap().unwrap_err();
+    assert!(Failure::ptr_eq(&late, &fo));
+}
+
+/// SY test_async_helpers.py ObservableDeferredTest.test_cancellation
+#[test]
+fn cancelling_one_observer_leaves_source_and_others() {
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), true);
+    let (a, b, c) = (obs.observe(), obs.observe(), obs.observe());
+    b.cancel();
+    assert!(b.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    assert!(!origin.is_called());
+    assert_eq!(obs.observer_count(), 2);
+    origin.callback(1).unwrap();
+    assert_eq!(a.result().unwrap().unwrap(), 1);
+    assert_eq!(c.result().unwrap().unwrap(), 1);
+}
+
+#[test]
+fn consume_errors_consumes_the_source_failure() {
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), true);
+    let a = obs.observe();
+    origin.errback(Failure::msg("x")).unwrap();
+    assert!(a.take_result().unwrap().is_err());
+    assert!(origin.result().is_none()); // consumed on the source's chain
+}
+
+#[test]
+fn observer_callback_may_observe_and_cancel_reentrantly() {
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = std::rc::Rc::new(ObservableDeferred::new(origin.clone(), false));
+    let first = obs.observe();
+    let victim = obs.observe();
+    let (o, v) = (obs.clone(), victim.clone());
+    first.add_callback(move |x| {
+        v.cancel(); // not told yet: cancelled, and skipped by the fan-out
+        assert_eq!(o.observe().result().unwrap().unwrap(), x);
+        x
+    });
+    origin.callback(5).unwrap();
+    assert!(victim.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    assert_eq!(first.result().unwrap().unwrap(), 5);
+}
+
+#[test]
+fn hundred_thousand_observers() {
+    let origin: Deferred<std::rc::Rc<str>> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), false);
+    let ds: Vec<_> = (0..100_000).map(|_| obs.observe()).collect();
+    for d in ds.iter().step_by(2) {
+        d.cancel();
+    }
+    assert_eq!(obs.observer_count(), 50_000);
+    origin.callback("v".into()).unwrap();
+    assert!(ds.iter().skip(1).step_by(2).all(|d| &*d.result().unwrap().unwrap() == "v"));
+    for d in ds.iter().step_by(2) {
+        let _ = d.take_result();
+    }
+}

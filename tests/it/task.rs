@@ -1,0 +1,168 @@
+//! async/await over Deferreds, and the cancellation test helper.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use weft::task::{
+    check_cancellation_at_each_await, ensure_deferred, is_cancelling, is_own_cancellation, pending_tasks,
+};
+use weft::{CancelledError, Clock, Deferred, DeferredLock, Failure, ObservableDeferred};
+
+fn sleep(clock: &Clock, secs: u64) -> Deferred<()> {
+    let d: Deferred<()> = Deferred::new();
+    let d2 = d.clone();
+    let call = clock.call_later(
+        Duration::from_secs(secs),
+        Box::new(move || {
+            let _ = d2.callback(());
+        }),
+    );
+    d.add_canceller(move |_| {
+        let _ = call.cancel();
+    });
+    d
+}
+
+#[test]
+fn await_fired_and_pending() {
+    let out = ensure_deferred(async { Ok::<_, Failure>(weft::succeed(2).await? * 3) });
+    assert_eq!(out.take_result().unwrap().unwrap(), 6);
+    let d: Deferred<u8> = Deferred::new();
+    let d2 = d.clone();
+    let out = ensure_deferred(async move { d2.await });
+    assert_eq!(pending_tasks(), 1);
+    d.callback(1).unwrap();
+    assert_eq!(out.take_result().unwrap().unwrap(), 1);
+    assert_eq!(pending_tasks(), 0);
+}
+
+/// Synapse's mechanics: the cancel reaches the awaited Deferred, the CancelledError comes
+/// out of the await, and the task may clean up (even awaiting) before it returns.
+#[test]
+fn cancel_reaches_awaited_and_task_cleans_up() {
+    let clock = Clock::new();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (c, l) = (clock.clone(), log.clone());
+    let out: Deferred<&str> = ensure_deferred(async move {
+        match sleep(&c, 10).await {
+            Ok(()) => Ok("slept"),
+            Err(f) => {
+                assert!(f.check::<CancelledError>());
+                assert!(is_cancelling() && is_own_cancellation(&f));
+                l.borrow_mut().push("cleanup started");
+                sleep(&c, 1).await?; // cleanup that takes time
+                l.borrow_mut().push("cleanup done");
+                Err(f)
+            }
+        }
+    });
+    out.cancel();
+    assert_eq!(*log.borrow(), ["cleanup started"]);
+    assert!(!out.has_result(), "the task is not cut off");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(*log.borrow(), ["cleanup started", "cleanup done"]);
+    let f = out.take_result().unwrap().unwrap_err();
+    let c = f.downcast_ref::<CancelledError>().unwrap();
+    assert!(c.cancelled_by(&out));
+    assert_eq!(pending_tasks(), 0);
+}
+
+/// The asyncio seed's question: my own cancel vs. someone else cancelling what I await.
+#[test]
+fn tell_own_cancel_from_foreign_cancel() {
+    let shared: Deferred<()> = Deferred::new();
+    let s = shared.clone();
+    let out = ensure_deferred(async move {
+        match s.await {
+            Err(f) if is_own_cancellation(&f) => Err(f),
+            Err(_) => Ok(!is_cancelling()),
+            Ok(()) => Ok(false),
+        }
+    });
+    shared.cancel();
+    assert!(out.take_result().unwrap().unwrap());
+}
+
+/// The asyncio seed's lost-data case: the awaited result arrives, then the task is
+/// cancelled before it resumes. The result is not discarded.
+#[test]
+fn cancel_after_result_before_resume_keeps_result() {
+    let data: Deferred<&str> = Deferred::new();
+    let (d, trigger) = (data.clone(), Rc::new(Cell::new(None::<Deferred<&str>>)));
+    let t = trigger.clone();
+    // The task fires its own awaited Deferred from inside a poll (so its wake is only
+    // recorded), and its own Deferred is cancelled in that same turn.
+    let gate: Deferred<()> = Deferred::new();
+    let g = gate.clone();
+    let out: Deferred<&str> = ensure_deferred(async move {
+        g.await?;
+        let me = t.take().unwrap();
+        d.callback("data").unwrap(); // result produced...
+        me.cancel(); // ...cancel arrives before the task resumed
+        let got = d.await?;
+        assert!(is_cancelling());
+        Ok(got)
+    });
+    trigger.set(Some(out.clone()));
+    gate.callback(()).unwrap();
+    assert_eq!(out.take_result().unwrap().unwrap(), "data");
+}
+
+#[test]
+fn panic_in_task_becomes_failure() {
+    let out: Deferred<u8> = ensure_deferred(async { panic!("oops") });
+    assert!(out.take_result().unwrap().unwrap_err().check::<weft::PanicError>());
+    assert_eq!(pending_tasks(), 0);
+}
+
+/// Synapse's `make_request_with_cancellation_test` applied to a handler that takes a
+/// lock and waits on shared work.
+#[test]
+fn handler_cancelled_at_each_await_point() {
+    let clock = Clock::new();
+    let lock = DeferredLock::new();
+    let shared_src: Deferred<u32> = Deferred::new();
+    let shared = Rc::new(ObservableDeferred::new(shared_src.clone(), false));
+    {
+        let s = shared_src.clone();
+        clock.call_later(
+            Duration::from_secs(3),
+            Box::new(move || {
+                let _ = s.callback(7);
+            }),
+        );
+    }
+    let handler = {
+        let (clock, lock, shared) = (clock.clone(), lock.clone(), shared.clone());
+        move || {
+            let (clock, lock, shared) = (clock.clone(), lock.clone(), shared.clone());
+            weft::task::cancellable(ensure_deferred(async move {
+                let _permit = lock.acquire().await?;
+                sleep(&clock, 1).await?;
+                let v = shared.observe().await?;
+                sleep(&clock, 1).await?;
+                Ok::<_, Failure>(v)
+            }))
+            .0
+        }
+    };
+    let c = clock.clone();
+    let report = check_cancellation_at_each_await(
+        handler,
+        move || {
+            if c.pending_calls() == 0 {
+                return false;
+            }
+            c.advance(Duration::from_millis(500));
+            true
+        },
+        |_, d| {
+            assert!(!lock.locked(), "no one holds the lock");
+            assert_eq!(lock.waiting(), 0, "no waiter stuck");
+            assert!(!shared.has_called() || shared.has_succeeded(), "shared work not cancelled");
+            let _ = d.take_result();
+        },
+    );
+    assert!(report.await_points >= 2, "{report:?}");
+}
