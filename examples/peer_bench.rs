@@ -216,31 +216,98 @@ fn gather(n: usize) -> Rep {
 /// timers N — unit "timer". Virtual clock (the crate's task.Clock analog).
 /// t0; clock; for i: call_later((i+1) ms, count += 1); t1 ("schedule");
 /// advance past the last deadline (firing all); t2 ("fire"); assert count == N.
-fn timers(_n: usize) -> Rep {
-    not_yet("N call_later at distinct delays on a virtual clock, advance, all fire")
+fn timers(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let clock = weft::Clock::new();
+    let count = Rc::new(Cell::new(0usize));
+    for i in 0..n {
+        let c = count.clone();
+        clock.call_later(Duration::from_millis(i as u64 + 1), move || c.set(c.get() + 1));
+    }
+    let t1 = Instant::now();
+    clock.advance(Duration::from_millis(n as u64 + 1));
+    let t2 = Instant::now();
+    assert_eq!(count.get(), n);
+    rep(t0, &[("schedule", t1), ("fire", t2)])
 }
 
 /// timers-cancel N — unit "timer". t0; N call_later(3600 s + i ms) handles;
 /// (let them reach the timer queue, as one reactor turn would); t1 ("schedule");
 /// cancel all N (and whatever purge the queue needs); t2 ("cancel"); assert the
 /// queue is empty and nothing fired.
-fn timers_cancel(_n: usize) -> Rep {
-    not_yet("N call_later, cancel all")
+fn timers_cancel(n: usize) -> Rep {
+    let t0 = Instant::now();
+    let clock = weft::Clock::new();
+    let fired = Rc::new(Cell::new(0usize));
+    let calls: Vec<weft::DelayedCall> = (0..n)
+        .map(|i| {
+            let f = fired.clone();
+            clock.call_later(Duration::from_secs(3600) + Duration::from_millis(i as u64), move || {
+                f.set(f.get() + 1)
+            })
+        })
+        .collect();
+    let t1 = Instant::now();
+    for c in &calls {
+        c.cancel().unwrap();
+    }
+    let t2 = Instant::now();
+    assert_eq!(clock.pending_calls(), 0);
+    assert_eq!(fired.get(), 0);
+    drop(calls);
+    rep(t0, &[("schedule", t1), ("cancel", t2)])
 }
 
 /// reactor-timers N — unit "timer". The real (mio) reactor. t0; N call_later(0, f)
 /// where f counts and stops the reactor at N; t1 ("schedule"); run the reactor
 /// until it stops; t2 ("run").
-fn reactor_timers(_n: usize) -> Rep {
-    not_yet("N call_later(0) on the real reactor, run until all fired")
+fn reactor_timers(n: usize) -> Rep {
+    thread_local! {
+        // One reactor for all repetitions, as Twisted's run back to back in one run().
+        static REACTOR: weft::Reactor = weft::Reactor::new().expect("reactor");
+    }
+    REACTOR.with(|reactor| {
+        let t0 = Instant::now();
+        let count = Rc::new(Cell::new(0usize));
+        for _ in 0..n {
+            let (c, h) = (count.clone(), reactor.handle());
+            reactor.call_later(Duration::ZERO, move || {
+                c.set(c.get() + 1);
+                if c.get() == n {
+                    h.stop();
+                }
+            });
+        }
+        let t1 = Instant::now();
+        reactor.run();
+        let t2 = Instant::now();
+        assert_eq!(count.get(), n);
+        rep(t0, &[("schedule", t1), ("run", t2)])
+    })
 }
 
 /// echo-server PORT: the crate's reactor with listen_tcp on 127.0.0.1:PORT,
 /// listen backlog 1024, TCP_NODELAY on each accepted socket, a Protocol whose
 /// data_received writes the bytes straight back (read up to 64 KiB at a time),
 /// running until SIGTERM (default action is fine). Print one line to stderr.
-fn echo_server(_port: u16) {
-    not_yet("listen_tcp echo server")
+fn echo_server(port: u16) {
+    use weft::reactor::{Address, Protocol, Transport};
+    struct Echo(Option<Transport>);
+    impl Protocol for Echo {
+        fn connection_made(&mut self, t: Transport) {
+            self.0 = Some(t);
+        }
+        fn data_received(&mut self, data: &[u8]) {
+            if let Some(t) = &self.0 {
+                t.write(data);
+            }
+        }
+    }
+    let reactor = weft::Reactor::new().expect("reactor");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    reactor.listen_tcp(addr, |_: &Address| Echo(None), false).expect("listen");
+    eprintln!("weft echo server on {addr}");
+    reactor.run();
 }
 
 /// A scenario weft cannot run yet: say so and exit non-zero, as the peers' README asks.

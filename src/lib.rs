@@ -76,7 +76,7 @@ pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
     ResultConsumedError, StringError,
 };
-pub use reactor::{Clock, DelayedCall, DelayedCallError, ReactorTime};
+pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 
 pub use cancellation::{
     add_timeout, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred, TimeoutError,

@@ -59,7 +59,6 @@ struct TimerKey {
 }
 
 /// How the owner of a timer queue tells the time.
-#[allow(dead_code)] // `Real` and `clear` are for the event loop, which lands next.
 pub(crate) enum TimeSource {
     /// Time since `start`, read from the OS monotonic clock.
     Real(Instant),
@@ -110,7 +109,6 @@ impl Timers {
 
     /// Drops every pending call (at shutdown), outside the borrow; their handles then
     /// report `AlreadyCancelled`.
-    #[allow(dead_code)]
     pub(crate) fn clear(&self) {
         let old = std::mem::take(&mut *self.heap.borrow_mut());
         for (_, e) in old.entries.iter() {

@@ -5,5 +5,6 @@ mod cancellation;
 mod combinators;
 mod deferred;
 mod observable;
+mod reactor;
 mod sync;
 mod task;

@@ -1,0 +1,350 @@
+//! The only `Send` code in weft: [`ThreadHandle::call_from_thread`] (a mutex-protected
+//! queue plus mio's waker) and the bounded pool behind
+//! [`ReactorHandle::defer_to_thread`](super::ReactorHandle::defer_to_thread).
+//!
+//! Pool threads never touch a `Deferred`: a finished job posts its boxed result, tagged
+//! with the job's id, to the same queue `call_from_thread` uses; the reactor thread
+//! finds the job's completer (which holds the Deferred) by id and fires it.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use super::poll::Waker;
+use super::{guarded, ReactorHandle};
+use crate::{Deferred, Failure};
+
+/// A `Send + Sync` handle through which other threads hand work to the reactor thread
+/// (Twisted's `callFromThread`). Get one from
+/// [`ReactorHandle::thread_handle`](super::ReactorHandle::thread_handle); clone it freely.
+///
+/// ```
+/// use weft::reactor::Reactor;
+///
+/// let reactor = Reactor::new().unwrap();
+/// let to_reactor = reactor.thread_handle();
+/// let stop = reactor.thread_handle();
+/// std::thread::spawn(move || {
+///     to_reactor.call_from_thread(|| println!("on the reactor thread")).unwrap();
+///     stop.stop().unwrap();
+/// });
+/// reactor.run();
+/// ```
+#[derive(Clone)]
+pub struct ThreadHandle {
+    shared: Arc<ThreadShared>,
+}
+
+/// The reactor was dropped; the call was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReactorClosedError;
+
+impl fmt::Display for ReactorClosedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the reactor is closed")
+    }
+}
+
+impl std::error::Error for ReactorClosedError {}
+
+/// The thread pool was stopped before the work ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PoolStoppedError;
+
+impl fmt::Display for PoolStoppedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the thread pool stopped before the work ran")
+    }
+}
+
+impl std::error::Error for PoolStoppedError {}
+
+type Payload = Box<dyn Any + Send>;
+type Completer = Box<dyn FnOnce(Result<Payload, Failure>)>;
+
+enum Msg {
+    Call(Box<dyn FnOnce() + Send>),
+    Stop,
+    Done(u64, std::thread::Result<Payload>),
+}
+
+struct ThreadShared {
+    queue: Mutex<VecDeque<Msg>>,
+    waker: Waker,
+    closed: AtomicBool,
+}
+
+impl ThreadShared {
+    fn post(&self, msg: Msg) -> Result<(), ReactorClosedError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ReactorClosedError);
+        }
+        let was_empty = {
+            let mut q = lock(&self.queue);
+            let was_empty = q.is_empty();
+            q.push_back(msg);
+            was_empty
+        };
+        // The reactor takes the whole queue at once, so a non-empty queue already has a
+        // wake-up on its way.
+        if was_empty {
+            if let Err(e) = self.waker.wake() {
+                log::error!(target: "weft::reactor", "waking the reactor failed: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ThreadHandle {
+    /// Queues `f` to run on the reactor thread, waking the reactor. Calls run in the
+    /// order they were queued (first-in first-out across all threads' handles).
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorClosedError`] if the reactor was dropped; `f` is dropped unrun.
+    pub fn call_from_thread<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), ReactorClosedError> {
+        self.shared.post(Msg::Call(Box::new(f)))
+    }
+
+    /// Asks the reactor to stop, from another thread (as `call_from_thread(reactor.stop)`).
+    ///
+    /// # Errors
+    ///
+    /// [`ReactorClosedError`] if the reactor was dropped.
+    pub fn stop(&self) -> Result<(), ReactorClosedError> {
+        self.shared.post(Msg::Stop)
+    }
+}
+
+impl fmt::Debug for ThreadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadHandle").field("closed", &self.shared.closed.load(Ordering::Relaxed)).finish()
+    }
+}
+
+/// The reactor thread's side: the shared queue, the pool and the completers.
+pub(crate) struct ReactorThreads {
+    shared: Arc<ThreadShared>,
+    pool: RefCell<Option<Pool>>,
+    pool_size: Cell<usize>,
+    completers: RefCell<HashMap<u64, Completer>>,
+    next_job: Cell<u64>,
+}
+
+struct Pool {
+    shared: Arc<PoolShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct PoolShared {
+    state: Mutex<PoolState>,
+    work_ready: Condvar,
+}
+
+struct PoolState {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    stopping: bool,
+}
+
+struct Job {
+    id: u64,
+    work: Box<dyn FnOnce() -> Payload + Send>,
+}
+
+impl ReactorThreads {
+    pub(crate) fn new(waker: Waker) -> ReactorThreads {
+        ReactorThreads {
+            shared: Arc::new(ThreadShared {
+                queue: Mutex::new(VecDeque::new()),
+                waker,
+                closed: AtomicBool::new(false),
+            }),
+            pool: RefCell::new(None),
+            pool_size: Cell::new(4),
+            completers: RefCell::new(HashMap::new()),
+            next_job: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn handle(&self) -> ThreadHandle {
+        ThreadHandle { shared: self.shared.clone() }
+    }
+
+    /// Refuses further calls from other threads (the reactor is going away).
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !lock(&self.shared.queue).is_empty()
+    }
+
+    pub(crate) fn set_pool_size(&self, n: usize) {
+        self.pool_size.set(n);
+    }
+
+    /// Runs everything other threads queued, in order (on the waker's event).
+    pub(crate) fn drain(&self, reactor: &ReactorHandle) {
+        let msgs = std::mem::take(&mut *lock(&self.shared.queue));
+        for msg in msgs {
+            match msg {
+                Msg::Call(f) => {
+                    guarded("call_from_thread", f);
+                }
+                Msg::Stop => reactor.stop(),
+                Msg::Done(id, result) => {
+                    let completer = self.completers.borrow_mut().remove(&id);
+                    if let Some(c) = completer {
+                        let result = result.map_err(Failure::from_panic);
+                        guarded("defer_to_thread completion", move || c(result));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn defer_to_thread<T, F>(&self, reactor: &ReactorHandle, f: F) -> Deferred<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let id = self.next_job.get();
+        self.next_job.set(id + 1);
+        let pool_shared = self.ensure_pool();
+        let weak = reactor.downgrade();
+        let ps = pool_shared.clone();
+        let d: Deferred<T> = Deferred::with_canceller(move |_| {
+            let removed = {
+                let mut st = lock(&ps.state);
+                let before = st.jobs.len();
+                st.jobs.retain(|j| j.id != id);
+                st.jobs.len() != before
+            };
+            if removed {
+                if let Some(r) = weak.upgrade() {
+                    let c = r.inner.threads.completers.borrow_mut().remove(&id);
+                    drop(c);
+                }
+            }
+        });
+        let target = d.clone();
+        self.completers.borrow_mut().insert(
+            id,
+            Box::new(move |r: Result<Payload, Failure>| {
+                let outcome = match r {
+                    Ok(b) => match b.downcast::<T>() {
+                        Ok(v) => target.callback(*v).map_err(|_| ()),
+                        Err(_) => unreachable!("a job's result has the job's type"),
+                    },
+                    Err(f) => target.errback(f).map_err(|_| ()),
+                };
+                if outcome.is_err() {
+                    log::debug!(target: "weft::reactor", "defer_to_thread: Deferred already called; result dropped");
+                }
+            }),
+        );
+        let work: Box<dyn FnOnce() -> Payload + Send> = Box::new(move || Box::new(f()) as Payload);
+        let spawn = {
+            let mut st = lock(&pool_shared.state);
+            st.jobs.push_back(Job { id, work });
+            st.idle == 0
+        };
+        if spawn {
+            self.maybe_spawn();
+        }
+        pool_shared.work_ready.notify_one();
+        d
+    }
+
+    fn ensure_pool(&self) -> Arc<PoolShared> {
+        let mut pool = self.pool.borrow_mut();
+        let p = pool.get_or_insert_with(|| Pool {
+            shared: Arc::new(PoolShared {
+                state: Mutex::new(PoolState { jobs: VecDeque::new(), idle: 0, stopping: false }),
+                work_ready: Condvar::new(),
+            }),
+            threads: Vec::new(),
+        });
+        p.shared.clone()
+    }
+
+    fn maybe_spawn(&self) {
+        let mut pool = self.pool.borrow_mut();
+        let Some(p) = pool.as_mut() else { return };
+        if p.threads.len() >= self.pool_size.get() {
+            return;
+        }
+        let shared = p.shared.clone();
+        let out = self.shared.clone();
+        let n = p.threads.len();
+        match std::thread::Builder::new().name(format!("weft-pool-{n}")).spawn(move || worker(shared, out)) {
+            Ok(t) => p.threads.push(t),
+            Err(e) => log::error!(target: "weft::reactor", "could not start a pool thread: {e}"),
+        }
+    }
+
+    /// Stops the pool: work not started is dropped and its Deferreds fail; running work
+    /// finishes and the threads are joined; finished results are delivered.
+    pub(crate) fn shutdown(&self, reactor: &ReactorHandle) {
+        let pool = self.pool.borrow_mut().take();
+        if let Some(pool) = pool {
+            let dropped = {
+                let mut st = lock(&pool.shared.state);
+                st.stopping = true;
+                std::mem::take(&mut st.jobs)
+            };
+            pool.shared.work_ready.notify_all();
+            drop(dropped);
+            for t in pool.threads {
+                if t.join().is_err() {
+                    log::error!(target: "weft::reactor", "a pool thread panicked outside a job");
+                }
+            }
+        }
+        self.drain(reactor);
+        let left: Vec<_> = self.completers.borrow_mut().drain().collect();
+        for (_, c) in left {
+            guarded("defer_to_thread completion", move || c(Err(Failure::new(PoolStoppedError))));
+        }
+    }
+}
+
+impl Drop for ReactorThreads {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+fn worker(pool: Arc<PoolShared>, out: Arc<ThreadShared>) {
+    loop {
+        let job = {
+            let mut st = lock(&pool.state);
+            loop {
+                if st.stopping {
+                    return;
+                }
+                if let Some(job) = st.jobs.pop_front() {
+                    break job;
+                }
+                st.idle += 1;
+                st = pool.work_ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.idle -= 1;
+            }
+        };
+        let result = catch_unwind(AssertUnwindSafe(job.work));
+        if out.post(Msg::Done(job.id, result)).is_err() {
+            return;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
