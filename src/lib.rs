@@ -64,6 +64,7 @@
 
 mod deferred;
 mod failure;
+pub mod logcontext;
 pub mod reactor;
 
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};

@@ -32,6 +32,7 @@ use std::rc::{Rc, Weak};
 use smallvec::SmallVec;
 
 use crate::failure::{AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError};
+use crate::logcontext::{Captured, Switcher};
 
 /// A single-threaded handle to a result that arrives later (Twisted's `Deferred`).
 ///
@@ -156,8 +157,9 @@ type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
 
 /// One step of the chain.
 enum Link<T: 'static> {
-    /// A callback/errback pair (either may be a pass-through).
-    Call(Call<T>),
+    /// A callback/errback pair (either may be a pass-through), with the log context
+    /// that was current when it was added: it runs in that context.
+    Call(Call<T>, Captured),
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
@@ -260,10 +262,10 @@ impl<T: 'static> Deferred<T> {
         R: CallbackResult<T>,
         S: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
             Ok(v) => callback(v).into_next(),
             Err(f) => errback(f).into_next(),
-        })));
+        }));
         self
     }
 
@@ -279,10 +281,10 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(T) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
             Ok(v) => callback(v).into_next(),
             Err(f) => Next::Ready(Err(f)),
-        })));
+        }));
         self
     }
 
@@ -292,10 +294,10 @@ impl<T: 'static> Deferred<T> {
         G: FnOnce(Failure) -> S + 'static,
         S: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
             Ok(v) => Next::Ready(Ok(v)),
             Err(f) => errback(f).into_next(),
-        })));
+        }));
         self
     }
 
@@ -305,8 +307,15 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r| f(r).into_next())));
+        self.push_call(Box::new(move |r| f(r).into_next()));
         self
+    }
+
+    /// Adds a call link, capturing the current log context for it (the capture point of
+    /// the log-context invariant, see `ARCHITECTURE.md`).
+    #[inline]
+    fn push_call(&self, call: Call<T>) {
+        self.push(Link::Call(call, Captured::capture()));
     }
 
     fn push(&self, link: Link<T>) {
@@ -453,7 +462,7 @@ impl<T: 'static> Deferred<T> {
     /// moved there. Cancelling `other` does not cancel this Deferred, as in Twisted.
     pub fn chain_deferred(&self, other: &Deferred<T>) -> &Self {
         let other = other.clone();
-        self.push(Link::Call(Box::new(move |r| {
+        self.push_call(Box::new(move |r| {
             if let Err(next) = other.fire(Next::Ready(r)) {
                 if let Next::Ready(Err(f)) = next {
                     log::error!("chain_deferred: target already called; dropping failure: {f}");
@@ -462,7 +471,7 @@ impl<T: 'static> Deferred<T> {
                 }
             }
             Next::Consumed
-        })));
+        }));
         self
     }
 
@@ -491,7 +500,7 @@ impl<T: 'static> Deferred<T> {
             }
         });
         let target = out.clone();
-        self.push(Link::Call(Box::new(move |r| {
+        self.push_call(Box::new(move |r| {
             let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
                 Ok(next) => next,
                 Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
@@ -500,7 +509,7 @@ impl<T: 'static> Deferred<T> {
                 log::debug!("then: the linked deferred was already called; result dropped");
             }
             Next::Consumed
-        })));
+        }));
         out
     }
 
@@ -606,6 +615,9 @@ impl<T: 'static> Inner<T> {
 
 impl<T: 'static> run::Runnable for Inner<T> {
     fn run_loop(self: Rc<Self>) {
+        // Each call runs in the log context captured when it was added; the context
+        // current now is restored when the loop returns (panics included).
+        let mut logcontext = Switcher::new();
         loop {
             let (link, input) = {
                 let mut core = self.core.borrow_mut();
@@ -633,7 +645,8 @@ impl<T: 'static> run::Runnable for Inner<T> {
                 (core.links[head].take(), input)
             };
             match link {
-                Some(Link::Call(f)) => {
+                Some(Link::Call(f, captured)) => {
+                    logcontext.enter(&captured);
                     let next = match catch_unwind(AssertUnwindSafe(move || f(input))) {
                         Ok(next) => next,
                         Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
