@@ -69,14 +69,16 @@
 //! reference-count increment, switching is a pointer move, and neither allocates. The
 //! callback loop switches only when a callback's context differs from the current one,
 //! and restores once when it returns. Thread CPU time is read only on an actual switch
-//! (a `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system call, a few hundred nanoseconds);
-//! [`set_cpu_accounting`] turns that off.
+//! (a `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system call: about 200 to 400 ns on a
+//! virtual machine); [`set_cpu_clock`] can make it the cheaper monotonic clock (wall time
+//! spent in the context, the same thing while callbacks do not block) or turn it off.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::deferred::{maybe_deferred, CallbackResult, Deferred};
 use crate::failure::Failure;
@@ -177,26 +179,24 @@ struct ContextInner {
     on_finish: RefCell<Option<FinishHook>>,
 }
 
-/// The thread's current context and the CPU bookkeeping of switches.
-struct Current {
-    /// The current context; `None` is the sentinel.
-    ctx: Cell<Option<Rc<ContextInner>>>,
-    /// The address of `ctx`'s context (0 for the sentinel), to compare without touching `ctx`.
+/// The thread's switch bookkeeping. Nothing in it needs dropping, so reading it is a
+/// plain thread-local load (no destructor-registration check): the hot path reads only
+/// this.
+struct State {
+    /// The address of the current context (0 for the sentinel), to compare without
+    /// touching the `Rc` in `CURRENT`.
     id: Cell<usize>,
     /// Thread CPU time at the last switch.
     cpu_mark: Cell<Duration>,
-    cpu_accounting: Cell<bool>,
+    cpu_clock: Cell<CpuClock>,
 }
 
 thread_local! {
-    static CURRENT: Current = const {
-        Current {
-            ctx: Cell::new(None),
-            id: Cell::new(0),
-            cpu_mark: Cell::new(Duration::ZERO),
-            cpu_accounting: Cell::new(true),
-        }
+    static STATE: State = const {
+        State { id: Cell::new(0), cpu_mark: Cell::new(Duration::ZERO), cpu_clock: Cell::new(CpuClock::Thread) }
     };
+    /// The current context; `None` is the sentinel. Its address is `STATE.id`.
+    static CURRENT: Cell<Option<Rc<ContextInner>>> = const { Cell::new(None) };
     static BACKGROUND_COUNTS: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
 }
 
@@ -350,9 +350,9 @@ impl LoggingContext {
         let Some(c) = &self.inner else { return ContextStats::default() };
         let mut stats = c.snapshot();
         if id_of(&self.inner) == current_id() {
-            CURRENT.with(|cur| {
-                if cur.cpu_accounting.get() {
-                    stats.cpu_time += thread_cpu_time().saturating_sub(cur.cpu_mark.get());
+            STATE.with(|cur| {
+                if let Some(now) = cur.cpu_clock.get().now() {
+                    stats.cpu_time += now.saturating_sub(cur.cpu_mark.get());
                 }
             });
         }
@@ -514,14 +514,26 @@ pub fn with_current_request_id<R>(f: impl FnOnce(&str) -> R) -> R {
     with_current(|c| f(c.map_or("sentinel", |c| &c.name)))
 }
 
-/// Turns on or off reading the thread CPU clock at context switches on this thread (on
-/// by default). Off, `cpu_time` stays zero and a switch costs no system call.
-pub fn set_cpu_accounting(on: bool) {
-    CURRENT.with(|cur| {
-        cur.cpu_accounting.set(on);
-        if on {
-            cur.cpu_mark.set(thread_cpu_time());
-        }
+/// Which clock charges time to contexts at each switch; see [`set_cpu_clock`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuClock {
+    /// The thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`): exact CPU time, a system call
+    /// per switch. The default.
+    #[default]
+    Thread,
+    /// The monotonic clock (`Instant`): wall time while the context was current, which is
+    /// CPU time as long as callbacks do not block; no system call.
+    Monotonic,
+    /// No clock: `cpu_time` stays zero and switches read no clock.
+    Off,
+}
+
+/// Chooses the clock that charges time to contexts at switches on this thread
+/// ([`CpuClock::Thread`] by default).
+pub fn set_cpu_clock(clock: CpuClock) {
+    STATE.with(|cur| {
+        cur.cpu_clock.set(clock);
+        cur.cpu_mark.set(clock.now().unwrap_or_default());
     })
 }
 
@@ -688,14 +700,14 @@ impl Captured {
     /// The current context.
     #[inline]
     pub(crate) fn capture() -> Captured {
-        CURRENT.with(|cur| {
-            if cur.id.get() == 0 {
-                return Captured(None);
-            }
-            let ctx = cur.ctx.take();
-            cur.ctx.set(ctx.clone());
-            Captured(ctx)
-        })
+        if current_id() == 0 {
+            return Captured(None);
+        }
+        Captured(CURRENT.with(|cur| {
+            let ctx = cur.take();
+            cur.set(ctx.clone());
+            ctx
+        }))
     }
 
     /// The sentinel.
@@ -876,16 +888,16 @@ fn id_of(ctx: &Option<Rc<ContextInner>>) -> usize {
 
 #[inline]
 fn current_id() -> usize {
-    CURRENT.with(|cur| cur.id.get())
+    STATE.with(|cur| cur.id.get())
 }
 
 fn with_current<R>(f: impl FnOnce(Option<&Rc<ContextInner>>) -> R) -> R {
+    if current_id() == 0 {
+        return f(None);
+    }
     let ctx = CURRENT.with(|cur| {
-        if cur.id.get() == 0 {
-            return None;
-        }
-        let ctx = cur.ctx.take();
-        cur.ctx.set(ctx.clone());
+        let ctx = cur.take();
+        cur.set(ctx.clone());
         ctx
     });
     f(ctx.as_ref())
@@ -899,11 +911,10 @@ fn switch(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
             c.late_work_switch();
         }
     }
-    CURRENT.with(|cur| {
+    STATE.with(|cur| {
         cur.id.set(id_of(&new));
-        let previous = cur.ctx.replace(new);
-        if cur.cpu_accounting.get() {
-            let now = thread_cpu_time();
+        let previous = CURRENT.with(|c| c.replace(new));
+        if let Some(now) = cur.cpu_clock.get().now() {
             if let Some(p) = &previous {
                 p.charge(&ContextStats {
                     cpu_time: now.saturating_sub(cur.cpu_mark.get()),
@@ -936,6 +947,16 @@ impl ContextInner {
     }
 }
 
-fn thread_cpu_time() -> Duration {
-    cpu_time::ThreadTime::try_now().map(|t| t.as_duration()).unwrap_or_default()
+impl CpuClock {
+    /// The clock's reading, or `None` when off.
+    fn now(self) -> Option<Duration> {
+        static START: OnceLock<Instant> = OnceLock::new();
+        match self {
+            CpuClock::Thread => {
+                Some(cpu_time::ThreadTime::try_now().map(|t| t.as_duration()).unwrap_or_default())
+            }
+            CpuClock::Monotonic => Some(START.get_or_init(Instant::now).elapsed()),
+            CpuClock::Off => None,
+        }
+    }
 }
