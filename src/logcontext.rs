@@ -269,6 +269,7 @@ impl LoggingContext {
     /// For work that goes on after the scope returns (callbacks on a Deferred), use
     /// [`run`](Self::run), which finishes the context when the Deferred completes.
     pub fn enter(&self) -> ContextScope {
+        warn_if_finished(&self.inner);
         let previous =
             if id_of(&self.inner) == current_id() { None } else { Some(switch(self.inner.clone())) };
         ContextScope { ctx: self.clone(), previous }
@@ -416,6 +417,7 @@ impl PreserveLoggingContext {
     /// Makes `ctx` current (the sentinel if you pass [`LoggingContext::sentinel`]) until
     /// the guard is dropped; does not finish anything.
     pub fn new(ctx: LoggingContext) -> PreserveLoggingContext {
+        warn_if_finished(&ctx.inner);
         let previous = if id_of(&ctx.inner) == current_id() { None } else { Some(switch(ctx.inner)) };
         PreserveLoggingContext { previous }
     }
@@ -497,6 +499,7 @@ pub fn current_context() -> LoggingContext {
 /// [`PreserveLoggingContext`]), which restore on every exit, panics included; whoever
 /// calls this must restore the returned context.
 pub fn set_current_context(ctx: LoggingContext) -> LoggingContext {
+    warn_if_finished(&ctx.inner);
     if id_of(&ctx.inner) == current_id() {
         return ctx;
     }
@@ -904,13 +907,10 @@ fn with_current<R>(f: impl FnOnce(Option<&Rc<ContextInner>>) -> R) -> R {
 }
 
 /// Makes `new` current and returns the previous context; charges the CPU time since the
-/// last switch to the previous context. Every switch goes through here.
+/// last switch to the previous context. Every switch goes through here. It does not warn
+/// about finished contexts: restoring one (a guard going out of scope after the context
+/// it had saved finished) is not new work in it. Entering points warn instead.
 fn switch(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
-    if let Some(c) = &new {
-        if c.finished.get() && !c.warned_late.get() {
-            c.late_work_switch();
-        }
-    }
     STATE.with(|cur| {
         cur.id.set(id_of(&new));
         let previous = CURRENT.with(|c| c.replace(new));
@@ -936,14 +936,16 @@ fn restore(previous: Option<Rc<ContextInner>>) {
     }
 }
 
-impl ContextInner {
-    #[cold]
-    fn late_work_switch(&self) {
-        self.warned_late.set(true);
-        log::warn!(
-            "log context '{}' is used after it finished; its work is charged to its parent",
-            self.name
-        );
+/// Warns (once per context) when code explicitly enters a finished context.
+#[inline]
+fn warn_if_finished(ctx: &Option<Rc<ContextInner>>) {
+    if let Some(c) = ctx {
+        if c.finished.get() && !c.warned_late.replace(true) {
+            log::warn!(
+                "log context '{}' is used after it finished; its work is charged to its parent",
+                c.name
+            );
+        }
     }
 }
 

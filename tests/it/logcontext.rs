@@ -444,3 +444,22 @@ fn assert_sentinel_catches_a_leak() {
     assert!(msg.contains("leaky"), "{msg}");
     assert_sentinel();
 }
+
+/// A request finished by its own last callback, with a callback from outside after it:
+/// restoring the finished request's context when the loops unwind is not late work.
+#[test]
+fn request_finished_from_its_own_callback_does_not_warn() {
+    capture_logs();
+    let clock = Clock::new();
+    let c = clock.clone();
+    let done: Deferred<u8> = LoggingContext::new("GET-3").run(move || sleep(&c, secs(1)).map(|_| 3u8));
+    done.add_callback(|x| {
+        check(None);
+        x
+    });
+    clock.advance(secs(1));
+    check(None);
+    assert_eq!(done.result().unwrap().unwrap(), 3);
+    let warnings: Vec<_> = records().into_iter().filter(|(l, _)| *l == log::Level::Warn).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
