@@ -5,8 +5,7 @@
 //!   EXTRA_IMPLS="weft=$PWD/target/release/examples/peer_bench" ../shared/peers/run_peers.sh
 //!
 //! The harness (warm-up, repetition budget, median, JSON schema) is the peers' own and is
-//! kept unchanged so the numbers compare. A subcommand weft cannot run yet exits with
-//! status 3, which the report lists under "Errors".
+//! kept unchanged so the numbers compare.
 
 use std::time::{Duration, Instant};
 
@@ -308,12 +307,6 @@ fn echo_server(port: u16) {
     reactor.listen_tcp(addr, |_: &Address| Echo(None), false).expect("listen");
     eprintln!("weft echo server on {addr}");
     reactor.run();
-}
-
-/// A scenario weft cannot run yet: say so and exit non-zero, as the peers' README asks.
-fn not_yet(what: &str) -> ! {
-    eprintln!("peer_bench: not implemented in weft yet: {what}");
-    std::process::exit(3)
 }
 
 // ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ use std::rc::Rc;
 
 use super::{Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
+use crate::logcontext::Captured;
 
 type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
@@ -112,7 +113,9 @@ impl<T: 'static> Deferred<T> {
     {
         let d = Deferred::new();
         let mut state = Box::new(CancelState::new());
-        state.canceller = Some(Box::new(canceller));
+        // The canceller runs in the log context current now, like a callback.
+        let captured = Captured::capture();
+        state.canceller = Some(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d))));
         d.inner.core.borrow_mut().cancel = Some(state);
         d
     }
@@ -147,10 +150,12 @@ impl<T: 'static> Deferred<T> {
             // layer can never be cancelled.
             return self;
         }
+        // The canceller runs in the log context current now, like a callback.
+        let captured = Captured::capture();
         core.cancel
             .get_or_insert_with(|| Box::new(CancelState::new()))
             .layers
-            .push((position, Box::new(canceller)));
+            .push((position, Box::new(move |e: &CancelledError| captured.run(|| canceller(e)))));
         self
     }
 

@@ -34,6 +34,7 @@ use std::rc::{Rc, Weak};
 use smallvec::SmallVec;
 
 use crate::failure::{AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError};
+use crate::logcontext::{Captured, Switcher};
 
 /// A single-threaded handle to a result that arrives later (Twisted's `Deferred`).
 ///
@@ -158,8 +159,9 @@ type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
 
 /// One step of the chain.
 enum Link<T: 'static> {
-    /// A callback/errback pair (either may be a pass-through).
-    Call(Call<T>),
+    /// A callback/errback pair (either may be a pass-through), with the log context
+    /// that was current when it was added: it runs in that context.
+    Call(Call<T>, Captured),
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
@@ -290,10 +292,10 @@ impl<T: 'static> Deferred<T> {
         R: CallbackResult<T>,
         S: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
             Ok(v) => callback(v).into_next(),
             Err(f) => errback(f).into_next(),
-        })));
+        }));
         self
     }
 
@@ -309,10 +311,10 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(T) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
             Ok(v) => callback(v).into_next(),
             Err(f) => Next::Ready(Err(f)),
-        })));
+        }));
         self
     }
 
@@ -322,10 +324,10 @@ impl<T: 'static> Deferred<T> {
         G: FnOnce(Failure) -> S + 'static,
         S: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r: Result<T, Failure>| match r {
+        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
             Ok(v) => Next::Ready(Ok(v)),
             Err(f) => errback(f).into_next(),
-        })));
+        }));
         self
     }
 
@@ -335,11 +337,17 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push(Link::Call(Box::new(move |r| f(r).into_next())));
+        self.push_call(Box::new(move |r| f(r).into_next()));
         self
     }
 
+    /// Adds a call link, capturing the current log context for it (the capture point of
+    /// the log-context invariant, see `ARCHITECTURE.md`).
     #[inline]
+    fn push_call(&self, call: Call<T>) {
+        self.push(Link::Call(call, Captured::capture()));
+    }
+
     fn push(&self, link: Link<T>) {
         let run = {
             let mut core = self.inner.core.borrow_mut();
@@ -483,7 +491,7 @@ impl<T: 'static> Deferred<T> {
     /// moved there. Cancelling `other` does not cancel this Deferred, as in Twisted.
     pub fn chain_deferred(&self, other: &Deferred<T>) -> &Self {
         let other = other.clone();
-        self.push(Link::Call(Box::new(move |r| {
+        self.push_call(Box::new(move |r| {
             if let Err(next) = other.fire(Next::Ready(r)) {
                 if let Next::Ready(Err(f)) = next {
                     log::error!("chain_deferred: target already called; dropping failure: {f}");
@@ -492,7 +500,7 @@ impl<T: 'static> Deferred<T> {
                 }
             }
             Next::Consumed
-        })));
+        }));
         self
     }
 
@@ -521,7 +529,7 @@ impl<T: 'static> Deferred<T> {
             }
         });
         let target = out.clone();
-        self.push(Link::Call(Box::new(move |r| {
+        self.push_call(Box::new(move |r| {
             let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
                 Ok(next) => next,
                 Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
@@ -530,7 +538,7 @@ impl<T: 'static> Deferred<T> {
                 log::debug!("then: the linked deferred was already called; result dropped");
             }
             Next::Consumed
-        })));
+        }));
         out
     }
 
@@ -690,8 +698,11 @@ impl<T: 'static> run::Runnable for Inner<T> {
                 }
             }
         };
+        // Each call runs in the log context captured when it was added; the context
+        // current now is restored when the loop returns, panics included.
+        let mut logcontext = Switcher::new();
         loop {
-            match catch_unwind(AssertUnwindSafe(|| self.run_links(held))) {
+            match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext))) {
                 Ok(()) => return,
                 Err(panic) => held = Held::Result(Err(Failure::from_panic(panic))),
             }
@@ -703,7 +714,7 @@ impl<T: 'static> Inner<T> {
     /// Runs links until the chain finishes, pauses or waits, holding the result in a
     /// local between links, so each link costs one borrow: take the link (or stop),
     /// release, call. On return the slot and `running` are up to date.
-    fn run_links(self: &Rc<Self>, mut held: Held<T>) {
+    fn run_links(self: &Rc<Self>, mut held: Held<T>, logcontext: &mut Switcher) {
         loop {
             let link = {
                 let mut core = self.core.borrow_mut();
@@ -720,18 +731,21 @@ impl<T: 'static> Inner<T> {
                 core.links[head].take()
             };
             match link {
-                Some(Link::Call(f)) => match self.absorb(f(held.into_input())) {
-                    Some(h) => held = h,
-                    None => {
-                        // Waiting on another Deferred; its continuation resumes us.
-                        let mut core = self.core.borrow_mut();
-                        core.running = false;
-                        let dead = core.compact();
-                        drop(core);
-                        drop(dead);
-                        return;
+                Some(Link::Call(f, captured)) => {
+                    logcontext.enter(&captured);
+                    match self.absorb(f(held.into_input())) {
+                        Some(h) => held = h,
+                        None => {
+                            // Waiting on another Deferred; its continuation resumes us.
+                            let mut core = self.core.borrow_mut();
+                            core.running = false;
+                            let dead = core.compact();
+                            drop(core);
+                            drop(dead);
+                            return;
+                        }
                     }
-                },
+                }
                 Some(Link::Continue(outer)) => {
                     outer.resume(held.into_input());
                     held = Held::Consumed;

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::timers::{DelayedCall, TimeSource, Timers};
+use crate::logcontext::PreserveLoggingContext;
 
 /// What code that needs time asks of a reactor (Twisted's `IReactorTime`): the current
 /// time and calls scheduled for later. Implemented by the real reactor and by [`Clock`].
@@ -69,6 +70,9 @@ impl Clock {
             TimeSource::Real(_) => unreachable!("a Clock always has manual time"),
         };
         while let Some(call) = self.timers.pop_due(now) {
+            // Due calls run in the sentinel, as in the reactor; `Timers::schedule`
+            // wrapped those scheduled in a log context to run in it.
+            let _sentinel = PreserveLoggingContext::sentinel();
             call();
         }
     }

@@ -87,6 +87,9 @@ impl Timers {
 
     pub(crate) fn schedule(self: &Rc<Self>, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
         let deadline = self.now().saturating_add(delay);
+        // The call runs in the log context current now (unwrapped in the sentinel: the
+        // owner of the queue runs due calls in the sentinel).
+        let f = crate::logcontext::bind(f);
         let key = self.heap.borrow_mut().insert(deadline, f);
         DelayedCall { timers: Rc::downgrade(self), key }
     }

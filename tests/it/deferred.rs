@@ -98,49 +98,7 @@ fn assert_no_result<T>(d: &Deferred<T>) {
     assert!(!d.has_result(), "expected no result: {d:?}");
 }
 
-/// Captures what `log` records on this thread while `f` runs.
-mod logs {
-    use std::cell::RefCell;
-    use std::sync::OnceLock;
-
-    struct ThreadLogger;
-
-    thread_local! {
-        static RECORDS: RefCell<Vec<(log::Level, String)>> = const { RefCell::new(Vec::new()) };
-    }
-
-    impl log::Log for ThreadLogger {
-        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-            true
-        }
-
-        fn log(&self, record: &log::Record<'_>) {
-            // Tests run on their own threads; each one sees only its own records.
-            RECORDS.with(|r| r.borrow_mut().push((record.level(), record.args().to_string())));
-        }
-
-        fn flush(&self) {}
-    }
-
-    /// Runs `f` and returns the messages logged at error level on this thread meanwhile.
-    pub(super) fn errors_during<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
-        static INSTALLED: OnceLock<()> = OnceLock::new();
-        INSTALLED.get_or_init(|| {
-            log::set_boxed_logger(Box::new(ThreadLogger)).expect("no other logger in this binary");
-            log::set_max_level(log::LevelFilter::Trace);
-        });
-        RECORDS.with(|r| r.borrow_mut().clear());
-        let out = f();
-        let errors = RECORDS.with(|r| {
-            r.borrow_mut()
-                .drain(..)
-                .filter(|(level, _)| *level == log::Level::Error)
-                .map(|(_, m)| m)
-                .collect()
-        });
-        (out, errors)
-    }
-}
+use crate::support::logs;
 
 // ---------------------------------------------------------------------------------------
 // Callbacks, errbacks and the values flowing through them

@@ -4,7 +4,9 @@
 mod cancellation;
 mod combinators;
 mod deferred;
+mod logcontext;
 mod observable;
 mod reactor;
+mod support;
 mod sync;
 mod task;

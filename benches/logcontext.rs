@@ -1,0 +1,101 @@
+//! Cost of log contexts on the callback path: a 1,000-callback chain whose callbacks are
+//! added inside one context and fired from another, against the same chain with no
+//! context at all. Regression guard for the "under 3 ns added per callback" target.
+//!
+//! Also the worst case, where every callback's context differs from the previous one's,
+//! so each callback is a real switch (with and without the thread CPU clock read).
+//!
+//! Run: `cargo bench --bench logcontext -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use weft::logcontext::{set_cpu_clock, CpuClock, LoggingContext, PreserveLoggingContext};
+use weft::Deferred;
+
+const N: u64 = 1_000;
+
+/// Adds `N` callbacks in `adder`'s context (alternating with `other` if `alternate`),
+/// then fires the chain in `firer`'s context.
+fn chain(adder: &LoggingContext, other: &LoggingContext, firer: &LoggingContext, alternate: bool) -> u64 {
+    let d: Deferred<u64> = Deferred::new();
+    {
+        let _add = PreserveLoggingContext::new(adder.clone());
+        for i in 0..N {
+            if alternate && i % 2 == 1 {
+                let _o = PreserveLoggingContext::new(other.clone());
+                d.add_callback(|x| x + 1);
+            } else {
+                d.add_callback(|x| x + 1);
+            }
+        }
+    }
+    let _fire = PreserveLoggingContext::new(firer.clone());
+    d.callback(black_box(0)).unwrap();
+    d.take_result().unwrap().unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let sentinel = LoggingContext::sentinel();
+    let a = LoggingContext::new("request-a");
+    let b = LoggingContext::new("request-b");
+    let mut g = c.benchmark_group(format!("logcontext_chain.({N} callbacks)"));
+    g.bench_function("no_context", |bench| bench.iter(|| chain(&sentinel, &sentinel, &sentinel, false)));
+    g.bench_function("added_in_a_fired_from_b", |bench| bench.iter(|| chain(&a, &a, &b, false)));
+    for (clock, name) in
+        [(CpuClock::Thread, "thread"), (CpuClock::Monotonic, "monotonic"), (CpuClock::Off, "off")]
+    {
+        set_cpu_clock(clock);
+        if clock != CpuClock::Thread {
+            let id = format!("added_in_a_fired_from_b.(clock {name})");
+            g.bench_function(id, |bench| bench.iter(|| chain(&a, &a, &b, false)));
+        }
+        let id = format!("alternating_a_b.(clock {name})");
+        g.bench_function(id, |bench| bench.iter(|| chain(&a, &b, &sentinel, true)));
+    }
+    set_cpu_clock(CpuClock::Thread);
+    g.finish();
+}
+
+/// The same comparison, paired: each round times a batch without contexts and a batch
+/// with, back to back, so the drift of a shared machine cancels out; prints the median
+/// of the per-round differences.
+fn paired(_c: &mut Criterion) {
+    let sentinel = LoggingContext::sentinel();
+    let a = LoggingContext::new("request-a");
+    let b = LoggingContext::new("request-b");
+    let batch = 50;
+    let time = |adder: &LoggingContext, firer: &LoggingContext| {
+        let start = Instant::now();
+        for _ in 0..batch {
+            black_box(chain(adder, adder, firer, false));
+        }
+        start.elapsed().as_nanos() as f64 / (batch as f64 * N as f64)
+    };
+    for clock in [CpuClock::Thread, CpuClock::Monotonic, CpuClock::Off] {
+        set_cpu_clock(clock);
+        let mut diffs: Vec<f64> = (0..400)
+            .map(|round| {
+                // Alternate which goes first, so neither always runs on a warm cache.
+                if round % 2 == 0 {
+                    let base = time(&sentinel, &sentinel);
+                    time(&a, &b) - base
+                } else {
+                    let with = time(&a, &b);
+                    with - time(&sentinel, &sentinel)
+                }
+            })
+            .collect();
+        diffs.sort_by(|x, y| x.total_cmp(y));
+        println!(
+            "paired overhead (clock {clock:?}): {:.2} ns per callback (median of {} rounds)",
+            diffs[diffs.len() / 2],
+            diffs.len()
+        );
+    }
+    set_cpu_clock(CpuClock::Thread);
+}
+
+criterion_group!(benches, bench, paired);
+criterion_main!(benches);

@@ -1,0 +1,57 @@
+//! Helpers shared by the test modules.
+
+/// One capturing logger for the whole test binary (`log` allows one per process).
+///
+/// It sits behind weft's `ContextLogger`, so each record carries the request id of the
+/// log context it was made in, and keeps records per thread: tests run on their own
+/// threads and each sees only its own records.
+pub(crate) mod logs {
+    use std::cell::RefCell;
+    use std::sync::Once;
+
+    use weft::logcontext::ContextLogger;
+
+    struct Capture;
+
+    thread_local! {
+        static RECORDS: RefCell<Vec<(log::Level, String)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            RECORDS.with(|r| r.borrow_mut().push((record.level(), record.args().to_string())));
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Installs the logger (once per binary) and empties this thread's records.
+    pub(crate) fn capture() {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| ContextLogger::new(Capture).install(log::LevelFilter::Trace).unwrap());
+        RECORDS.with(|r| r.borrow_mut().clear());
+    }
+
+    /// This thread's records since the last `capture()`.
+    pub(crate) fn records() -> Vec<(log::Level, String)> {
+        RECORDS.with(|r| r.borrow().clone())
+    }
+
+    /// Runs `f` and returns the messages logged at error level on this thread meanwhile.
+    pub(crate) fn errors_during<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        capture();
+        let out = f();
+        let errors = RECORDS.with(|r| {
+            r.borrow_mut()
+                .drain(..)
+                .filter(|(level, _)| *level == log::Level::Error)
+                .map(|(_, m)| m)
+                .collect()
+        });
+        (out, errors)
+    }
+}
