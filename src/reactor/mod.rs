@@ -28,6 +28,7 @@ mod threads;
 mod timers;
 mod udp;
 
+use crate::logcontext::{self, Captured, PreserveLoggingContext};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -197,6 +198,8 @@ impl Reactor {
     /// run on the first turn. A reactor may be run again after `run` returns; shutdown
     /// triggers run once per registration.
     pub fn run(&self) {
+        // The reactor's own loop runs in the sentinel; each callback brings its own context.
+        let _sentinel = PreserveLoggingContext::sentinel();
         let inner = &self.handle.inner;
         inner.running.set(true);
         inner.stop_requested.set(false);
@@ -227,6 +230,7 @@ impl Reactor {
     /// The OS error if waiting for readiness failed (an interrupted wait is not an
     /// error).
     pub fn iterate(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let _sentinel = PreserveLoggingContext::sentinel();
         self.handle.turn(timeout)
     }
 }
@@ -284,7 +288,7 @@ impl ReactorHandle {
         if self.inner.running.get() {
             self.call_soon(f);
         } else {
-            self.inner.when_running.borrow_mut().push(Box::new(f));
+            self.inner.when_running.borrow_mut().push(logcontext::bind(Box::new(f)));
         }
     }
 
@@ -292,7 +296,7 @@ impl ReactorHandle {
     /// call-soon queue itself), in the order calls were queued. Cheaper than
     /// `call_later(0)`: no timer is made.
     pub fn call_soon<F: FnOnce() + 'static>(&self, f: F) {
-        self.inner.soon.borrow_mut().push_back(Box::new(f));
+        self.inner.soon.borrow_mut().push_back(logcontext::bind(Box::new(f)));
     }
 
     /// Schedules `f` to run after `delay`; the generic form of
@@ -320,7 +324,8 @@ impl ReactorHandle {
         R: TriggerResult,
     {
         let i = phase as usize;
-        self.inner.triggers.borrow_mut()[i].push(Box::new(move || f().into_deferred()));
+        let captured = Captured::capture();
+        self.inner.triggers.borrow_mut()[i].push(Box::new(move || captured.run(|| f().into_deferred())));
     }
 
     /// How long each shutdown phase waits for the Deferreds its triggers returned
@@ -365,6 +370,8 @@ impl ReactorHandle {
 
     /// One turn of the loop; see [`Reactor::iterate`].
     fn turn(&self, max_wait: Option<Duration>) -> io::Result<()> {
+        // Every callback restores the context it found, so a context current here leaked.
+        logcontext::assert_sentinel();
         let inner = &*self.inner;
         let timeout = if !inner.soon.borrow().is_empty() || inner.stop_requested.get() {
             Some(Duration::ZERO)

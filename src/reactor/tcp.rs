@@ -27,6 +27,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::poll::{Readiness, SourceKey};
 use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use crate::logcontext::Captured;
 use crate::{Deferred, Failure};
 
 /// The application side of a stream connection (Twisted's `Protocol`). Methods are called
@@ -264,6 +265,7 @@ impl ReactorHandle {
                 Rc::new(RefCell::new(factory.build_protocol(a))) as Rc<RefCell<dyn Protocol>>
             })),
             backing_off: Cell::new(false),
+            ctx: Captured::capture(),
         });
         let fd = listener.fd().expect("just made");
         let key = self.register(fd, listener.clone(), true, false)?;
@@ -285,7 +287,7 @@ impl ReactorHandle {
                 if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return crate::fail(e),
         }
-        let conn = match Conn::register(self, into_stream(socket)) {
+        let conn = match Conn::register(self, into_stream(socket), Captured::capture()) {
             Ok(c) => c,
             Err(e) => return crate::fail(e),
         };
@@ -549,10 +551,18 @@ pub(crate) struct Conn {
     producer_paused: Cell<bool>,
     check_scheduled: Cell<bool>,
     closed: Cell<bool>,
+    /// The log context the protocol's events run in: the one current when `listen_*` or
+    /// `connect_*` was called.
+    ctx: Captured,
 }
 
 impl Conn {
-    fn register(reactor: &ReactorHandle, stream: Stream) -> io::Result<Rc<Conn>> {
+    /// Runs a protocol callback in the connection's log context, catching a panic.
+    fn in_context<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
+        self.ctx.run(|| guarded(what, f))
+    }
+
+    fn register(reactor: &ReactorHandle, stream: Stream, ctx: Captured) -> io::Result<Rc<Conn>> {
         let fd = stream.fd();
         let conn = Rc::new(Conn {
             reactor: reactor.downgrade(),
@@ -573,6 +583,7 @@ impl Conn {
             producer_paused: Cell::new(false),
             check_scheduled: Cell::new(false),
             closed: Cell::new(false),
+            ctx,
         });
         let key = reactor.register(fd, conn.clone(), true, true)?;
         conn.key.set(Some(key));
@@ -587,7 +598,7 @@ impl Conn {
     fn start(self: &Rc<Self>, protocol: Rc<RefCell<dyn Protocol>>) {
         *self.protocol.borrow_mut() = Some(protocol.clone());
         let transport = Transport { conn: self.clone() };
-        guarded("connection_made", || protocol.borrow_mut().connection_made(transport));
+        self.in_context("connection_made", || protocol.borrow_mut().connection_made(transport));
         self.check();
     }
 
@@ -596,7 +607,7 @@ impl Conn {
         if let Some(p) = p {
             match p.try_borrow_mut() {
                 Ok(mut p) => {
-                    guarded(what, || f(&mut *p));
+                    self.in_context(what, || f(&mut *p));
                 }
                 Err(_) => {
                     log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped")
@@ -642,7 +653,7 @@ impl Conn {
                 let p = self.producer.borrow().clone();
                 if let Some(p) = p {
                     self.producer_paused.set(true);
-                    guarded("pause_producing", || p.pause_producing());
+                    self.in_context("pause_producing", || p.pause_producing());
                 }
             }
         }
@@ -679,7 +690,7 @@ impl Conn {
         if drained && self.producer_paused.replace(false) {
             let p = self.producer.borrow().clone();
             if let Some(p) = p {
-                guarded("resume_producing", || p.resume_producing());
+                self.in_context("resume_producing", || p.resume_producing());
             }
         }
     }
@@ -779,7 +790,7 @@ impl Conn {
         self.write_pos.set(0);
         let producer = self.producer.borrow_mut().take();
         if let Some(p) = producer {
-            guarded("stop_producing", || p.stop_producing());
+            self.in_context("stop_producing", || p.stop_producing());
         }
         self.with_protocol("connection_lost", |p| p.connection_lost(reason));
         let protocol = self.protocol.borrow_mut().take();
@@ -898,6 +909,9 @@ struct Listener {
     socket: RefCell<Option<ListenSocket>>,
     factory: RefCell<ProtocolMaker>,
     backing_off: Cell<bool>,
+    /// The log context current when `listen_*` was called: the factory and every
+    /// accepted connection's protocol run in it.
+    ctx: Captured,
 }
 
 impl Listener {
@@ -935,14 +949,15 @@ impl Listener {
             match self.accept_one() {
                 Ok(None) => return,
                 Ok(Some((stream, peer))) => {
-                    let conn = match Conn::register(&reactor, stream) {
+                    let conn = match Conn::register(&reactor, stream, self.ctx.clone()) {
                         Ok(c) => c,
                         Err(e) => {
                             log::error!(target: "weft::reactor", "registering an accepted connection failed: {e}");
                             continue;
                         }
                     };
-                    let protocol = guarded("build_protocol", || (self.factory.borrow_mut())(&peer));
+                    let protocol =
+                        self.ctx.run(|| guarded("build_protocol", || (self.factory.borrow_mut())(&peer)));
                     match protocol {
                         Some(p) => conn.start(p),
                         None => conn.close(Failure::new(ConnectionAborted)),

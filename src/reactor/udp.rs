@@ -13,6 +13,7 @@ use std::rc::Rc;
 
 use super::poll::{Readiness, SourceKey};
 use super::{guarded, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use crate::logcontext::Captured;
 
 /// The application side of a UDP port (Twisted's `DatagramProtocol`).
 pub trait DatagramProtocol: 'static {
@@ -55,6 +56,7 @@ impl ReactorHandle {
             key: Cell::new(None),
             socket: RefCell::new(Some(socket)),
             protocol: Rc::new(RefCell::new(protocol)),
+            ctx: Captured::capture(),
         });
         let key = self.register(fd, port.clone(), true, false)?;
         port.key.set(Some(key));
@@ -114,6 +116,8 @@ struct UdpPort {
     key: Cell<Option<SourceKey>>,
     socket: RefCell<Option<UdpSocket>>,
     protocol: Rc<RefCell<dyn DatagramProtocol>>,
+    /// The log context current when `listen_udp` was called; the protocol runs in it.
+    ctx: Captured,
 }
 
 impl UdpPort {
@@ -129,7 +133,9 @@ impl UdpPort {
                     Ok((n, from)) => {
                         match self.protocol.try_borrow_mut() {
                             Ok(mut p) => {
-                                guarded("datagram_received", || p.datagram_received(&buf[..n], from));
+                                self.ctx.run(|| {
+                                    guarded("datagram_received", || p.datagram_received(&buf[..n], from))
+                                });
                             }
                             Err(_) => {
                                 log::error!(target: "weft::reactor", "datagram_received: protocol busy")

@@ -836,3 +836,119 @@ fn blocking_client_sees_echo() {
     run_bounded(&reactor, secs(10));
     t.join().unwrap();
 }
+
+// ---- log contexts through the real loop ----
+
+type Seen = Rc<RefCell<Vec<(&'static str, Option<String>)>>>;
+
+fn note(seen: &Seen, what: &'static str) {
+    seen.borrow_mut().push((what, weft::logcontext::current_request_id()));
+}
+
+struct CtxEcho {
+    seen: Seen,
+    transport: Option<Transport>,
+}
+
+impl Protocol for CtxEcho {
+    fn connection_made(&mut self, transport: Transport) {
+        note(&self.seen, "server connection_made");
+        self.transport = Some(transport);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        note(&self.seen, "server data_received");
+        self.transport.as_ref().unwrap().write(data);
+    }
+}
+
+struct CtxClient {
+    seen: Seen,
+    stop: weft::reactor::ReactorHandle,
+}
+
+impl Protocol for CtxClient {
+    fn connection_made(&mut self, transport: Transport) {
+        note(&self.seen, "client connection_made");
+        transport.write(b"ping");
+    }
+    fn data_received(&mut self, _data: &[u8]) {
+        note(&self.seen, "client data_received");
+        self.stop.stop();
+    }
+}
+
+/// Reactor callbacks run in the log context current when they were registered, the loop
+/// itself in the sentinel, and nothing leaks out of `run()`.
+#[test]
+fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
+    use weft::logcontext::{current_request_id, LoggingContext};
+    let reactor = Reactor::new().unwrap();
+    let seen: Seen = Rc::new(RefCell::new(Vec::new()));
+    let from_thread = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    let server = LoggingContext::new("server");
+    let port = {
+        let _in_server = server.enter();
+        let s = seen.clone();
+        reactor
+            .listen_tcp(localhost(), move |_: &Address| CtxEcho { seen: s.clone(), transport: None }, false)
+            .unwrap()
+    };
+    let addr = match port.local_addr() {
+        Address::Tcp(a) => a,
+        other => panic!("{other:?}"),
+    };
+
+    let request = LoggingContext::new("req-1");
+    {
+        let _in_request = request.enter();
+        let s = seen.clone();
+        reactor.call_soon(move || note(&s, "call_soon"));
+        let s = seen.clone();
+        reactor.call_later(Duration::ZERO, move || note(&s, "call_later"));
+        let s = seen.clone();
+        reactor.defer_to_thread(|| 5u32).add_callback(move |v| {
+            note(&s, "defer_to_thread result");
+            v
+        });
+        let (s, h) = (seen.clone(), reactor.handle());
+        let _connected = reactor.connect_tcp(
+            addr,
+            move |_: &Address| CtxClient { seen: s.clone(), stop: h.clone() },
+            secs(5),
+        );
+        let s = seen.clone();
+        reactor.add_shutdown_trigger(Phase::Before, move || note(&s, "shutdown trigger"));
+    }
+    let threads = reactor.thread_handle();
+    let ft = from_thread.clone();
+    std::thread::spawn(move || {
+        let ft2 = ft.clone();
+        threads.call_from_thread(move || ft2.lock().unwrap().push(current_request_id())).unwrap();
+    })
+    .join()
+    .unwrap();
+
+    run_bounded(&reactor, secs(10));
+    assert_eq!(current_request_id(), None, "no context leaks out of run()");
+
+    let seen = seen.borrow();
+    let context_of = |what: &str| -> Option<String> {
+        seen.iter()
+            .find(|(w, _)| *w == what)
+            .unwrap_or_else(|| panic!("{what} never ran: {seen:?}"))
+            .1
+            .clone()
+    };
+    assert_eq!(context_of("call_soon").as_deref(), Some("req-1"));
+    assert_eq!(context_of("call_later").as_deref(), Some("req-1"));
+    assert_eq!(context_of("defer_to_thread result").as_deref(), Some("req-1"));
+    assert_eq!(context_of("client connection_made").as_deref(), Some("req-1"));
+    assert_eq!(context_of("client data_received").as_deref(), Some("req-1"));
+    assert_eq!(context_of("server connection_made").as_deref(), Some("server"));
+    assert_eq!(context_of("server data_received").as_deref(), Some("server"));
+    assert_eq!(context_of("shutdown trigger").as_deref(), Some("req-1"));
+    // A thread cannot hand its (single-threaded) context over: calls from threads run in
+    // the sentinel.
+    assert_eq!(*from_thread.lock().unwrap(), vec![None]);
+}
