@@ -292,8 +292,9 @@ pub struct CancellationReport {
 ///   await point and the handler's Deferred, to assert that shared work observed by
 ///   others was not cancelled and that no waiter is left in a lock or queue.
 ///
-/// Each cancelled run is checked to finish (the Deferred has a result) and to leave no
-/// task of [`ensure_deferred`] pending.
+/// Each cancelled run is checked to finish (the Deferred has a result), to leave no
+/// task of [`ensure_deferred`] pending, and to leave the log context that was current
+/// before it current again (no context leaks out of a cancelled handler).
 ///
 /// An await point is counted when a task suspends on a Deferred without a result. If a
 /// single step passes several await points, the cancel is made at the first one
@@ -301,7 +302,7 @@ pub struct CancellationReport {
 ///
 /// # Panics
 ///
-/// If a run does not finish, or leaves a task pending.
+/// If a run does not finish, leaves a task pending, or leaks a log context.
 #[track_caller]
 pub fn check_cancellation_at_each_await<T: 'static>(
     mut start: impl FnMut() -> Deferred<T>,
@@ -315,6 +316,8 @@ pub fn check_cancellation_at_each_await<T: 'static>(
     drive(&d, &mut step, MAX_STEPS);
     assert!(d.is_called(), "the handler did not finish in the uncancelled run");
     let n = await_points() - c0;
+    let context_before = crate::logcontext::current_context();
+    let context_before_name = crate::logcontext::current_request_id();
     let mut cancelled_at = Vec::new();
     for i in 1..=n {
         let c0 = await_points();
@@ -334,7 +337,13 @@ pub fn check_cancellation_at_each_await<T: 'static>(
             baseline_tasks,
             "a task was left pending after a cancel at await point {i}"
         );
-        // Hook: the log-context leak check is added here once the logcontext module lands.
+        let now = crate::logcontext::current_context();
+        assert!(
+            crate::logcontext::LoggingContext::ptr_eq(&now, &context_before),
+            "the log context leaked after a cancel at await point {i}: {:?} is current instead of {:?}",
+            crate::logcontext::current_request_id(),
+            context_before_name,
+        );
         check(i, &d);
     }
     CancellationReport { await_points: n, cancelled_at }

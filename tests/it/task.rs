@@ -166,3 +166,53 @@ fn handler_cancelled_at_each_await_point() {
     );
     assert!(report.await_points >= 2, "{report:?}");
 }
+
+/// SY test_utils cancellation helper, with the handler running in its own request log
+/// context: wherever it is cancelled, its context finishes and none leaks into the
+/// caller's (the helper checks the caller's context is current after every run).
+#[test]
+fn handler_in_a_request_context_leaks_no_context_when_cancelled() {
+    use weft::logcontext::{current_request_id, LoggingContext};
+    let clock = Clock::new();
+    let contexts: Rc<RefCell<Vec<LoggingContext>>> = Rc::new(RefCell::new(Vec::new()));
+    let seen: Rc<RefCell<Vec<Option<String>>>> = Rc::new(RefCell::new(Vec::new()));
+    let handler = {
+        let (clock, contexts, seen) = (clock.clone(), contexts.clone(), seen.clone());
+        move || {
+            let ctx = LoggingContext::new("request");
+            contexts.borrow_mut().push(ctx.clone());
+            let (clock, seen) = (clock.clone(), seen.clone());
+            ctx.run::<(), _, _>(move || {
+                ensure_deferred(async move {
+                    sleep(&clock, 1).await?;
+                    seen.borrow_mut().push(current_request_id());
+                    sleep(&clock, 1).await?;
+                    seen.borrow_mut().push(current_request_id());
+                    Ok::<_, Failure>(())
+                })
+            })
+        }
+    };
+    let c = clock.clone();
+    let report = check_cancellation_at_each_await(
+        handler,
+        move || {
+            if c.pending_calls() == 0 {
+                return false;
+            }
+            c.advance(Duration::from_millis(500));
+            true
+        },
+        |_, d| {
+            let _ = d.take_result();
+        },
+    );
+    assert_eq!(report.await_points, 2, "{report:?}");
+    assert_eq!(current_request_id(), None);
+    // The uncancelled run and every cancelled one finished their request context.
+    assert_eq!(contexts.borrow().len(), 3);
+    assert!(contexts.borrow().iter().all(LoggingContext::is_finished));
+    // Code after each await ran in the request's context.
+    assert!(!seen.borrow().is_empty());
+    assert!(seen.borrow().iter().all(|c| c.as_deref() == Some("request")), "{:?}", seen.borrow());
+}
