@@ -22,6 +22,7 @@
 
 mod clock;
 mod poll;
+mod signals;
 mod task;
 mod tcp;
 mod threads;
@@ -154,6 +155,8 @@ pub(crate) struct Inner {
     threads: threads::ReactorThreads,
     /// The scratch buffer sockets read into (64 KiB), lent out during a read.
     read_buf: RefCell<Vec<u8>>,
+    /// Set by [`Reactor::stop_on_signals`].
+    signals: RefCell<Option<signals::SignalWatch>>,
 }
 
 /// How much a socket reads per system call.
@@ -181,8 +184,28 @@ impl Reactor {
             shutdown_timeout: Cell::new(Duration::from_secs(30)),
             threads: threads::ReactorThreads::new(waker),
             read_buf: RefCell::new(vec![0; READ_SIZE]),
+            signals: RefCell::new(None),
         });
         Ok(Reactor { handle: ReactorHandle { inner } })
+    }
+
+    /// Stops the reactor gracefully on SIGINT or SIGTERM, as [`ReactorHandle::stop`]
+    /// does: the shutdown triggers run and [`run`](Reactor::run) returns. Off unless
+    /// called (Twisted's `installSignalHandlers`), so a daemon that embeds the reactor
+    /// keeps its own signal handling. Calling it again does nothing.
+    ///
+    /// A small thread waits for the signals (through `signal-hook`) and wakes the loop;
+    /// it is closed and joined when the reactor is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The OS error if the handlers or the thread could not be set up.
+    pub fn stop_on_signals(&self) -> io::Result<()> {
+        let mut slot = self.handle.inner.signals.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(signals::SignalWatch::start(self.handle.thread_handle())?);
+        }
+        Ok(())
     }
 
     /// A cheap handle to move into callbacks.
@@ -254,6 +277,8 @@ impl AsRawFd for Reactor {
 impl Drop for Reactor {
     fn drop(&mut self) {
         let inner = &self.handle.inner;
+        let signals = inner.signals.borrow_mut().take();
+        drop(signals);
         inner.threads.close();
         inner.threads.shutdown(&self.handle);
         let sources: Vec<_> = inner.sources.borrow_mut().drain().collect();
@@ -373,6 +398,9 @@ impl ReactorHandle {
         // Every callback restores the context it found, so a context current here leaked.
         logcontext::assert_sentinel();
         let inner = &*self.inner;
+        if inner.signals.borrow().as_ref().is_some_and(signals::SignalWatch::take) {
+            inner.stop_requested.set(true);
+        }
         let timeout = if !inner.soon.borrow().is_empty() || inner.stop_requested.get() {
             Some(Duration::ZERO)
         } else {

@@ -952,3 +952,20 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
     // the sentinel.
     assert_eq!(*from_thread.lock().unwrap(), vec![None]);
 }
+
+/// Off by default; once asked for, SIGTERM stops the reactor gracefully: the shutdown
+/// triggers run and `run()` returns.
+#[test]
+fn sigterm_stops_the_reactor_gracefully_when_asked_for() {
+    let reactor = Reactor::new().unwrap();
+    reactor.stop_on_signals().unwrap();
+    reactor.stop_on_signals().unwrap(); // a second call changes nothing
+    let phases = Rc::new(RefCell::new(Vec::new()));
+    let p = phases.clone();
+    reactor.add_shutdown_trigger(Phase::Before, move || p.borrow_mut().push("before shutdown"));
+    reactor.call_later(ms(1), || {
+        signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
+    });
+    run_bounded(&reactor, secs(10));
+    assert_eq!(*phases.borrow(), ["before shutdown"]);
+}
