@@ -21,9 +21,12 @@
 //! A result that reached the awaited Deferred before the cancel is already moved into
 //! the task's await, so a cancel arriving before the task resumed never discards it.
 //!
-//! *Not supported yet:* wakes from other threads (they are logged and dropped until the
-//! reactor offers `call_from_thread`), and interrupting a task suspended on a future
-//! that is not a Deferred (the cancel then waits for that future).
+//! A wake from another thread (a channel fed by a worker thread, say) reaches the task
+//! through the owning thread's reactor (`call_from_thread`); on a thread with no reactor
+//! it is logged and dropped.
+//!
+//! *Not supported yet:* interrupting a task suspended on a future that is not a Deferred
+//! (the cancel then waits for that future).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -396,17 +399,24 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if thread::current().id() != self.thread {
-            log::warn!(
-                "weft task {} woken from another thread; cross-thread wakes are not supported yet",
-                self.id
-            );
+        if thread::current().id() == self.thread {
+            wake_here(self.id);
             return;
         }
-        let task = TASKS.with(|t| t.borrow().get(&self.id).cloned());
-        if let Some(task) = task {
-            poll_task(&task);
+        // Another thread: hand the wake to the owning thread's reactor.
+        let id = self.id;
+        match crate::reactor::handle_for_thread(self.thread) {
+            Some(reactor) if reactor.call_from_thread(move || wake_here(id)).is_ok() => {}
+            _ => log::warn!("weft task {id} woken from another thread, whose reactor is gone (or that has none); wake dropped"),
         }
+    }
+}
+
+/// Polls task `id` if it still exists; on its own thread.
+fn wake_here(id: u64) {
+    let task = TASKS.with(|t| t.borrow().get(&id).cloned());
+    if let Some(task) = task {
+        poll_task(&task);
     }
 }
 

@@ -23,6 +23,7 @@
 mod clock;
 mod poll;
 mod signals;
+pub(crate) use threads::handle_for_thread;
 mod task;
 mod tcp;
 mod threads;
@@ -186,6 +187,7 @@ impl Reactor {
             read_buf: RefCell::new(vec![0; READ_SIZE]),
             signals: RefCell::new(None),
         });
+        inner.threads.register_for_current_thread();
         Ok(Reactor { handle: ReactorHandle { inner } })
     }
 
@@ -279,6 +281,7 @@ impl Drop for Reactor {
         let inner = &self.handle.inner;
         let signals = inner.signals.borrow_mut().take();
         drop(signals);
+        inner.threads.unregister_for_current_thread();
         inner.threads.close();
         inner.threads.shutdown(&self.handle);
         let sources: Vec<_> = inner.sources.borrow_mut().drain().collect();

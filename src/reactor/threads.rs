@@ -177,6 +177,25 @@ impl ReactorThreads {
         ThreadHandle { shared: self.shared.clone() }
     }
 
+    /// Makes this reactor the one that calls from other threads reach for work owned by
+    /// the current thread (see [`handle_for_thread`]).
+    pub(crate) fn register_for_current_thread(&self) {
+        let mut map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+        map.get_or_insert_with(Default::default).insert(std::thread::current().id(), self.handle());
+    }
+
+    /// Undoes [`register_for_current_thread`](Self::register_for_current_thread), if this
+    /// reactor is still the registered one.
+    pub(crate) fn unregister_for_current_thread(&self) {
+        let mut map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+        let id = std::thread::current().id();
+        if let Some(map) = map.as_mut() {
+            if map.get(&id).is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared)) {
+                map.remove(&id);
+            }
+        }
+    }
+
     /// Refuses further calls from other threads (the reactor is going away).
     pub(crate) fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
@@ -347,4 +366,17 @@ fn worker(pool: Arc<PoolShared>, out: Arc<ThreadShared>) {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The reactor of each thread that has one (the latest created), for code that must
+/// reach a thread's single-threaded state from elsewhere: a `Waker` of an
+/// `ensure_deferred` task woken by another thread.
+static REACTOR_OF_THREAD: std::sync::Mutex<
+    Option<std::collections::HashMap<std::thread::ThreadId, ThreadHandle>>,
+> = std::sync::Mutex::new(None);
+
+/// The call-from-thread handle of the reactor created on `thread`, if it still exists.
+pub(crate) fn handle_for_thread(thread: std::thread::ThreadId) -> Option<ThreadHandle> {
+    let map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+    map.as_ref().and_then(|m| m.get(&thread).cloned())
 }

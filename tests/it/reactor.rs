@@ -969,3 +969,62 @@ fn sigterm_stops_the_reactor_gracefully_when_asked_for() {
     run_bounded(&reactor, secs(10));
     assert_eq!(*phases.borrow(), ["before shutdown"]);
 }
+
+/// A future woken from another thread (a channel fed by a worker, say): the wake reaches
+/// the `ensure_deferred` task through the owning thread's reactor.
+#[test]
+fn task_woken_from_another_thread_resumes_on_the_reactor() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll, Waker};
+
+    #[derive(Default)]
+    struct Slot {
+        value: Option<u32>,
+        waker: Option<Waker>,
+    }
+    struct FromWorker(Arc<Mutex<Slot>>);
+    impl Future for FromWorker {
+        type Output = u32;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+            let mut slot = self.0.lock().unwrap();
+            match slot.value.take() {
+                Some(v) => Poll::Ready(v),
+                None => {
+                    slot.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    let reactor = Reactor::new().unwrap();
+    let slot = Arc::new(Mutex::new(Slot::default()));
+    let reactor_thread = std::thread::current().id();
+    let task = weft::task::ensure_deferred({
+        let slot = slot.clone();
+        async move {
+            let v = FromWorker(slot).await;
+            Ok::<_, Failure>((v, std::thread::current().id()))
+        }
+    });
+    let got = Rc::new(RefCell::new(None));
+    let (g, h) = (got.clone(), reactor.handle());
+    task.add_callback(move |r| {
+        *g.borrow_mut() = Some(r);
+        h.stop();
+        r
+    });
+    let worker = std::thread::spawn(move || {
+        let waker = {
+            let mut s = slot.lock().unwrap();
+            s.value = Some(42);
+            s.waker.take()
+        };
+        waker.expect("the task registered a waker").wake();
+    });
+    worker.join().unwrap();
+    run_bounded(&reactor, secs(10));
+    assert_eq!(*got.borrow(), Some((42, reactor_thread)));
+}
