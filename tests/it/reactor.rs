@@ -1028,3 +1028,75 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     run_bounded(&reactor, secs(10));
     assert_eq!(*got.borrow(), Some((42, reactor_thread)));
 }
+
+/// With `reuse_port` two listeners (two reactors, or two processes) share one port;
+/// without it the second bind fails with a clear error.
+#[test]
+fn tcp_reuse_port_lets_two_listeners_share_a_port() {
+    let lost = Rc::new(RefCell::new(Vec::new()));
+    let a = Reactor::new().unwrap();
+    let b = Reactor::new().unwrap();
+    let first = a.listen_tcp(localhost(), echo_factory(&lost), true).unwrap();
+    let addr = match first.local_addr() {
+        Address::Tcp(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let second = b.listen_tcp(addr, echo_factory(&lost), true);
+    assert!(second.is_ok(), "SO_REUSEPORT listener refused: {:?}", second.err());
+    let err =
+        b.listen_tcp(addr, echo_factory(&lost), false).err().expect("a plain bind on a used port fails");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+struct HostReporter {
+    hosts: Rc<RefCell<Vec<(Address, Address)>>>,
+    stop: Option<weft::reactor::ReactorHandle>,
+}
+
+impl Protocol for HostReporter {
+    fn connection_made(&mut self, transport: Transport) {
+        self.hosts.borrow_mut().push((transport.get_host(), transport.get_peer()));
+        if let Some(h) = &self.stop {
+            if self.hosts.borrow().len() == 2 {
+                h.stop();
+            }
+        }
+    }
+    fn data_received(&mut self, _data: &[u8]) {}
+}
+
+/// `get_host` and `get_peer` are each other's mirror on the two ends of a connection.
+#[test]
+fn tcp_get_host_and_get_peer_mirror_each_other() {
+    let reactor = Reactor::new().unwrap();
+    let hosts = Rc::new(RefCell::new(Vec::new()));
+    let (hs, h) = (hosts.clone(), reactor.handle());
+    let port = reactor
+        .listen_tcp(
+            localhost(),
+            move |_: &Address| HostReporter { hosts: hs.clone(), stop: Some(h.clone()) },
+            false,
+        )
+        .unwrap();
+    let addr = match port.local_addr() {
+        Address::Tcp(a) => a,
+        other => panic!("{other:?}"),
+    };
+    let (hs, h) = (hosts.clone(), reactor.handle());
+    let _client = reactor.connect_tcp(
+        addr,
+        move |_: &Address| HostReporter { hosts: hs.clone(), stop: Some(h.clone()) },
+        secs(5),
+    );
+    run_bounded(&reactor, secs(10));
+    let hosts = hosts.borrow();
+    assert_eq!(hosts.len(), 2);
+    let (h0, p0) = &hosts[0];
+    let (h1, p1) = &hosts[1];
+    assert_eq!(h0, p1);
+    assert_eq!(h1, p0);
+    assert!(
+        hosts.iter().any(|(h, _)| *h == Address::Tcp(addr)),
+        "the server end's host is the listening address"
+    );
+}
