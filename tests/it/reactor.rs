@@ -1102,3 +1102,43 @@ fn tcp_get_host_and_get_peer_mirror_each_other() {
         "the server end's host is the listening address"
     );
 }
+
+struct Silent;
+
+impl Protocol for Silent {
+    fn data_received(&mut self, _data: &[u8]) {}
+}
+
+/// A connect that gets no answer fails with `ConnectTimeoutError` after its timeout. On
+/// loopback, "no answer" is a listener whose accept queue is full: Linux then drops the
+/// SYN and the connect hangs.
+#[test]
+fn tcp_connect_timeout_is_a_failure() {
+    use socket2::{Domain, Socket, Type};
+    use weft::reactor::ConnectTimeoutError;
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&localhost().into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted) until a plain connect stops getting through.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match TcpStream::connect_timeout(&addr, ms(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    let reactor = Reactor::new().unwrap();
+    let outcome = Rc::new(RefCell::new(None));
+    let (o, h) = (outcome.clone(), reactor.handle());
+    let started = Instant::now();
+    let _done: Deferred<()> = reactor.connect_tcp(addr, |_: &Address| Silent, ms(300)).then(move |r| {
+        *o.borrow_mut() = Some(r.map(|_| ()));
+        h.stop();
+    });
+    run_bounded(&reactor, secs(10));
+    let failure = outcome.borrow_mut().take().expect("the connect finished").expect_err("it cannot connect");
+    assert!(failure.check::<ConnectTimeoutError>(), "{failure}");
+    assert!(started.elapsed() >= ms(300));
+    drop(held);
+}
