@@ -12,7 +12,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::deferred::Next;
+use crate::deferred::{Next, WeakDeferred};
 use crate::{CancelledError, Deferred, Failure, ReactorTime};
 
 /// A Deferred timed out (Twisted's `defer.TimeoutError`, Synapse's `DeferredTimeoutError`).
@@ -126,20 +126,7 @@ pub fn add_timeout<T: 'static>(d: &Deferred<T>, time: &dyn ReactorTime, timeout:
     let this = d.downgrade();
     d.add_both(move |r: Result<T, Failure>| -> Result<T, Failure> {
         let _ = call.cancel();
-        match r {
-            Err(f) if timing_out.get() => {
-                let ours = match (f.downcast_ref::<CancelledError>(), this.upgrade()) {
-                    (Some(c), Some(d)) => c.cancelled_by(&d),
-                    _ => false,
-                };
-                if ours {
-                    Err(Failure::new(TimeoutError { timeout }))
-                } else {
-                    Err(f)
-                }
-            }
-            r => r,
-        }
+        as_timeout(r, timing_out.get(), &this, timeout)
     });
 }
 
@@ -192,20 +179,7 @@ pub fn timeout_deferred<T: 'static>(
     let (o, this) = (out.clone(), d.downgrade());
     d.add_both(move |r: Result<T, Failure>| -> Next<T> {
         let _ = call.cancel();
-        let r = match r {
-            Err(f) if timing_out.get() => {
-                let ours = match (f.downcast_ref::<CancelledError>(), this.upgrade()) {
-                    (Some(c), Some(d)) => c.cancelled_by(&d),
-                    _ => false,
-                };
-                if ours {
-                    Err(Failure::new(TimeoutError { timeout }))
-                } else {
-                    Err(f)
-                }
-            }
-            r => r,
-        };
+        let r = as_timeout(r, timing_out.get(), &this, timeout);
         if o.is_called() {
             return Next::Ready(r);
         }
@@ -256,4 +230,28 @@ where
     // reaches `d`.
     out.add_canceller(move |c: &CancelledError| me.set(Some(c.id())));
     out
+}
+
+/// While the timer's own cancel runs (`timing_out`), turns the `CancelledError` it
+/// started on `this` into a `TimeoutError`; any other outcome passes unchanged.
+fn as_timeout<T: 'static>(
+    r: Result<T, Failure>,
+    timing_out: bool,
+    this: &WeakDeferred<T>,
+    timeout: Duration,
+) -> Result<T, Failure> {
+    match r {
+        Err(f) if timing_out => {
+            let ours = match (f.downcast_ref::<CancelledError>(), this.upgrade()) {
+                (Some(c), Some(d)) => c.cancelled_by(&d),
+                _ => false,
+            };
+            if ours {
+                Err(Failure::new(TimeoutError { timeout }))
+            } else {
+                Err(f)
+            }
+        }
+        r => r,
+    }
 }

@@ -136,18 +136,6 @@ mod tests {
     }
 
     #[test]
-    fn calls_fire_in_deadline_order_fifo_among_ties() {
-        let clock = Clock::new();
-        let order = Rc::new(RefCell::new(Vec::new()));
-        for (name, delay) in [("c", 3), ("a1", 1), ("b", 2), ("a2", 1), ("a3", 1)] {
-            let o = order.clone();
-            clock.call_later(secs(delay), move || o.borrow_mut().push(name));
-        }
-        clock.advance(secs(10));
-        assert_eq!(*order.borrow(), ["a1", "a2", "a3", "b", "c"]);
-    }
-
-    #[test]
     fn cancel_reset_delay_and_states() {
         let clock = Clock::new();
         let hits = Rc::new(RefCell::new(Vec::new()));
