@@ -9,6 +9,19 @@ use weft::task::{
 };
 use weft::{CancelledError, Clock, Deferred, DeferredLock, Failure, ObservableDeferred};
 
+/// A `step` for `check_cancellation_at_each_await`: moves the clock on by half a second
+/// while calls are pending.
+fn step_clock(clock: &Clock) -> impl FnMut() -> bool {
+    let clock = clock.clone();
+    move || {
+        if clock.pending_calls() == 0 {
+            return false;
+        }
+        clock.advance(Duration::from_millis(500));
+        true
+    }
+}
+
 fn sleep(clock: &Clock, secs: u64) -> Deferred<()> {
     let d: Deferred<()> = Deferred::new();
     let d2 = d.clone();
@@ -147,23 +160,12 @@ fn handler_cancelled_at_each_await_point() {
             .0
         }
     };
-    let c = clock.clone();
-    let report = check_cancellation_at_each_await(
-        handler,
-        move || {
-            if c.pending_calls() == 0 {
-                return false;
-            }
-            c.advance(Duration::from_millis(500));
-            true
-        },
-        |_, d| {
-            assert!(!lock.locked(), "no one holds the lock");
-            assert_eq!(lock.waiting(), 0, "no waiter stuck");
-            assert!(!shared.has_called() || shared.has_succeeded(), "shared work not cancelled");
-            let _ = d.take_result();
-        },
-    );
+    let report = check_cancellation_at_each_await(handler, step_clock(&clock), |_, d| {
+        assert!(!lock.locked(), "no one holds the lock");
+        assert_eq!(lock.waiting(), 0, "no waiter stuck");
+        assert!(!shared.has_called() || shared.has_succeeded(), "shared work not cancelled");
+        let _ = d.take_result();
+    });
     assert!(report.await_points >= 2, "{report:?}");
 }
 
@@ -193,20 +195,9 @@ fn handler_in_a_request_context_leaks_no_context_when_cancelled() {
             })
         }
     };
-    let c = clock.clone();
-    let report = check_cancellation_at_each_await(
-        handler,
-        move || {
-            if c.pending_calls() == 0 {
-                return false;
-            }
-            c.advance(Duration::from_millis(500));
-            true
-        },
-        |_, d| {
-            let _ = d.take_result();
-        },
-    );
+    let report = check_cancellation_at_each_await(handler, step_clock(&clock), |_, d| {
+        let _ = d.take_result();
+    });
     assert_eq!(report.await_points, 2, "{report:?}");
     assert_eq!(current_request_id(), None);
     // The uncancelled run and every cancelled one finished their request context.
