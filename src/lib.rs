@@ -74,11 +74,11 @@ pub mod cancellation;
 pub mod combinators;
 mod deferred;
 mod failure;
+pub mod future;
 pub mod logcontext;
 mod observable;
 pub mod reactor;
 pub mod sync;
-pub mod task;
 
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
 pub use failure::{
@@ -93,6 +93,10 @@ pub use cancellation::{
 pub use combinators::{
     gather_results, race, unwrap_first_error, DeferredList, FailureGroup, FirstError, ListResult,
 };
+pub use future::{ensure_deferred, DeferredFuture};
 pub use observable::ObservableDeferred;
 pub use sync::{DeferredLock, DeferredQueue, DeferredSemaphore, Linearizer, Permit, ReadWriteLock, RwGuard};
-pub use task::{ensure_deferred, DeferredFuture};
+
+/// The old name of [`future`], kept so that code written against it compiles.
+#[doc(hidden)]
+pub use future as task;

@@ -1,12 +1,16 @@
 //! The time interface ([`ReactorTime`]) shared by the reactor and the deterministic test
-//! [`Clock`] (Twisted's `task.Clock`), so application code takes either.
+//! [`Clock`] (Twisted's `task.Clock`), so application code takes either, and
+//! [`defer_later`] (Twisted's `task.deferLater`) on top of it.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::timers::{DelayedCall, TimeSource, Timers};
 use crate::logcontext::PreserveLoggingContext;
+use crate::{CallbackResult, Deferred, Failure};
 
 /// What code that needs time asks of a reactor (Twisted's `IReactorTime`): the current
 /// time and calls scheduled for later. Implemented by the real reactor and by [`Clock`].
@@ -122,6 +126,55 @@ impl fmt::Debug for Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Clock").field("now", &self.timers.now()).field("pending", &self.timers.len()).finish()
     }
+}
+
+/// A Deferred that fires with what `f` returns, `delay` from now (Twisted's
+/// `deferLater`). `f` may return a value, a `Result<T, Failure>` or a `Deferred<T>`; a
+/// panic in `f` becomes a Failure.
+///
+/// # Cancellation
+///
+/// Cancelling the Deferred before `delay` passed cancels the timer: `f` never runs.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::{Clock, reactor::defer_later};
+///
+/// let clock = Clock::new();
+/// let d = defer_later(&clock, Duration::from_secs(2), || 42);
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(d.result().unwrap().unwrap(), 42);
+/// ```
+#[must_use = "the Deferred carries f's result"]
+pub fn defer_later<T, F, R>(time: &dyn ReactorTime, delay: Duration, f: F) -> Deferred<T>
+where
+    T: 'static,
+    F: FnOnce() -> R + 'static,
+    R: CallbackResult<T>,
+{
+    let slot: Rc<RefCell<Option<DelayedCall>>> = Rc::new(RefCell::new(None));
+    let s = slot.clone();
+    let d = Deferred::with_canceller(move |_| {
+        let call = s.borrow_mut().take();
+        if let Some(call) = call {
+            let _ = call.cancel();
+        }
+    });
+    let target = d.clone();
+    let call = time.call_later(
+        delay,
+        Box::new(move || {
+            let next = match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
+                Ok(next) => next,
+                Err(panic) => crate::deferred::Next::Ready(Err(Failure::from_panic(panic))),
+            };
+            if target.fire(next).is_err() {
+                log::debug!(target: "weft::reactor", "defer_later: Deferred already called");
+            }
+        }),
+    );
+    *slot.borrow_mut() = Some(call);
+    d
 }
 
 #[cfg(test)]

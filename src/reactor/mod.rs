@@ -24,7 +24,7 @@ mod clock;
 mod poll;
 mod signals;
 pub(crate) use threads::handle_for_thread;
-mod task;
+mod looping_call;
 mod tcp;
 mod threads;
 mod timers;
@@ -42,8 +42,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
-pub use task::{defer_later, LoopingCall};
+pub use looping_call::LoopingCall;
 pub use tcp::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, ListeningPort, Protocol,
     PushProducer, Transport,

@@ -1002,7 +1002,7 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     let reactor = Reactor::new().unwrap();
     let slot = Arc::new(Mutex::new(Slot::default()));
     let reactor_thread = std::thread::current().id();
-    let task = weft::task::ensure_deferred({
+    let task = weft::future::ensure_deferred({
         let slot = slot.clone();
         async move {
             let v = FromWorker(slot).await;

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use weft::task::{
+use weft::future::{
     check_cancellation_at_each_await, ensure_deferred, is_cancelling, is_own_cancellation, pending_tasks,
 };
 use weft::{CancelledError, Clock, Deferred, DeferredLock, Failure, ObservableDeferred};
@@ -150,7 +150,7 @@ fn handler_cancelled_at_each_await_point() {
         let (clock, lock, shared) = (clock.clone(), lock.clone(), shared.clone());
         move || {
             let (clock, lock, shared) = (clock.clone(), lock.clone(), shared.clone());
-            weft::task::cancellable(ensure_deferred(async move {
+            weft::future::cancellable(ensure_deferred(async move {
                 let _permit = lock.acquire().await?;
                 sleep(&clock, 1).await?;
                 let v = shared.observe().await?;

@@ -1,5 +1,5 @@
-//! Twisted's `task` module on top of [`ReactorTime`]: [`defer_later`] and
-//! [`LoopingCall`]. Both work with the real reactor and with the test [`Clock`](super::Clock).
+//! [`LoopingCall`] (Twisted's `task.LoopingCall`) on top of [`ReactorTime`]: it works with
+//! the real reactor and with the test [`Clock`](super::Clock).
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -8,56 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{DelayedCall, ReactorTime};
-use crate::{CallbackResult, Deferred, Failure};
-
-/// A Deferred that fires with what `f` returns, `delay` from now (Twisted's
-/// `deferLater`). `f` may return a value, a `Result<T, Failure>` or a `Deferred<T>`; a
-/// panic in `f` becomes a Failure.
-///
-/// # Cancellation
-///
-/// Cancelling the Deferred before `delay` passed cancels the timer: `f` never runs.
-///
-/// ```
-/// use std::time::Duration;
-/// use weft::{Clock, reactor::defer_later};
-///
-/// let clock = Clock::new();
-/// let d = defer_later(&clock, Duration::from_secs(2), || 42);
-/// clock.advance(Duration::from_secs(2));
-/// assert_eq!(d.result().unwrap().unwrap(), 42);
-/// ```
-#[must_use = "the Deferred carries f's result"]
-pub fn defer_later<T, F, R>(time: &dyn ReactorTime, delay: Duration, f: F) -> Deferred<T>
-where
-    T: 'static,
-    F: FnOnce() -> R + 'static,
-    R: CallbackResult<T>,
-{
-    let slot: Rc<RefCell<Option<DelayedCall>>> = Rc::new(RefCell::new(None));
-    let s = slot.clone();
-    let d = Deferred::with_canceller(move |_| {
-        let call = s.borrow_mut().take();
-        if let Some(call) = call {
-            let _ = call.cancel();
-        }
-    });
-    let target = d.clone();
-    let call = time.call_later(
-        delay,
-        Box::new(move || {
-            let next = match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
-                Ok(next) => next,
-                Err(panic) => crate::deferred::Next::Ready(Err(Failure::from_panic(panic))),
-            };
-            if target.fire(next).is_err() {
-                log::debug!(target: "weft::reactor", "defer_later: Deferred already called");
-            }
-        }),
-    );
-    *slot.borrow_mut() = Some(call);
-    d
-}
+use crate::{Deferred, Failure};
 
 /// Calls a function every `interval` (Twisted's `task.LoopingCall`). Cheap to clone.
 ///

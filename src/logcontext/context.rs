@@ -1,87 +1,13 @@
-//! Log contexts: a thread-local "which request is this work for" that weft swaps in
-//! around every callback, as Synapse's `synapse.logging.context` does by hand.
-//!
-//! A [`LoggingContext`] is a named context (the request id), with an optional parent.
-//! Exactly one context is *current* on a thread at a time, or none: the *sentinel*
-//! ([`LoggingContext::sentinel`]). Log records are tagged with the current context by
-//! [`ContextLogger`], and CPU time and counters are charged to it (see [`ContextStats`]).
-//!
-//! # Examples
-//!
-//! ```
-//! use weft::logcontext::{current_request_id, LoggingContext};
-//! use weft::Deferred;
-//!
-//! let d: Deferred<u32> = Deferred::new();
-//! {
-//!     // Synapse's `with LoggingContext("GET-1"):`
-//!     let _scope = LoggingContext::new("GET-1").enter();
-//!     d.add_callback(|n| {
-//!         // Runs in GET-1, whoever fires `d`.
-//!         assert_eq!(current_request_id().as_deref(), Some("GET-1"));
-//!         n
-//!     });
-//! } // GET-1 finishes here; the previous context (the sentinel) is back.
-//! assert_eq!(current_request_id(), None);
-//! d.callback(1).unwrap(); // (the callback runs late, in a finished context: a warning)
-//! assert_eq!(current_request_id(), None);
-//! ```
-//!
-//! # The rule weft keeps for you
-//!
-//! **A callback runs in the logcontext that was current when it was added, and the
-//! context that was current before it is back when the callback loop returns, whatever
-//! fired the Deferred.** The same holds for cancellers (the context current when they
-//! were registered) and for calls scheduled with `call_later` (the context current when
-//! they were scheduled). So the reactor, which runs in the sentinel, can never pick up a
-//! request's context, and one request's callbacks never run in another's.
-//!
-//! # Porting from Synapse
-//!
-//! Synapse's rules exist because a Python coroutine suspends with the context still set,
-//! and a Deferred's callbacks run in whatever context fired it. weft captures the context
-//! per callback, so:
-//!
-//! | Synapse | weft |
-//! |---|---|
-//! | `with LoggingContext("req"):` around sync code | `let _s = LoggingContext::new("req").enter();` |
-//! | `with LoggingContext("req"): await handler()` | `LoggingContext::new("req").run(handler)`: finishes when the Deferred completes |
-//! | `await make_deferred_yieldable(d)` | `d.add_callback(..)`: every Deferred already follows the rules; [`make_deferred_yieldable`] returns `d` unchanged |
-//! | `run_in_background(f)` | [`run_in_background`]: calls `f` and restores the caller's context; kept for ported code |
-//! | `defer.gatherResults([run_in_background(a), ...])` | gather the Deferreds directly |
-//! | `with PreserveLoggingContext(): d.callback(x)` | `d.callback(x)`: the callbacks swap in their own contexts |
-//! | `with PreserveLoggingContext(ctx):` | [`PreserveLoggingContext::new`]`(ctx)`: switches without finishing |
-//! | `run_as_background_process(desc, f)` | [`run_as_background_process`]: a fresh context, its own accounting |
-//! | `nested_logging_context(suffix)` | [`nested_logging_context`]`(suffix).enter()` (or `.run(..)`) |
-//! | `current_context()`, `set_current_context(ctx)` | [`current_context`], [`set_current_context`] |
-//! | `LoggingContextFilter` | [`ContextLogger`], [`current_request_id`] |
-//! | `context.add_database_transaction(d)` etc. | [`LoggingContext::add_database_transaction`] etc. |
-//!
-//! What stays the porter's job: a context is finished when its scope ends, so background
-//! work started from a request and not cancelled with it runs in a finished context (the
-//! pitfall in Synapse's cancellation docs). weft reports it once with `log::warn!` and
-//! still charges its work to the parent; give such work its own context with
-//! [`run_as_background_process`].
-//!
-//! # Cost
-//!
-//! The current context is an `Option<Rc<_>>` in a thread-local `Cell`: capturing it is a
-//! reference-count increment, switching is a pointer move, and neither allocates. The
-//! callback loop switches only when a callback's context differs from the current one,
-//! and restores once when it returns. Thread CPU time is read only on an actual switch
-//! (a `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system call: about 200 to 400 ns on a
-//! virtual machine); [`set_cpu_clock`] can make it the cheaper monotonic clock (wall time
-//! spent in the context, the same thing while callbacks do not block) or turn it off.
+//! The context core: the current context in a thread-local, the switch, the guards, and
+//! the crate-internal capture API (`Captured`, `Switcher`, `bind`) that the Deferred core,
+//! the timers and the reactor use. It names no `Deferred` and no reactor.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::deferred::{maybe_deferred, CallbackResult, Deferred};
-use crate::failure::Failure;
+use super::accounting::{ContextStats, CpuClock};
 
 /// A named log context (Synapse's `LoggingContext`), or the sentinel meaning "no
 /// context".
@@ -100,24 +26,6 @@ use crate::failure::Failure;
 #[derive(Clone, Default)]
 pub struct LoggingContext {
     inner: Option<Rc<ContextInner>>,
-}
-
-/// What a context has used: thread CPU time and callbacks run in it, and counters the
-/// application bumps (Synapse's `ContextResourceUsage`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ContextStats {
-    /// Thread CPU time spent while this context was current.
-    pub cpu_time: Duration,
-    /// Callbacks, cancellers and scheduled calls run in this context.
-    pub callbacks: u64,
-    /// Database transactions run (Synapse's `db_txn_count`).
-    pub db_txn_count: u64,
-    /// Time spent in database transactions (`db_txn_duration_sec`).
-    pub db_txn_duration: Duration,
-    /// Time spent waiting for a database connection (`db_sched_duration_sec`).
-    pub db_sched_duration: Duration,
-    /// Events fetched from the database (`evt_db_fetch_count`).
-    pub evt_db_fetch_count: u64,
 }
 
 /// The scope of an entered context, returned by [`LoggingContext::enter`] (Synapse's
@@ -139,27 +47,6 @@ pub struct ContextScope {
 #[must_use = "the previous context is restored as soon as the guard is dropped"]
 pub struct PreserveLoggingContext {
     previous: Option<Option<Rc<ContextInner>>>,
-}
-
-/// A `log::Log` that prefixes every record's message with the current context's request
-/// id (`"[GET-1] message"`, `"[sentinel] message"`) and passes it on to the logger it
-/// wraps (Synapse's `LoggingContextFilter`).
-///
-/// ```
-/// use weft::logcontext::ContextLogger;
-///
-/// struct Stderr;
-/// impl log::Log for Stderr {
-///     fn enabled(&self, _: &log::Metadata<'_>) -> bool { true }
-///     fn log(&self, r: &log::Record<'_>) { eprintln!("{} {}", r.level(), r.args()) }
-///     fn flush(&self) {}
-/// }
-/// // Installs it as the global logger: `ContextLogger::new(env_logger::Logger::from_default_env())` works too.
-/// ContextLogger::new(Stderr).install(log::LevelFilter::Info).unwrap();
-/// ```
-#[derive(Debug)]
-pub struct ContextLogger<L> {
-    inner: L,
 }
 
 /// The hook run when a context finishes: gets its name and final totals.
@@ -197,7 +84,6 @@ thread_local! {
     };
     /// The current context; `None` is the sentinel. Its address is `STATE.id`.
     static CURRENT: Cell<Option<Rc<ContextInner>>> = const { Cell::new(None) };
-    static BACKGROUND_COUNTS: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
 }
 
 impl LoggingContext {
@@ -275,52 +161,6 @@ impl LoggingContext {
         ContextScope { ctx: self.clone(), previous }
     }
 
-    /// Runs `f` in this context, and finishes the context when the Deferred `f` returns
-    /// completes: with a value, a failure or a cancel (Synapse's
-    /// `with LoggingContext(..): await f()`). The calling context is current again when
-    /// `run` returns. A panic in `f` becomes a failed Deferred (see
-    /// [`maybe_deferred`]).
-    ///
-    /// ```
-    /// use weft::logcontext::{current_request_id, LoggingContext};
-    /// use weft::Deferred;
-    ///
-    /// let reply: Deferred<u16> = Deferred::new();
-    /// let r = reply.clone();
-    /// let ctx = LoggingContext::new("GET-7");
-    /// let request: Deferred<u16> = ctx.clone().run(move || {
-    ///     r.add_callback(|code| {
-    ///         assert_eq!(current_request_id().as_deref(), Some("GET-7"));
-    ///         code
-    ///     });
-    ///     r
-    /// });
-    /// assert!(!ctx.is_finished());
-    /// reply.callback(200).unwrap();
-    /// assert!(ctx.is_finished());
-    /// assert_eq!(request.result().unwrap().unwrap(), 200);
-    /// ```
-    ///
-    /// # Cancellation
-    ///
-    /// Cancelling the returned Deferred cancels what `f` returned; the context finishes
-    /// when the resulting `CancelledError` comes down the chain.
-    pub fn run<T, F, R>(self, f: F) -> Deferred<T>
-    where
-        T: 'static,
-        F: FnOnce() -> R,
-        R: CallbackResult<T>,
-    {
-        let _switch = PreserveLoggingContext::new(self.clone());
-        let d = maybe_deferred(f);
-        let ctx = self;
-        d.add_both(move |r: Result<T, Failure>| {
-            ctx.finish();
-            r
-        });
-        d
-    }
-
     /// Finishes the context now: adds its totals to its parent's and runs its
     /// [`on_finish`](Self::on_finish) hook. Does nothing if it has finished already, or
     /// for the sentinel. The context stays current if it is.
@@ -385,18 +225,6 @@ impl LoggingContext {
     }
 }
 
-impl ContextStats {
-    /// Adds `other` to `self`, field by field.
-    pub fn add(&mut self, other: &ContextStats) {
-        self.cpu_time += other.cpu_time;
-        self.callbacks += other.callbacks;
-        self.db_txn_count += other.db_txn_count;
-        self.db_txn_duration += other.db_txn_duration;
-        self.db_sched_duration += other.db_sched_duration;
-        self.evt_db_fetch_count += other.evt_db_fetch_count;
-    }
-}
-
 impl ContextScope {
     /// The context this scope entered.
     pub fn context(&self) -> &LoggingContext {
@@ -437,58 +265,6 @@ impl Drop for PreserveLoggingContext {
     }
 }
 
-impl<L: log::Log> ContextLogger<L> {
-    /// Wraps `inner`: records reach it with the request id in front of their message.
-    pub fn new(inner: L) -> ContextLogger<L> {
-        ContextLogger { inner }
-    }
-
-    /// The wrapped logger.
-    pub fn inner(&self) -> &L {
-        &self.inner
-    }
-
-    /// Installs this as the global logger (`log::set_boxed_logger`) and sets the maximum
-    /// level.
-    ///
-    /// # Errors
-    ///
-    /// `log::SetLoggerError` if a global logger was already installed.
-    pub fn install(self, max_level: log::LevelFilter) -> Result<(), log::SetLoggerError>
-    where
-        L: 'static,
-    {
-        log::set_boxed_logger(Box::new(self))?;
-        log::set_max_level(max_level);
-        Ok(())
-    }
-}
-
-impl<L: log::Log> log::Log for ContextLogger<L> {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        self.inner.enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        with_current(|ctx| {
-            let id = ctx.map_or("sentinel", |c| &c.name);
-            self.inner.log(
-                &log::Record::builder()
-                    .args(format_args!("[{id}] {}", record.args()))
-                    .metadata(record.metadata().clone())
-                    .module_path(record.module_path())
-                    .file(record.file())
-                    .line(record.line())
-                    .build(),
-            )
-        })
-    }
-
-    fn flush(&self) {
-        self.inner.flush()
-    }
-}
-
 /// The current context (the sentinel if none), as Synapse's `current_context()`.
 pub fn current_context() -> LoggingContext {
     LoggingContext { inner: with_current(|c| c.cloned()) }
@@ -517,29 +293,6 @@ pub fn with_current_request_id<R>(f: impl FnOnce(&str) -> R) -> R {
     with_current(|c| f(c.map_or("sentinel", |c| &c.name)))
 }
 
-/// Which clock charges time to contexts at each switch; see [`set_cpu_clock`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CpuClock {
-    /// The thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`): exact CPU time, a system call
-    /// per switch. The default.
-    #[default]
-    Thread,
-    /// The monotonic clock (`Instant`): wall time while the context was current, which is
-    /// CPU time as long as callbacks do not block; no system call.
-    Monotonic,
-    /// No clock: `cpu_time` stays zero and switches read no clock.
-    Off,
-}
-
-/// Chooses the clock that charges time to contexts at switches on this thread
-/// ([`CpuClock::Thread`] by default).
-pub fn set_cpu_clock(clock: CpuClock) {
-    STATE.with(|cur| {
-        cur.cpu_clock.set(clock);
-        cur.cpu_mark.set(clock.now().unwrap_or_default());
-    })
-}
-
 /// Panics, in debug builds, if a context is current: the reactor calls this at the top
 /// of every turn, where only the sentinel may be current. Does nothing in release builds.
 ///
@@ -554,100 +307,6 @@ pub fn assert_sentinel() {
             panic!("log context '{}' leaked: expected the sentinel", c.name);
         }
     })
-}
-
-/// Returns `d` unchanged (Synapse's `make_deferred_yieldable`).
-///
-/// In Synapse it makes a Deferred that does not follow the log-context rules follow them:
-/// its callbacks get the caller's context back. In weft every Deferred already does: a
-/// callback runs in the context that was current when it was added. It is kept so that
-/// ported code reads the same; new code need not call it.
-///
-/// ```
-/// use weft::logcontext::{current_request_id, make_deferred_yieldable, LoggingContext};
-/// let d: weft::Deferred<()> = weft::Deferred::new();
-/// {
-///     let _s = LoggingContext::new("one").enter();
-///     make_deferred_yieldable(d.clone())
-///         .add_callback(|_| assert_eq!(current_request_id().as_deref(), Some("one")));
-/// }
-/// d.callback(()).unwrap(); // fired from the sentinel
-/// ```
-#[must_use = "add callbacks to the Deferred"]
-pub fn make_deferred_yieldable<T: 'static>(d: Deferred<T>) -> Deferred<T> {
-    d
-}
-
-/// Calls `f` in the current context and returns its outcome as a Deferred, with the
-/// caller's context current again afterwards (Synapse's `run_in_background`).
-///
-/// A value or `Ok` gives a fired Deferred, an `Err` or a panic a failed one, and a
-/// Deferred is returned as it is ([`maybe_deferred`]). Work `f` leaves pending runs in
-/// the caller's context (callbacks captured it), and callbacks added to the result run
-/// in the context current when they are added. Even if `f` changes the current context
-/// and does not restore it, the caller's context is restored.
-#[must_use = "a Deferred's failure is reported only if nobody handles it"]
-pub fn run_in_background<T, F, R>(f: F) -> Deferred<T>
-where
-    T: 'static,
-    F: FnOnce() -> R,
-    R: CallbackResult<T>,
-{
-    let _restore = Restore::capture();
-    maybe_deferred(f)
-}
-
-/// Runs `f` in a fresh context named `"{desc}-{n}"` (n counts the processes started
-/// with this `desc` on this thread), with no parent, so the request that started it is
-/// not charged (Synapse's `run_as_background_process`). The context finishes when the
-/// work completes. A failure or panic is logged with `log::error!` in the background
-/// context and becomes `None`; a value becomes `Some`.
-///
-/// ```
-/// use weft::logcontext::{current_request_id, run_as_background_process};
-/// let done = run_as_background_process("prune", || {
-///     assert_eq!(current_request_id().as_deref(), Some("prune-0"));
-///     42
-/// });
-/// assert_eq!(done.result().unwrap().unwrap(), Some(42));
-/// ```
-pub fn run_as_background_process<T, F, R>(desc: &str, f: F) -> Deferred<Option<T>>
-where
-    T: 'static,
-    F: FnOnce() -> R,
-    R: CallbackResult<T>,
-{
-    let n = BACKGROUND_COUNTS.with(|counts| {
-        let mut counts = counts.borrow_mut();
-        let n = counts.entry(desc.to_string()).or_insert(0);
-        *n += 1;
-        *n - 1
-    });
-    let name = format!("{desc}-{n}");
-    let desc = desc.to_string();
-    LoggingContext::new(name).run(move || {
-        maybe_deferred(f).then(move |r: Result<T, Failure>| match r {
-            Ok(v) => Some(v),
-            Err(failure) => {
-                log::error!("background process '{desc}' failed: {failure}");
-                None
-            }
-        })
-    })
-}
-
-/// A new context, child of the current one, named `"{current}-{suffix}"` (Synapse's
-/// `nested_logging_context`): enter it with [`LoggingContext::enter`] or run async work
-/// in it with [`LoggingContext::run`]. Its totals reach the current context when it
-/// finishes. From the sentinel, it is named `suffix`, has no parent, and a warning is
-/// logged (its totals are lost).
-pub fn nested_logging_context(suffix: &str) -> LoggingContext {
-    let parent = current_context();
-    if parent.is_sentinel() {
-        log::warn!("starting nested logging context '{suffix}' from the sentinel: its totals will be lost");
-        return LoggingContext::new(suffix);
-    }
-    LoggingContext::with_parent(format!("{}-{suffix}", parent.name()), &parent)
 }
 
 impl fmt::Debug for LoggingContext {
@@ -751,7 +410,7 @@ impl Captured {
 
 impl Restore {
     /// A guard that restores the context current now.
-    fn capture() -> Restore {
+    pub(super) fn capture() -> Restore {
         Restore(Some(Captured::capture().0))
     }
 }
@@ -949,16 +608,10 @@ fn warn_if_finished(ctx: &Option<Rc<ContextInner>>) {
     }
 }
 
-impl CpuClock {
-    /// The clock's reading, or `None` when off.
-    fn now(self) -> Option<Duration> {
-        static START: OnceLock<Instant> = OnceLock::new();
-        match self {
-            CpuClock::Thread => {
-                Some(cpu_time::ThreadTime::try_now().map(|t| t.as_duration()).unwrap_or_default())
-            }
-            CpuClock::Monotonic => Some(START.get_or_init(Instant::now).elapsed()),
-            CpuClock::Off => None,
-        }
-    }
+/// Sets this thread's clock for charging time at switches ([`super::set_cpu_clock`]).
+pub(super) fn set_clock(clock: CpuClock) {
+    STATE.with(|cur| {
+        cur.cpu_clock.set(clock);
+        cur.cpu_mark.set(clock.now().unwrap_or_default());
+    })
 }
