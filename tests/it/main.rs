@@ -10,3 +10,6 @@ mod reactor;
 mod support;
 mod sync;
 mod task;
+mod tcp;
+mod time;
+mod udp;

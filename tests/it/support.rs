@@ -1,5 +1,38 @@
 //! Helpers shared by the test modules.
 
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use weft::Reactor;
+
+pub(crate) fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub(crate) fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+pub(crate) fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Runs `reactor` until stopped, failing the test if `limit` passes first.
+#[track_caller]
+pub(crate) fn run_bounded(reactor: &Reactor, limit: Duration) {
+    let timed_out = Rc::new(Cell::new(false));
+    let (t, h) = (timed_out.clone(), reactor.handle());
+    let guard = reactor.call_later(limit, move || {
+        t.set(true);
+        h.stop();
+    });
+    reactor.run();
+    let _ = guard.cancel();
+    assert!(!timed_out.get(), "the reactor test did not finish within {limit:?}");
+}
+
 /// One capturing logger for the whole test binary (`log` allows one per process).
 ///
 /// It sits behind weft's `ContextLogger`, so each record carries the request id of the
