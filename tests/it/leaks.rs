@@ -13,11 +13,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use weft::reactor::{
-    Address, DatagramProtocol, ListeningPort, LoopingCall, Phase, Protocol, Reactor, Transport, UdpTransport,
+    Address, DatagramProtocol, ListeningPort, LoopingCall, Phase, Protocol, Reactor, UdpTransport,
 };
-use weft::{Failure, ReactorHandle};
+use weft::ReactorHandle;
 
-use crate::support::{localhost, run_bounded, secs};
+use crate::support::{localhost, run_bounded, secs, Closer, Ends};
 
 /// Counts the tokens it handed out and how many of them were dropped.
 #[derive(Clone, Default)]
@@ -87,33 +87,6 @@ fn a_stopped_udp_port_frees_its_protocol_and_the_transport_it_keeps() {
 
 // ---- TCP connections ----
 
-/// Keeps its transport and a reactor handle; closes at once if told to; stops the
-/// reactor once `expected` connections were lost.
-struct Keeper {
-    transport: Option<Transport>,
-    close_on_connect: bool,
-    lost: Rc<Cell<usize>>,
-    expected: usize,
-    reactor: ReactorHandle,
-    _token: Token,
-}
-
-impl Protocol for Keeper {
-    fn connection_made(&mut self, transport: Transport) {
-        if self.close_on_connect {
-            transport.lose_connection();
-        }
-        self.transport = Some(transport);
-    }
-    fn data_received(&mut self, _data: &[u8]) {}
-    fn connection_lost(&mut self, _reason: Failure) {
-        self.lost.set(self.lost.get() + 1);
-        if self.lost.get() == self.expected {
-            self.reactor.stop();
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Server,
@@ -126,23 +99,20 @@ enum Side {
 fn check_connection_closed_by(closer: Side) {
     let reactor = Reactor::new().unwrap();
     let drops = Drops::default();
-    let lost = Rc::new(Cell::new(0));
-    let keeper = move |side: Side, drops: &Drops, lost: &Rc<Cell<usize>>, reactor: &ReactorHandle| Keeper {
-        transport: None,
-        close_on_connect: side == closer,
-        lost: lost.clone(),
-        expected: 2,
-        reactor: reactor.clone(),
-        _token: drops.token(),
+    let ends = Ends::default();
+    ends.stop_at.set(2);
+    let closer_for = move |side: Side, drops: &Drops, ends: &Ends, reactor: &ReactorHandle| {
+        Closer::new(reactor, side == closer, ends, Box::new(drops.token()))
     };
-    let (dr, l, h) = (drops.clone(), lost.clone(), reactor.handle());
-    let port =
-        reactor.listen_tcp(localhost(), move |_: &Address| keeper(Side::Server, &dr, &l, &h), false).unwrap();
+    let (dr, e, h) = (drops.clone(), ends.clone(), reactor.handle());
+    let port = reactor
+        .listen_tcp(localhost(), move |_: &Address| closer_for(Side::Server, &dr, &e, &h), false)
+        .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
-    let (dr, l, h) = (drops.clone(), lost.clone(), reactor.handle());
-    let d = reactor.connect_tcp(addr, move |_: &Address| keeper(Side::Client, &dr, &l, &h), secs(5));
+    let (dr, e, h) = (drops.clone(), ends.clone(), reactor.handle());
+    let d = reactor.connect_tcp(addr, move |_: &Address| closer_for(Side::Client, &dr, &e, &h), secs(5));
     run_bounded(&reactor, secs(10));
-    assert_eq!(lost.get(), 2);
+    assert_eq!(ends.lost.get(), 2);
     drop(d);
     assert_eq!(drops.made(), 2);
     assert_eq!(drops.dropped(), 2, "both protocols (and their transports) are freed once closed");
@@ -248,14 +218,7 @@ fn a_dropped_reactor_frees_its_connections_ports_timers_and_queued_calls() {
         if made.get() == 2 {
             h.stop();
         }
-        Keeper {
-            transport: None,
-            close_on_connect: false,
-            lost: Rc::default(),
-            expected: 1,
-            reactor: h,
-            _token: drops.token(),
-        }
+        Closer::new(&h, false, &Ends::default(), Box::new(drops.token()))
     };
     let (dr, m, h, token) = (drops.clone(), made.clone(), reactor.handle(), drops.token());
     let port = reactor
