@@ -24,8 +24,10 @@ mod clock;
 mod poll;
 mod signals;
 pub(crate) use threads::handle_for_thread;
+mod listen;
 mod looping_call;
-mod tcp;
+mod protocol;
+mod stream;
 mod threads;
 mod timers;
 mod udp;
@@ -44,11 +46,12 @@ use slab::Slab;
 
 pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
+pub use listen::ListeningPort;
 pub use looping_call::LoopingCall;
-pub use tcp::{
-    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, ListeningPort, Protocol,
-    PushProducer, Transport,
+pub use protocol::{
+    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
+pub use stream::Transport;
 pub use threads::{ReactorClosedError, ThreadHandle};
 pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};

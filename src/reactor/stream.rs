@@ -1,6 +1,5 @@
-//! Stream connections: [`Protocol`], [`Factory`], [`Transport`], [`PushProducer`], and
-//! `listen_tcp` / `connect_tcp` / `listen_unix` / `connect_unix` on
-//! [`ReactorHandle`].
+//! Stream connections: [`Transport`], the connection `Conn` behind it, and
+//! `connect_tcp` / `connect_unix` on [`ReactorHandle`].
 //!
 //! A connection (`Conn`) is registered once, edge-triggered, for both readable and
 //! writable readiness, and never re-registered: pausing reading just stops reading (the
@@ -16,89 +15,22 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::poll::{Readiness, SourceKey};
-use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use super::protocol::{
+    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
+};
+use super::{guarded, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
 use crate::logcontext::Captured;
 use crate::{Deferred, Failure};
-
-/// The application side of a stream connection (Twisted's `Protocol`). Methods are called
-/// on the reactor thread, one at a time, never re-entrantly.
-pub trait Protocol: 'static {
-    /// The connection is up; keep `transport` to write and close.
-    fn connection_made(&mut self, transport: Transport) {
-        let _ = transport;
-    }
-
-    /// Bytes arrived (at most 64 KiB at a time).
-    fn data_received(&mut self, data: &[u8]);
-
-    /// The peer closed its write side (end of file). Return `true` to keep the
-    /// connection half-open and go on writing (Twisted's `IHalfCloseableProtocol`);
-    /// the default `false` closes the connection once the write buffer drains.
-    fn read_connection_lost(&mut self) -> bool {
-        false
-    }
-
-    /// The connection is closed. `reason` holds [`ConnectionDone`] for a clean close,
-    /// [`ConnectionAborted`] after `abort_connection`, or the `std::io::Error` that
-    /// ended it. Called exactly once per `connection_made`.
-    fn connection_lost(&mut self, reason: Failure) {
-        let _ = reason;
-    }
-}
-
-/// Makes a [`Protocol`] for each new connection (Twisted's `Factory.buildProtocol`).
-/// Any `FnMut(&Address) -> P` is a factory.
-pub trait Factory: 'static {
-    /// The protocol type this factory makes.
-    type Protocol: Protocol;
-
-    /// A protocol for a connection with the peer at `peer`.
-    fn build_protocol(&mut self, peer: &Address) -> Self::Protocol;
-}
-
-impl<F, P> Factory for F
-where
-    F: FnMut(&Address) -> P + 'static,
-    P: Protocol,
-{
-    type Protocol = P;
-
-    fn build_protocol(&mut self, peer: &Address) -> P {
-        self(peer)
-    }
-}
-
-/// Something that writes to a transport on its own schedule and can be told to stop
-/// and go on (Twisted's `IPushProducer`). Register it with
-/// [`Transport::register_producer`]: the transport pauses it when its write buffer
-/// passes the high-water mark and resumes it once the buffer drained.
-pub trait PushProducer {
-    /// Stop writing for now.
-    fn pause_producing(&self);
-    /// Writing may go on.
-    fn resume_producing(&self);
-    /// The connection closed: stop for good.
-    fn stop_producing(&self) {}
-}
-
-/// A connection's or listener's address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    /// A TCP (or UDP) address.
-    Tcp(SocketAddr),
-    /// A Unix domain socket path; `None` for an unnamed socket.
-    Unix(Option<PathBuf>),
-}
 
 /// The application's handle on a connection (Twisted's `ITransport`). Cheap to clone.
 ///
@@ -109,104 +41,12 @@ pub struct Transport {
     conn: Rc<Conn>,
 }
 
-/// A listening socket; see [`ReactorHandle::listen_tcp`].
-///
-/// Dropping the handle does not stop listening: call
-/// [`stop_listening`](Self::stop_listening).
-#[derive(Clone)]
-pub struct ListeningPort {
-    listener: Rc<Listener>,
-}
-
-/// The connection was closed cleanly (Twisted's `ConnectionDone`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionDone;
-
-impl fmt::Display for ConnectionDone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection was closed cleanly")
-    }
-}
-
-impl std::error::Error for ConnectionDone {}
-
-/// The connection was closed with `abort_connection` (Twisted's `ConnectionAborted`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionAborted;
-
-impl fmt::Display for ConnectionAborted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection was aborted")
-    }
-}
-
-impl std::error::Error for ConnectionAborted {}
-
-/// `connect_tcp` gave up waiting for the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectTimeoutError;
-
-impl fmt::Display for ConnectTimeoutError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection attempt timed out")
-    }
-}
-
-impl std::error::Error for ConnectTimeoutError {}
-
 /// Past this many buffered bytes a registered producer is paused.
 const HIGH_WATER: usize = 64 * 1024;
 /// How many reads one readiness event may do before yielding to other sources.
 const MAX_READS_PER_EVENT: usize = 16;
-/// How many connections one readiness event may accept before yielding.
-const MAX_ACCEPTS_PER_EVENT: usize = 128;
-/// How long a listener waits after running out of descriptors before accepting again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl ReactorHandle {
-    /// Listens for TCP connections on `addr` with a backlog of 1024, making a protocol
-    /// with `factory` for each (Twisted's `listenTCP`). Accepted sockets get
-    /// `TCP_NODELAY`. With `reuse_port`, sets `SO_REUSEPORT` so several processes or
-    /// reactors can share the port.
-    ///
-    /// If accepting fails for lack of descriptors (`EMFILE`, `ENFILE`) or memory, the
-    /// listener stops accepting for 100 ms, then tries again.
-    ///
-    /// # Errors
-    ///
-    /// The OS error from creating, binding or registering the socket.
-    pub fn listen_tcp<F: Factory>(
-        &self,
-        addr: SocketAddr,
-        factory: F,
-        reuse_port: bool,
-    ) -> io::Result<ListeningPort> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if reuse_port {
-            socket.set_reuse_port(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        self.listen(ListenSocket::Tcp(socket.into()), factory)
-    }
-
-    /// Listens on a Unix domain stream socket at `path` (which must not exist), with the
-    /// same protocols and transports as TCP.
-    ///
-    /// # Errors
-    ///
-    /// The OS error from creating, binding or registering the socket.
-    pub fn listen_unix<F: Factory>(&self, path: &Path, factory: F) -> io::Result<ListeningPort> {
-        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&SockAddr::unix(path)?)?;
-        socket.listen(1024)?;
-        let std: UnixListener = socket.into();
-        self.listen(ListenSocket::Unix(std), factory)
-    }
-
     /// Connects to `addr` (Twisted's `connectTCP`). The Deferred fires with the protocol
     /// `factory` made once the connection is up (after its `connection_made` ran), or
     /// fails with the `std::io::Error` (e.g. connection refused) or
@@ -254,23 +94,6 @@ impl ReactorHandle {
             return crate::fail(e);
         }
         self.connect(socket, &addr, factory, timeout, |s| Stream::Unix(s.into()))
-    }
-
-    fn listen<F: Factory>(&self, socket: ListenSocket, mut factory: F) -> io::Result<ListeningPort> {
-        let listener = Rc::new(Listener {
-            reactor: self.downgrade(),
-            key: Cell::new(None),
-            socket: RefCell::new(Some(socket)),
-            factory: RefCell::new(Box::new(move |a: &Address| {
-                Rc::new(RefCell::new(factory.build_protocol(a))) as Rc<RefCell<dyn Protocol>>
-            })),
-            backing_off: Cell::new(false),
-            ctx: Captured::capture(),
-        });
-        let fd = listener.fd().expect("just made");
-        let key = self.register(fd, listener.clone(), true, false)?;
-        listener.key.set(Some(key));
-        Ok(ListeningPort { listener })
     }
 
     fn connect<F: Factory>(
@@ -434,40 +257,6 @@ impl fmt::Debug for Transport {
     }
 }
 
-impl ListeningPort {
-    /// The address the listener is bound to (with the port the OS chose for port 0).
-    pub fn local_addr(&self) -> Address {
-        match &*self.listener.socket.borrow() {
-            Some(ListenSocket::Tcp(l)) => l.local_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
-            Some(ListenSocket::Unix(l)) => {
-                Address::Unix(l.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
-            }
-            None => Address::Unix(None),
-        }
-    }
-
-    /// The TCP port, for a TCP listener.
-    pub fn port(&self) -> Option<u16> {
-        match self.local_addr() {
-            Address::Tcp(a) => Some(a.port()),
-            Address::Unix(_) => None,
-        }
-    }
-
-    /// Stops accepting and closes the listening socket. Open connections stay open.
-    pub fn stop_listening(&self) {
-        self.listener.close();
-    }
-}
-
-impl fmt::Debug for ListeningPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListeningPort").field("addr", &self.local_addr()).finish()
-    }
-}
-
-// ---- connections ----
-
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -562,7 +351,7 @@ impl Conn {
         self.ctx.run(|| guarded(what, f))
     }
 
-    fn register(reactor: &ReactorHandle, stream: Stream, ctx: Captured) -> io::Result<Rc<Conn>> {
+    pub(super) fn register(reactor: &ReactorHandle, stream: Stream, ctx: Captured) -> io::Result<Rc<Conn>> {
         let fd = stream.fd();
         let conn = Rc::new(Conn {
             reactor: reactor.downgrade(),
@@ -595,7 +384,7 @@ impl Conn {
     }
 
     /// Sets the protocol and calls its `connection_made`.
-    fn start(self: &Rc<Self>, protocol: Rc<RefCell<dyn Protocol>>) {
+    pub(super) fn start(self: &Rc<Self>, protocol: Rc<RefCell<dyn Protocol>>) {
         *self.protocol.borrow_mut() = Some(protocol.clone());
         let transport = Transport { conn: self.clone() };
         self.in_context("connection_made", || protocol.borrow_mut().connection_made(transport));
@@ -777,7 +566,7 @@ impl Conn {
     }
 
     /// Deregisters and closes the socket, then tells the producer and the protocol.
-    fn close(self: &Rc<Self>, reason: Failure) {
+    pub(super) fn close(self: &Rc<Self>, reason: Failure) {
         if self.closed.replace(true) {
             return;
         }
@@ -891,122 +680,5 @@ impl Source for Conn {
         drop(p);
         let c = self.on_connect.borrow_mut().take();
         drop(c);
-    }
-}
-
-// ---- listeners ----
-
-enum ListenSocket {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-type ProtocolMaker = Box<dyn FnMut(&Address) -> Rc<RefCell<dyn Protocol>>>;
-
-struct Listener {
-    reactor: WeakReactorHandle,
-    key: Cell<Option<SourceKey>>,
-    socket: RefCell<Option<ListenSocket>>,
-    factory: RefCell<ProtocolMaker>,
-    backing_off: Cell<bool>,
-    /// The log context current when `listen_*` was called: the factory and every
-    /// accepted connection's protocol run in it.
-    ctx: Captured,
-}
-
-impl Listener {
-    fn fd(&self) -> Option<RawFd> {
-        self.socket.borrow().as_ref().map(|s| match s {
-            ListenSocket::Tcp(l) => l.as_raw_fd(),
-            ListenSocket::Unix(l) => l.as_raw_fd(),
-        })
-    }
-
-    fn accept_one(&self) -> io::Result<Option<(Stream, Address)>> {
-        let socket = self.socket.borrow();
-        match socket.as_ref() {
-            None => Ok(None),
-            Some(ListenSocket::Tcp(l)) => {
-                let (s, a) = l.accept()?;
-                s.set_nonblocking(true)?;
-                s.set_nodelay(true)?;
-                Ok(Some((Stream::Tcp(s), Address::Tcp(a))))
-            }
-            Some(ListenSocket::Unix(l)) => {
-                let (s, a) = l.accept()?;
-                s.set_nonblocking(true)?;
-                Ok(Some((Stream::Unix(s), Address::Unix(a.as_pathname().map(Into::into)))))
-            }
-        }
-    }
-
-    fn accept(self: &Rc<Self>) {
-        if self.backing_off.get() {
-            return;
-        }
-        let Some(reactor) = self.reactor.upgrade() else { return };
-        for _ in 0..MAX_ACCEPTS_PER_EVENT {
-            match self.accept_one() {
-                Ok(None) => return,
-                Ok(Some((stream, peer))) => {
-                    let conn = match Conn::register(&reactor, stream, self.ctx.clone()) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            log::error!(target: "weft::reactor", "registering an accepted connection failed: {e}");
-                            continue;
-                        }
-                    };
-                    let protocol =
-                        self.ctx.run(|| guarded("build_protocol", || (self.factory.borrow_mut())(&peer)));
-                    match protocol {
-                        Some(p) => conn.start(p),
-                        None => conn.close(Failure::new(ConnectionAborted)),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-                Err(e) => {
-                    let out_of_resources = matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    );
-                    if out_of_resources {
-                        log::warn!(target: "weft::reactor", "accept: {e}; pausing accepts for {ACCEPT_RETRY:?}");
-                    } else {
-                        log::error!(target: "weft::reactor", "accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
-                    }
-                    self.backing_off.set(true);
-                    let me = self.clone();
-                    let _: DelayedCall = reactor.call_later(ACCEPT_RETRY, move || {
-                        me.backing_off.set(false);
-                        me.accept();
-                    });
-                    return;
-                }
-            }
-        }
-        let me = self.clone();
-        reactor.call_soon(move || me.accept());
-    }
-
-    fn close(&self) {
-        let fd = self.fd();
-        if let (Some(fd), Some(key), Some(reactor)) = (fd, self.key.get(), self.reactor.upgrade()) {
-            reactor.deregister(key, fd);
-        }
-        let s = self.socket.borrow_mut().take();
-        drop(s);
-    }
-}
-
-impl Source for Listener {
-    fn ready(self: Rc<Self>, _r: Readiness) {
-        self.accept();
-    }
-
-    fn close_now(&self) {
-        let s = self.socket.borrow_mut().take();
-        drop(s);
     }
 }

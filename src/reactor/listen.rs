@@ -1,0 +1,244 @@
+//! Listening sockets: [`ListeningPort`], the `Listener` behind it with its `EMFILE`
+//! back-off, and `listen_tcp` / `listen_unix` on [`ReactorHandle`].
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::poll::{Readiness, SourceKey};
+use super::protocol::{Address, ConnectionAborted, Factory, Protocol};
+use super::stream::{Conn, Stream};
+use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle};
+use crate::logcontext::Captured;
+use crate::Failure;
+
+/// A listening socket; see [`ReactorHandle::listen_tcp`].
+///
+/// Dropping the handle does not stop listening: call
+/// [`stop_listening`](Self::stop_listening).
+#[derive(Clone)]
+pub struct ListeningPort {
+    listener: Rc<Listener>,
+}
+
+/// How many connections one readiness event may accept before yielding.
+const MAX_ACCEPTS_PER_EVENT: usize = 128;
+/// How long a listener waits after running out of descriptors before accepting again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+impl ReactorHandle {
+    /// Listens for TCP connections on `addr` with a backlog of 1024, making a protocol
+    /// with `factory` for each (Twisted's `listenTCP`). Accepted sockets get
+    /// `TCP_NODELAY`. With `reuse_port`, sets `SO_REUSEPORT` so several processes or
+    /// reactors can share the port.
+    ///
+    /// If accepting fails for lack of descriptors (`EMFILE`, `ENFILE`) or memory, the
+    /// listener stops accepting for 100 ms, then tries again.
+    ///
+    /// # Errors
+    ///
+    /// The OS error from creating, binding or registering the socket.
+    pub fn listen_tcp<F: Factory>(
+        &self,
+        addr: SocketAddr,
+        factory: F,
+        reuse_port: bool,
+    ) -> io::Result<ListeningPort> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        self.listen(ListenSocket::Tcp(socket.into()), factory)
+    }
+
+    /// Listens on a Unix domain stream socket at `path` (which must not exist), with the
+    /// same protocols and transports as TCP.
+    ///
+    /// # Errors
+    ///
+    /// The OS error from creating, binding or registering the socket.
+    pub fn listen_unix<F: Factory>(&self, path: &Path, factory: F) -> io::Result<ListeningPort> {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SockAddr::unix(path)?)?;
+        socket.listen(1024)?;
+        let std: UnixListener = socket.into();
+        self.listen(ListenSocket::Unix(std), factory)
+    }
+
+    fn listen<F: Factory>(&self, socket: ListenSocket, mut factory: F) -> io::Result<ListeningPort> {
+        let listener = Rc::new(Listener {
+            reactor: self.downgrade(),
+            key: Cell::new(None),
+            socket: RefCell::new(Some(socket)),
+            factory: RefCell::new(Box::new(move |a: &Address| {
+                Rc::new(RefCell::new(factory.build_protocol(a))) as Rc<RefCell<dyn Protocol>>
+            })),
+            backing_off: Cell::new(false),
+            ctx: Captured::capture(),
+        });
+        let fd = listener.fd().expect("just made");
+        let key = self.register(fd, listener.clone(), true, false)?;
+        listener.key.set(Some(key));
+        Ok(ListeningPort { listener })
+    }
+}
+
+impl ListeningPort {
+    /// The address the listener is bound to (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> Address {
+        match &*self.listener.socket.borrow() {
+            Some(ListenSocket::Tcp(l)) => l.local_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
+            Some(ListenSocket::Unix(l)) => {
+                Address::Unix(l.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
+            }
+            None => Address::Unix(None),
+        }
+    }
+
+    /// The TCP port, for a TCP listener.
+    pub fn port(&self) -> Option<u16> {
+        match self.local_addr() {
+            Address::Tcp(a) => Some(a.port()),
+            Address::Unix(_) => None,
+        }
+    }
+
+    /// Stops accepting and closes the listening socket. Open connections stay open.
+    pub fn stop_listening(&self) {
+        self.listener.close();
+    }
+}
+
+impl fmt::Debug for ListeningPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListeningPort").field("addr", &self.local_addr()).finish()
+    }
+}
+
+enum ListenSocket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+type ProtocolMaker = Box<dyn FnMut(&Address) -> Rc<RefCell<dyn Protocol>>>;
+
+struct Listener {
+    reactor: WeakReactorHandle,
+    key: Cell<Option<SourceKey>>,
+    socket: RefCell<Option<ListenSocket>>,
+    factory: RefCell<ProtocolMaker>,
+    backing_off: Cell<bool>,
+    /// The log context current when `listen_*` was called: the factory and every
+    /// accepted connection's protocol run in it.
+    ctx: Captured,
+}
+
+impl Listener {
+    fn fd(&self) -> Option<RawFd> {
+        self.socket.borrow().as_ref().map(|s| match s {
+            ListenSocket::Tcp(l) => l.as_raw_fd(),
+            ListenSocket::Unix(l) => l.as_raw_fd(),
+        })
+    }
+
+    fn accept_one(&self) -> io::Result<Option<(Stream, Address)>> {
+        let socket = self.socket.borrow();
+        match socket.as_ref() {
+            None => Ok(None),
+            Some(ListenSocket::Tcp(l)) => {
+                let (s, a) = l.accept()?;
+                s.set_nonblocking(true)?;
+                s.set_nodelay(true)?;
+                Ok(Some((Stream::Tcp(s), Address::Tcp(a))))
+            }
+            Some(ListenSocket::Unix(l)) => {
+                let (s, a) = l.accept()?;
+                s.set_nonblocking(true)?;
+                Ok(Some((Stream::Unix(s), Address::Unix(a.as_pathname().map(Into::into)))))
+            }
+        }
+    }
+
+    fn accept(self: &Rc<Self>) {
+        if self.backing_off.get() {
+            return;
+        }
+        let Some(reactor) = self.reactor.upgrade() else { return };
+        for _ in 0..MAX_ACCEPTS_PER_EVENT {
+            match self.accept_one() {
+                Ok(None) => return,
+                Ok(Some((stream, peer))) => {
+                    let conn = match Conn::register(&reactor, stream, self.ctx.clone()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log::error!(target: "weft::reactor", "registering an accepted connection failed: {e}");
+                            continue;
+                        }
+                    };
+                    let protocol =
+                        self.ctx.run(|| guarded("build_protocol", || (self.factory.borrow_mut())(&peer)));
+                    match protocol {
+                        Some(p) => conn.start(p),
+                        None => conn.close(Failure::new(ConnectionAborted)),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    let out_of_resources = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if out_of_resources {
+                        log::warn!(target: "weft::reactor", "accept: {e}; pausing accepts for {ACCEPT_RETRY:?}");
+                    } else {
+                        log::error!(target: "weft::reactor", "accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    }
+                    self.backing_off.set(true);
+                    let me = self.clone();
+                    let _: DelayedCall = reactor.call_later(ACCEPT_RETRY, move || {
+                        me.backing_off.set(false);
+                        me.accept();
+                    });
+                    return;
+                }
+            }
+        }
+        let me = self.clone();
+        reactor.call_soon(move || me.accept());
+    }
+
+    fn close(&self) {
+        let fd = self.fd();
+        if let (Some(fd), Some(key), Some(reactor)) = (fd, self.key.get(), self.reactor.upgrade()) {
+            reactor.deregister(key, fd);
+        }
+        let s = self.socket.borrow_mut().take();
+        drop(s);
+    }
+}
+
+impl Source for Listener {
+    fn ready(self: Rc<Self>, _r: Readiness) {
+        self.accept();
+    }
+
+    fn close_now(&self) {
+        let s = self.socket.borrow_mut().take();
+        drop(s);
+    }
+}
