@@ -534,6 +534,19 @@ impl ReactorHandle {
         *self.inner.read_buf.borrow_mut() = buf;
         r
     }
+
+    /// Queues `f` like [`call_soon`](Self::call_soon), but to run in `ctx` instead of the
+    /// caller's context: for work weft does on behalf of a connection or a listener,
+    /// which must not be charged to (or outlive) whatever request asked for it.
+    pub(crate) fn call_soon_in(&self, ctx: &Captured, f: impl FnOnce() + 'static) {
+        let call: Callback = if ctx.is_sentinel() {
+            Box::new(f)
+        } else {
+            let ctx = ctx.clone();
+            Box::new(move || ctx.run(f))
+        };
+        self.inner.soon.borrow_mut().push_back(call);
+    }
 }
 
 impl ReactorTime for ReactorHandle {

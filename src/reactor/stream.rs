@@ -199,7 +199,7 @@ impl Transport {
         if self.conn.read_paused.replace(false) {
             let conn = self.conn.clone();
             if let Some(r) = self.conn.reactor.upgrade() {
-                r.call_soon(move || {
+                r.call_soon_in(&self.conn.ctx, move || {
                     conn.read();
                     conn.check();
                 });
@@ -209,8 +209,13 @@ impl Transport {
 
     /// Registers a push producer (Twisted's `registerProducer(p, streaming=True)`): it is
     /// paused while more than 64 KiB are buffered and resumed when the buffer drained.
+    ///
+    /// # Log context
+    ///
+    /// The producer's methods run in the log context current here, as any callback does.
     pub fn register_producer(&self, producer: Rc<dyn PushProducer>) {
-        *self.conn.producer.borrow_mut() = Some(producer);
+        let old = self.conn.producer.borrow_mut().replace(Registered { producer, ctx: Captured::capture() });
+        drop(old);
     }
 
     /// Removes the producer.
@@ -317,6 +322,14 @@ impl Stream {
 
 type OnConnect = Box<dyn FnOnce(&Rc<Conn>, Result<(), Failure>)>;
 
+/// A registered producer and the log context its methods run in (the one current when it
+/// was registered).
+#[derive(Clone)]
+struct Registered {
+    producer: Rc<dyn PushProducer>,
+    ctx: Captured,
+}
+
 /// One stream connection; see the module docs. Flags are `Cell`s and each buffer its
 /// own `RefCell`, none borrowed while user code runs.
 pub(crate) struct Conn {
@@ -326,7 +339,7 @@ pub(crate) struct Conn {
     write_buf: RefCell<Vec<u8>>,
     write_pos: Cell<usize>,
     protocol: RefCell<Option<Rc<RefCell<dyn Protocol>>>>,
-    producer: RefCell<Option<Rc<dyn PushProducer>>>,
+    producer: RefCell<Option<Registered>>,
     on_connect: RefCell<Option<OnConnect>>,
     error: RefCell<Option<Failure>>,
     read_paused: Cell<bool>,
@@ -442,7 +455,7 @@ impl Conn {
                 let p = self.producer.borrow().clone();
                 if let Some(p) = p {
                     self.producer_paused.set(true);
-                    self.in_context("pause_producing", || p.pause_producing());
+                    p.ctx.run(|| guarded("pause_producing", || p.producer.pause_producing()));
                 }
             }
         }
@@ -479,7 +492,7 @@ impl Conn {
         if drained && self.producer_paused.replace(false) {
             let p = self.producer.borrow().clone();
             if let Some(p) = p {
-                self.in_context("resume_producing", || p.resume_producing());
+                p.ctx.run(|| guarded("resume_producing", || p.producer.resume_producing()));
             }
         }
     }
@@ -530,7 +543,7 @@ impl Conn {
         }
         // Still more to read: yield to other sources, go on next turn.
         let conn = self.clone();
-        reactor.call_soon(move || {
+        reactor.call_soon_in(&self.ctx, move || {
             conn.read();
             conn.check();
         });
@@ -579,7 +592,7 @@ impl Conn {
         self.write_pos.set(0);
         let producer = self.producer.borrow_mut().take();
         if let Some(p) = producer {
-            self.in_context("stop_producing", || p.stop_producing());
+            p.ctx.run(|| guarded("stop_producing", || p.producer.stop_producing()));
         }
         self.with_protocol("connection_lost", |p| p.connection_lost(reason));
         let protocol = self.protocol.borrow_mut().take();
@@ -637,7 +650,7 @@ impl Conn {
         }
         let Some(reactor) = self.reactor.upgrade() else { return };
         let conn = self.clone();
-        reactor.call_soon(move || {
+        reactor.call_soon_in(&self.ctx, move || {
             conn.check_scheduled.set(false);
             conn.flush();
             conn.check();

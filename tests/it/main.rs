@@ -12,4 +12,5 @@ mod sync;
 mod task;
 mod tcp;
 mod time;
+mod transport;
 mod udp;
