@@ -590,12 +590,11 @@ impl fmt::Debug for WeakReactorHandle {
 
 /// Runs a reactor callback, catching and logging a panic so the loop keeps running.
 pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => Some(r),
-        Err(payload) => {
-            let failure = crate::Failure::from_panic(payload);
-            log::error!(target: "weft::reactor", "panic in {what}: {failure}");
-            None
-        }
-    }
+    catching(f).map_err(|failure| log::error!(target: "weft::reactor", "panic in {what}: {failure}")).ok()
+}
+
+/// Runs `f`, turning a panic into a [`PanicError`](crate::PanicError) Failure for the
+/// caller to act on (a connection whose protocol panicked is aborted with it).
+pub(crate) fn catching<R>(f: impl FnOnce() -> R) -> Result<R, crate::Failure> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(crate::Failure::from_panic)
 }

@@ -10,6 +10,14 @@ use crate::Failure;
 
 /// The application side of a stream connection (Twisted's `Protocol`). Methods are called
 /// on the reactor thread, one at a time, never re-entrantly.
+///
+/// # Panics
+///
+/// A panic in a method (`connection_made`, `data_received`, `read_connection_lost`) is
+/// logged and aborts that connection: buffered output is dropped and `connection_lost`
+/// gets the [`PanicError`](crate::PanicError), as Twisted drops a connection whose
+/// `dataReceived` raises. Other connections are not affected. A panic in
+/// `connection_lost` itself is logged.
 pub trait Protocol: 'static {
     /// The connection is up; keep `transport` to write and close.
     fn connection_made(&mut self, transport: Transport) {
@@ -27,8 +35,9 @@ pub trait Protocol: 'static {
     }
 
     /// The connection is closed. `reason` holds [`ConnectionDone`] for a clean close,
-    /// [`ConnectionAborted`] after `abort_connection`, or the `std::io::Error` that
-    /// ended it. Called exactly once per `connection_made`.
+    /// [`ConnectionAborted`] after `abort_connection`, the
+    /// [`PanicError`](crate::PanicError) of a protocol method that panicked, or the
+    /// `std::io::Error` that ended it. Called exactly once per `connection_made`.
     fn connection_lost(&mut self, reason: Failure) {
         let _ = reason;
     }

@@ -28,7 +28,7 @@ use super::poll::{Readiness, SourceKey};
 use super::protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
-use super::{guarded, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use super::{catching, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
 use crate::logcontext::Captured;
 use crate::{Deferred, Failure};
 
@@ -359,11 +359,6 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Runs a protocol callback in the connection's log context, catching a panic.
-    fn in_context<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
-        self.ctx.run(|| guarded(what, f))
-    }
-
     pub(super) fn register(reactor: &ReactorHandle, stream: Stream, ctx: Captured) -> io::Result<Rc<Conn>> {
         let fd = stream.fd();
         let conn = Rc::new(Conn {
@@ -400,21 +395,40 @@ impl Conn {
     pub(super) fn start(self: &Rc<Self>, protocol: Rc<RefCell<dyn Protocol>>) {
         *self.protocol.borrow_mut() = Some(protocol.clone());
         let transport = Transport { conn: self.clone() };
-        self.in_context("connection_made", || protocol.borrow_mut().connection_made(transport));
+        self.with_protocol("connection_made", |p| p.connection_made(transport));
         self.check();
     }
 
+    /// Runs a protocol method in the connection's log context. A panic in it aborts the
+    /// connection, and the `PanicError` is the reason `connection_lost` gets, as Twisted
+    /// drops a connection whose `dataReceived` raises.
     fn with_protocol(&self, what: &str, f: impl FnOnce(&mut dyn Protocol)) {
-        let p = self.protocol.borrow().clone();
-        if let Some(p) = p {
-            match p.try_borrow_mut() {
-                Ok(mut p) => {
-                    self.in_context(what, || f(&mut *p));
-                }
-                Err(_) => {
-                    log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped")
-                }
-            }
+        let Some(protocol) = self.protocol.borrow().clone() else { return };
+        let Ok(mut p) = protocol.try_borrow_mut() else {
+            log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped");
+            return;
+        };
+        if let Err(failure) = self.ctx.run(|| catching(|| f(&mut *p))) {
+            self.panicked(what, failure);
+        }
+    }
+
+    /// Calls the registered producer, if any, in its log context; a panic aborts the
+    /// connection as a protocol's does.
+    fn with_producer(self: &Rc<Self>, what: &str, f: impl FnOnce(&dyn PushProducer)) {
+        let Some(p) = self.producer.borrow().clone() else { return };
+        if let Err(failure) = p.ctx.run(|| catching(|| f(&*p.producer))) {
+            self.panicked(what, failure);
+            self.schedule_check();
+        }
+    }
+
+    /// Logs a panic in user code and, unless the connection is already closed, makes it
+    /// the error that closes the connection (`check` carries it out).
+    fn panicked(&self, what: &str, failure: Failure) {
+        log::error!(target: "weft::reactor", "panic in {what}: {failure}; aborting the connection");
+        if !self.closed.get() {
+            self.error.borrow_mut().get_or_insert(failure);
         }
     }
 
@@ -451,18 +465,15 @@ impl Conn {
                 buf.extend_from_slice(&data[written..]);
                 buf.len() - self.write_pos.get()
             };
-            if len > HIGH_WATER && !self.producer_paused.get() {
-                let p = self.producer.borrow().clone();
-                if let Some(p) = p {
-                    self.producer_paused.set(true);
-                    p.ctx.run(|| guarded("pause_producing", || p.producer.pause_producing()));
-                }
+            if len > HIGH_WATER && !self.producer_paused.get() && self.producer.borrow().is_some() {
+                self.producer_paused.set(true);
+                self.with_producer("pause_producing", |p| p.pause_producing());
             }
         }
     }
 
     /// Writes out as much of the buffer as the socket takes.
-    fn flush(&self) {
+    fn flush(self: &Rc<Self>) {
         let drained = {
             let stream = self.stream.borrow();
             let Some(stream) = stream.as_ref() else { return };
@@ -490,10 +501,7 @@ impl Conn {
             pos == 0
         };
         if drained && self.producer_paused.replace(false) {
-            let p = self.producer.borrow().clone();
-            if let Some(p) = p {
-                p.ctx.run(|| guarded("resume_producing", || p.producer.resume_producing()));
-            }
+            self.with_producer("resume_producing", |p| p.resume_producing());
         }
     }
 
@@ -590,10 +598,9 @@ impl Conn {
         drop(stream);
         self.write_buf.borrow_mut().clear();
         self.write_pos.set(0);
+        self.with_producer("stop_producing", |p| p.stop_producing());
         let producer = self.producer.borrow_mut().take();
-        if let Some(p) = producer {
-            p.ctx.run(|| guarded("stop_producing", || p.producer.stop_producing()));
-        }
+        drop(producer);
         self.with_protocol("connection_lost", |p| p.connection_lost(reason));
         let protocol = self.protocol.borrow_mut().take();
         drop(protocol);

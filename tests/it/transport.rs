@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use weft::logcontext::{current_request_id, LoggingContext, PreserveLoggingContext};
-use weft::reactor::{Address, Protocol, Reactor, ReactorHandle, Transport};
-use weft::Failure;
+use weft::reactor::{Address, ConnectionDone, Protocol, Reactor, ReactorHandle, Transport};
+use weft::{Failure, PanicError};
 
 use crate::support::{localhost, logs, run_bounded, secs};
 
@@ -155,4 +155,140 @@ fn transport_work_asked_for_in_a_request_context_runs_in_the_connections_context
     ] {
         check_no_late_context_use(action);
     }
+}
+/// Echoes, except that "boom" in the data makes `data_received` panic (and
+/// `connection_made` panics if asked).
+struct Fragile {
+    transport: Option<Transport>,
+    panic_on_connect: bool,
+    lost: Rc<RefCell<Vec<Failure>>>,
+    stop_after: usize,
+    stop: ReactorHandle,
+}
+
+impl Protocol for Fragile {
+    fn connection_made(&mut self, transport: Transport) {
+        self.transport = Some(transport);
+        assert!(!self.panic_on_connect, "boom in connection_made");
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        assert!(!data.windows(4).any(|w| w == b"boom"), "boom in data_received");
+        self.transport.as_ref().unwrap().write(data);
+    }
+    fn connection_lost(&mut self, reason: Failure) {
+        self.lost.borrow_mut().push(reason);
+        if self.lost.borrow().len() == self.stop_after {
+            self.stop.stop();
+        }
+    }
+}
+
+fn fragile_server(
+    reactor: &Reactor,
+    panic_on_connect: bool,
+    stop_after: usize,
+) -> (SocketAddr, Rc<RefCell<Vec<Failure>>>) {
+    let lost = Rc::new(RefCell::new(Vec::new()));
+    let (l, h) = (lost.clone(), reactor.handle());
+    let port = reactor
+        .listen_tcp(
+            localhost(),
+            move |_: &Address| Fragile {
+                transport: None,
+                panic_on_connect,
+                lost: l.clone(),
+                stop_after,
+                stop: h.clone(),
+            },
+            false,
+        )
+        .unwrap();
+    (SocketAddr::from(([127, 0, 0, 1], port.port().unwrap())), lost)
+}
+
+/// Says "hello"; once echoed, runs `then` (which starts the "boom" client); says " again"
+/// when told to (by the "boom" client's close), and closes once that is echoed too.
+struct Healthy {
+    transport: Option<Transport>,
+    got: Rc<RefCell<Vec<u8>>>,
+    then: Option<Box<dyn FnOnce(Transport)>>,
+}
+
+impl Protocol for Healthy {
+    fn connection_made(&mut self, transport: Transport) {
+        transport.write(b"hello");
+        self.transport = Some(transport);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.got.borrow_mut().extend_from_slice(data);
+        let t = self.transport.clone().unwrap();
+        if &*self.got.borrow() == b"hello" {
+            (self.then.take().unwrap())(t);
+        } else if &*self.got.borrow() == b"hello again" {
+            t.lose_connection();
+        }
+    }
+}
+
+/// Sends "a boom" and, once its connection is gone, has the healthy client go on.
+struct Boom {
+    healthy: Transport,
+}
+
+impl Protocol for Boom {
+    fn connection_made(&mut self, transport: Transport) {
+        transport.write(b"a boom");
+    }
+    fn data_received(&mut self, _data: &[u8]) {}
+    fn connection_lost(&mut self, _reason: Failure) {
+        self.healthy.write(b" again");
+    }
+}
+
+/// A panic in `data_received` aborts that connection, and its `connection_lost` gets the
+/// `PanicError`, as Twisted drops a connection whose `dataReceived` raises; another
+/// connection of the same listener, open all along, goes on being served.
+#[test]
+fn a_panic_in_data_received_aborts_that_connection_only() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, lost) = fragile_server(&reactor, false, 2);
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let (g, r) = (got.clone(), reactor.handle());
+    let _healthy = reactor.connect_tcp(
+        addr,
+        move |_: &Address| {
+            let r = r.clone();
+            Healthy {
+                transport: None,
+                got: g.clone(),
+                then: Some(Box::new(move |healthy: Transport| {
+                    let _boom =
+                        r.connect_tcp(addr, move |_: &Address| Boom { healthy: healthy.clone() }, secs(5));
+                })),
+            }
+        },
+        secs(5),
+    );
+    run_bounded(&reactor, secs(10));
+    let lost = lost.borrow();
+    assert_eq!(lost.len(), 2, "{lost:?}");
+    let panic =
+        lost[0].downcast_ref::<PanicError>().unwrap_or_else(|| panic!("not a PanicError: {}", lost[0]));
+    assert!(panic.to_string().contains("boom in data_received"), "{panic}");
+    assert!(lost[1].check::<ConnectionDone>(), "the healthy connection closed cleanly: {}", lost[1]);
+    assert_eq!(&*got.borrow(), b"hello again");
+}
+
+/// A panic in `connection_made` aborts the connection the same way.
+#[test]
+fn a_panic_in_connection_made_aborts_the_connection() {
+    let reactor = Reactor::new().unwrap();
+    let (addr, lost) = fragile_server(&reactor, true, 1);
+    let _client = reactor.connect_tcp(addr, |_: &Address| Go { close: false }, secs(5));
+    run_bounded(&reactor, secs(10));
+    let lost = lost.borrow();
+    assert_eq!(lost.len(), 1);
+    let panic =
+        lost[0].downcast_ref::<PanicError>().unwrap_or_else(|| panic!("not a PanicError: {}", lost[0]));
+    assert!(panic.to_string().contains("boom in connection_made"), "{panic}");
 }
