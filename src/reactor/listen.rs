@@ -15,7 +15,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::poll::{Readiness, SourceKey};
 use super::protocol::{Address, ConnectionAborted, Factory, Protocol};
-use super::stream::{Conn, Stream};
+use super::stream::{Conn, Stream, WriteBufferLimitsError, WriteLimits};
 use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle};
 use crate::logcontext::Captured;
 use crate::Failure;
@@ -87,6 +87,7 @@ impl ReactorHandle {
                 Rc::new(RefCell::new(factory.build_protocol(a))) as Rc<RefCell<dyn Protocol>>
             })),
             backing_off: Cell::new(false),
+            limits: Cell::new(WriteLimits::DEFAULT),
             ctx: Captured::capture(),
         });
         let fd = listener.fd().expect("just made");
@@ -116,6 +117,18 @@ impl ListeningPort {
         }
     }
 
+    /// Sets the write buffer limits of every connection accepted from now on (see
+    /// [`Transport::set_write_buffer_limits`](super::Transport::set_write_buffer_limits),
+    /// which changes one connection's); connections already open keep theirs.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteBufferLimitsError`] if `low > high`; the limits are then unchanged.
+    pub fn set_write_buffer_limits(&self, high: usize, low: usize) -> Result<(), WriteBufferLimitsError> {
+        self.listener.limits.set(WriteLimits::new(high, low)?);
+        Ok(())
+    }
+
     /// Stops accepting and closes the listening socket. Open connections stay open.
     pub fn stop_listening(&self) {
         self.listener.close();
@@ -141,6 +154,8 @@ struct Listener {
     socket: RefCell<Option<ListenSocket>>,
     factory: RefCell<ProtocolMaker>,
     backing_off: Cell<bool>,
+    /// The write buffer limits each accepted connection starts with.
+    limits: Cell<WriteLimits>,
     /// The log context current when `listen_*` was called: the factory and every
     /// accepted connection's protocol run in it.
     ctx: Captured,
@@ -181,7 +196,7 @@ impl Listener {
             match self.accept_one() {
                 Ok(None) => return,
                 Ok(Some((stream, peer))) => {
-                    let conn = match Conn::register(&reactor, stream, self.ctx.clone()) {
+                    let conn = match Conn::register(&reactor, stream, self.ctx.clone(), self.limits.get()) {
                         Ok(c) => c,
                         Err(e) => {
                             log::error!(target: "weft::reactor", "registering an accepted connection failed: {e}");

@@ -51,7 +51,7 @@ pub use looping_call::LoopingCall;
 pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
-pub use stream::Transport;
+pub use stream::{Transport, WriteBufferLimitsError};
 pub use threads::{ReactorClosedError, ThreadHandle};
 pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};

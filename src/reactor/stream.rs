@@ -14,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -22,6 +22,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::poll::{Readiness, SourceKey};
@@ -34,6 +35,15 @@ use crate::{Deferred, Failure};
 
 /// The application's handle on a connection (Twisted's `ITransport`). Cheap to clone.
 ///
+/// # Flow control
+///
+/// Writes never block and are never dropped: what the socket does not take at once is
+/// buffered. The buffer is bounded by default: past its high-water mark (64 KiB) a
+/// registered [`PushProducer`] is paused, or, with none, the transport stops reading
+/// from the connection until the buffer drained to the low-water mark (16 KiB), so a
+/// peer that sends and never reads is held back by TCP flow control instead of growing
+/// the buffer. See [`set_write_buffer_limits`](Self::set_write_buffer_limits).
+///
 /// Dropping a `Transport` does not close the connection: call
 /// [`lose_connection`](Self::lose_connection) or [`abort_connection`](Self::abort_connection).
 #[derive(Clone)]
@@ -41,8 +51,14 @@ pub struct Transport {
     conn: Rc<Conn>,
 }
 
-/// Past this many buffered bytes a registered producer is paused.
-const HIGH_WATER: usize = 64 * 1024;
+/// The default high-water mark: past this many buffered bytes, a registered producer is
+/// paused, or reading stops if there is none.
+pub(super) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// The default low-water mark: once the buffer drains to this, the producer is resumed
+/// or reading goes on.
+pub(super) const DEFAULT_LOW_WATER: usize = 16 * 1024;
+/// A drained write buffer whose allocation grew past four times this is shrunk to it.
+const BUFFER_KEEP: usize = 64 * 1024;
 /// How many reads one readiness event may do before yielding to other sources.
 const MAX_READS_PER_EVENT: usize = 16;
 
@@ -110,7 +126,8 @@ impl ReactorHandle {
                 if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return crate::fail(e),
         }
-        let conn = match Conn::register(self, into_stream(socket), Captured::capture()) {
+        let conn = match Conn::register(self, into_stream(socket), Captured::capture(), WriteLimits::DEFAULT)
+        {
             Ok(c) => c,
             Err(e) => return crate::fail(e),
         };
@@ -151,18 +168,18 @@ impl Transport {
     /// Writes `data`: straight to the socket if nothing is buffered, the rest buffered
     /// and flushed as the socket allows. Ignored once the connection is closing.
     pub fn write(&self, data: &[u8]) {
-        self.conn.write(data);
+        self.conn.write_parts(&[data]);
     }
 
-    /// Writes each of `parts` in order (Twisted's `writeSequence`).
+    /// Writes each of `parts` in order (Twisted's `writeSequence`), with one system call
+    /// (`writev`) when nothing is buffered.
     pub fn write_sequence(&self, parts: &[&[u8]]) {
-        for p in parts {
-            self.conn.write(p);
-        }
+        self.conn.write_parts(parts);
     }
 
     /// Closes the connection once the write buffer has drained (Twisted's
-    /// `loseConnection`); `connection_lost` gets [`ConnectionDone`].
+    /// `loseConnection`); `connection_lost` gets [`ConnectionDone`]. From now on no more
+    /// data is read (nor handed to the protocol) and writes are ignored.
     pub fn lose_connection(&self) {
         self.conn.disconnecting.set(true);
         self.conn.schedule_check();
@@ -189,26 +206,26 @@ impl Transport {
         self.conn.schedule_check();
     }
 
-    /// Stops reading from the connection (Twisted's `pauseProducing`).
+    /// Stops reading from the connection (Twisted's `pauseProducing`): the kernel's
+    /// buffer, then TCP flow control, hold what the peer sends.
+    #[doc(alias = "pause_reading")]
     pub fn pause_producing(&self) {
         self.conn.read_paused.set(true);
     }
 
-    /// Starts reading again (Twisted's `resumeProducing`).
+    /// Starts reading again (Twisted's `resumeProducing`), from the call-soon queue.
+    #[doc(alias = "resume_reading")]
     pub fn resume_producing(&self) {
         if self.conn.read_paused.replace(false) {
-            let conn = self.conn.clone();
-            if let Some(r) = self.conn.reactor.upgrade() {
-                r.call_soon_in(&self.conn.ctx, move || {
-                    conn.read();
-                    conn.check();
-                });
-            }
+            self.conn.schedule_read();
         }
     }
 
     /// Registers a push producer (Twisted's `registerProducer(p, streaming=True)`): it is
-    /// paused while more than 64 KiB are buffered and resumed when the buffer drained.
+    /// paused when the write buffer passes the high-water mark (64 KiB by default) and
+    /// resumed when it drained to the low-water mark (16 KiB); see
+    /// [`set_write_buffer_limits`](Self::set_write_buffer_limits). While a producer is
+    /// registered, the transport does not stop reading for a full buffer.
     ///
     /// # Log context
     ///
@@ -243,8 +260,41 @@ impl Transport {
     }
 
     /// How many bytes are buffered, waiting for the socket.
+    #[doc(alias = "get_write_buffer_size")]
+    #[doc(alias = "buffered_len")]
     pub fn buffered(&self) -> usize {
-        self.conn.write_buf.borrow().len() - self.conn.write_pos.get()
+        self.conn.buffered()
+    }
+
+    /// Sets the write buffer's high- and low-water marks (asyncio's
+    /// `set_write_buffer_limits`); they take effect at once. When more than `high` bytes
+    /// are buffered, a registered [`PushProducer`] is paused; with no producer, the
+    /// transport stops reading from the connection, so a peer that sends and never reads
+    /// cannot make an echoing protocol buffer without limit. Once the buffer drains to
+    /// `low` bytes or fewer, the producer is resumed, or reading goes on.
+    ///
+    /// The defaults are 64 KiB and 16 KiB; [`ListeningPort::set_write_buffer_limits`]
+    /// sets them for every connection a listener accepts. `high = usize::MAX` turns the
+    /// limit off (the buffer then grows as long as the protocol writes). Nothing written
+    /// is ever dropped: a single write larger than `high` is buffered whole.
+    ///
+    /// [`ListeningPort::set_write_buffer_limits`]: super::ListeningPort::set_write_buffer_limits
+    ///
+    /// # Errors
+    ///
+    /// [`WriteBufferLimitsError`] if `low > high`; the limits are then unchanged.
+    pub fn set_write_buffer_limits(&self, high: usize, low: usize) -> Result<(), WriteBufferLimitsError> {
+        self.conn.limits.set(WriteLimits::new(high, low)?);
+        self.conn.above_high_water();
+        self.conn.below_low_water();
+        Ok(())
+    }
+
+    /// The write buffer's `(high, low)` water marks; see
+    /// [`set_write_buffer_limits`](Self::set_write_buffer_limits).
+    pub fn write_buffer_limits(&self) -> (usize, usize) {
+        let l = self.conn.limits.get();
+        (l.high, l.low)
     }
 
     /// True once the connection is closed.
@@ -259,6 +309,42 @@ impl fmt::Debug for Transport {
             .field("buffered", &self.buffered())
             .field("closed", &self.is_closed())
             .finish()
+    }
+}
+
+/// [`Transport::set_write_buffer_limits`] was given a low-water mark above the
+/// high-water mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteBufferLimitsError {
+    /// The high-water mark asked for.
+    pub high: usize,
+    /// The low-water mark asked for.
+    pub low: usize,
+}
+
+impl fmt::Display for WriteBufferLimitsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "write buffer low-water mark {} is above the high-water mark {}", self.low, self.high)
+    }
+}
+
+impl std::error::Error for WriteBufferLimitsError {}
+
+/// A transport's write buffer water marks, `low <= high`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WriteLimits {
+    high: usize,
+    low: usize,
+}
+
+impl WriteLimits {
+    pub(super) const DEFAULT: WriteLimits = WriteLimits { high: DEFAULT_HIGH_WATER, low: DEFAULT_LOW_WATER };
+
+    pub(super) fn new(high: usize, low: usize) -> Result<WriteLimits, WriteBufferLimitsError> {
+        if low > high {
+            return Err(WriteBufferLimitsError { high, low });
+        }
+        Ok(WriteLimits { high, low })
     }
 }
 
@@ -286,6 +372,13 @@ impl Stream {
         match self {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write_vectored(bufs),
+            Stream::Unix(s) => (&*s).write_vectored(bufs),
         }
     }
 
@@ -342,7 +435,12 @@ pub(crate) struct Conn {
     producer: RefCell<Option<Registered>>,
     on_connect: RefCell<Option<OnConnect>>,
     error: RefCell<Option<Failure>>,
+    /// Reading paused by the application (`pause_producing`).
     read_paused: Cell<bool>,
+    /// Reading paused because the write buffer passed the high-water mark with no
+    /// producer registered; cleared at the low-water mark.
+    throttled: Cell<bool>,
+    limits: Cell<WriteLimits>,
     read_closed: Cell<bool>,
     /// The OS reported the peer's end of file or an error: read past short reads until
     /// the read returns 0 or fails, since no further edge will come.
@@ -359,7 +457,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn register(reactor: &ReactorHandle, stream: Stream, ctx: Captured) -> io::Result<Rc<Conn>> {
+    pub(super) fn register(
+        reactor: &ReactorHandle,
+        stream: Stream,
+        ctx: Captured,
+        limits: WriteLimits,
+    ) -> io::Result<Rc<Conn>> {
         let fd = stream.fd();
         let conn = Rc::new(Conn {
             reactor: reactor.downgrade(),
@@ -372,6 +475,8 @@ impl Conn {
             on_connect: RefCell::new(None),
             error: RefCell::new(None),
             read_paused: Cell::new(false),
+            throttled: Cell::new(false),
+            limits: Cell::new(limits),
             read_closed: Cell::new(false),
             eof_pending: Cell::new(false),
             disconnecting: Cell::new(false),
@@ -432,17 +537,30 @@ impl Conn {
         }
     }
 
-    fn write(self: &Rc<Self>, data: &[u8]) {
-        if self.closed.get() || self.disconnecting.get() || self.write_shut_requested.get() || data.is_empty()
-        {
+    fn buffered(&self) -> usize {
+        self.write_buf.borrow().len() - self.write_pos.get()
+    }
+
+    /// Writes `parts` in order: straight to the socket (one `writev`) if nothing is
+    /// buffered, the rest into the buffer.
+    fn write_parts(self: &Rc<Self>, parts: &[&[u8]]) {
+        if self.closed.get() || self.disconnecting.get() || self.write_shut_requested.get() {
+            return;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
             return;
         }
         let mut written = 0;
-        if self.write_pos.get() == self.write_buf.borrow().len() && self.on_connect.borrow().is_none() {
+        if self.buffered() == 0 && self.on_connect.borrow().is_none() {
             let guard = self.stream.borrow();
             let Some(stream) = guard.as_ref() else { return };
-            while written < data.len() {
-                match stream.write(&data[written..]) {
+            while written < total {
+                let r = match parts {
+                    [one] => stream.write(&one[written..]),
+                    _ => stream.write_vectored(&remaining(parts, written)),
+                };
+                match r {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -455,26 +573,54 @@ impl Conn {
                 }
             }
         }
-        if written < data.len() {
-            let len = {
+        if written < total {
+            {
                 let mut buf = self.write_buf.borrow_mut();
-                if self.write_pos.get() == buf.len() {
-                    buf.clear();
+                // Drop the bytes already sent once they are half the buffer, so a buffer
+                // that never quite drains does not grow.
+                let pos = self.write_pos.get();
+                if pos > 0 && pos >= buf.len() / 2 {
+                    buf.drain(..pos);
                     self.write_pos.set(0);
                 }
-                buf.extend_from_slice(&data[written..]);
-                buf.len() - self.write_pos.get()
-            };
-            if len > HIGH_WATER && !self.producer_paused.get() && self.producer.borrow().is_some() {
-                self.producer_paused.set(true);
+                for part in remaining(parts, written) {
+                    buf.extend_from_slice(&part);
+                }
+            }
+            self.above_high_water();
+        }
+    }
+
+    /// Past the high-water mark: pauses the producer, or with none stops reading.
+    fn above_high_water(self: &Rc<Self>) {
+        if self.buffered() <= self.limits.get().high {
+            return;
+        }
+        if self.producer.borrow().is_some() {
+            if !self.producer_paused.replace(true) {
                 self.with_producer("pause_producing", |p| p.pause_producing());
             }
+        } else {
+            self.throttled.set(true);
+        }
+    }
+
+    /// At or under the low-water mark: resumes the producer, and reading.
+    fn below_low_water(self: &Rc<Self>) {
+        if self.buffered() > self.limits.get().low {
+            return;
+        }
+        if self.producer_paused.replace(false) {
+            self.with_producer("resume_producing", |p| p.resume_producing());
+        }
+        if self.throttled.replace(false) {
+            self.schedule_read();
         }
     }
 
     /// Writes out as much of the buffer as the socket takes.
     fn flush(self: &Rc<Self>) {
-        let drained = {
+        {
             let stream = self.stream.borrow();
             let Some(stream) = stream.as_ref() else { return };
             let mut buf = self.write_buf.borrow_mut();
@@ -492,17 +638,14 @@ impl Conn {
             }
             if pos == buf.len() {
                 buf.clear();
-                if buf.capacity() > 4 * HIGH_WATER {
-                    buf.shrink_to(HIGH_WATER);
+                if buf.capacity() > 4 * BUFFER_KEEP {
+                    buf.shrink_to(BUFFER_KEEP);
                 }
                 pos = 0;
             }
             self.write_pos.set(pos);
-            pos == 0
-        };
-        if drained && self.producer_paused.replace(false) {
-            self.with_producer("resume_producing", |p| p.resume_producing());
         }
+        self.below_low_water();
     }
 
     /// Reads while data comes, handing it to the protocol.
@@ -510,6 +653,8 @@ impl Conn {
         let Some(reactor) = self.reactor.upgrade() else { return };
         for _ in 0..MAX_READS_PER_EVENT {
             if self.read_paused.get()
+                || self.throttled.get()
+                || self.disconnecting.get()
                 || self.read_closed.get()
                 || self.closed.get()
                 || self.error.borrow().is_some()
@@ -550,11 +695,7 @@ impl Conn {
             }
         }
         // Still more to read: yield to other sources, go on next turn.
-        let conn = self.clone();
-        reactor.call_soon_in(&self.ctx, move || {
-            conn.read();
-            conn.check();
-        });
+        self.schedule_read();
     }
 
     /// Carries out what was requested: close on error, after draining, half-close.
@@ -650,6 +791,16 @@ impl Conn {
 }
 
 impl Conn {
+    /// Reads (and then checks) from the call-soon queue, in the connection's context.
+    fn schedule_read(self: &Rc<Self>) {
+        let Some(reactor) = self.reactor.upgrade() else { return };
+        let conn = self.clone();
+        reactor.call_soon_in(&self.ctx, move || {
+            conn.read();
+            conn.check();
+        });
+    }
+
     /// Runs `flush` and `check` from the call-soon queue (once however often asked).
     fn schedule_check(self: &Rc<Self>) {
         if self.check_scheduled.replace(true) || self.closed.get() {
@@ -701,4 +852,18 @@ impl Source for Conn {
         let c = self.on_connect.borrow_mut().take();
         drop(c);
     }
+}
+
+/// The bytes of `parts` from byte `offset` on, as slices for `writev`.
+fn remaining<'a>(parts: &[&'a [u8]], mut offset: usize) -> SmallVec<[IoSlice<'a>; 4]> {
+    let mut out = SmallVec::new();
+    for part in parts {
+        if offset >= part.len() {
+            offset -= part.len();
+            continue;
+        }
+        out.push(IoSlice::new(&part[offset..]));
+        offset = 0;
+    }
+    out
 }

@@ -4,6 +4,7 @@
 mod cancellation;
 mod combinators;
 mod deferred;
+mod flow_control;
 mod logcontext;
 mod observable;
 mod reactor;
