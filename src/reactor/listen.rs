@@ -256,4 +256,96 @@ impl Source for Listener {
         let s = self.socket.borrow_mut().take();
         drop(s);
     }
+
+    fn rekey(&self, key: SourceKey) {
+        self.key.set(Some(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use super::super::{Protocol, Reactor, Transport, SOURCES_SHRINK_FLOOR};
+    use super::Address;
+    use crate::Failure;
+
+    /// Echoes; counts open connections.
+    struct Echo {
+        transport: Option<Transport>,
+        open: Rc<RefCell<usize>>,
+    }
+
+    impl Protocol for Echo {
+        fn connection_made(&mut self, transport: Transport) {
+            *self.open.borrow_mut() += 1;
+            self.transport = Some(transport);
+        }
+        fn data_received(&mut self, data: &[u8]) {
+            self.transport.as_ref().unwrap().write(data);
+        }
+        fn connection_lost(&mut self, _reason: Failure) {
+            *self.open.borrow_mut() -= 1;
+        }
+    }
+
+    /// Turns the loop until `done`, failing after 20 s.
+    #[track_caller]
+    fn turn_until(reactor: &Reactor, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "the condition did not hold within 20 s");
+            reactor.iterate(Some(Duration::from_millis(10))).unwrap();
+        }
+    }
+
+    /// After a spike of 300 connections, closing all but one gives the source table's
+    /// memory back; the survivor, moved to a low slot, is still served, and still closes.
+    #[test]
+    fn the_connection_table_shrinks_after_a_spike_and_keeps_its_survivors() {
+        let reactor = Reactor::new().unwrap();
+        let open = Rc::new(RefCell::new(0));
+        let o = open.clone();
+        let port = reactor
+            .listen_tcp(
+                "127.0.0.1:0".parse().unwrap(),
+                move |_: &Address| Echo { transport: None, open: o.clone() },
+                false,
+            )
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
+        let mut clients: Vec<_> = (0..300).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        turn_until(&reactor, || *open.borrow() == 300);
+        let peak = reactor.handle.inner.sources.borrow().capacity();
+        assert!(peak > 300);
+        let mut survivor = clients.remove(250);
+        drop(clients);
+        turn_until(&reactor, || *open.borrow() == 1);
+        reactor.iterate(Some(Duration::ZERO)).unwrap();
+        let (len, capacity) = {
+            let sources = reactor.handle.inner.sources.borrow();
+            (sources.len(), sources.capacity())
+        };
+        assert_eq!(len, 2, "the listener and the survivor");
+        assert!(capacity <= SOURCES_SHRINK_FLOOR, "{capacity} slots left of {peak}");
+        survivor.set_nonblocking(true).unwrap();
+        survivor.write_all(b"still here").unwrap();
+        let mut got = Vec::new();
+        turn_until(&reactor, || {
+            let mut buf = [0u8; 64];
+            match survivor.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            got == b"still here"
+        });
+        drop(survivor);
+        turn_until(&reactor, || *open.borrow() == 0);
+        assert_eq!(reactor.handle.inner.sources.borrow().len(), 1, "the survivor was deregistered");
+    }
 }

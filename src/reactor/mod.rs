@@ -134,6 +134,9 @@ pub(crate) trait Source {
     fn ready(self: Rc<Self>, readiness: Readiness);
     /// The reactor is being dropped: close now, call no user code.
     fn close_now(&self);
+    /// The reactor moved the source to `key` when it compacted its table; later
+    /// deregistrations use it. Calls no user code.
+    fn rekey(&self, key: SourceKey);
 }
 
 type Callback = Box<dyn FnOnce()>;
@@ -142,7 +145,14 @@ type Trigger = Box<dyn FnOnce() -> Option<Deferred<()>>>;
 struct SourceSlot {
     generation: u32,
     source: Rc<dyn Source>,
+    /// What it was registered with, to move it to another slot.
+    fd: RawFd,
+    readable: bool,
+    writable: bool,
 }
+
+/// Below this many slots the source table is never compacted.
+const SOURCES_SHRINK_FLOOR: usize = 64;
 
 pub(crate) struct Inner {
     poller: RefCell<Poller>,
@@ -152,6 +162,9 @@ pub(crate) struct Inner {
     next_generation: Cell<u32>,
     /// Reused between turns so a turn allocates nothing.
     events: RefCell<Vec<Ready>>,
+    /// How many event batches are being dispatched (a callback may run a nested turn);
+    /// the source table is compacted only when none is, since a batch holds slot keys.
+    dispatching: Cell<u32>,
     running: Cell<bool>,
     stop_requested: Cell<bool>,
     when_running: RefCell<Vec<Callback>>,
@@ -182,6 +195,7 @@ impl Reactor {
             sources: RefCell::new(Slab::new()),
             next_generation: Cell::new(0),
             events: RefCell::new(Vec::with_capacity(1024)),
+            dispatching: Cell::new(0),
             running: Cell::new(false),
             stop_requested: Cell::new(false),
             when_running: RefCell::new(Vec::new()),
@@ -420,6 +434,7 @@ impl ReactorHandle {
         let mut events = std::mem::take(&mut *inner.events.borrow_mut());
         events.clear();
         let polled = inner.poller.borrow_mut().poll(timeout, &mut events);
+        inner.dispatching.set(inner.dispatching.get() + 1);
         for ready in events.drain(..) {
             match ready {
                 Ready::Wake => inner.threads.drain(self),
@@ -437,7 +452,11 @@ impl ReactorHandle {
                 }
             }
         }
+        inner.dispatching.set(inner.dispatching.get() - 1);
         *inner.events.borrow_mut() = events;
+        if inner.dispatching.get() == 0 {
+            self.shrink_sources_if_sparse();
+        }
         polled?;
         let now = inner.timers.now();
         while let Some(call) = inner.timers.pop_due(now) {
@@ -500,7 +519,8 @@ impl ReactorHandle {
     ) -> io::Result<SourceKey> {
         let generation = self.inner.next_generation.get().wrapping_add(1);
         self.inner.next_generation.set(generation);
-        let index = self.inner.sources.borrow_mut().insert(SourceSlot { generation, source });
+        let index =
+            self.inner.sources.borrow_mut().insert(SourceSlot { generation, source, fd, readable, writable });
         let key = SourceKey { index: index as u32, generation };
         if let Err(e) = self.inner.poller.borrow().register(fd, key, readable, writable) {
             let slot = self.inner.sources.borrow_mut().remove(index);
@@ -522,6 +542,31 @@ impl ReactorHandle {
             }
         };
         drop(removed);
+    }
+
+    /// Gives memory back after a spike of connections: below a quarter full, moves the
+    /// live sources to the lowest slots (re-registering each fd under its new key, which
+    /// keeps the generation) and shrinks the table. Amortised O(1) per deregistration.
+    fn shrink_sources_if_sparse(&self) {
+        let mut sources = self.inner.sources.borrow_mut();
+        let capacity = sources.capacity();
+        if capacity <= SOURCES_SHRINK_FLOOR || sources.len() >= capacity / 4 {
+            return;
+        }
+        let poller = self.inner.poller.borrow();
+        sources.compact(|slot, _from, to| {
+            let key = SourceKey { index: to as u32, generation: slot.generation };
+            match poller.reregister(slot.fd, key, slot.readable, slot.writable) {
+                Ok(()) => {
+                    slot.source.rekey(key);
+                    true
+                }
+                Err(e) => {
+                    log::debug!(target: "weft::reactor", "not compacting the source table: {e}");
+                    false
+                }
+            }
+        });
     }
 
     /// Lends the 64 KiB read buffer to `f` (a fresh one if it is already lent out).

@@ -852,6 +852,9 @@ impl Source for Conn {
         let c = self.on_connect.borrow_mut().take();
         drop(c);
     }
+    fn rekey(&self, key: SourceKey) {
+        self.key.set(Some(key));
+    }
 }
 
 /// The bytes of `parts` from byte `offset` on, as slices for `writev`.

@@ -5,7 +5,9 @@
 //! order, first-in first-out among equal deadlines. Entries live in a `Slab`; each entry
 //! knows its index in the heap, so cancelling or resetting a timer removes or moves it in
 //! O(log n) and frees its callback at once. A daemon that schedules and cancels millions
-//! of timeouts keeps only the live ones.
+//! of timeouts keeps only the live ones, and gives the memory back: when fewer than a
+//! quarter of the slab's slots are in use, the live entries are moved down (their handles
+//! find them through the shared cell) and the slab and heap shrink.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -50,13 +52,17 @@ impl fmt::Display for DelayedCallError {
 
 impl std::error::Error for DelayedCallError {}
 
-/// A slab index plus the call's state cell: while the state is `Pending` the index is
-/// the call's own slot, so a stale handle never reaches a reused slot.
-#[derive(Clone, Debug)]
-struct TimerKey {
-    index: usize,
-    state: Rc<Cell<CallState>>,
+/// The cell a call's handle shares with its entry: while the state is `Pending`, `index`
+/// is the entry's slot (kept up to date when the slab is compacted), so a stale handle
+/// never reaches a reused slot.
+#[derive(Debug)]
+struct KeyCell {
+    state: Cell<CallState>,
+    index: Cell<usize>,
 }
+
+#[derive(Clone, Debug)]
+struct TimerKey(Rc<KeyCell>);
 
 /// How the owner of a timer queue tells the time.
 pub(crate) enum TimeSource {
@@ -115,7 +121,7 @@ impl Timers {
     pub(crate) fn clear(&self) {
         let old = std::mem::take(&mut *self.heap.borrow_mut());
         for (_, e) in old.entries.iter() {
-            e.state.set(CallState::Cancelled);
+            e.key.0.state.set(CallState::Cancelled);
         }
         drop(old);
     }
@@ -165,7 +171,7 @@ impl DelayedCall {
     /// True while the call has neither run nor been cancelled (Twisted's `active()`).
     #[doc(alias = "active")]
     pub fn is_active(&self) -> bool {
-        self.key.state.get() == CallState::Pending && self.timers.upgrade().is_some()
+        self.key.0.state.get() == CallState::Pending && self.timers.upgrade().is_some()
     }
 
     /// When the call is due, as time since its clock's start (Twisted's `getTime`);
@@ -173,7 +179,7 @@ impl DelayedCall {
     pub fn get_time(&self) -> Option<Duration> {
         let timers = self.timers.upgrade()?;
         let heap = timers.heap.borrow();
-        heap.state(&self.key).ok().map(|i| heap.entries[i].deadline)
+        heap.index(&self.key).ok().map(|i| heap.entries[i].deadline)
     }
 }
 
@@ -187,9 +193,12 @@ struct Entry {
     deadline: Duration,
     seq: u64,
     heap_pos: usize,
-    state: Rc<Cell<CallState>>,
+    key: TimerKey,
     callback: Box<dyn FnOnce()>,
 }
+
+/// Below this many slots the timer slab is never compacted.
+const SHRINK_FLOOR: usize = 1024;
 
 /// The indexed min-heap; see the module docs.
 #[derive(Default)]
@@ -206,29 +215,31 @@ impl TimerHeap {
         let seq = self.next_seq;
         self.next_seq += 1;
         let pos = self.heap.len();
-        let state = Rc::new(Cell::new(CallState::Pending));
-        let index =
-            self.entries.insert(Entry { deadline, seq, heap_pos: pos, state: state.clone(), callback });
+        let vacant = self.entries.vacant_entry();
+        let index = vacant.key();
+        let key =
+            TimerKey(Rc::new(KeyCell { state: Cell::new(CallState::Pending), index: Cell::new(index) }));
+        vacant.insert(Entry { deadline, seq, heap_pos: pos, key: key.clone(), callback });
         self.heap.push(index);
         self.sift_up(pos);
         self.debug_check();
-        TimerKey { index, state }
+        key
     }
 
     /// The slab index of `key`'s entry, or why it has none.
-    fn state(&self, key: &TimerKey) -> Result<usize, DelayedCallError> {
-        match key.state.get() {
-            CallState::Pending => Ok(key.index),
+    fn index(&self, key: &TimerKey) -> Result<usize, DelayedCallError> {
+        match key.0.state.get() {
+            CallState::Pending => Ok(key.0.index.get()),
             CallState::Called => Err(DelayedCallError::AlreadyCalled),
             CallState::Cancelled => Err(DelayedCallError::AlreadyCancelled),
         }
     }
 
     fn remove(&mut self, key: &TimerKey) -> Result<Box<dyn FnOnce()>, DelayedCallError> {
-        let index = self.state(key)?;
+        let index = self.index(key)?;
         let pos = self.entries[index].heap_pos;
         let entry = self.remove_at(pos);
-        entry.state.set(CallState::Cancelled);
+        entry.key.0.state.set(CallState::Cancelled);
         self.debug_check();
         Ok(entry.callback)
     }
@@ -238,7 +249,7 @@ impl TimerHeap {
         key: &TimerKey,
         f: impl FnOnce(Duration) -> Duration,
     ) -> Result<(), DelayedCallError> {
-        let index = self.state(key)?;
+        let index = self.index(key)?;
         let entry = &mut self.entries[index];
         let old = entry.deadline;
         entry.deadline = f(old);
@@ -262,7 +273,7 @@ impl TimerHeap {
             return None;
         }
         let entry = self.remove_at(0);
-        entry.state.set(CallState::Called);
+        entry.key.0.state.set(CallState::Called);
         self.debug_check();
         Some(entry.callback)
     }
@@ -277,7 +288,33 @@ impl TimerHeap {
             self.sift_down(pos);
             self.sift_up(pos);
         }
-        self.entries.remove(index)
+        let entry = self.entries.remove(index);
+        self.shrink_if_sparse();
+        entry
+    }
+
+    /// Gives memory back after a spike: below a quarter full, moves the live entries to
+    /// the lowest slots (updating their heap positions and their handles' cells) and
+    /// shrinks the slab and the heap. Amortised O(1) per removal: after shrinking, three
+    /// quarters of the entries must go again before the next compaction.
+    fn shrink_if_sparse(&mut self) {
+        let capacity = self.entries.capacity();
+        if capacity <= SHRINK_FLOOR || self.entries.len() >= capacity / 4 {
+            return;
+        }
+        let heap = &mut self.heap;
+        self.entries.compact(|entry, _from, to| {
+            heap[entry.heap_pos] = to;
+            entry.key.0.index.set(to);
+            true
+        });
+        self.heap.shrink_to_fit();
+    }
+
+    /// The slab's and the heap's capacities, for tests.
+    #[cfg(test)]
+    fn capacities(&self) -> (usize, usize) {
+        (self.entries.capacity(), self.heap.capacity())
     }
 
     fn less(&self, a: usize, b: usize) -> bool {
@@ -332,5 +369,55 @@ impl TimerHeap {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::{TimeSource, Timers, SHRINK_FLOOR};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// After a spike of 100,000 timers, cancelling all but a few scattered ones gives the
+    /// memory back; the survivors' handles still cancel, reset and fire them, in order.
+    #[test]
+    fn the_timer_heap_shrinks_after_a_spike_and_keeps_its_survivors() {
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let fired = Rc::new(RefCell::new(Vec::new()));
+        let handles: Vec<_> = (0..100_000u64)
+            .map(|i| {
+                let f = fired.clone();
+                timers.schedule(ms(100_000 - i), Box::new(move || f.borrow_mut().push(i)))
+            })
+            .collect();
+        let (peak, _) = timers.heap.borrow().capacities();
+        assert!(peak >= 100_000);
+        let survivors = [7u64, 20_000, 50_001, 77_777, 99_999];
+        for (i, h) in handles.iter().enumerate() {
+            if !survivors.contains(&(i as u64)) {
+                h.cancel().unwrap();
+            }
+        }
+        let (entries, heap) = timers.heap.borrow().capacities();
+        assert!(
+            entries <= SHRINK_FLOOR && heap <= SHRINK_FLOOR,
+            "slab {entries}, heap {heap} slots after the spike"
+        );
+        assert_eq!(timers.len(), 5);
+        // The handles reach their moved entries.
+        handles[20_000].cancel().unwrap();
+        handles[7].reset(ms(1)).unwrap();
+        assert_eq!(handles[99_999].get_time(), Some(ms(1)));
+        assert_eq!(handles[7].get_time(), Some(ms(1)));
+        while let Some(call) = timers.pop_due(ms(200_000)) {
+            call();
+        }
+        assert_eq!(*fired.borrow(), [7, 99_999, 77_777, 50_001]);
     }
 }

@@ -170,4 +170,8 @@ impl Source for UdpPort {
         let s = self.socket.borrow_mut().take();
         drop(s);
     }
+
+    fn rekey(&self, key: SourceKey) {
+        self.key.set(Some(key));
+    }
 }
