@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use weft::reactor::{Address, Protocol, Reactor, Transport};
+use weft::reactor::{Address, ListenOptions, Protocol, Reactor, Transport};
 
 /// Writes back whatever it receives.
 struct Echo {
@@ -48,7 +48,7 @@ fn main() -> std::io::Result<()> {
     }
     let reactor = Reactor::new()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listening = reactor.listen_tcp(addr, |_: &Address| Echo { transport: None }, false)?;
+    let listening = reactor.listen_tcp(addr, |_: &Address| Echo { transport: None }, ListenOptions::new())?;
     if let Some(high) = high_water {
         // The low-water mark: resume reading once a quarter of the mark is left.
         listening.set_write_buffer_limits(high, high / 4).expect("low <= high");

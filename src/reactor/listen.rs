@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::rc::Rc;
@@ -29,16 +29,77 @@ pub struct ListeningPort {
     listener: Rc<Listener>,
 }
 
+/// How [`ReactorHandle::listen_tcp`] sets its socket up. A builder, so that a call site
+/// says what it asks for:
+///
+/// ```
+/// # fn main() -> std::io::Result<()> {
+/// use weft::reactor::{Address, ListenOptions, Protocol, Reactor};
+/// # struct Quiet;
+/// # impl Protocol for Quiet { fn data_received(&mut self, _: &[u8]) {} }
+/// let reactor = Reactor::new()?;
+/// let addr = "127.0.0.1:0".parse().unwrap();
+/// let options = ListenOptions::new().reuse_port(true).backlog(4096);
+/// let port = reactor.listen_tcp(addr, |_: &Address| Quiet, options)?;
+/// # port.stop_listening();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A `bool` converts into options with [`reuse_port`](Self::reuse_port) set to it: the
+/// older call form `listen_tcp(addr, factory, false)` still compiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenOptions {
+    reuse_port: bool,
+    backlog: u32,
+}
+
+impl ListenOptions {
+    /// The defaults: no `SO_REUSEPORT`, a backlog of 1024.
+    pub const fn new() -> ListenOptions {
+        ListenOptions { reuse_port: false, backlog: 1024 }
+    }
+
+    /// Sets `SO_REUSEPORT`, so that several processes or reactors can listen on the same
+    /// port and the kernel spreads connections between them.
+    #[must_use = "the options are returned, not changed in place"]
+    pub const fn reuse_port(mut self, on: bool) -> ListenOptions {
+        self.reuse_port = on;
+        self
+    }
+
+    /// The length of the queue of connections the kernel completes before they are
+    /// accepted (capped by `net.core.somaxconn`).
+    #[must_use = "the options are returned, not changed in place"]
+    pub const fn backlog(mut self, backlog: u32) -> ListenOptions {
+        self.backlog = backlog;
+        self
+    }
+}
+
+impl Default for ListenOptions {
+    fn default() -> ListenOptions {
+        ListenOptions::new()
+    }
+}
+
+impl From<bool> for ListenOptions {
+    /// The older form of `listen_tcp`'s third argument: `reuse_port`.
+    fn from(reuse_port: bool) -> ListenOptions {
+        ListenOptions::new().reuse_port(reuse_port)
+    }
+}
+
 /// How many connections one readiness event may accept before yielding.
 const MAX_ACCEPTS_PER_EVENT: usize = 128;
 /// How long a listener waits after running out of descriptors before accepting again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl ReactorHandle {
-    /// Listens for TCP connections on `addr` with a backlog of 1024, making a protocol
-    /// with `factory` for each (Twisted's `listenTCP`). Accepted sockets get
-    /// `TCP_NODELAY`. With `reuse_port`, sets `SO_REUSEPORT` so several processes or
-    /// reactors can share the port.
+    /// Listens for TCP connections on `addr`, making a protocol with `factory` for each
+    /// (Twisted's `listenTCP`), with the socket set up as `options` say
+    /// ([`ListenOptions`]: backlog 1024 and no `SO_REUSEPORT` by default). Accepted
+    /// sockets get `TCP_NODELAY`.
     ///
     /// If accepting fails for lack of descriptors (`EMFILE`, `ENFILE`) or memory, the
     /// listener stops accepting for 100 ms, then tries again.
@@ -50,17 +111,82 @@ impl ReactorHandle {
         &self,
         addr: SocketAddr,
         factory: F,
-        reuse_port: bool,
+        options: impl Into<ListenOptions>,
     ) -> io::Result<ListeningPort> {
+        let options = options.into();
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
         socket.set_reuse_address(true)?;
-        if reuse_port {
+        if options.reuse_port {
             socket.set_reuse_port(true)?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        socket.listen(1024)?;
+        socket.listen(options.backlog.min(i32::MAX as u32) as i32)?;
         self.listen(ListenSocket::Tcp(socket.into()), factory)
+    }
+
+    /// Listens with a TCP socket the process already has, already bound and listening
+    /// (a `std::net::TcpListener`); as [`adopt_stream_port`](Self::adopt_stream_port).
+    ///
+    /// # Errors
+    ///
+    /// As [`adopt_stream_port`](Self::adopt_stream_port).
+    pub fn listen_tcp_from<F: Factory>(
+        &self,
+        listener: TcpListener,
+        factory: F,
+    ) -> io::Result<ListeningPort> {
+        self.adopt_stream_port(listener, factory)
+    }
+
+    /// Serves connections on a listening stream socket the process already has
+    /// (Twisted's `adoptStreamPort`): one inherited through systemd socket activation
+    /// (file descriptor 3 onwards; `OwnedFd::from_raw_fd` in the caller, since taking
+    /// ownership of a raw descriptor is the caller's promise), a `std::net::TcpListener`
+    /// or `UnixListener`, or any `OwnedFd` of a TCP or Unix stream socket on which
+    /// `listen` was called. The socket is made non-blocking and owned by the returned
+    /// port from now on: [`stop_listening`](ListeningPort::stop_listening) closes it.
+    ///
+    /// ```
+    /// # fn main() -> std::io::Result<()> {
+    /// use weft::reactor::{Address, Protocol, Reactor};
+    /// # struct Quiet;
+    /// # impl Protocol for Quiet { fn data_received(&mut self, _: &[u8]) {} }
+    /// let reactor = Reactor::new()?;
+    /// let inherited = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let port = reactor.adopt_stream_port(inherited, |_: &Address| Quiet)?;
+    /// assert!(port.port().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if the socket is not a stream socket, not listening, or neither
+    /// TCP nor Unix; the OS error if it cannot be inspected or registered. The socket is
+    /// closed in every case.
+    pub fn adopt_stream_port<F: Factory>(
+        &self,
+        socket: impl Into<OwnedFd>,
+        factory: F,
+    ) -> io::Result<ListeningPort> {
+        let socket = Socket::from(socket.into());
+        let refuse =
+            |why: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, format!("adopt_stream_port: {why}")));
+        if socket.r#type()? != Type::STREAM {
+            return refuse("not a stream socket");
+        }
+        if !socket.is_listener()? {
+            return refuse("the socket is not listening (call listen on it first)");
+        }
+        let domain = socket.domain()?;
+        socket.set_nonblocking(true)?;
+        let listen_socket = match domain {
+            Domain::IPV4 | Domain::IPV6 => ListenSocket::Tcp(socket.into()),
+            Domain::UNIX => ListenSocket::Unix(socket.into()),
+            other => return refuse(&format!("neither a TCP nor a Unix socket ({other:?})")),
+        };
+        self.listen(listen_socket, factory)
     }
 
     /// Listens on a Unix domain stream socket at `path` (which must not exist), with the
@@ -271,7 +397,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::super::{Protocol, Reactor, Transport, SOURCES_SHRINK_FLOOR};
-    use super::Address;
+    use super::{Address, ListenOptions};
     use crate::Failure;
 
     /// Echoes; counts open connections.
@@ -314,7 +440,7 @@ mod tests {
             .listen_tcp(
                 "127.0.0.1:0".parse().unwrap(),
                 move |_: &Address| Echo { transport: None, open: o.clone() },
-                false,
+                ListenOptions::new(),
             )
             .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));

@@ -46,7 +46,7 @@ use slab::Slab;
 
 pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
-pub use listen::ListeningPort;
+pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
 pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 
-use weft::reactor::{Address, LoopingCall, Protocol, Reactor, Transport};
+use weft::reactor::{Address, ListenOptions, LoopingCall, Protocol, Reactor, Transport};
 
 use crate::support::{localhost, ms, run_bounded, secs};
 
@@ -77,7 +77,7 @@ fn fill_then_drain(limits: Limits) -> Run {
         .listen_tcp(
             localhost(),
             move |_: &Address| Echo { transport: s.clone(), limits: per_transport },
-            false,
+            ListenOptions::new(),
         )
         .unwrap();
     if let Limits::Listener(high, low) = limits {
@@ -208,7 +208,11 @@ fn write_buffer_limits_with_low_above_high_are_refused() {
         fn data_received(&mut self, _data: &[u8]) {}
     }
     let port = reactor
-        .listen_tcp(localhost(), move |_: &Address| Check { seen: s.clone(), stop: h.clone() }, false)
+        .listen_tcp(
+            localhost(),
+            move |_: &Address| Check { seen: s.clone(), stop: h.clone() },
+            ListenOptions::new(),
+        )
         .unwrap();
     let err = port.set_write_buffer_limits(2, 1000).unwrap_err();
     assert_eq!(err.to_string(), "write buffer low-water mark 1000 is above the high-water mark 2");

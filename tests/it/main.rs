@@ -5,6 +5,7 @@ mod cancellation;
 mod combinators;
 mod deferred;
 mod flow_control;
+mod listen;
 mod logcontext;
 mod observable;
 mod reactor;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use weft::reactor::{Address, LoopingCall, Phase, Protocol, Reactor, Transport};
+use weft::reactor::{Address, ListenOptions, LoopingCall, Phase, Protocol, Reactor, Transport};
 use weft::{CancelledError, Deferred, Failure, PanicError};
 
 use crate::support::{localhost, ms, run_bounded, secs};
@@ -223,7 +223,11 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         let _in_server = server.enter();
         let s = seen.clone();
         reactor
-            .listen_tcp(localhost(), move |_: &Address| CtxEcho { seen: s.clone(), transport: None }, false)
+            .listen_tcp(
+                localhost(),
+                move |_: &Address| CtxEcho { seen: s.clone(), transport: None },
+                ListenOptions::new(),
+            )
             .unwrap()
     };
     let addr = match port.local_addr() {

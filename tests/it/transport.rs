@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use weft::logcontext::{current_request_id, LoggingContext, PreserveLoggingContext};
-use weft::reactor::{Address, ConnectionDone, Protocol, Reactor, ReactorHandle, Transport};
+use weft::reactor::{Address, ConnectionDone, ListenOptions, Protocol, Reactor, ReactorHandle, Transport};
 use weft::{Failure, PanicError};
 
 use crate::support::{localhost, logs, run_bounded, secs};
@@ -118,7 +118,7 @@ fn check_no_late_context_use(action: InRequest) {
         dir = std::env::temp_dir();
         let port = {
             let _in_server = PreserveLoggingContext::new(server.clone());
-            reactor.listen_tcp(localhost(), factory, false).unwrap()
+            reactor.listen_tcp(localhost(), factory, ListenOptions::new()).unwrap()
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
         reactor.connect_tcp(addr, move |_: &Address| Go { close }, secs(5))
@@ -200,7 +200,7 @@ fn fragile_server(
                 stop_after,
                 stop: h.clone(),
             },
-            false,
+            ListenOptions::new(),
         )
         .unwrap();
     (SocketAddr::from(([127, 0, 0, 1], port.port().unwrap())), lost)
