@@ -26,6 +26,7 @@ mod signals;
 pub(crate) use threads::handle_for_thread;
 mod listen;
 mod looping_call;
+mod memory;
 mod protocol;
 mod stream;
 mod threads;
@@ -48,6 +49,7 @@ pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
 pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
+pub use memory::MemoryTransport;
 pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };

@@ -34,8 +34,15 @@ pub trait Protocol: 'static {
         false
     }
 
+    /// Reading resumes after [`Transport::pause_producing`]: called from the call-soon
+    /// queue after [`Transport::resume_producing`], before anything new is read. A
+    /// protocol that stopped handling input it already holds when it paused (a line
+    /// receiver with lines left in its buffer) handles it now. Does nothing by default.
+    fn reading_resumed(&mut self) {}
+
     /// The connection is closed. `reason` holds [`ConnectionDone`] for a clean close,
-    /// [`ConnectionAborted`] after `abort_connection`, the
+    /// [`ConnectionAborted`] after `abort_connection`, the reason given to
+    /// [`Transport::lose_connection_with`] or [`Transport::abort_connection_with`], the
     /// [`PanicError`](crate::PanicError) of a protocol method that panicked, or the
     /// `std::io::Error` that ended it. Called exactly once per `connection_made`.
     fn connection_lost(&mut self, reason: Failure) {

@@ -30,7 +30,7 @@ use super::protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
 use super::{catching, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
-use crate::logcontext::Captured;
+use crate::logcontext::{Captured, LoggingContext};
 use crate::{Deferred, Failure};
 
 /// The application's handle on a connection (Twisted's `ITransport`). Cheap to clone.
@@ -185,9 +185,29 @@ impl Transport {
         self.conn.schedule_check();
     }
 
+    /// As [`lose_connection`](Self::lose_connection), but `connection_lost` gets
+    /// `reason` instead of [`ConnectionDone`]: for a protocol that gives up on its peer
+    /// (a line too long, a malformed request) after sending what it has to say. The
+    /// first reason given wins; an error that ends the connection first (a reset) wins
+    /// over it.
+    pub fn lose_connection_with(&self, reason: impl Into<Failure>) {
+        let c = &self.conn;
+        if c.closed.get() {
+            return;
+        }
+        c.lose_reason.borrow_mut().get_or_insert_with(|| reason.into());
+        self.lose_connection();
+    }
+
     /// Closes the connection now, dropping buffered data (Twisted's `abortConnection`);
     /// `connection_lost` gets [`ConnectionAborted`] from the call-soon queue.
     pub fn abort_connection(&self) {
+        self.abort_connection_with(ConnectionAborted);
+    }
+
+    /// As [`abort_connection`](Self::abort_connection), but `connection_lost` gets
+    /// `reason`.
+    pub fn abort_connection_with(&self, reason: impl Into<Failure>) {
         let c = &self.conn;
         if c.closed.get() {
             return;
@@ -195,7 +215,7 @@ impl Transport {
         c.write_buf.borrow_mut().clear();
         c.write_pos.set(0);
         c.disconnecting.set(true);
-        c.error.borrow_mut().get_or_insert_with(|| Failure::new(ConnectionAborted));
+        c.error.borrow_mut().get_or_insert_with(|| reason.into());
         c.schedule_check();
     }
 
@@ -213,12 +233,44 @@ impl Transport {
         self.conn.read_paused.set(true);
     }
 
-    /// Starts reading again (Twisted's `resumeProducing`), from the call-soon queue.
+    /// Starts reading again (Twisted's `resumeProducing`), from the call-soon queue,
+    /// where the protocol's [`reading_resumed`](Protocol::reading_resumed) runs first.
     #[doc(alias = "resume_reading")]
     pub fn resume_producing(&self) {
-        if self.conn.read_paused.replace(false) {
-            self.conn.schedule_read();
+        if self.conn.read_paused.replace(false) && !self.conn.resuming.replace(true) {
+            let Some(reactor) = self.conn.reactor.upgrade() else { return };
+            let conn = self.conn.clone();
+            reactor.call_soon_in(&self.conn.ctx, move || {
+                conn.resuming.set(false);
+                if !conn.read_paused.get() {
+                    conn.with_protocol("reading_resumed", |p| p.reading_resumed());
+                }
+                conn.read();
+                conn.check();
+            });
         }
+    }
+
+    /// True between [`pause_producing`](Self::pause_producing) and
+    /// [`resume_producing`](Self::resume_producing). (Reading also stops while the
+    /// write buffer is above its high-water mark; that does not show here.)
+    pub fn is_reading_paused(&self) -> bool {
+        self.conn.read_paused.get()
+    }
+
+    /// True once [`lose_connection`](Self::lose_connection) or
+    /// [`abort_connection`](Self::abort_connection) was called, or the peer's end of
+    /// file will close the connection (Twisted's `transport.disconnecting`): a protocol
+    /// handling a batch of input stops there.
+    pub fn is_disconnecting(&self) -> bool {
+        self.conn.disconnecting.get() || self.conn.closed.get()
+    }
+
+    /// The log context the connection's events run in: the one current when
+    /// `listen_*` or `connect_*` was called (for a [`MemoryTransport`](super::MemoryTransport), when it was made).
+    /// A server that runs each request in its own context makes it a child of this one.
+    pub fn log_context(&self) -> LoggingContext {
+        self.conn.ctx.to_context()
     }
 
     /// Registers a push producer (Twisted's `registerProducer(p, streaming=True)`): it is
@@ -435,8 +487,12 @@ pub(crate) struct Conn {
     producer: RefCell<Option<Registered>>,
     on_connect: RefCell<Option<OnConnect>>,
     error: RefCell<Option<Failure>>,
+    /// What `connection_lost` gets for a clean close asked for with `lose_connection_with`.
+    lose_reason: RefCell<Option<Failure>>,
     /// Reading paused by the application (`pause_producing`).
     read_paused: Cell<bool>,
+    /// `resume_producing` queued the call to `reading_resumed`; nothing is read before.
+    resuming: Cell<bool>,
     /// Reading paused because the write buffer passed the high-water mark with no
     /// producer registered; cleared at the low-water mark.
     throttled: Cell<bool>,
@@ -464,17 +520,35 @@ impl Conn {
         limits: WriteLimits,
     ) -> io::Result<Rc<Conn>> {
         let fd = stream.fd();
-        let conn = Rc::new(Conn {
-            reactor: reactor.downgrade(),
+        let conn = Rc::new(Conn::new(reactor.downgrade(), Some(stream), ctx, limits));
+        let key = reactor.register(fd, conn.clone(), true, true)?;
+        conn.key.set(Some(key));
+        Ok(conn)
+    }
+
+    /// A connection with no socket and no reactor, for [`MemoryTransport`]: writes stay
+    /// in the buffer, closing only records the wish.
+    ///
+    /// [`MemoryTransport`]: super::MemoryTransport
+    pub(super) fn detached(ctx: Captured) -> Rc<Conn> {
+        let no_reactor = WeakReactorHandle { inner: std::rc::Weak::new() };
+        Rc::new(Conn::new(no_reactor, None, ctx, WriteLimits::DEFAULT))
+    }
+
+    fn new(reactor: WeakReactorHandle, stream: Option<Stream>, ctx: Captured, limits: WriteLimits) -> Conn {
+        Conn {
+            reactor,
             key: Cell::new(None),
-            stream: RefCell::new(Some(stream)),
+            stream: RefCell::new(stream),
             write_buf: RefCell::new(Vec::new()),
             write_pos: Cell::new(0),
             protocol: RefCell::new(None),
             producer: RefCell::new(None),
             on_connect: RefCell::new(None),
             error: RefCell::new(None),
+            lose_reason: RefCell::new(None),
             read_paused: Cell::new(false),
+            resuming: Cell::new(false),
             throttled: Cell::new(false),
             limits: Cell::new(limits),
             read_closed: Cell::new(false),
@@ -486,10 +560,47 @@ impl Conn {
             check_scheduled: Cell::new(false),
             closed: Cell::new(false),
             ctx,
-        });
-        let key = reactor.register(fd, conn.clone(), true, true)?;
-        conn.key.set(Some(key));
-        Ok(conn)
+        }
+    }
+
+    /// The bytes written and not yet sent (for a detached connection: all of them,
+    /// less what [`take_unsent`](Self::take_unsent) took).
+    pub(super) fn unsent(&self) -> Vec<u8> {
+        self.write_buf.borrow()[self.write_pos.get()..].to_vec()
+    }
+
+    /// Takes the unsent bytes out, as a peer reading them would: a producer paused for
+    /// a full buffer is resumed.
+    pub(super) fn take_unsent(self: &Rc<Self>) -> Vec<u8> {
+        let mut taken = std::mem::take(&mut *self.write_buf.borrow_mut());
+        taken.drain(..self.write_pos.replace(0));
+        self.below_low_water();
+        taken
+    }
+
+    /// What `connection_lost` would get if the connection closed now as asked: `None`
+    /// while nobody asked.
+    pub(super) fn close_reason(&self) -> Option<Failure> {
+        if let Some(e) = self.error.borrow().as_ref() {
+            return Some(e.clone());
+        }
+        if !self.disconnecting.get() {
+            return None;
+        }
+        let reason = self.lose_reason.borrow().clone();
+        Some(reason.unwrap_or_else(|| Failure::new(ConnectionDone)))
+    }
+
+    pub(super) fn write_shut_requested(&self) -> bool {
+        self.write_shut_requested.get()
+    }
+
+    pub(super) fn producer(&self) -> Option<Rc<dyn PushProducer>> {
+        self.producer.borrow().as_ref().map(|r| r.producer.clone())
+    }
+
+    pub(super) fn transport(self: &Rc<Self>) -> Transport {
+        Transport { conn: self.clone() }
     }
 
     fn peer(&self) -> Address {
@@ -552,9 +663,10 @@ impl Conn {
             return;
         }
         let mut written = 0;
-        if self.buffered() == 0 && self.on_connect.borrow().is_none() {
-            let guard = self.stream.borrow();
-            let Some(stream) = guard.as_ref() else { return };
+        // With no socket (a `MemoryTransport`), everything goes to the buffer.
+        let guard = self.stream.borrow();
+        if let (Some(stream), 0, true) = (guard.as_ref(), self.buffered(), self.on_connect.borrow().is_none())
+        {
             while written < total {
                 let r = match parts {
                     [one] => stream.write(&one[written..]),
@@ -573,6 +685,7 @@ impl Conn {
                 }
             }
         }
+        drop(guard);
         if written < total {
             {
                 let mut buf = self.write_buf.borrow_mut();
@@ -653,6 +766,7 @@ impl Conn {
         let Some(reactor) = self.reactor.upgrade() else { return };
         for _ in 0..MAX_READS_PER_EVENT {
             if self.read_paused.get()
+                || self.resuming.get()
                 || self.throttled.get()
                 || self.disconnecting.get()
                 || self.read_closed.get()
@@ -713,7 +827,8 @@ impl Conn {
             return;
         }
         if self.disconnecting.get() {
-            self.close(Failure::new(ConnectionDone));
+            let reason = self.lose_reason.borrow_mut().take();
+            self.close(reason.unwrap_or_else(|| Failure::new(ConnectionDone)));
         } else if self.write_shut_requested.get() && !self.write_shut.get() {
             self.write_shut.set(true);
             let r = self.stream.borrow().as_ref().map(Stream::shutdown_write);

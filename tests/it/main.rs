@@ -7,6 +7,7 @@ mod deferred;
 mod flow_control;
 mod listen;
 mod logcontext;
+mod memory_transport;
 mod observable;
 mod reactor;
 mod support;
