@@ -237,8 +237,11 @@ impl Transport {
     /// where the protocol's [`reading_resumed`](Protocol::reading_resumed) runs first.
     #[doc(alias = "resume_reading")]
     pub fn resume_producing(&self) {
-        if self.conn.read_paused.replace(false) && !self.conn.resuming.replace(true) {
+        if self.conn.read_paused.replace(false) {
             let Some(reactor) = self.conn.reactor.upgrade() else { return };
+            if self.conn.resuming.replace(true) {
+                return;
+            }
             let conn = self.conn.clone();
             reactor.call_soon_in(&self.conn.ctx, move || {
                 conn.resuming.set(false);
