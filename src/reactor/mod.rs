@@ -167,6 +167,7 @@ pub(crate) struct Inner {
     /// How many event batches are being dispatched (a callback may run a nested turn);
     /// the source table is compacted only when none is, since a batch holds slot keys.
     dispatching: Cell<u32>,
+    sources_sparse: timers::Sparse,
     running: Cell<bool>,
     stop_requested: Cell<bool>,
     when_running: RefCell<Vec<Callback>>,
@@ -198,6 +199,7 @@ impl Reactor {
             next_generation: Cell::new(0),
             events: RefCell::new(Vec::with_capacity(1024)),
             dispatching: Cell::new(0),
+            sources_sparse: timers::Sparse::default(),
             running: Cell::new(false),
             stop_requested: Cell::new(false),
             when_running: RefCell::new(Vec::new()),
@@ -456,13 +458,14 @@ impl ReactorHandle {
         }
         inner.dispatching.set(inner.dispatching.get() - 1);
         *inner.events.borrow_mut() = events;
-        if inner.dispatching.get() == 0 {
-            self.shrink_sources_if_sparse();
-        }
         polled?;
         let now = inner.timers.now();
         while let Some(call) = inner.timers.pop_due(now) {
             guarded("timer", call);
+        }
+        inner.timers.shrink_if_sparse(now);
+        if inner.dispatching.get() == 0 {
+            self.shrink_sources_if_sparse(now);
         }
         let batch = std::mem::take(&mut *inner.soon.borrow_mut());
         for call in batch {
@@ -546,13 +549,14 @@ impl ReactorHandle {
         drop(removed);
     }
 
-    /// Gives memory back after a spike of connections: below a quarter full, moves the
-    /// live sources to the lowest slots (re-registering each fd under its new key, which
-    /// keeps the generation) and shrinks the table. Amortised O(1) per deregistration.
-    fn shrink_sources_if_sparse(&self) {
+    /// Gives memory back after a spike of connections: once the table has stayed under
+    /// a quarter full for a second (`timers::Sparse`), moves the live sources to the
+    /// lowest slots (re-registering each fd under its new key, which keeps the
+    /// generation) and shrinks the table.
+    fn shrink_sources_if_sparse(&self, now: Duration) {
         let mut sources = self.inner.sources.borrow_mut();
-        let capacity = sources.capacity();
-        if capacity <= SOURCES_SHRINK_FLOOR || sources.len() >= capacity / 4 {
+        let (len, capacity) = (sources.len(), sources.capacity());
+        if !self.inner.sources_sparse.should_shrink(len, capacity, SOURCES_SHRINK_FLOOR, now) {
             return;
         }
         let poller = self.inner.poller.borrow();

@@ -5,9 +5,10 @@
 //! order, first-in first-out among equal deadlines. Entries live in a `Slab`; each entry
 //! knows its index in the heap, so cancelling or resetting a timer removes or moves it in
 //! O(log n) and frees its callback at once. A daemon that schedules and cancels millions
-//! of timeouts keeps only the live ones, and gives the memory back: when fewer than a
-//! quarter of the slab's slots are in use, the live entries are moved down (their handles
-//! find them through the shared cell) and the slab and heap shrink.
+//! of timeouts keeps only the live ones, and gives the memory back: once fewer than a
+//! quarter of the slab's slots have been in use for a second, the reactor's turn moves
+//! the live entries down (their handles find them through the shared cell) and the slab
+//! and heap shrink.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -116,6 +117,14 @@ impl Timers {
         self.heap.borrow().entries.len()
     }
 
+    /// Gives memory back after a spike ([`Sparse`]); the reactor calls it once a turn.
+    pub(crate) fn shrink_if_sparse(&self, now: Duration) {
+        let mut heap = self.heap.borrow_mut();
+        if heap.sparse.should_shrink(heap.entries.len(), heap.entries.capacity(), SHRINK_FLOOR, now) {
+            heap.compact();
+        }
+    }
+
     /// Drops every pending call (at shutdown), outside the borrow; their handles then
     /// report `AlreadyCancelled`.
     pub(crate) fn clear(&self) {
@@ -200,6 +209,41 @@ struct Entry {
 /// Below this many slots the timer slab is never compacted.
 const SHRINK_FLOOR: usize = 1024;
 
+/// How long a table must stay under a quarter full before it is compacted: a spike that
+/// comes back within this time keeps its memory, so a burst that repeats does not pay
+/// for shrinking and growing again each time. (Short in unit tests.)
+const SHRINK_AFTER: Duration = if cfg!(test) { Duration::from_millis(20) } else { Duration::from_secs(1) };
+
+/// Since when a table (the timer slab, the reactor's source table) has been sparse:
+/// under a quarter full, past its floor.
+#[derive(Debug, Default)]
+pub(crate) struct Sparse {
+    since: Cell<Option<Duration>>,
+}
+
+impl Sparse {
+    /// True if a table of `len` entries in `capacity` slots has been sparse for
+    /// [`SHRINK_AFTER`] at `now`; the caller then compacts it. Checked once a turn, so
+    /// the cost of compacting is paid at most once per spike, O(n) for a table of n.
+    pub(crate) fn should_shrink(&self, len: usize, capacity: usize, floor: usize, now: Duration) -> bool {
+        if capacity <= floor || len >= capacity / 4 {
+            self.since.set(None);
+            return false;
+        }
+        match self.since.get() {
+            None => {
+                self.since.set(Some(now));
+                false
+            }
+            Some(since) if now.saturating_sub(since) < SHRINK_AFTER => false,
+            Some(_) => {
+                self.since.set(None);
+                true
+            }
+        }
+    }
+}
+
 /// The indexed min-heap; see the module docs.
 #[derive(Default)]
 pub(crate) struct TimerHeap {
@@ -208,6 +252,7 @@ pub(crate) struct TimerHeap {
     heap: Vec<usize>,
     /// Sequence numbers order calls with equal deadlines first-in first-out.
     next_seq: u64,
+    sparse: Sparse,
 }
 
 impl TimerHeap {
@@ -288,20 +333,12 @@ impl TimerHeap {
             self.sift_down(pos);
             self.sift_up(pos);
         }
-        let entry = self.entries.remove(index);
-        self.shrink_if_sparse();
-        entry
+        self.entries.remove(index)
     }
 
-    /// Gives memory back after a spike: below a quarter full, moves the live entries to
-    /// the lowest slots (updating their heap positions and their handles' cells) and
-    /// shrinks the slab and the heap. Amortised O(1) per removal: after shrinking, three
-    /// quarters of the entries must go again before the next compaction.
-    fn shrink_if_sparse(&mut self) {
-        let capacity = self.entries.capacity();
-        if capacity <= SHRINK_FLOOR || self.entries.len() >= capacity / 4 {
-            return;
-        }
+    /// Moves the live entries to the lowest slots (updating their heap positions and
+    /// their handles' cells) and shrinks the slab and the heap to fit.
+    fn compact(&mut self) {
         let heap = &mut self.heap;
         self.entries.compact(|entry, _from, to| {
             heap[entry.heap_pos] = to;
@@ -378,7 +415,7 @@ mod tests {
     use std::rc::Rc;
     use std::time::Duration;
 
-    use super::{TimeSource, Timers, SHRINK_FLOOR};
+    use super::{TimeSource, Timers, SHRINK_AFTER, SHRINK_FLOOR};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -404,6 +441,12 @@ mod tests {
                 h.cancel().unwrap();
             }
         }
+        // Nothing moves until the heap has been sparse for a while.
+        timers.shrink_if_sparse(ms(0));
+        assert_eq!(timers.heap.borrow().capacities().0, peak);
+        timers.shrink_if_sparse(ms(1));
+        assert_eq!(timers.heap.borrow().capacities().0, peak);
+        timers.shrink_if_sparse(ms(1) + SHRINK_AFTER);
         let (entries, heap) = timers.heap.borrow().capacities();
         assert!(
             entries <= SHRINK_FLOOR && heap <= SHRINK_FLOOR,
@@ -419,5 +462,23 @@ mod tests {
             call();
         }
         assert_eq!(*fired.borrow(), [7, 99_999, 77_777, 50_001]);
+    }
+
+    /// A spike that comes back before the delay keeps its memory: no shrinking and
+    /// growing again for a burst that repeats.
+    #[test]
+    fn a_spike_that_comes_back_soon_keeps_its_memory() {
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let burst = |timers: &std::rc::Rc<Timers>| {
+            let handles: Vec<_> = (0..10_000).map(|_| timers.schedule(ms(5), Box::new(|| {}))).collect();
+            handles.iter().for_each(|h| h.cancel().unwrap());
+        };
+        burst(&timers);
+        let peak = timers.heap.borrow().capacities().0;
+        timers.shrink_if_sparse(ms(0));
+        burst(&timers);
+        timers.shrink_if_sparse(SHRINK_AFTER / 2);
+        burst(&timers);
+        assert_eq!(timers.heap.borrow().capacities().0, peak);
     }
 }
