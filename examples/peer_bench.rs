@@ -290,7 +290,7 @@ fn reactor_timers(n: usize) -> Rep {
 /// data_received writes the bytes straight back (read up to 64 KiB at a time),
 /// running until SIGTERM (default action is fine). Print one line to stderr.
 fn echo_server(port: u16) {
-    use weft::reactor::{Address, Protocol, Transport};
+    use weft::reactor::{Address, ListenOptions, Protocol, Transport};
     struct Echo(Option<Transport>);
     impl Protocol for Echo {
         fn connection_made(&mut self, t: Transport) {
@@ -304,7 +304,7 @@ fn echo_server(port: u16) {
     }
     let reactor = weft::Reactor::new().expect("reactor");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    reactor.listen_tcp(addr, |_: &Address| Echo(None), false).expect("listen");
+    reactor.listen_tcp(addr, |_: &Address| Echo(None), ListenOptions::new()).expect("listen");
     eprintln!("weft echo server on {addr}");
     reactor.run();
 }

@@ -65,6 +65,8 @@
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
 //! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
+//! | `basic.LineReceiver`, `Int32StringReceiver`, `NetstringReceiver` | [`protocols::LineReceiver`], [`protocols::IntNStringReceiver`], [`protocols::NetstringReceiver`] |
+//! | `adoptStreamPort`, `proto_helpers.StringTransport` | [`ReactorHandle::adopt_stream_port`], [`reactor::MemoryTransport`] |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -77,6 +79,7 @@ mod failure;
 pub mod future;
 pub mod logcontext;
 mod observable;
+pub mod protocols;
 pub mod reactor;
 pub mod sync;
 

@@ -378,6 +378,11 @@ impl Captured {
         Captured(None)
     }
 
+    /// The captured context as a public handle.
+    pub(crate) fn to_context(&self) -> LoggingContext {
+        LoggingContext { inner: self.0.clone() }
+    }
+
     /// True if this is the sentinel.
     #[inline]
     pub(crate) fn is_sentinel(&self) -> bool {

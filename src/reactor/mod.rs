@@ -24,8 +24,11 @@ mod clock;
 mod poll;
 mod signals;
 pub(crate) use threads::handle_for_thread;
+mod listen;
 mod looping_call;
-mod tcp;
+mod memory;
+mod protocol;
+mod stream;
 mod threads;
 mod timers;
 mod udp;
@@ -44,11 +47,13 @@ use slab::Slab;
 
 pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
+pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
-pub use tcp::{
-    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, ListeningPort, Protocol,
-    PushProducer, Transport,
+pub use memory::MemoryTransport;
+pub use protocol::{
+    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
+pub use stream::{Transport, WriteBufferLimitsError};
 pub use threads::{ReactorClosedError, ThreadHandle};
 pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};
@@ -131,6 +136,9 @@ pub(crate) trait Source {
     fn ready(self: Rc<Self>, readiness: Readiness);
     /// The reactor is being dropped: close now, call no user code.
     fn close_now(&self);
+    /// The reactor moved the source to `key` when it compacted its table; later
+    /// deregistrations use it. Calls no user code.
+    fn rekey(&self, key: SourceKey);
 }
 
 type Callback = Box<dyn FnOnce()>;
@@ -139,7 +147,14 @@ type Trigger = Box<dyn FnOnce() -> Option<Deferred<()>>>;
 struct SourceSlot {
     generation: u32,
     source: Rc<dyn Source>,
+    /// What it was registered with, to move it to another slot.
+    fd: RawFd,
+    readable: bool,
+    writable: bool,
 }
+
+/// Below this many slots the source table is never compacted.
+const SOURCES_SHRINK_FLOOR: usize = 64;
 
 pub(crate) struct Inner {
     poller: RefCell<Poller>,
@@ -149,6 +164,10 @@ pub(crate) struct Inner {
     next_generation: Cell<u32>,
     /// Reused between turns so a turn allocates nothing.
     events: RefCell<Vec<Ready>>,
+    /// How many event batches are being dispatched (a callback may run a nested turn);
+    /// the source table is compacted only when none is, since a batch holds slot keys.
+    dispatching: Cell<u32>,
+    sources_sparse: timers::Sparse,
     running: Cell<bool>,
     stop_requested: Cell<bool>,
     when_running: RefCell<Vec<Callback>>,
@@ -179,6 +198,8 @@ impl Reactor {
             sources: RefCell::new(Slab::new()),
             next_generation: Cell::new(0),
             events: RefCell::new(Vec::with_capacity(1024)),
+            dispatching: Cell::new(0),
+            sources_sparse: timers::Sparse::default(),
             running: Cell::new(false),
             stop_requested: Cell::new(false),
             when_running: RefCell::new(Vec::new()),
@@ -440,6 +461,7 @@ impl ReactorHandle {
         let mut events = std::mem::take(&mut *inner.events.borrow_mut());
         events.clear();
         let polled = inner.poller.borrow_mut().poll(timeout, &mut events);
+        inner.dispatching.set(inner.dispatching.get() + 1);
         for ready in events.drain(..) {
             match ready {
                 Ready::Wake => inner.threads.drain(self),
@@ -457,11 +479,16 @@ impl ReactorHandle {
                 }
             }
         }
+        inner.dispatching.set(inner.dispatching.get() - 1);
         *inner.events.borrow_mut() = events;
         polled?;
         let now = inner.timers.now();
         while let Some(call) = inner.timers.pop_due(now) {
             guarded("timer", call);
+        }
+        inner.timers.shrink_if_sparse(now);
+        if inner.dispatching.get() == 0 {
+            self.shrink_sources_if_sparse(now);
         }
         let batch = std::mem::take(&mut *inner.soon.borrow_mut());
         for call in batch {
@@ -520,7 +547,8 @@ impl ReactorHandle {
     ) -> io::Result<SourceKey> {
         let generation = self.inner.next_generation.get().wrapping_add(1);
         self.inner.next_generation.set(generation);
-        let index = self.inner.sources.borrow_mut().insert(SourceSlot { generation, source });
+        let index =
+            self.inner.sources.borrow_mut().insert(SourceSlot { generation, source, fd, readable, writable });
         let key = SourceKey { index: index as u32, generation };
         if let Err(e) = self.inner.poller.borrow().register(fd, key, readable, writable) {
             let slot = self.inner.sources.borrow_mut().remove(index);
@@ -544,6 +572,32 @@ impl ReactorHandle {
         drop(removed);
     }
 
+    /// Gives memory back after a spike of connections: once the table has stayed under
+    /// a quarter full for a second (`timers::Sparse`), moves the live sources to the
+    /// lowest slots (re-registering each fd under its new key, which keeps the
+    /// generation) and shrinks the table.
+    fn shrink_sources_if_sparse(&self, now: Duration) {
+        let mut sources = self.inner.sources.borrow_mut();
+        let (len, capacity) = (sources.len(), sources.capacity());
+        if !self.inner.sources_sparse.should_shrink(len, capacity, SOURCES_SHRINK_FLOOR, now) {
+            return;
+        }
+        let poller = self.inner.poller.borrow();
+        sources.compact(|slot, _from, to| {
+            let key = SourceKey { index: to as u32, generation: slot.generation };
+            match poller.reregister(slot.fd, key, slot.readable, slot.writable) {
+                Ok(()) => {
+                    slot.source.rekey(key);
+                    true
+                }
+                Err(e) => {
+                    log::debug!(target: "weft::reactor", "not compacting the source table: {e}");
+                    false
+                }
+            }
+        });
+    }
+
     /// Lends the 64 KiB read buffer to `f` (a fresh one if it is already lent out).
     pub(crate) fn with_read_buf<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let mut buf = std::mem::take(&mut *self.inner.read_buf.borrow_mut());
@@ -553,6 +607,19 @@ impl ReactorHandle {
         let r = f(&mut buf);
         *self.inner.read_buf.borrow_mut() = buf;
         r
+    }
+
+    /// Queues `f` like [`call_soon`](Self::call_soon), but to run in `ctx` instead of the
+    /// caller's context: for work weft does on behalf of a connection or a listener,
+    /// which must not be charged to (or outlive) whatever request asked for it.
+    pub(crate) fn call_soon_in(&self, ctx: &Captured, f: impl FnOnce() + 'static) {
+        let call: Callback = if ctx.is_sentinel() {
+            Box::new(f)
+        } else {
+            let ctx = ctx.clone();
+            Box::new(move || ctx.run(f))
+        };
+        self.inner.soon.borrow_mut().push_back(call);
     }
 }
 
@@ -597,12 +664,11 @@ impl fmt::Debug for WeakReactorHandle {
 
 /// Runs a reactor callback, catching and logging a panic so the loop keeps running.
 pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => Some(r),
-        Err(payload) => {
-            let failure = crate::Failure::from_panic(payload);
-            log::error!(target: "weft::reactor", "panic in {what}: {failure}");
-            None
-        }
-    }
+    catching(f).map_err(|failure| log::error!(target: "weft::reactor", "panic in {what}: {failure}")).ok()
+}
+
+/// Runs `f`, turning a panic into a [`PanicError`](crate::PanicError) Failure for the
+/// caller to act on (a connection whose protocol panicked is aborted with it).
+pub(crate) fn catching<R>(f: impl FnOnce() -> R) -> Result<R, crate::Failure> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(crate::Failure::from_panic)
 }

@@ -80,12 +80,19 @@ impl Poller {
         readable: bool,
         writable: bool,
     ) -> io::Result<()> {
-        let interest = match (readable, writable) {
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (false, true) => Interest::WRITABLE,
-            _ => Interest::READABLE,
-        };
-        self.poll.registry().register(&mut SourceFd(&fd), key.token(), interest)
+        self.poll.registry().register(&mut SourceFd(&fd), key.token(), interest(readable, writable))
+    }
+
+    /// Moves a registered `fd` to a new key (the reactor compacted its source table).
+    /// Readiness the OS already holds for `fd` is reported under the new key.
+    pub(crate) fn reregister(
+        &self,
+        fd: RawFd,
+        key: SourceKey,
+        readable: bool,
+        writable: bool,
+    ) -> io::Result<()> {
+        self.poll.registry().reregister(&mut SourceFd(&fd), key.token(), interest(readable, writable))
     }
 
     pub(crate) fn deregister(&self, fd: RawFd) -> io::Result<()> {
@@ -116,6 +123,15 @@ impl Poller {
             }
         }
         Ok(())
+    }
+}
+
+/// mio's interest for the given readiness kinds (at least one; readable if neither).
+fn interest(readable: bool, writable: bool) -> Interest {
+    match (readable, writable) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        _ => Interest::READABLE,
     }
 }
 

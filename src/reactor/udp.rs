@@ -180,4 +180,8 @@ impl Source for UdpPort {
         let p = self.protocol.borrow_mut().take();
         drop(p);
     }
+
+    fn rekey(&self, key: SourceKey) {
+        self.key.set(Some(key));
+    }
 }

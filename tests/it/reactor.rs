@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use weft::reactor::{Address, LoopingCall, Phase, Protocol, Reactor, Transport};
+use weft::reactor::{Address, ListenOptions, LoopingCall, Phase, Protocol, Reactor, Transport};
 use weft::{CancelledError, Deferred, Failure, PanicError};
 
 use crate::support::{localhost, ms, run_bounded, secs};
@@ -169,6 +169,14 @@ fn note(seen: &Seen, what: &'static str) {
     seen.borrow_mut().push((what, weft::logcontext::current_request_id()));
 }
 
+/// Stops once the echo came back and the pool's result arrived, whichever is last.
+fn stop_once_both_ran(seen: &Seen, stop: &weft::reactor::ReactorHandle) {
+    let ran = |what: &str| seen.borrow().iter().any(|(w, _)| *w == what);
+    if ran("client data_received") && ran("defer_to_thread result") {
+        stop.stop();
+    }
+}
+
 struct CtxEcho {
     seen: Seen,
     transport: Option<Transport>,
@@ -197,7 +205,7 @@ impl Protocol for CtxClient {
     }
     fn data_received(&mut self, _data: &[u8]) {
         note(&self.seen, "client data_received");
-        self.stop.stop();
+        stop_once_both_ran(&self.seen, &self.stop);
     }
 }
 
@@ -215,7 +223,11 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         let _in_server = server.enter();
         let s = seen.clone();
         reactor
-            .listen_tcp(localhost(), move |_: &Address| CtxEcho { seen: s.clone(), transport: None }, false)
+            .listen_tcp(
+                localhost(),
+                move |_: &Address| CtxEcho { seen: s.clone(), transport: None },
+                ListenOptions::new(),
+            )
             .unwrap()
     };
     let addr = match port.local_addr() {
@@ -230,9 +242,10 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         reactor.call_soon(move || note(&s, "call_soon"));
         let s = seen.clone();
         reactor.call_later(Duration::ZERO, move || note(&s, "call_later"));
-        let s = seen.clone();
+        let (s, h) = (seen.clone(), reactor.handle());
         reactor.defer_to_thread(|| 5u32).add_callback(move |v| {
             note(&s, "defer_to_thread result");
+            stop_once_both_ran(&s, &h);
             v
         });
         let (s, h) = (seen.clone(), reactor.handle());

@@ -140,3 +140,53 @@ impl weft::reactor::Protocol for Closer {
         }
     }
 }
+
+/// A small seeded generator (xorshift64*) for tests that try many random cases: the
+/// same seed gives the same cases, and a failing seed is printed.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// `data` cut at random points into pieces of 1 to `max_piece` bytes.
+    pub(crate) fn split<'a>(&mut self, data: &'a [u8], max_piece: usize) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let n = (1 + self.below(max_piece)).min(data.len() - at);
+            pieces.push(&data[at..at + n]);
+            at += n;
+        }
+        pieces
+    }
+}
+
+/// Fails with the first record where `got` and `expected` differ (instead of printing
+/// both whole), naming the case.
+#[track_caller]
+pub(crate) fn assert_same_records(got: &[Vec<u8>], expected: &[Vec<u8>], case: &str) {
+    if let Some(i) = (0..got.len().max(expected.len())).find(|&i| got.get(i) != expected.get(i)) {
+        let show = |r: Option<&Vec<u8>>| r.map(|r| String::from_utf8_lossy(r).into_owned());
+        panic!(
+            "{case}: record {i} differs: got {:?}, expected {:?} ({} records, {} expected)",
+            show(got.get(i)),
+            show(expected.get(i)),
+            got.len(),
+            expected.len()
+        );
+    }
+}
