@@ -26,7 +26,7 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::poll::{Readiness, SourceKey};
-use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use super::{guarded, Closing, DelayedCall, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
 use crate::logcontext::Captured;
 use crate::{Deferred, Failure};
 
@@ -892,6 +892,16 @@ impl Source for Conn {
         let c = self.on_connect.borrow_mut().take();
         drop(c);
     }
+
+    fn shut_down(self: Rc<Self>, how: Closing) {
+        if self.on_connect.borrow().is_some() {
+            self.fail_connect(Some(Failure::new(ConnectionAborted)));
+        } else if how == Closing::Graceful {
+            Transport { conn: self }.lose_connection();
+        } else {
+            self.close(Failure::new(ConnectionAborted));
+        }
+    }
 }
 
 // ---- listeners ----
@@ -1008,5 +1018,9 @@ impl Source for Listener {
     fn close_now(&self) {
         let s = self.socket.borrow_mut().take();
         drop(s);
+    }
+
+    fn shut_down(self: Rc<Self>, _how: Closing) {
+        self.close();
     }
 }

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use super::poll::{Readiness, SourceKey};
-use super::{guarded, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use super::{guarded, Closing, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
 use crate::logcontext::Captured;
 
 /// The application side of a UDP port (Twisted's `DatagramProtocol`).
@@ -169,5 +169,9 @@ impl Source for UdpPort {
     fn close_now(&self) {
         let s = self.socket.borrow_mut().take();
         drop(s);
+    }
+
+    fn shut_down(self: Rc<Self>, _how: Closing) {
+        UdpTransport { port: self }.stop_listening();
     }
 }

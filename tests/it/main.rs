@@ -4,6 +4,7 @@
 mod cancellation;
 mod combinators;
 mod deferred;
+mod embed;
 mod logcontext;
 mod observable;
 mod reactor;

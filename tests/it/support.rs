@@ -88,3 +88,143 @@ pub(crate) mod logs {
         (out, errors)
     }
 }
+
+/// Tests that raise SIGINT/SIGTERM hold this lock: every reactor with `stop_on_signals`
+/// hears every such signal, so two such tests at once would stop each other.
+pub(crate) static SIGNALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`SIGNALS`], whatever a panicking holder left.
+pub(crate) fn signals_lock() -> std::sync::MutexGuard<'static, ()> {
+    SIGNALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The graceful-stop scenario (issue 9 §1.2), shared by the `run()`, `iterate()` and
+/// SIGTERM tests: a TCP server and a client connected to it on the same reactor, a UDP
+/// port, and three shutdown triggers, each noting what happens in `log`. The "before"
+/// trigger drains: the server writes `bye` and the phase waits until the client got it.
+pub(crate) mod graceful {
+    use std::cell::RefCell;
+    use std::net::SocketAddr;
+    use std::rc::Rc;
+
+    use weft::reactor::{Address, DatagramProtocol, Phase, Protocol, Reactor, Transport};
+    use weft::{Deferred, Failure};
+
+    use super::localhost;
+
+    pub(crate) type Log = Rc<RefCell<Vec<String>>>;
+
+    pub(crate) struct Scenario {
+        pub(crate) log: Log,
+        /// Fires once the client is connected and the server has its connection.
+        pub(crate) connected: Deferred<()>,
+        /// The server's listening address.
+        pub(crate) server: SocketAddr,
+    }
+
+    struct Server {
+        log: Log,
+        transport: Rc<RefCell<Option<Transport>>>,
+        connected: Deferred<()>,
+    }
+
+    impl Protocol for Server {
+        fn connection_made(&mut self, transport: Transport) {
+            *self.transport.borrow_mut() = Some(transport);
+            let _ = self.connected.callback(());
+        }
+        fn data_received(&mut self, _data: &[u8]) {}
+        fn connection_lost(&mut self, reason: Failure) {
+            self.log.borrow_mut().push(format!("server lost: {reason}"));
+        }
+    }
+
+    struct Client {
+        log: Log,
+        got_bye: Deferred<()>,
+    }
+
+    impl Protocol for Client {
+        fn data_received(&mut self, data: &[u8]) {
+            if data.windows(3).any(|w| w == b"bye") {
+                self.log.borrow_mut().push("client got bye".into());
+                let _ = self.got_bye.callback(());
+            }
+        }
+        fn connection_lost(&mut self, reason: Failure) {
+            self.log.borrow_mut().push(format!("client lost: {reason}"));
+        }
+    }
+
+    struct Udp(Log);
+
+    impl DatagramProtocol for Udp {
+        fn datagram_received(&mut self, _data: &[u8], _from: SocketAddr) {}
+        fn stop_protocol(&mut self) {
+            self.0.borrow_mut().push("udp stopped".into());
+        }
+    }
+
+    pub(crate) fn setup(reactor: &Reactor) -> Scenario {
+        let log: Log = Rc::new(RefCell::new(Vec::new()));
+        let server_transport = Rc::new(RefCell::new(None::<Transport>));
+        let (server_up, got_bye) = (Deferred::<()>::new(), Deferred::<()>::new());
+        let (l, t, up) = (log.clone(), server_transport.clone(), server_up.clone());
+        let port = reactor
+            .listen_tcp(
+                localhost(),
+                move |_: &Address| Server { log: l.clone(), transport: t.clone(), connected: up.clone() },
+                false,
+            )
+            .unwrap();
+        let Address::Tcp(server) = port.local_addr() else { unreachable!() };
+        let (l, g) = (log.clone(), got_bye.clone());
+        let client_up = reactor
+            .connect_tcp(
+                server,
+                move |_: &Address| Client { log: l.clone(), got_bye: g.clone() },
+                super::secs(5),
+            )
+            .map(|_| ());
+        let connected = weft::gather_results(vec![server_up, client_up], false).map(|_| ());
+        reactor.listen_udp(localhost(), Udp(log.clone())).unwrap();
+
+        let l = log.clone();
+        reactor.add_shutdown_trigger(Phase::Before, move || {
+            l.borrow_mut().push("before".into());
+            server_transport.borrow().as_ref().expect("the server is connected").write(b"bye");
+            got_bye
+        });
+        let l = log.clone();
+        reactor.add_shutdown_trigger(Phase::During, move || l.borrow_mut().push("during".into()));
+        let l = log.clone();
+        reactor.add_shutdown_trigger(Phase::After, move || l.borrow_mut().push("after".into()));
+        Scenario { log, connected, server }
+    }
+
+    /// The "before" trigger drained first; then every connection and the UDP port were
+    /// closed, each protocol told once, before the "after" phase; the listening socket is
+    /// closed.
+    #[track_caller]
+    pub(crate) fn check(s: &Scenario) {
+        let log = s.log.borrow();
+        let at = |what: &str| {
+            let found: Vec<usize> = (0..log.len()).filter(|&i| log[i].starts_with(what)).collect();
+            assert_eq!(found.len(), 1, "expected one {what:?} in {log:?}");
+            found[0]
+        };
+        let (before, bye, after) = (at("before"), at("client got bye"), at("after"));
+        assert!(before < bye, "{log:?}");
+        for lost in
+            ["server lost: connection was closed cleanly", "client lost: connection was closed cleanly"]
+        {
+            let i = at(lost);
+            assert!(bye < i && i < after, "{lost:?} out of order in {log:?}");
+        }
+        let (during, udp) = (at("during"), at("udp stopped"));
+        assert!(bye < during && during < after && udp < after, "{log:?}");
+        assert_eq!(log.len(), 7, "{log:?}");
+        let refused = std::net::TcpStream::connect(s.server).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+}
