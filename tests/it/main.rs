@@ -5,6 +5,7 @@ mod cancellation;
 mod combinators;
 mod deferred;
 mod embed;
+mod embed_context;
 mod logcontext;
 mod observable;
 mod reactor;
