@@ -6,6 +6,8 @@ mod combinators;
 mod deferred;
 mod embed;
 mod embed_context;
+mod embed_epoll;
+mod embed_tokio;
 mod logcontext;
 mod observable;
 mod reactor;
