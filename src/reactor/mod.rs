@@ -386,6 +386,13 @@ impl AsFd for Reactor {
     /// another thread, a stop. A host waits for it to be readable, level- or
     /// edge-triggered, and needs no timeout of its own.
     fn as_fd(&self) -> BorrowedFd<'_> {
+        // The alarm works only once someone may be waiting on the descriptor: a reactor
+        // driven by `run` alone never pays for it.
+        if let Some(alarm) = self.handle.inner.timers.alarm() {
+            if alarm.enable() && !alarm.is_held() {
+                alarm.sync(self.handle.next_time());
+            }
+        }
         self.handle.inner.poller.as_fd()
     }
 }

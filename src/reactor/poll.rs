@@ -92,12 +92,17 @@ pub(crate) struct Waker(Arc<mio::Waker>);
 /// `CLOCK_MONOTONIC`, read just after the reactor's `Instant`, so the alarm never goes
 /// off before a deadline the timer heap would call due).
 ///
-/// Arming costs a system call, so the alarm is re-armed only when a deadline earlier
-/// than the armed one appears; a deadline that moves later (a cancel, a `delay`) leaves
-/// the alarm where it is, and at worst the loop wakes once for nothing and re-arms.
+/// Arming costs a system call (and in a virtual machine, programming a hardware timer
+/// costs a good deal more), so the alarm is re-armed only when a deadline earlier than
+/// the armed one appears; a deadline that moves later (a cancel, a `delay`) leaves the
+/// alarm where it is, and at worst the loop wakes once for nothing and re-arms. And it
+/// does nothing at all until it is `enable`d, when the reactor's descriptor is first lent
+/// out: until then no host can be waiting on the descriptor.
 pub(crate) struct Alarm {
     fd: OwnedFd,
     epoch: Timespec,
+    /// The descriptor was lent out (`AsFd`): someone may wait on it.
+    enabled: Cell<bool>,
     /// The time the timerfd is armed for; `None` when it is not armed or went off.
     armed: Cell<Option<Duration>>,
     /// A driver (`run`, `iterate`) is turning the loop and accounts for deadlines
@@ -143,7 +148,7 @@ impl Poller {
         let fd = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC)?;
         let epoch = clock_gettime(ClockId::Monotonic);
         self.registry.register(&mut SourceFd(&fd.as_raw_fd()), ALARM_TOKEN, Interest::READABLE)?;
-        Ok(Alarm { fd, epoch, armed: Cell::new(None), held: Cell::new(false) })
+        Ok(Alarm { fd, epoch, enabled: Cell::new(false), armed: Cell::new(None), held: Cell::new(false) })
     }
 
     /// Waits up to `timeout` (`None`: forever) and appends what happened to `out`.
@@ -194,7 +199,7 @@ impl Alarm {
     /// armed later. Does nothing while a driver holds the alarm.
     #[inline]
     pub(crate) fn request(&self, at: Duration) {
-        if !self.held.get() {
+        if self.enabled.get() && !self.held.get() {
             self.sync(Some(at));
         }
     }
@@ -202,7 +207,7 @@ impl Alarm {
     /// As `request`, whoever holds the alarm (the driver's own sync after a turn).
     #[inline]
     pub(crate) fn sync(&self, at: Option<Duration>) {
-        if let Some(at) = at {
+        if let (true, Some(at)) = (self.enabled.get(), at) {
             if self.armed.get().map_or(true, |armed| at < armed) {
                 self.arm(at);
             }
@@ -212,7 +217,15 @@ impl Alarm {
     /// Makes the alarm go off now even if it is armed already: a new edge for a host
     /// waiting edge-triggered on the queue while events are left in it.
     pub(crate) fn kick(&self) {
-        self.arm(Duration::ZERO);
+        if self.enabled.get() {
+            self.arm(Duration::ZERO);
+        }
+    }
+
+    /// Turns the alarm on (the descriptor is being lent out); true the first time, when
+    /// the caller brings it in line with what is scheduled already.
+    pub(crate) fn enable(&self) -> bool {
+        !self.enabled.replace(true)
     }
 
     /// Marks the alarm held by a driver; returns whether it was held already, for
@@ -223,6 +236,10 @@ impl Alarm {
 
     pub(crate) fn release(&self, was_held: bool) {
         self.held.set(was_held);
+    }
+
+    pub(crate) fn is_held(&self) -> bool {
+        self.held.get()
     }
 
     /// The time the alarm is armed for, for the unit tests.

@@ -1,5 +1,6 @@
 //! Unit tests that look inside the reactor: when the alarm (the `timerfd`) is armed.
 
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use super::Reactor;
@@ -13,6 +14,7 @@ fn armed(reactor: &Reactor) -> Option<Duration> {
 #[test]
 fn the_alarm_is_armed_only_when_the_earliest_deadline_moves_earlier() {
     let reactor = Reactor::new().unwrap();
+    let _lent = reactor.as_fd();
     assert_eq!(armed(&reactor), None);
     let ten = reactor.call_later(Duration::from_secs(10), || {});
     let at_ten = armed(&reactor).expect("armed for the first timer");
@@ -41,6 +43,7 @@ fn the_alarm_is_armed_only_when_the_earliest_deadline_moves_earlier() {
 #[test]
 fn timers_set_during_iterate_arm_the_alarm_once_when_it_returns() {
     let reactor = Reactor::new().unwrap();
+    let _lent = reactor.as_fd();
     let h = reactor.handle();
     let seen = std::rc::Rc::new(std::cell::Cell::new(None));
     let s = seen.clone();
@@ -56,4 +59,17 @@ fn timers_set_during_iterate_arm_the_alarm_once_when_it_returns() {
     assert_eq!(before, None, "nothing armed inside the turn");
     let earliest = reactor.handle.inner.timers.next_deadline().unwrap();
     assert_eq!(after, earliest, "armed once, for the earliest, when iterate returned");
+}
+
+/// Until the descriptor is lent out nobody can wait on it, so the alarm stays off (a
+/// reactor driven by `run` alone makes no `timerfd` system call); lending it brings the
+/// alarm in line with what is already scheduled.
+#[test]
+fn the_alarm_is_off_until_the_descriptor_is_lent() {
+    let reactor = Reactor::new().unwrap();
+    reactor.call_later(Duration::from_secs(10), || {});
+    reactor.call_soon(|| {});
+    assert_eq!(armed(&reactor), None);
+    let _lent = reactor.as_fd();
+    assert_eq!(armed(&reactor), Some(Duration::ZERO), "armed at once for the queued call");
 }
