@@ -274,10 +274,7 @@ impl ReactorHandle {
                 None => return,
             };
             if !fired {
-                let wait = self.start_phase(phase);
-                if let Some(s) = lc.shutdown.borrow_mut().as_mut() {
-                    s.wait = Some(wait);
-                }
+                self.start_phase(phase);
             }
             let (pending, timed_out) = {
                 let shutdown = lc.shutdown.borrow();
@@ -326,16 +323,24 @@ impl ReactorHandle {
         }
     }
 
-    /// Runs `phase`'s triggers (in the "during" phase, after starting to close every
-    /// socket, as Twisted's `disconnectAll` is the first "during" trigger) and returns
-    /// what the phase then waits for.
-    fn start_phase(&self, phase: Phase) -> PhaseWait {
+    /// Records what `phase` waits for, then runs its triggers (in the "during" phase,
+    /// after starting to close every socket, as Twisted's `disconnectAll` is the first
+    /// "during" trigger). The wait is recorded first, and counts the running of the
+    /// triggers as pending, so a trigger that turns the loop itself neither starts the
+    /// phase again nor finishes it early.
+    fn start_phase(&self, phase: Phase) {
         let lc = &self.inner.lifecycle;
+        let pending = Rc::new(Cell::new(1usize));
+        let timeout = lc.timeout.get();
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_future);
+        let timer = self.call_later(timeout, || {});
+        if let Some(s) = lc.shutdown.borrow_mut().as_mut() {
+            s.wait = Some(PhaseWait { pending: pending.clone(), deadline, timer });
+        }
         if phase == Phase::During {
             self.close_sources(Closing::Graceful);
         }
         let triggers = std::mem::take(&mut lc.triggers.borrow_mut()[phase as usize]);
-        let pending = Rc::new(Cell::new(0usize));
         for t in triggers {
             let pending = pending.clone();
             guarded("shutdown trigger", move || {
@@ -350,10 +355,7 @@ impl ReactorHandle {
                 }
             });
         }
-        let timeout = lc.timeout.get();
-        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(far_future);
-        let timer = self.call_later(timeout, || {});
-        PhaseWait { pending, deadline, timer }
+        pending.set(pending.get() - 1);
     }
 }
 

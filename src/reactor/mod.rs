@@ -199,7 +199,8 @@ impl Reactor {
     ///
     /// # Errors
     ///
-    /// The OS error if the readiness queue or the waker cannot be created.
+    /// The OS error if the readiness queue, the waker or the timer descriptor (the
+    /// alarm, see [`AsFd`]) cannot be created.
     pub fn new() -> io::Result<Reactor> {
         let start = Instant::now();
         let (poller, waker) = Poller::new()?;
@@ -295,9 +296,11 @@ impl Reactor {
     ///
     /// After [`stop`](ReactorHandle::stop), keep calling it until it returns
     /// [`IterateStatus::Stopped`]: the shutdown phases run through it, their triggers
-    /// and Deferreds included, and every connection gets its `connection_lost`. Once
-    /// stopped, `iterate` still turns the loop (waiting up to `timeout` when nothing is
-    /// due, never spinning).
+    /// and Deferreds included, and every connection gets its `connection_lost`. The turn
+    /// that ends the "during" phase stops the thread pool, joining its threads: it
+    /// blocks while a [`defer_to_thread`](ReactorHandle::defer_to_thread) job still
+    /// runs. Once stopped, `iterate` still turns the loop (waiting up to `timeout` when
+    /// nothing is due, never spinning).
     ///
     /// # Errors
     ///

@@ -249,6 +249,36 @@ fn a_host_drives_the_shutdown_through_iterate() {
     assert!(!reactor.is_running() && !reactor.is_stopping() && !reactor.stop_requested());
 }
 
+/// A "before" trigger that turns the loop itself (a nested `iterate`, as a host's own
+/// code might) neither starts the next phase early nor makes the shutdown forget the
+/// Deferred it returns.
+#[test]
+fn a_trigger_that_iterates_the_loop_does_not_cut_its_phase_short() {
+    let reactor = Rc::new(Reactor::new().unwrap());
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (l, weak) = (log.clone(), Rc::downgrade(&reactor));
+    reactor.add_shutdown_trigger(Phase::Before, move || {
+        let reactor = weak.upgrade().unwrap();
+        reactor.iterate(Some(Duration::ZERO)).unwrap();
+        l.borrow_mut().push("before ran");
+        let (d, l) = (Deferred::new(), l.clone());
+        let d2 = d.clone();
+        reactor.call_later(ms(20), move || {
+            l.borrow_mut().push("before done");
+            d2.callback(()).unwrap();
+        });
+        d
+    });
+    let l = log.clone();
+    reactor.add_shutdown_trigger(Phase::During, move || l.borrow_mut().push("during"));
+    reactor.stop();
+    let start = Instant::now();
+    while reactor.iterate(Some(ms(100))).unwrap() != IterateStatus::Stopped {
+        assert!(start.elapsed() < secs(10), "the shutdown stalled");
+    }
+    assert_eq!(*log.borrow(), ["before ran", "before done", "during"]);
+}
+
 /// The same graceful stop as under `run()` (issue 9 §1.2): the "before" trigger drains,
 /// then every connection and port is closed with its protocol told, through `iterate`.
 #[test]
