@@ -11,9 +11,9 @@
 //! Another program's loop (epoll, tokio, calloop, a GUI toolkit) can drive the reactor
 //! instead of [`Reactor::run`]: wait until the reactor's descriptor ([`AsFd`]) is
 //! readable, call [`Reactor::iterate`]`(Some(Duration::ZERO))`, repeat. The descriptor
-//! becomes readable whenever the reactor has work: I/O, a due timer (a `timerfd` inside
-//! the reactor's queue follows the earliest deadline, whoever scheduled it), queued
-//! calls, a stop. [`iterate`](Reactor::iterate) handles everything ready and returns an
+//! becomes readable whenever the reactor has work: I/O, a due timer (once the descriptor
+//! is lent out, a `timerfd` inside the reactor's queue follows the earliest deadline,
+//! whoever scheduled it), queued calls, a stop. [`iterate`](Reactor::iterate) handles everything ready and returns an
 //! [`IterateStatus`]; it works for hosts that wait level- or edge-triggered. To stop,
 //! call [`stop`](ReactorHandle::stop) and keep iterating until
 //! [`is_stopped`](ReactorHandle::is_stopped): the shutdown phases and the closing of
@@ -98,7 +98,9 @@ use timers::Timers;
 /// # Drop
 ///
 /// Dropping the `Reactor` stops its thread pool (joining its threads), drops every
-/// pending timer and call, and closes every socket without calling `connection_lost`.
+/// pending timer and call, and closes every socket without calling `connection_lost`:
+/// the fast path. [`stop`](ReactorHandle::stop) is the graceful one: it closes every
+/// socket and tells each protocol.
 pub struct Reactor {
     handle: ReactorHandle,
 }
