@@ -55,6 +55,7 @@
 //! | `nested_logging_context(suffix)` | [`nested_logging_context`]`(suffix).enter()` (or `.run(..)`) |
 //! | `current_context()`, `set_current_context(ctx)` | [`current_context`], [`set_current_context`] |
 //! | `LoggingContextFilter` | [`ContextLogger`], [`current_request_id`] |
+//! | `with LoggingContext(..)` inside a task another executor polls | `fut.in_context(ctx)` ([`InContextExt`]): the context is current only while the future is polled |
 //! | `context.add_database_transaction(d)` etc. | [`LoggingContext::add_database_transaction`] etc. |
 //!
 //! What stays the porter's job: a context is finished when its scope ends, so background
@@ -76,6 +77,7 @@
 mod accounting;
 pub(crate) mod context;
 mod helpers;
+mod instrument;
 mod logger;
 
 pub use accounting::{set_cpu_clock, ContextStats, CpuClock};
@@ -86,6 +88,7 @@ pub use context::{
 pub use helpers::{
     make_deferred_yieldable, nested_logging_context, run_as_background_process, run_in_background,
 };
+pub use instrument::{InContext, InContextExt};
 pub use logger::ContextLogger;
 
 pub(crate) use context::{bind, Captured, Switcher};

@@ -16,7 +16,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::poll::{Readiness, SourceKey};
 use super::protocol::{Address, ConnectionAborted, Factory, Protocol};
 use super::stream::{Conn, Stream, WriteBufferLimitsError, WriteLimits};
-use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle};
+use super::{guarded, Closing, DelayedCall, ReactorHandle, Source, WeakReactorHandle};
 use crate::logcontext::Captured;
 use crate::Failure;
 
@@ -400,6 +400,10 @@ impl Source for Listener {
 
     fn rekey(&self, key: SourceKey) {
         self.key.set(Some(key));
+    }
+
+    fn shut_down(self: Rc<Self>, _how: Closing) {
+        self.close();
     }
 }
 

@@ -29,7 +29,7 @@ use super::poll::{Readiness, SourceKey};
 use super::protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
-use super::{catching, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use super::{catching, Closing, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
 use crate::logcontext::{Captured, LoggingContext};
 use crate::{Deferred, Failure};
 
@@ -970,8 +970,19 @@ impl Source for Conn {
         let c = self.on_connect.borrow_mut().take();
         drop(c);
     }
+
     fn rekey(&self, key: SourceKey) {
         self.key.set(Some(key));
+    }
+
+    fn shut_down(self: Rc<Self>, how: Closing) {
+        if self.on_connect.borrow().is_some() {
+            self.fail_connect(Some(Failure::new(ConnectionAborted)));
+        } else if how == Closing::Graceful {
+            Transport { conn: self }.lose_connection();
+        } else {
+            self.close(Failure::new(ConnectionAborted));
+        }
     }
 }
 

@@ -9,6 +9,12 @@
 //! quarter of the slab's slots have been in use for a second, the reactor's turn moves
 //! the live entries down (their handles find them through the shared cell) and the slab
 //! and heap shrink.
+//!
+//! The reactor's queue also keeps its [`Alarm`] (a `timerfd` in the readiness queue) no
+//! later than the earliest deadline: `schedule`, `reset` and `delay` ask the alarm for
+//! the heap's earliest deadline after each change (a `Cell` compare unless it moved
+//! earlier; the alarm itself skips the system call while a driver turns the loop). A
+//! cancel leaves the alarm early: the loop may wake once for nothing.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -16,6 +22,8 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use slab::Slab;
+
+use super::poll::Alarm;
 
 /// A scheduled call (Twisted's `IDelayedCall`), returned by `call_later`.
 ///
@@ -77,11 +85,46 @@ pub(crate) enum TimeSource {
 pub(crate) struct Timers {
     pub(crate) source: TimeSource,
     heap: RefCell<TimerHeap>,
+    /// The reactor's alarm, kept no later than the earliest deadline; `None` for a `Clock`.
+    alarm: Option<Alarm>,
 }
 
 impl Timers {
     pub(crate) fn new(source: TimeSource) -> Rc<Timers> {
-        Rc::new(Timers { source, heap: RefCell::new(TimerHeap::default()) })
+        Rc::new(Timers { source, heap: RefCell::new(TimerHeap::default()), alarm: None })
+    }
+
+    /// A queue on the real clock started at `start`, whose earliest deadline `alarm`
+    /// follows.
+    pub(crate) fn with_alarm(start: Instant, alarm: Alarm) -> Rc<Timers> {
+        Rc::new(Timers {
+            source: TimeSource::Real(start),
+            heap: RefCell::new(TimerHeap::default()),
+            alarm: Some(alarm),
+        })
+    }
+
+    /// The alarm, for the reactor (always there on a reactor's queue).
+    pub(crate) fn alarm(&self) -> Option<&Alarm> {
+        self.alarm.as_ref()
+    }
+
+    /// The `Instant` a time on this queue's clock falls at (`None` on manual time).
+    pub(crate) fn instant_at(&self, at: Duration) -> Option<Instant> {
+        match &self.source {
+            TimeSource::Real(start) => start.checked_add(at),
+            TimeSource::Manual(_) => None,
+        }
+    }
+
+    /// Asks the alarm for the earliest deadline, after the heap changed.
+    #[inline]
+    fn follow_earliest(&self) {
+        if let Some(alarm) = &self.alarm {
+            if let Some(at) = self.heap.borrow().peek_deadline() {
+                alarm.request(at);
+            }
+        }
     }
 
     /// The current time, as a duration since the clock's start.
@@ -98,6 +141,7 @@ impl Timers {
         // owner of the queue runs due calls in the sentinel).
         let f = crate::logcontext::bind(f);
         let key = self.heap.borrow_mut().insert(deadline, f);
+        self.follow_earliest();
         DelayedCall { timers: Rc::downgrade(self), key }
     }
 
@@ -163,6 +207,7 @@ impl DelayedCall {
         let timers = self.timers.upgrade().ok_or(DelayedCallError::AlreadyCancelled)?;
         let deadline = timers.now().saturating_add(delay);
         let result = timers.heap.borrow_mut().set_deadline(&self.key, |_| deadline);
+        timers.follow_earliest();
         result
     }
 
@@ -174,6 +219,7 @@ impl DelayedCall {
     pub fn delay(&self, extra: Duration) -> Result<(), DelayedCallError> {
         let timers = self.timers.upgrade().ok_or(DelayedCallError::AlreadyCancelled)?;
         let result = timers.heap.borrow_mut().set_deadline(&self.key, |old| old.saturating_add(extra));
+        timers.follow_earliest();
         result
     }
 

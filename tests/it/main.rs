@@ -4,6 +4,10 @@
 mod cancellation;
 mod combinators;
 mod deferred;
+mod embed;
+mod embed_context;
+mod embed_epoll;
+mod embed_tokio;
 mod flow_control;
 mod leaks;
 mod line_receiver;

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use weft::reactor::{Address, ListenOptions, LoopingCall, Phase, Protocol, Reactor, Transport};
+use weft::reactor::{
+    Address, ConnectionAborted, ListenOptions, LoopingCall, Phase, Protocol, Reactor, Transport,
+};
 use weft::{CancelledError, Deferred, Failure, PanicError};
 
-use crate::support::{localhost, ms, run_bounded, secs};
+use crate::support::{graceful, localhost, ms, run_bounded, secs};
 
 // ---- the real loop ----
 
@@ -169,14 +171,6 @@ fn note(seen: &Seen, what: &'static str) {
     seen.borrow_mut().push((what, weft::logcontext::current_request_id()));
 }
 
-/// Stops once the echo came back and the pool's result arrived, whichever is last.
-fn stop_once_both_ran(seen: &Seen, stop: &weft::reactor::ReactorHandle) {
-    let ran = |what: &str| seen.borrow().iter().any(|(w, _)| *w == what);
-    if ran("client data_received") && ran("defer_to_thread result") {
-        stop.stop();
-    }
-}
-
 struct CtxEcho {
     seen: Seen,
     transport: Option<Transport>,
@@ -195,7 +189,7 @@ impl Protocol for CtxEcho {
 
 struct CtxClient {
     seen: Seen,
-    stop: weft::reactor::ReactorHandle,
+    done: Rc<dyn Fn()>,
 }
 
 impl Protocol for CtxClient {
@@ -205,7 +199,7 @@ impl Protocol for CtxClient {
     }
     fn data_received(&mut self, _data: &[u8]) {
         note(&self.seen, "client data_received");
-        stop_once_both_ran(&self.seen, &self.stop);
+        (self.done)();
     }
 }
 
@@ -242,16 +236,25 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         reactor.call_soon(move || note(&s, "call_soon"));
         let s = seen.clone();
         reactor.call_later(Duration::ZERO, move || note(&s, "call_later"));
-        let (s, h) = (seen.clone(), reactor.handle());
+        // Stop once both the echo and the pool's result arrived (the pool stops at
+        // shutdown, dropping work it has not started).
+        let (left, h) = (Rc::new(Cell::new(2)), reactor.handle());
+        let done: Rc<dyn Fn()> = Rc::new(move || {
+            left.set(left.get() - 1);
+            if left.get() == 0 {
+                h.stop();
+            }
+        });
+        let (s, d) = (seen.clone(), done.clone());
         reactor.defer_to_thread(|| 5u32).add_callback(move |v| {
             note(&s, "defer_to_thread result");
-            stop_once_both_ran(&s, &h);
+            d();
             v
         });
-        let (s, h) = (seen.clone(), reactor.handle());
+        let s = seen.clone();
         let _connected = reactor.connect_tcp(
             addr,
-            move |_: &Address| CtxClient { seen: s.clone(), stop: h.clone() },
+            move |_: &Address| CtxClient { seen: s.clone(), done: done.clone() },
             secs(5),
         );
         let s = seen.clone();
@@ -291,20 +294,69 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
 }
 
 /// Off by default; once asked for, SIGTERM stops the reactor gracefully: the shutdown
-/// triggers run and `run()` returns.
+/// phases run, every connection is closed with `connection_lost` after the "before"
+/// trigger drained, and `run()` returns.
 #[test]
 fn sigterm_stops_the_reactor_gracefully_when_asked_for() {
+    let _signals = crate::support::signals_lock();
     let reactor = Reactor::new().unwrap();
     reactor.stop_on_signals().unwrap();
     reactor.stop_on_signals().unwrap(); // a second call changes nothing
-    let phases = Rc::new(RefCell::new(Vec::new()));
-    let p = phases.clone();
-    reactor.add_shutdown_trigger(Phase::Before, move || p.borrow_mut().push("before shutdown"));
-    reactor.call_later(ms(1), || {
+    let scenario = graceful::setup(&reactor);
+    scenario.connected.add_callback(|()| {
         signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
     });
     run_bounded(&reactor, secs(10));
-    assert_eq!(*phases.borrow(), ["before shutdown"]);
+    graceful::check(&scenario);
+}
+
+// ---- a graceful stop disconnects (issue 9 §1.2) ----
+
+/// `stop()` closes every socket in the "during" phase, after the "before" triggers
+/// drained: both ends of a connection and a UDP port hear of it before the "after"
+/// phase, and the listening socket is closed. (Before, `run()` returned with every
+/// connection open and no `connection_lost`.)
+/// As Twisted does with `disconnectAll`, its first "during" trigger.
+#[test]
+fn stop_closes_every_connection_after_the_before_triggers_drained() {
+    let reactor = Reactor::new().unwrap();
+    let scenario = graceful::setup(&reactor);
+    let h = reactor.handle();
+    scenario.connected.add_callback(move |()| h.stop());
+    run_bounded(&reactor, secs(10));
+    graceful::check(&scenario);
+    assert!(reactor.is_stopped() && !reactor.is_running());
+}
+
+/// A connection that cannot drain (its peer never reads) holds the "during" phase only
+/// up to the shutdown timeout; then it is aborted and its protocol hears
+/// `ConnectionAborted`.
+#[test]
+fn a_connection_that_cannot_drain_is_aborted_at_the_shutdown_timeout() {
+    struct Flood(Rc<RefCell<Vec<bool>>>);
+    impl Protocol for Flood {
+        fn connection_made(&mut self, transport: Transport) {
+            // Far more than the socket buffers hold: most of it stays buffered.
+            transport.write(&vec![0u8; 32 << 20]);
+        }
+        fn data_received(&mut self, _data: &[u8]) {}
+        fn connection_lost(&mut self, reason: Failure) {
+            self.0.borrow_mut().push(reason.check::<ConnectionAborted>());
+        }
+    }
+    let reactor = Reactor::new().unwrap();
+    reactor.set_shutdown_timeout(ms(200));
+    let lost = Rc::new(RefCell::new(Vec::new()));
+    let l = lost.clone();
+    let port = reactor.listen_tcp(localhost(), move |_: &Address| Flood(l.clone()), false).unwrap();
+    let Address::Tcp(addr) = port.local_addr() else { unreachable!() };
+    let _silent_peer = std::net::TcpStream::connect(addr).unwrap();
+    let h = reactor.handle();
+    reactor.call_later(ms(50), move || h.stop());
+    let start = Instant::now();
+    run_bounded(&reactor, secs(10));
+    assert_eq!(*lost.borrow(), [true], "connection_lost ran once, with ConnectionAborted");
+    assert!(start.elapsed() >= ms(200), "the drain was given the shutdown timeout");
 }
 
 /// A future woken from another thread (a channel fed by a worker, say): the wake reaches
