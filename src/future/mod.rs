@@ -96,7 +96,9 @@ where
     let out = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
     *target.borrow_mut() = Some(out.clone());
     *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
-    TASKS.with(|t| t.borrow_mut().insert(id, task.clone()));
+    // During the thread's teardown the table is gone: the task is polled once and
+    // dropped when it suspends.
+    let _ = TASKS.try_with(|t| t.borrow_mut().insert(id, task.clone()));
     poll_task(&task);
     out
 }
@@ -104,7 +106,7 @@ where
 /// True if the task running now (inside [`ensure_deferred`]) has been cancelled. False
 /// outside a task.
 pub fn is_cancelling() -> bool {
-    CURRENT_TASK.with(|c| c.borrow().as_ref().is_some_and(|t| t.cancelling.get().is_some()))
+    current_task().is_some_and(|t| t.cancelling.get().is_some())
 }
 
 /// True if `failure` is the `CancelledError` of a cancel of the task running now (its
@@ -127,7 +129,7 @@ pub fn is_cancelling() -> bool {
 /// assert_eq!(task.take_result().unwrap().unwrap(), "the thing I awaited was cancelled by someone else");
 /// ```
 pub fn is_own_cancellation(failure: &Failure) -> bool {
-    let own = CURRENT_TASK.with(|c| c.borrow().as_ref().and_then(|t| t.cancelling.get()));
+    let own = current_task().and_then(|t| t.cancelling.get());
     match (own, failure.downcast_ref::<CancelledError>()) {
         (Some(id), Some(c)) => c.id() == id,
         _ => false,
@@ -136,7 +138,7 @@ pub fn is_own_cancellation(failure: &Failure) -> bool {
 
 /// How many tasks started by [`ensure_deferred`] on this thread have not finished.
 pub fn pending_tasks() -> usize {
-    TASKS.with(|t| t.borrow().len())
+    TASKS.try_with(|t| t.borrow().len()).unwrap_or(0)
 }
 
 /// How many times, so far on this thread, a task suspended on a Deferred that had no
@@ -202,7 +204,7 @@ impl<T: 'static> Future for DeferredFuture<T> {
         }
         *slot.waker.borrow_mut() = Some(cx.waker().clone());
         if this.registered.is_none() {
-            let task = CURRENT_TASK.with(|c| c.borrow().clone());
+            let task = current_task();
             if let Some(task) = task {
                 AWAIT_POINTS.with(|n| n.set(n.get() + 1));
                 let token = NEXT_TOKEN.with(|n| {
@@ -304,7 +306,9 @@ impl Wake for TaskWaker {
 
 /// Polls task `id` if it still exists; on its own thread.
 fn wake_here(id: u64) {
-    let task = TASKS.with(|t| t.borrow().get(&id).cloned());
+    // Once the thread's task table is destroyed (the thread is ending and its tasks are
+    // being dropped), a wake finds nothing to poll.
+    let task = TASKS.try_with(|t| t.borrow().get(&id).cloned()).ok().flatten();
     if let Some(task) = task {
         poll_task(&task);
     }
@@ -385,7 +389,7 @@ fn poll_task(task: &Rc<Task>) {
         };
         if ready {
             task.done.set(true);
-            let removed = TASKS.with(|t| t.borrow_mut().remove(&task.id));
+            let removed = TASKS.try_with(|t| t.borrow_mut().remove(&task.id)).ok().flatten();
             let awaiting = task.awaiting.borrow_mut().take();
             drop((future, removed, awaiting));
             break;
@@ -395,6 +399,11 @@ fn poll_task(task: &Rc<Task>) {
             break;
         }
     }
+}
+
+/// The task being polled now, if any.
+fn current_task() -> Option<Rc<Task>> {
+    CURRENT_TASK.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
 struct PollingGuard(Rc<Task>);
@@ -410,13 +419,13 @@ struct CurrentTask(Option<Rc<Task>>);
 
 impl CurrentTask {
     fn enter(task: Rc<Task>) -> CurrentTask {
-        CurrentTask(CURRENT_TASK.with(|c| c.replace(Some(task))))
+        CurrentTask(CURRENT_TASK.try_with(|c| c.replace(Some(task))).ok().flatten())
     }
 }
 
 impl Drop for CurrentTask {
     fn drop(&mut self) {
         let previous = self.0.take();
-        let _task = CURRENT_TASK.with(|c| c.replace(previous));
+        let _task = CURRENT_TASK.try_with(|c| c.replace(previous));
     }
 }

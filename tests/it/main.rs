@@ -4,12 +4,12 @@
 mod cancellation;
 mod combinators;
 mod deferred;
+mod future;
 mod logcontext;
 mod observable;
 mod reactor;
 mod support;
 mod sync;
-mod task;
 mod tcp;
 mod time;
 mod udp;

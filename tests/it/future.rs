@@ -207,3 +207,69 @@ fn handler_in_a_request_context_leaks_no_context_when_cancelled() {
     assert!(!seen.borrow().is_empty());
     assert!(seen.borrow().iter().all(|c| c.as_deref() == Some("request")), "{:?}", seen.borrow());
 }
+
+/// A thread that ends with tasks still pending drops them during its thread-local
+/// teardown: a task waiting on a never-fired Deferred, one holding a lock permit that
+/// another task waits for (so the drop hands the permit on and fires callbacks), one
+/// holding a read-write guard, and one holding a log-context scope across its await.
+/// None of those drops may touch a destroyed thread-local or panic: before the fix the
+/// whole test process aborted ("thread local panicked on drop").
+#[test]
+fn a_thread_ending_with_pending_tasks_permits_and_scopes_does_not_abort() {
+    use weft::logcontext::LoggingContext;
+    use weft::ReadWriteLock;
+    let joined = std::thread::spawn(|| {
+        let never: Deferred<()> = Deferred::new();
+        let lock = DeferredLock::new();
+        let rw: ReadWriteLock<u8> = ReadWriteLock::new();
+        for i in 0..3 {
+            let (never, lock, rw) = (never.clone(), lock.clone(), rw.clone());
+            let _task = ensure_deferred(async move {
+                let _permit = lock.acquire().await?;
+                let _guard = rw.write(1).await?;
+                let _scope = LoggingContext::new(format!("task-{i}")).enter();
+                never.clone().await?;
+                Ok::<_, Failure>(())
+            });
+        }
+        assert_eq!(pending_tasks(), 3);
+        // Also a permit and a scope owned by the thread's own locals.
+        let _held = lock.acquire();
+        let _outer = LoggingContext::new("thread").enter();
+    })
+    .join();
+    assert!(joined.is_ok(), "the thread ended cleanly");
+}
+
+/// The same at the other end of the teardown: a thread-local of the user's, first used
+/// before weft's own (so destroyed after them), holds a permit whose release runs a
+/// waiter's callbacks in a log context, deep enough to need the trampoline, after
+/// weft's task table, trampoline queues and current-context cell are gone.
+#[test]
+fn values_dropped_after_wefts_thread_locals_are_gone_do_not_abort() {
+    use std::any::Any;
+    use weft::logcontext::LoggingContext;
+    thread_local! {
+        static KEEP: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    }
+    let joined = std::thread::spawn(|| {
+        KEEP.with(|_| {}); // registered first: destroyed last
+        let lock = DeferredLock::new();
+        let permit = lock.acquire().take_result().unwrap().unwrap();
+        let waiter = lock.acquire();
+        {
+            let _scope = LoggingContext::new("late").enter();
+            let mut d = waiter.clone().map(|_permit| 0u32);
+            for _ in 0..100 {
+                d = d.map(|n| n + 1);
+            }
+            let tail: Deferred<()> = Deferred::new();
+            let t = tail.clone();
+            let _task = ensure_deferred(async move { t.await });
+            KEEP.with(|k| k.borrow_mut().push(Box::new((d, tail))));
+        }
+        KEEP.with(|k| k.borrow_mut().push(Box::new(permit)));
+    })
+    .join();
+    assert!(joined.is_ok(), "the thread ended cleanly");
+}
