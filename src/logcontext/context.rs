@@ -419,7 +419,7 @@ impl Captured {
 
 impl Restore {
     /// A guard that restores the context current now.
-    pub(super) fn capture() -> Restore {
+    pub(crate) fn capture() -> Restore {
         Restore(Some(Captured::capture().0))
     }
 }

@@ -88,4 +88,4 @@ pub use helpers::{
 };
 pub use logger::ContextLogger;
 
-pub(crate) use context::{bind, Captured, Switcher};
+pub(crate) use context::{bind, Captured, Restore, Switcher};

@@ -273,3 +273,224 @@ fn values_dropped_after_wefts_thread_locals_are_gone_do_not_abort() {
     .join();
     assert!(joined.is_ok(), "the thread ended cleanly");
 }
+
+// ---- the task's log context ----
+
+/// SY test_async_helpers.py DelayCancellationTests.test_preserves_logcontext, written
+/// literally: a scope held across an await inside a task does not leak to the caller of
+/// `ensure_deferred`, and is current again when the task resumes with the cancel.
+#[test]
+fn delay_cancellation_preserves_logcontext() {
+    use weft::delay_cancellation;
+    use weft::logcontext::{current_context, LoggingContext};
+    let blocking_d: Deferred<()> = Deferred::new();
+    let b = blocking_d.clone();
+    let inner = async move { b.await };
+    let outer = async move {
+        let c = LoggingContext::new("c");
+        let _scope = c.enter();
+        match delay_cancellation(&ensure_deferred(inner)).await {
+            Ok(()) => panic!("`CancelledError` was not raised"),
+            Err(f) => {
+                assert!(f.check::<CancelledError>());
+                assert!(LoggingContext::ptr_eq(&c, &current_context()), "resumed in {:?}", current_context());
+            }
+        }
+        Ok::<_, Failure>(())
+    };
+    let d = ensure_deferred(outer);
+    assert!(current_context().is_sentinel(), "{:?} leaked out of the task", current_context());
+    d.cancel();
+    blocking_d.callback(()).unwrap();
+    d.take_result().unwrap().unwrap();
+    assert!(current_context().is_sentinel());
+}
+
+/// A task runs in the context current at `ensure_deferred`, resumes in whatever it left
+/// current when it suspended (here a scope held across an await of a future that is not
+/// a Deferred), and whoever wakes it or fires what it awaits keeps their own context.
+/// Before, the scope leaked to the caller of `ensure_deferred`, and the task resumed in
+/// the waker's context and left its own behind there.
+#[test]
+fn each_poll_runs_in_the_tasks_context_and_restores_the_callers() {
+    use weft::logcontext::{current_request_id, LoggingContext};
+    let manual = Manual::default();
+    let gate: Deferred<()> = Deferred::new();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let task = {
+        let _request = LoggingContext::new("request").enter();
+        let (m, g, s) = (manual.clone(), gate.clone(), seen.clone());
+        let task = ensure_deferred(async move {
+            s.borrow_mut().push(current_request_id());
+            {
+                let _db = LoggingContext::new("db").enter();
+                m.wait().await;
+                s.borrow_mut().push(current_request_id());
+            }
+            s.borrow_mut().push(current_request_id());
+            g.await?;
+            s.borrow_mut().push(current_request_id());
+            Ok::<_, Failure>(())
+        });
+        assert_eq!(current_request_id().as_deref(), Some("request"), "nothing leaked to the caller");
+        task
+    };
+    assert_eq!(current_request_id(), None);
+    {
+        let _waking = LoggingContext::new("waker").enter();
+        manual.set(1);
+        manual.wake();
+        assert_eq!(current_request_id().as_deref(), Some("waker"));
+        gate.callback(()).unwrap();
+        assert_eq!(current_request_id().as_deref(), Some("waker"));
+    }
+    task.take_result().unwrap().unwrap();
+    let seen: Vec<_> = seen.borrow().iter().map(|c| c.clone().unwrap_or_default()).collect();
+    assert_eq!(seen, ["request", "db", "request", "request"]);
+}
+
+// ---- cancelling a task, whatever it awaits ----
+
+/// A future that is not a Deferred and that the test completes by hand.
+#[derive(Clone, Default)]
+struct Manual(Rc<ManualState>);
+
+#[derive(Default)]
+struct ManualState {
+    value: Cell<Option<u32>>,
+    waker: RefCell<Option<std::task::Waker>>,
+    dropped: Cell<u32>,
+}
+
+struct ManualFuture(Manual);
+
+impl Manual {
+    fn wait(&self) -> ManualFuture {
+        ManualFuture(self.clone())
+    }
+    fn set(&self, v: u32) {
+        self.0.value.set(Some(v));
+    }
+    fn wake(&self) {
+        let waker = self.0.waker.borrow_mut().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl std::future::Future for ManualFuture {
+    type Output = u32;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<u32> {
+        match self.0 .0.value.take() {
+            Some(v) => std::task::Poll::Ready(v),
+            None => {
+                *self.0 .0.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for ManualFuture {
+    fn drop(&mut self) {
+        self.0 .0.dropped.set(self.0 .0.dropped.get() + 1);
+    }
+}
+
+/// Before, the cancel did nothing and the task later succeeded with the foreign
+/// future's output. Now the task is aborted at that await, as an aborted tokio task:
+/// the future is dropped and the Deferred fails with the cancel's `CancelledError`.
+#[test]
+fn cancelling_a_task_awaiting_a_foreign_future_aborts_it_there() {
+    let manual = Manual::default();
+    let m = manual.clone();
+    let after_await = Rc::new(Cell::new(false));
+    let a = after_await.clone();
+    let task = ensure_deferred(async move {
+        let v = m.wait().await;
+        a.set(true);
+        Ok::<_, Failure>(v)
+    });
+    task.cancel();
+    assert_eq!(manual.0.dropped.get(), 1, "the awaited future was dropped");
+    assert_eq!(pending_tasks(), 0);
+    let f = task.take_result().expect("failed at once").unwrap_err();
+    assert!(f.downcast_ref::<CancelledError>().unwrap().cancelled_by(&task));
+    manual.set(7);
+    manual.wake();
+    assert!(!after_await.get(), "the task never resumed");
+}
+
+/// `interruptible` makes a foreign future behave as a Deferred does under a cancel: the
+/// `await` yields `CancelledError` and the task goes on (here, to clean up); a value
+/// that is already there when the cancel comes is kept.
+#[test]
+fn interruptible_foreign_future_yields_cancelled_error_or_its_ready_value() {
+    use weft::future::interruptible;
+    let manual = Manual::default();
+    let m = manual.clone();
+    let task = ensure_deferred(async move {
+        match interruptible(m.wait()).await {
+            Ok(v) => Ok(v),
+            Err(f) => {
+                assert!(is_own_cancellation(&f));
+                Ok(0)
+            }
+        }
+    });
+    task.cancel();
+    assert_eq!(manual.0.dropped.get(), 1);
+    assert_eq!(task.take_result().unwrap().unwrap(), 0);
+
+    // The value arrived (no wake yet) before the cancel: the task gets it.
+    let manual = Manual::default();
+    let m = manual.clone();
+    let task = ensure_deferred(async move {
+        let v = interruptible(m.wait()).await?;
+        Ok::<_, Failure>((v, is_cancelling()))
+    });
+    manual.set(9);
+    task.cancel();
+    assert_eq!(task.take_result().unwrap().unwrap(), (9, true));
+}
+
+/// A cancel that arrives while the task runs (here it cancels itself) is passed on when
+/// its poll returns, to what it then awaits: a Deferred is cancelled with the same
+/// cancel, so the task recognises it as its own. Before, that Deferred was never
+/// cancelled and the task later succeeded with its value.
+#[test]
+fn a_cancel_during_the_tasks_own_poll_reaches_its_next_await() {
+    let me: Rc<RefCell<Option<Deferred<u32>>>> = Rc::new(RefCell::new(None));
+    let gate: Deferred<()> = Deferred::new();
+    let next: Deferred<u32> = Deferred::new();
+    let (m, g, n) = (me.clone(), gate.clone(), next.clone());
+    let task = ensure_deferred(async move {
+        g.await?;
+        m.borrow().as_ref().unwrap().cancel(); // cancelled while running
+        match n.await {
+            Err(f) if is_own_cancellation(&f) => Err(f),
+            other => other,
+        }
+    });
+    *me.borrow_mut() = Some(task.clone());
+    gate.callback(()).unwrap();
+    assert!(next.is_called(), "the awaited Deferred was cancelled");
+    let f = task.take_result().unwrap().unwrap_err();
+    assert!(f.downcast_ref::<CancelledError>().unwrap().cancelled_by(&task));
+    assert_eq!(pending_tasks(), 0);
+
+    // The same, suspending on a foreign future: the task is aborted there.
+    let manual = Manual::default();
+    let (me, gate) = (Rc::new(RefCell::new(None::<Deferred<u32>>)), Deferred::<()>::new());
+    let (m, g, mf) = (me.clone(), gate.clone(), manual.clone());
+    let task = ensure_deferred(async move {
+        g.await?;
+        m.borrow().as_ref().unwrap().cancel();
+        Ok::<_, Failure>(mf.wait().await)
+    });
+    *me.borrow_mut() = Some(task.clone());
+    gate.callback(()).unwrap();
+    assert_eq!(manual.0.dropped.get(), 1);
+    assert!(task.take_result().unwrap().unwrap_err().check::<CancelledError>());
+}

@@ -295,7 +295,8 @@ fn sigterm_stops_the_reactor_gracefully_when_asked_for() {
 }
 
 /// A future woken from another thread (a channel fed by a worker, say): the wake reaches
-/// the `ensure_deferred` task through the owning thread's reactor.
+/// the `ensure_deferred` task through the owning thread's reactor, and the task resumes
+/// in its own log context.
 #[test]
 fn task_woken_from_another_thread_resumes_on_the_reactor() {
     use std::future::Future;
@@ -326,17 +327,23 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     let reactor = Reactor::new().unwrap();
     let slot = Arc::new(Mutex::new(Slot::default()));
     let reactor_thread = std::thread::current().id();
-    let task = weft::future::ensure_deferred({
-        let slot = slot.clone();
-        async move {
-            let v = FromWorker(slot).await;
-            Ok::<_, Failure>((v, std::thread::current().id()))
-        }
-    });
+    let task = {
+        // The task resumes in its own log context, not in the sentinel the wake-up from
+        // the other thread runs in.
+        let _request = weft::logcontext::LoggingContext::new("req-7").enter();
+        weft::future::ensure_deferred({
+            let slot = slot.clone();
+            async move {
+                let v = FromWorker(slot).await;
+                let context = weft::logcontext::current_request_id();
+                Ok::<_, Failure>((v, std::thread::current().id(), context))
+            }
+        })
+    };
     let got = Rc::new(RefCell::new(None));
     let (g, h) = (got.clone(), reactor.handle());
     task.add_callback(move |r| {
-        *g.borrow_mut() = Some(r);
+        *g.borrow_mut() = Some(r.clone());
         h.stop();
         r
     });
@@ -350,5 +357,5 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     });
     worker.join().unwrap();
     run_bounded(&reactor, secs(10));
-    assert_eq!(*got.borrow(), Some((42, reactor_thread)));
+    assert_eq!(*got.borrow(), Some((42, reactor_thread, Some("req-7".to_string()))));
 }
