@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use weft::reactor::{Address, LoopingCall, Phase, Protocol, Reactor, Transport};
 use weft::{CancelledError, Deferred, Failure, PanicError};
 
-use crate::support::{localhost, ms, run_bounded, secs};
+use crate::support::{localhost, ms, run_bounded, run_until, secs};
 
 // ---- the real loop ----
 
@@ -187,7 +187,8 @@ impl Protocol for CtxEcho {
 
 struct CtxClient {
     seen: Seen,
-    stop: weft::reactor::ReactorHandle,
+    /// Frees the pool once the reply is in.
+    release: mpsc::Sender<()>,
 }
 
 impl Protocol for CtxClient {
@@ -197,7 +198,7 @@ impl Protocol for CtxClient {
     }
     fn data_received(&mut self, _data: &[u8]) {
         note(&self.seen, "client data_received");
-        self.stop.stop();
+        let _ = self.release.send(());
     }
 }
 
@@ -231,14 +232,19 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         let s = seen.clone();
         reactor.call_later(Duration::ZERO, move || note(&s, "call_later"));
         let s = seen.clone();
+        // One pool thread, busy until the client has its reply, so the job below starts
+        // only after that: the order in which stopping on the reply lost its result.
+        reactor.set_thread_pool_size(1);
+        let (release, released) = mpsc::channel::<()>();
+        let _busy = reactor.defer_to_thread(move || released.recv_timeout(Duration::from_secs(5)).is_ok());
         reactor.defer_to_thread(|| 5u32).add_callback(move |v| {
             note(&s, "defer_to_thread result");
             v
         });
-        let (s, h) = (seen.clone(), reactor.handle());
+        let s = seen.clone();
         let _connected = reactor.connect_tcp(
             addr,
-            move |_: &Address| CtxClient { seen: s.clone(), stop: h.clone() },
+            move |_: &Address| CtxClient { seen: s.clone(), release: release.clone() },
             secs(5),
         );
         let s = seen.clone();
@@ -253,7 +259,17 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
     .join()
     .unwrap();
 
-    run_bounded(&reactor, secs(10));
+    // Stop once everything the test checks has happened (before, the client's reply
+    // stopped the loop, and the pool's result was sometimes not delivered yet).
+    let s = seen.clone();
+    let all_ran = move || {
+        let seen = s.borrow();
+        ["call_soon", "call_later", "defer_to_thread result", "client data_received", "server data_received"]
+            .iter()
+            .all(|what| seen.iter().any(|(w, _)| w == what))
+    };
+    let ft = from_thread.clone();
+    run_until(&reactor, secs(10), move || all_ran() && !ft.lock().unwrap().is_empty());
     assert_eq!(current_request_id(), None, "no context leaks out of run()");
 
     let seen = seen.borrow();
