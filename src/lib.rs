@@ -88,7 +88,8 @@ pub use failure::{
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 
 pub use cancellation::{
-    add_timeout, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred, TimeoutError,
+    add_timeout, add_timeout_with, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred,
+    TimeoutError,
 };
 pub use combinators::{
     gather_results, race, unwrap_first_error, DeferredList, FailureGroup, FirstError, ListResult,
