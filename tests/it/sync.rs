@@ -1,6 +1,9 @@
 //! Ports of Twisted's DeferredLock/Semaphore/Queue tests and Synapse's Linearizer and
 //! ReadWriteLock tests.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use weft::future::ensure_deferred;
 use weft::{
     CancelledError, Deferred, DeferredLock, DeferredQueue, DeferredSemaphore, Failure, Linearizer,
@@ -87,7 +90,7 @@ fn semaphore_run_releases_when_done() {
     assert_eq!(sem.tokens(), 1);
 }
 
-/// TW test_defer.py QueueTests.testQueue
+/// TW test_defer.py OtherPrimitivesTests.testQueue (its unbounded part)
 #[test]
 fn queue_fifo_and_waiting_getters() {
     let q = DeferredQueue::unbounded();
@@ -268,4 +271,46 @@ fn linearizer_lots_of_queued_things_keep_their_contexts() {
         o.take_result().unwrap().unwrap();
     }
     assert!(current_context().is_sentinel());
+}
+
+/// TW test_defer.py OtherPrimitivesTests.testQueue: `DeferredQueue(size, backlog)` with
+/// `QueueUnderflow` past the backlog of waiting getters and `QueueOverflow` past the
+/// size (`try_put`, Twisted's `put`).
+#[test]
+fn queue_size_and_backlog_limits() {
+    use weft::sync::{QueueOverflow, QueueUnderflow};
+    let (n, m) = (2, 2);
+    let queue = DeferredQueue::new(Some(n), Some(m));
+    let gotten = Rc::new(RefCell::new(Vec::new()));
+    let getters: Vec<_> = (0..m)
+        .map(|_| {
+            let g = gotten.clone();
+            queue
+                .get()
+                .add_callback(move |v: usize| {
+                    g.borrow_mut().push(v);
+                    v
+                })
+                .clone()
+        })
+        .collect();
+    assert!(queue.get().take_result().unwrap().unwrap_err().check::<QueueUnderflow>());
+    for i in 0..m {
+        queue.try_put(i).unwrap();
+        assert_eq!(*gotten.borrow(), (0..=i).collect::<Vec<_>>());
+    }
+    for i in 0..n {
+        queue.try_put(n + i).unwrap();
+        assert_eq!(*gotten.borrow(), (0..m).collect::<Vec<_>>());
+    }
+    assert!(matches!(queue.try_put(99), Err(QueueOverflow(99))));
+    for i in 0..n {
+        assert_eq!(queue.get().take_result().unwrap().unwrap(), n + i);
+    }
+    drop(getters);
+
+    let rendezvous: DeferredQueue<()> = DeferredQueue::new(Some(0), None);
+    assert!(rendezvous.try_put(()).is_err());
+    let no_waiting: DeferredQueue<()> = DeferredQueue::new(None, Some(0));
+    assert!(no_waiting.get().take_result().unwrap().unwrap_err().check::<QueueUnderflow>());
 }
