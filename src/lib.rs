@@ -70,6 +70,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod async_helpers;
 pub mod cancellation;
 pub mod combinators;
 mod deferred;

@@ -1,6 +1,7 @@
 //! weft's integration tests: one binary, one module per area, each testing behaviour
 //! through the public API only (unit tests of internals live beside the code).
 
+mod async_helpers;
 mod cancellation;
 mod combinators;
 mod deferred;
