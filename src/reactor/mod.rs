@@ -334,6 +334,12 @@ impl ReactorHandle {
         self.inner.timers.schedule(delay, Box::new(f))
     }
 
+    /// The timers scheduled with [`call_later`](Self::call_later) and not yet run or
+    /// cancelled, in the order they will run (Twisted's `getDelayedCalls`).
+    pub fn get_delayed_calls(&self) -> Vec<DelayedCall> {
+        self.inner.timers.delayed_calls()
+    }
+
     /// How long the loop may sleep before something is due: zero if calls are queued,
     /// `None` if nothing is scheduled at all.
     pub fn time_until_next(&self) -> Option<Duration> {

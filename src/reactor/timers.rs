@@ -17,6 +17,8 @@ use slab::Slab;
 /// A scheduled call (Twisted's `IDelayedCall`), returned by `call_later`.
 ///
 /// Dropping a `DelayedCall` does *not* cancel it: the call still runs at its time.
+/// Cloning gives another handle to the same call.
+#[derive(Clone)]
 pub struct DelayedCall {
     timers: Weak<Timers>,
     key: TimerKey,
@@ -105,6 +107,21 @@ impl Timers {
         self.heap.borrow().peek_deadline()
     }
 
+    /// Handles to every pending call, in the order they will run (Twisted's
+    /// `getDelayedCalls`).
+    pub(crate) fn delayed_calls(self: &Rc<Self>) -> Vec<DelayedCall> {
+        let heap = self.heap.borrow();
+        let mut calls: Vec<_> = heap.entries.iter().map(|(index, e)| (e.deadline, e.seq, index)).collect();
+        calls.sort_unstable();
+        calls
+            .into_iter()
+            .map(|(_, _, index)| DelayedCall {
+                timers: Rc::downgrade(self),
+                key: TimerKey { index, state: heap.entries[index].state.clone() },
+            })
+            .collect()
+    }
+
     /// How many calls are pending.
     pub(crate) fn len(&self) -> usize {
         self.heap.borrow().entries.len()
@@ -176,6 +193,15 @@ impl DelayedCall {
         heap.state(&self.key).ok().map(|i| heap.entries[i].deadline)
     }
 }
+
+impl PartialEq for DelayedCall {
+    /// True for two handles to the same scheduled call.
+    fn eq(&self, other: &DelayedCall) -> bool {
+        Rc::ptr_eq(&self.key.state, &other.key.state)
+    }
+}
+
+impl Eq for DelayedCall {}
 
 impl fmt::Debug for DelayedCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -375,3 +375,14 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     run_bounded(&reactor, secs(10));
     assert_eq!(*got.borrow(), Some((42, reactor_thread, Some("req-7".to_string()))));
 }
+
+/// The real reactor lists its pending timers too (Twisted's `getDelayedCalls`).
+#[test]
+fn reactor_lists_its_pending_delayed_calls() {
+    let reactor = Reactor::new().unwrap();
+    let later = reactor.call_later(secs(60), || ());
+    let sooner = reactor.call_later(secs(30), || ());
+    assert_eq!(reactor.get_delayed_calls(), [sooner.clone(), later]);
+    sooner.cancel().unwrap();
+    assert_eq!(reactor.get_delayed_calls().len(), 1);
+}

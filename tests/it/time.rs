@@ -341,3 +341,29 @@ fn counting_loop(
     });
     (lc, counts)
 }
+
+/// TW test_task.py ClockTestCase.test_getDelayedCalls and test_getDelayedCallsEmpty:
+/// the Clock lists its pending calls (not only a count), in the order they will run,
+/// as handles equal to those `call_later` returned.
+#[test]
+fn clock_lists_its_pending_delayed_calls() {
+    let clock = Clock::new();
+    assert!(clock.get_delayed_calls().is_empty());
+    let c = clock.call_later(secs(3), || ());
+    let a = clock.call_later(secs(1), || ());
+    let b = clock.call_later(secs(2), || ());
+    let cancelled = clock.call_later(secs(2), || ());
+    cancelled.cancel().unwrap();
+    assert_eq!(clock.get_delayed_calls(), [a.clone(), b.clone(), c.clone()]);
+    clock.advance(secs(1));
+    let left = clock.get_delayed_calls();
+    assert_eq!(left, [b, c]);
+    assert_eq!(left[0].get_time(), Some(secs(2)));
+    left[1].cancel().unwrap(); // the listed handle controls the call
+    assert_eq!(clock.get_delayed_calls().len(), 1);
+    // TW test_task.py DeferLaterTests.test_cancel: nothing left behind.
+    let d: Deferred<()> = defer_later(&clock, secs(1), || ());
+    d.cancel();
+    assert_eq!(clock.get_delayed_calls().len(), 1);
+    let _ = d.take_result();
+}
