@@ -12,5 +12,6 @@ mod reactor;
 mod support;
 mod sync;
 mod tcp;
+mod threads;
 mod time;
 mod udp;
