@@ -10,10 +10,10 @@
 //! | Synapse `async_helpers` | weft |
 //! |---|---|
 //! | `ObservableDeferred` | [`ObservableDeferred`](crate::ObservableDeferred) |
-//! | `Linearizer`, `ReadWriteLock` | [`Linearizer`](crate::Linearizer), [`ReadWriteLock`](crate::ReadWriteLock) |
+//! | `Linearizer`, `ReadWriteLock` | [`Linearizer`](crate::Linearizer) (`is_queued` as Synapse's: someone waits; `is_held` added), [`ReadWriteLock`](crate::ReadWriteLock); the lock is a guard value, released on drop |
 //! | `timeout_deferred`, `stop_cancellation`, `delay_cancellation` | [`crate::cancellation`] |
 //! | `yieldable_gather_results(f, items)` | [`gather_results`]`(items.map(f), true)` then [`unwrap_first_error`] |
-//! | `concurrently_execute(func, args, limit)` | [`concurrently_execute`] |
+//! | `concurrently_execute(func, args, limit)` | [`concurrently_execute`] (a zero limit fails instead of doing nothing) |
 //! | `concurrently_execute(..., delay_cancellation=True)` | [`delay_cancellation`](crate::delay_cancellation)`(&concurrently_execute(..))` |
 //! | `AwakenableSleeper` | [`AwakenableSleeper`] |
 //! | `gather_optional_coroutines(*coros)` | [`gather_optional`] over `Option<Deferred<_>>` (wrap a coroutine-like future in [`ensure_deferred`]) |
