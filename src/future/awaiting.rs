@@ -130,7 +130,7 @@ impl<T: 'static> Future for DeferredFuture<T> {
         *slot.waker.borrow_mut() = Some(cx.waker().clone());
         if this.registered.is_none() {
             let d = this.d.clone();
-            this.registered = Registration::new(Rc::new(move |e: &CancelledError| d.cancel_as(e)), true);
+            this.registered = Registration::new(Rc::new(move |e: &CancelledError| d.cancel_as(e)));
         }
         Poll::Pending
     }
@@ -168,16 +168,13 @@ impl<F: Future> Future for Interruptible<F> {
         *state.waker.borrow_mut() = Some(cx.waker().clone());
         if this.registered.is_none() {
             let s = state.clone();
-            this.registered = Registration::new(
-                Rc::new(move |e: &CancelledError| {
-                    *s.cancelled.borrow_mut() = Some(e.clone());
-                    let waker = s.waker.borrow_mut().take();
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                }),
-                false,
-            );
+            this.registered = Registration::new(Rc::new(move |e: &CancelledError| {
+                *s.cancelled.borrow_mut() = Some(e.clone());
+                let waker = s.waker.borrow_mut().take();
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }));
         }
         Poll::Pending
     }
@@ -191,9 +188,9 @@ impl<F> fmt::Debug for Interruptible<F> {
 
 impl Registration {
     /// Registers `cancel` with the task being polled now, if any.
-    fn new(cancel: CancelAwaited, counted: bool) -> Option<Registration> {
+    fn new(cancel: CancelAwaited) -> Option<Registration> {
         let task = current_task()?;
-        let token = task.register(cancel, counted);
+        let token = task.register(cancel);
         Some(Registration { task: Rc::downgrade(&task), token })
     }
 }

@@ -150,7 +150,8 @@ pub fn pending_tasks() -> usize {
 }
 
 /// How many times, so far on this thread, a task suspended on a Deferred that had no
-/// result yet (an *await point*). Used by [`check_cancellation_at_each_await`].
+/// result yet, or on an [`interruptible`] future (an *await point*: where a cancel
+/// reaches the task as an error). Used by [`check_cancellation_at_each_await`].
 pub fn await_points() -> u64 {
     runner::await_points()
 }

@@ -115,7 +115,8 @@ pub(super) fn pending_tasks() -> usize {
     TASKS.try_with(|t| t.borrow().len()).unwrap_or(0)
 }
 
-/// How many times a task suspended on a Deferred with no result yet, on this thread.
+/// How many times a task suspended on a Deferred with no result yet (or on an
+/// interruptible future), on this thread.
 pub(super) fn await_points() -> u64 {
     AWAIT_POINTS.with(Cell::get)
 }
@@ -131,12 +132,10 @@ impl Task {
         self.cancels.borrow().contains(&id)
     }
 
-    /// Records that the task now awaits something a cancel can reach; returns the token
-    /// to [`unregister`](Self::unregister) with. Counts an await point if `counted`.
-    pub(super) fn register(&self, cancel: CancelAwaited, counted: bool) -> u64 {
-        if counted {
-            AWAIT_POINTS.with(|n| n.set(n.get() + 1));
-        }
+    /// Records that the task now awaits something a cancel can reach, and counts an
+    /// await point; returns the token to [`unregister`](Self::unregister) with.
+    pub(super) fn register(&self, cancel: CancelAwaited) -> u64 {
+        AWAIT_POINTS.with(|n| n.set(n.get() + 1));
         let token = NEXT_TOKEN.with(|n| {
             let t = n.get();
             n.set(t + 1);

@@ -494,3 +494,55 @@ fn a_cancel_during_the_tasks_own_poll_reaches_its_next_await() {
     assert_eq!(manual.0.dropped.get(), 1);
     assert!(task.take_result().unwrap().unwrap_err().check::<CancelledError>());
 }
+
+/// SY test_logcontext.py LoggingContextTestCase.test_sleep: a task holding its scope
+/// across sleeps, and a competing task started by a timer in between with its own, each
+/// see their own context after every await; the timer's callback starts in the
+/// sentinel, and the caller is back in the sentinel at the end.
+#[test]
+fn competing_tasks_each_keep_their_context_across_sleeps() {
+    use weft::logcontext::{current_request_id, LoggingContext};
+    use weft::reactor::defer_later;
+    let clock = Clock::new();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let competing_done = Rc::new(Cell::new(false));
+    let (c, s, done) = (clock.clone(), seen.clone(), competing_done.clone());
+    clock.call_later(Duration::ZERO, move || {
+        let _task = ensure_deferred(async move {
+            s.borrow_mut().push(("competing start", current_request_id()));
+            {
+                let _scope = LoggingContext::new("competing").enter();
+                defer_later(&c, Duration::ZERO, || ()).await?;
+                s.borrow_mut().push(("competing", current_request_id()));
+                defer_later(&c, Duration::ZERO, || ()).await?;
+                s.borrow_mut().push(("competing", current_request_id()));
+            }
+            s.borrow_mut().push(("competing end", current_request_id()));
+            done.set(true);
+            Ok::<_, Failure>(())
+        });
+    });
+    let (c, s) = (clock.clone(), seen.clone());
+    let main = ensure_deferred(async move {
+        let _scope = LoggingContext::new("foo").enter();
+        defer_later(&c, Duration::ZERO, || ()).await?;
+        s.borrow_mut().push(("foo", current_request_id()));
+        defer_later(&c, Duration::ZERO, || ()).await?;
+        s.borrow_mut().push(("foo", current_request_id()));
+        Ok::<_, Failure>(())
+    });
+    assert_eq!(current_request_id(), None);
+    clock.advance(Duration::ZERO);
+    main.take_result().unwrap().unwrap();
+    assert!(competing_done.get());
+    for (who, context) in seen.borrow().iter() {
+        let expected = match *who {
+            "foo" => Some("foo"),
+            "competing" => Some("competing"),
+            _ => None,
+        };
+        assert_eq!(context.as_deref(), expected, "{who}");
+    }
+    assert_eq!(seen.borrow().len(), 6);
+    assert_eq!(current_request_id(), None);
+}
