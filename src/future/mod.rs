@@ -7,9 +7,9 @@
 //!
 //! # Tasks
 //!
-//! Each task lives in a thread-local table keyed by a task id; its [`Waker`] is an `Arc`
-//! holding only that id and the owning thread's id, so it is `Send` without the task
-//! being so. Waking on the owning thread polls the task at once (a wake while the task
+//! Each task lives in a thread-local slab; its [`Waker`] is an `Arc` holding only its
+//! slab key, its never-reused id and the owning thread's id, so it is `Send` without the
+//! task being so. Waking on the owning thread polls the task at once (a wake while the task
 //! is being polled only asks for one more poll: the re-entrancy guard). A wake from
 //! another thread (a channel fed by a worker thread, say) reaches the task through the
 //! owning thread's reactor (`call_from_thread`); on a thread with no reactor it is

@@ -3,7 +3,6 @@
 //! delivered to a task (see the module docs of [`crate::future`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -12,12 +11,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, ThreadId};
 
+use slab::Slab;
+
 use crate::deferred::{current_cancellation, Next};
 use crate::logcontext::{Captured, Restore};
 use crate::{CancelId, CancelledError, Deferred, Failure};
 
 thread_local! {
-    static TASKS: RefCell<HashMap<u64, Rc<Task>>> = RefCell::new(HashMap::new());
+    /// The thread's pending tasks, by slab key (a task's `key`).
+    static TASKS: RefCell<Slab<Rc<Task>>> = const { RefCell::new(Slab::new()) };
     static CURRENT_TASK: RefCell<Option<Rc<Task>>> = const { RefCell::new(None) };
     static NEXT_TASK: Cell<u64> = const { Cell::new(1) };
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
@@ -31,7 +33,10 @@ pub(super) type CancelAwaited = Rc<dyn Fn(&CancelledError)>;
 /// One task: its future (taken out while it is polled), its log context, and its cancel
 /// bookkeeping.
 pub(super) struct Task {
+    /// Never reused: tells a stale waker from the task now in the same slab slot.
     id: u64,
+    /// The task's slot in `TASKS` (`usize::MAX` if it could not be put there).
+    key: usize,
     future: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
     waker: Waker,
     /// The task's own log context: the one current at `ensure_deferred`, then whatever
@@ -81,11 +86,15 @@ where
         n.set(id + 1);
         id
     });
+    // During the thread's teardown the table is gone: the task is polled once and
+    // dropped when it suspends.
+    let key = TASKS.try_with(|t| t.borrow().vacant_key()).unwrap_or(usize::MAX);
     let target: Rc<Target<T>> = Rc::new(RefCell::new(None));
     let task = Rc::new(Task {
         id,
+        key,
         future: RefCell::new(None),
-        waker: Waker::from(Arc::new(TaskWaker { id, thread: thread::current().id() })),
+        waker: Waker::from(Arc::new(TaskWaker { key, id, thread: thread::current().id() })),
         context: RefCell::new(Captured::capture()),
         target: target.clone(),
         polling: Cell::new(false),
@@ -98,9 +107,10 @@ where
     let out = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
     *target.borrow_mut() = Some(out.clone());
     *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
-    // During the thread's teardown the table is gone: the task is polled once and
-    // dropped when it suspends.
-    let _ = TASKS.try_with(|t| t.borrow_mut().insert(id, task.clone()));
+    let _ = TASKS.try_with(|t| {
+        let inserted = t.borrow_mut().insert(task.clone());
+        debug_assert_eq!(inserted, key);
+    });
     poll_task(&task);
     out
 }
@@ -158,6 +168,11 @@ impl Task {
         drop(stale);
     }
 
+    /// Takes the task out of the thread's table (it finished or was aborted).
+    fn unlist(&self) -> Option<Rc<Task>> {
+        TASKS.try_with(|t| t.borrow_mut().try_remove(self.key)).ok().flatten()
+    }
+
     /// Drops the task's future (if it has not completed) in the task's own log context,
     /// so that scopes it holds restore into it, and the caller's context is current
     /// again after.
@@ -179,8 +194,9 @@ impl Drop for Task {
     }
 }
 
-/// Only `Send` data: a task id and the owning thread.
+/// Only `Send` data: the task's key and id, and the owning thread.
 struct TaskWaker {
+    key: usize,
     id: u64,
     thread: ThreadId,
 }
@@ -192,23 +208,23 @@ impl Wake for TaskWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if thread::current().id() == self.thread {
-            wake_here(self.id);
+            wake_here(self.key, self.id);
             return;
         }
         // Another thread: hand the wake to the owning thread's reactor.
-        let id = self.id;
+        let (key, id) = (self.key, self.id);
         match crate::reactor::handle_for_thread(self.thread) {
-            Some(reactor) if reactor.call_from_thread(move || wake_here(id)).is_ok() => {}
+            Some(reactor) if reactor.call_from_thread(move || wake_here(key, id)).is_ok() => {}
             _ => log::warn!("weft task {id} woken from another thread, whose reactor is gone (or that has none); wake dropped"),
         }
     }
 }
 
-/// Polls task `id` if it still exists; on its own thread.
-fn wake_here(id: u64) {
+/// Polls task `id` (in slot `key`) if it still exists; on its own thread.
+fn wake_here(key: usize, id: u64) {
     // Once the thread's task table is destroyed (the thread is ending and its tasks are
     // being dropped), a wake finds nothing to poll.
-    let task = TASKS.try_with(|t| t.borrow().get(&id).cloned()).ok().flatten();
+    let task = TASKS.try_with(|t| t.borrow().get(key).filter(|t| t.id == id).cloned()).ok().flatten();
     if let Some(task) = task {
         poll_task(&task);
     }
@@ -279,7 +295,7 @@ fn deliver_cancel(task: &Rc<Task>) {
 /// future is dropped (in its own log context) and its Deferred fails with `err`.
 fn abort(task: &Rc<Task>, err: CancelledError) {
     task.done.set(true);
-    let removed = TASKS.try_with(|t| t.borrow_mut().remove(&task.id)).ok().flatten();
+    let removed = task.unlist();
     let awaiting = task.awaiting.borrow_mut().take();
     task.drop_future();
     task.target.fail(Failure::new(err));
@@ -311,7 +327,7 @@ fn poll_task(task: &Rc<Task>) {
         };
         if ready {
             task.done.set(true);
-            let removed = TASKS.try_with(|t| t.borrow_mut().remove(&task.id)).ok().flatten();
+            let removed = task.unlist();
             let awaiting = task.awaiting.borrow_mut().take();
             drop((future, removed, awaiting));
             break;
