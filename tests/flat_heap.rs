@@ -448,7 +448,7 @@ fn timeouts(i: u64) {
         let slow: Deferred<u64> = Deferred::new();
         let timed = timeout_deferred(&slow, Duration::from_secs(1), clock);
         let fast: Deferred<u64> = Deferred::new();
-        add_timeout(&fast, clock, Duration::from_secs(1));
+        add_timeout(&fast, Duration::from_secs(1), clock);
         fast.callback(i).unwrap();
         clock.advance(Duration::from_secs(2));
         assert!(failure(&timed).check::<TimeoutError>());

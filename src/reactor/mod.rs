@@ -84,7 +84,7 @@ pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
 pub use stream::{Transport, WriteBufferLimitsError};
-pub use threads::{ReactorClosedError, ThreadHandle};
+pub use threads::{CancelToken, ReactorClosedError, ThreadHandle};
 pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};
 
@@ -505,6 +505,12 @@ impl ReactorHandle {
         self.inner.timers.schedule(delay, Box::new(f))
     }
 
+    /// The timers scheduled with [`call_later`](Self::call_later) and not yet run or
+    /// cancelled, in the order they will run (Twisted's `getDelayedCalls`).
+    pub fn get_delayed_calls(&self) -> Vec<DelayedCall> {
+        self.inner.timers.delayed_calls()
+    }
+
     /// How long a host may wait before the reactor has something to do: zero if work
     /// is ready now (queued calls, a shutdown step, events left by the last turn),
     /// `None` if nothing is scheduled at all (only I/O or another thread can bring work).
@@ -565,19 +571,81 @@ impl ReactorHandle {
     /// Runs `f` on the reactor's thread pool and fires the returned Deferred, on the
     /// reactor thread, with what it returned (Twisted's `deferToThread`). A panic in `f`
     /// becomes a [`PanicError`](crate::PanicError) Failure.
+    /// [`defer_to_thread_with_token`](Self::defer_to_thread_with_token) is the form for
+    /// jobs that can fail or stop early.
+    ///
+    /// # Log context
+    ///
+    /// As Synapse's `defer_to_threadpool`: `f` runs in a log context named after the
+    /// caller's (its log records carry the request id), and the thread CPU time it
+    /// used, with any database counters it added to `current_context()`, is charged to
+    /// the caller's context when the result is delivered. The Deferred's callbacks run
+    /// in the contexts they were added in, as always.
     ///
     /// # Cancellation
     ///
     /// Cancelling before a pool thread picked the work up removes it: `f` never runs.
     /// Once it runs it cannot be stopped; the Deferred fails with `CancelledError` at
-    /// once and the late result is dropped.
+    /// once and the late result is dropped (its CPU is still charged).
+    #[track_caller]
     #[must_use = "the Deferred carries f's result"]
     pub fn defer_to_thread<T, F>(&self, f: F) -> Deferred<T>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        self.inner.threads.defer_to_thread(self, f)
+        let location = std::panic::Location::caller();
+        self.inner
+            .threads
+            .defer_to_thread(self, location, move |_: &CancelToken| Ok::<T, std::convert::Infallible>(f()))
+    }
+
+    /// [`defer_to_thread`](Self::defer_to_thread) for a job that may fail and may stop
+    /// early: `f` gets a [`CancelToken`] that turns true once the Deferred is cancelled
+    /// (or the pool stops), and returns a `Result`. An `Err` reaches the errback chain as
+    /// a [`Failure`](crate::Failure) holding the error (made on the reactor thread,
+    /// naming the line that called this); the error may be any `Error + Send + Sync`, a
+    /// `Box<dyn Error + Send + Sync>` or a `String`.
+    ///
+    /// ```
+    /// use std::{cell::RefCell, rc::Rc};
+    /// use weft::reactor::{CancelToken, Reactor};
+    ///
+    /// let reactor = Reactor::new().unwrap();
+    /// let read = reactor.defer_to_thread_with_token(|token: &CancelToken| {
+    ///     let mut lines = 0;
+    ///     for _ in 0..1000 {
+    ///         if token.is_cancelled() {
+    ///             return Err(std::io::Error::other("stopped early"));
+    ///         }
+    ///         lines += 1; // ... one unit of blocking work ...
+    ///     }
+    ///     Ok(lines)
+    /// });
+    /// let got = Rc::new(RefCell::new(None));
+    /// let (g, h) = (got.clone(), reactor.handle());
+    /// read.add_both(move |r| {
+    ///     *g.borrow_mut() = Some(r.is_ok());
+    ///     h.stop();
+    ///     r
+    /// });
+    /// reactor.run();
+    /// assert_eq!(*got.borrow(), Some(true));
+    /// ```
+    ///
+    /// # Cancellation
+    ///
+    /// As for `defer_to_thread`; in addition the token of a running job turns true, and
+    /// what the job then returns is dropped.
+    #[track_caller]
+    #[must_use = "the Deferred carries f's result"]
+    pub fn defer_to_thread_with_token<T, E, F>(&self, f: F) -> Deferred<T>
+    where
+        T: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(&CancelToken) -> Result<T, E> + Send + 'static,
+    {
+        self.inner.threads.defer_to_thread(self, std::panic::Location::caller(), f)
     }
 
     /// The maximum number of threads [`defer_to_thread`](Self::defer_to_thread) uses

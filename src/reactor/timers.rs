@@ -28,6 +28,8 @@ use super::poll::Alarm;
 /// A scheduled call (Twisted's `IDelayedCall`), returned by `call_later`.
 ///
 /// Dropping a `DelayedCall` does *not* cancel it: the call still runs at its time.
+/// Cloning gives another handle to the same call.
+#[derive(Clone)]
 pub struct DelayedCall {
     timers: Weak<Timers>,
     key: TimerKey,
@@ -156,6 +158,21 @@ impl Timers {
         self.heap.borrow().peek_deadline()
     }
 
+    /// Handles to every pending call, in the order they will run (Twisted's
+    /// `getDelayedCalls`).
+    pub(crate) fn delayed_calls(self: &Rc<Self>) -> Vec<DelayedCall> {
+        let heap = self.heap.borrow();
+        let mut calls: Vec<_> = heap.entries.iter().map(|(index, e)| (e.deadline, e.seq, index)).collect();
+        calls.sort_unstable();
+        calls
+            .into_iter()
+            .map(|(_, _, index)| DelayedCall {
+                timers: Rc::downgrade(self),
+                key: heap.entries[index].key.clone(),
+            })
+            .collect()
+    }
+
     /// How many calls are pending.
     pub(crate) fn len(&self) -> usize {
         self.heap.borrow().entries.len()
@@ -237,6 +254,15 @@ impl DelayedCall {
         heap.index(&self.key).ok().map(|i| heap.entries[i].deadline)
     }
 }
+
+impl PartialEq for DelayedCall {
+    /// True for two handles to the same scheduled call.
+    fn eq(&self, other: &DelayedCall) -> bool {
+        Rc::ptr_eq(&self.key.0, &other.key.0)
+    }
+}
+
+impl Eq for DelayedCall {}
 
 impl fmt::Debug for DelayedCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,6 +1,7 @@
 //! weft's integration tests: one binary, one module per area, each testing behaviour
 //! through the public API only (unit tests of internals live beside the code).
 
+mod async_helpers;
 mod cancellation;
 mod combinators;
 mod deferred;
@@ -9,6 +10,7 @@ mod embed_context;
 mod embed_epoll;
 mod embed_tokio;
 mod flow_control;
+mod future;
 mod leaks;
 mod line_receiver;
 mod listen;
@@ -20,8 +22,8 @@ mod reactor;
 mod string_receivers;
 mod support;
 mod sync;
-mod task;
 mod tcp;
+mod threads;
 mod time;
 mod transport;
 mod udp;

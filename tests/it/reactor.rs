@@ -13,7 +13,7 @@ use weft::reactor::{
 };
 use weft::{CancelledError, Deferred, Failure, PanicError};
 
-use crate::support::{graceful, localhost, ms, run_bounded, secs};
+use crate::support::{graceful, localhost, ms, run_bounded, run_until, secs};
 
 // ---- the real loop ----
 
@@ -189,7 +189,8 @@ impl Protocol for CtxEcho {
 
 struct CtxClient {
     seen: Seen,
-    done: Rc<dyn Fn()>,
+    /// Frees the pool once the reply is in.
+    release: mpsc::Sender<()>,
 }
 
 impl Protocol for CtxClient {
@@ -199,7 +200,7 @@ impl Protocol for CtxClient {
     }
     fn data_received(&mut self, _data: &[u8]) {
         note(&self.seen, "client data_received");
-        (self.done)();
+        let _ = self.release.send(());
     }
 }
 
@@ -236,25 +237,20 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         reactor.call_soon(move || note(&s, "call_soon"));
         let s = seen.clone();
         reactor.call_later(Duration::ZERO, move || note(&s, "call_later"));
-        // Stop once both the echo and the pool's result arrived (the pool stops at
-        // shutdown, dropping work it has not started).
-        let (left, h) = (Rc::new(Cell::new(2)), reactor.handle());
-        let done: Rc<dyn Fn()> = Rc::new(move || {
-            left.set(left.get() - 1);
-            if left.get() == 0 {
-                h.stop();
-            }
-        });
-        let (s, d) = (seen.clone(), done.clone());
+        let s = seen.clone();
+        // One pool thread, busy until the client has its reply, so the job below starts
+        // only after that: the order in which stopping on the reply lost its result.
+        reactor.set_thread_pool_size(1);
+        let (release, released) = mpsc::channel::<()>();
+        let _busy = reactor.defer_to_thread(move || released.recv_timeout(Duration::from_secs(5)).is_ok());
         reactor.defer_to_thread(|| 5u32).add_callback(move |v| {
             note(&s, "defer_to_thread result");
-            d();
             v
         });
         let s = seen.clone();
         let _connected = reactor.connect_tcp(
             addr,
-            move |_: &Address| CtxClient { seen: s.clone(), done: done.clone() },
+            move |_: &Address| CtxClient { seen: s.clone(), release: release.clone() },
             secs(5),
         );
         let s = seen.clone();
@@ -269,7 +265,17 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
     .join()
     .unwrap();
 
-    run_bounded(&reactor, secs(10));
+    // Stop once everything the test checks has happened (before, the client's reply
+    // stopped the loop, and the pool's result was sometimes not delivered yet).
+    let s = seen.clone();
+    let all_ran = move || {
+        let seen = s.borrow();
+        ["call_soon", "call_later", "defer_to_thread result", "client data_received", "server data_received"]
+            .iter()
+            .all(|what| seen.iter().any(|(w, _)| w == what))
+    };
+    let ft = from_thread.clone();
+    run_until(&reactor, secs(10), move || all_ran() && !ft.lock().unwrap().is_empty());
     assert_eq!(current_request_id(), None, "no context leaks out of run()");
 
     let seen = seen.borrow();
@@ -360,7 +366,8 @@ fn a_connection_that_cannot_drain_is_aborted_at_the_shutdown_timeout() {
 }
 
 /// A future woken from another thread (a channel fed by a worker, say): the wake reaches
-/// the `ensure_deferred` task through the owning thread's reactor.
+/// the `ensure_deferred` task through the owning thread's reactor, and the task resumes
+/// in its own log context.
 #[test]
 fn task_woken_from_another_thread_resumes_on_the_reactor() {
     use std::future::Future;
@@ -391,17 +398,23 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     let reactor = Reactor::new().unwrap();
     let slot = Arc::new(Mutex::new(Slot::default()));
     let reactor_thread = std::thread::current().id();
-    let task = weft::future::ensure_deferred({
-        let slot = slot.clone();
-        async move {
-            let v = FromWorker(slot).await;
-            Ok::<_, Failure>((v, std::thread::current().id()))
-        }
-    });
+    let task = {
+        // The task resumes in its own log context, not in the sentinel the wake-up from
+        // the other thread runs in.
+        let _request = weft::logcontext::LoggingContext::new("req-7").enter();
+        weft::future::ensure_deferred({
+            let slot = slot.clone();
+            async move {
+                let v = FromWorker(slot).await;
+                let context = weft::logcontext::current_request_id();
+                Ok::<_, Failure>((v, std::thread::current().id(), context))
+            }
+        })
+    };
     let got = Rc::new(RefCell::new(None));
     let (g, h) = (got.clone(), reactor.handle());
     task.add_callback(move |r| {
-        *g.borrow_mut() = Some(r);
+        *g.borrow_mut() = Some(r.clone());
         h.stop();
         r
     });
@@ -415,5 +428,16 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     });
     worker.join().unwrap();
     run_bounded(&reactor, secs(10));
-    assert_eq!(*got.borrow(), Some((42, reactor_thread)));
+    assert_eq!(*got.borrow(), Some((42, reactor_thread, Some("req-7".to_string()))));
+}
+
+/// The real reactor lists its pending timers too (Twisted's `getDelayedCalls`).
+#[test]
+fn reactor_lists_its_pending_delayed_calls() {
+    let reactor = Reactor::new().unwrap();
+    let later = reactor.call_later(secs(60), || ());
+    let sooner = reactor.call_later(secs(30), || ());
+    assert_eq!(reactor.get_delayed_calls(), [sooner.clone(), later]);
+    sooner.cancel().unwrap();
+    assert_eq!(reactor.get_delayed_calls().len(), 1);
 }

@@ -33,6 +33,24 @@ pub(crate) fn run_bounded(reactor: &Reactor, limit: Duration) {
     assert!(!timed_out.get(), "the reactor test did not finish within {limit:?}");
 }
 
+/// Runs `reactor` until `done()` holds, failing the test if `limit` passes first. For
+/// tests that wait for several things to happen (a reply and the server's
+/// `connection_lost`, a pool result and a socket event): stopping on the condition the
+/// test checks, never on one of the events, keeps it independent of scheduling.
+/// `done` is checked every millisecond of reactor time (a cheap `LoopingCall`).
+#[track_caller]
+pub(crate) fn run_until(reactor: &Reactor, limit: Duration, done: impl Fn() -> bool + 'static) {
+    let h = reactor.handle();
+    let check = weft::reactor::LoopingCall::new(reactor.handle(), move || {
+        if done() {
+            h.stop();
+        }
+    });
+    let _stopped = check.start(Duration::from_millis(1), false);
+    run_bounded(reactor, limit);
+    check.stop();
+}
+
 /// One capturing logger for the whole test binary (`log` allows one per process).
 ///
 /// It sits behind weft's `ContextLogger`, so each record carries the request id of the

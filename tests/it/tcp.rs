@@ -13,7 +13,7 @@ use weft::reactor::{
 };
 use weft::{Deferred, Failure};
 
-use crate::support::{localhost, ms, run_bounded, secs};
+use crate::support::{localhost, ms, run_bounded, run_until, secs};
 
 /// Echoes what it receives; records how the connection ended.
 struct Echo {
@@ -76,23 +76,19 @@ fn tcp_echo_round_trip() {
         other => panic!("{other:?}"),
     };
     let reply = Rc::new(RefCell::new(Vec::new()));
-    let (r, h) = (reply.clone(), reactor.handle());
+    let r = reply.clone();
     let message: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
     let m = message.clone();
     let d = reactor.connect_tcp(
         addr,
         move |_: &Address| {
-            let (r, h) = (r.clone(), h.clone());
+            let r = r.clone();
             Client {
                 message: m.clone(),
                 expect: m.len(),
                 got: Vec::new(),
                 transport: None,
-                done: Some(Box::new(move |got| {
-                    *r.borrow_mut() = got;
-                    let h2 = h.clone();
-                    h.call_later(ms(20), move || h2.stop());
-                })),
+                done: Some(Box::new(move |got| *r.borrow_mut() = got)),
             }
         },
         secs(5),
@@ -102,7 +98,10 @@ fn tcp_echo_round_trip() {
         assert_eq!(peer, Address::Tcp(addr));
         p
     });
-    run_bounded(&reactor, secs(10));
+    // Both ends must be done: the client has its reply and the server saw
+    // `connection_lost` (before, a 20 ms grace period stood in for the second).
+    let (r, l, len) = (reply.clone(), lost.clone(), message.len());
+    run_until(&reactor, secs(10), move || r.borrow().len() == len && !l.borrow().is_empty());
     assert!(*reply.borrow() == message, "echo differs ({} bytes back)", reply.borrow().len());
     assert_eq!(lost.borrow().len(), 1);
     assert!(lost.borrow()[0].check::<ConnectionDone>(), "{}", lost.borrow()[0]);
