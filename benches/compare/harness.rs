@@ -131,10 +131,10 @@ impl Reps<'_> {
 fn median(v: &mut [u64]) -> f64 {
     v.sort_unstable();
     let mid = v.len() / 2;
-    if v.len() % 2 == 0 {
-        (v[mid - 1] as f64 + v[mid] as f64) / 2.0
-    } else {
+    if v.len() % 2 == 1 {
         v[mid] as f64
+    } else {
+        (v[mid - 1] as f64 + v[mid] as f64) / 2.0
     }
 }
 

@@ -402,7 +402,7 @@ def cmd_render(raw, report_path, plotdir):
     )
     w(
         f"- Load average (1, 5, 15 min): {info.get('load_before', '?')} before, {info.get('load_after', '?')} after. "
-        + (f"**Note:** {info['note']}" if info.get("note") else "")
+        + (f"**Note:** {info['note'].rstrip('.')}." if info.get("note") else "")
     )
     w(
         f"- Versions: weft {info.get('weft', '?')} (commit {info.get('commit', '?')}, mio {info.get('weft_mio', '?')}), "
