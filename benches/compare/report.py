@@ -332,8 +332,9 @@ def scenario_label(l):
     return f"{l['conns']}×{l['pipeline']}"
 
 
-def plot_load(run, plotdir, benches, name, title, unit):
-    """Grouped bars: replies per second and server CPU per reply, per scenario."""
+def plot_load(run, plotdir, benches, name, title, unit, missing=()):
+    """Grouped bars: replies per second and server CPU per reply, per scenario; `missing`
+    names the implementations that were skipped."""
     rows = [l for b in benches for l in run.load.get(b, [])]
     if not rows:
         return None
@@ -356,7 +357,11 @@ def plot_load(run, plotdir, benches, name, title, unit):
                 cpu.append(l.get("server_cpu_us_per_msg") or 0)
         top.bar(xs, rate, width, color=COLOURS.get(impl), label=impl)
         bottom.bar(xs, cpu, width, color=COLOURS.get(impl), label=impl)
-    labels = [(b.replace("http-sleep", "sleep ") + " " if b != "echo" and b != "http" else "") + f"{c} conns × {p}" for b, c, p in scenarios]
+    paths = {(l["bench"], l["conns"], l["pipeline"]): l.get("path") for l in rows}
+    labels = [
+        (f"GET {paths[s]}\n" if paths.get(s) else "") + f"{s[1]} conn{'s' if s[1] != 1 else ''} × {s[2]}"
+        for s in scenarios
+    ]
     for ax in (top, bottom):
         ax.set_xticks(range(len(scenarios)))
         ax.set_xticklabels(labels, fontsize=8)
@@ -365,7 +370,7 @@ def plot_load(run, plotdir, benches, name, title, unit):
     bottom.set_ylabel(f"server CPU µs per {unit[:-1] if unit.endswith('s') else unit}\n(lower is better)")
     bottom.set_yscale("log")
     top.legend(fontsize=8)
-    top.set_title(title)
+    top.set_title(title + "".join(f"\n{m}: not run (no server subcommand yet)" for m in missing))
     bottom.set_xlabel("connections × requests in flight on each (pipeline)")
     fig.tight_layout()
     fig.savefig(os.path.join(plotdir, name), metadata={"Date": None})
@@ -441,7 +446,9 @@ def cmd_render(raw, report_path, plotdir):
         plot_micro(run, plotdir, date)
     plot_load(run, plotdir, ["echo"], f"echo.{PLOT_EXT}", "TCP echo (loadgen, closed loop, loopback)", "messages")
     if http_benches:
-        plot_load(run, plotdir, http_benches, f"http.{PLOT_EXT}", "HTTP/1.1 GET (keep-alive, closed loop, loopback)", "requests")
+        missing = [s["impl"] for s in skipped]
+        title = "HTTP/1.1 GET (keep-alive, closed loop, loopback)"
+        plot_load(run, plotdir, http_benches, f"http.{PLOT_EXT}", title, "requests", missing)
     with open(report_path, "w") as f:
         f.write("\n".join(out))
 
