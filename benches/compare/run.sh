@@ -69,6 +69,9 @@ NAME=${NAME:-compare-$(date +%F)}
 say() { echo "[compare $(date +%T)] $*" >&2; }
 
 # ---------------------------------------------------------------- set up
+for tool in cargo rustc python3.11; do
+    command -v "$tool" >/dev/null || { echo "run.sh needs $tool (see the top of this file)" >&2; exit 2; }
+done
 VENV=$HERE/.venv
 PY=$VENV/bin/python
 if ! "$PY" -c 'import twisted, matplotlib' 2>/dev/null \
