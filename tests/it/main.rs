@@ -25,5 +25,7 @@ mod sync;
 mod tcp;
 mod threads;
 mod time;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 mod udp;
