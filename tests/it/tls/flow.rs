@@ -142,11 +142,11 @@ fn a_producer_is_paused_at_the_high_water_mark_and_everything_arrives() {
     assert!(max_buffered.get() <= HIGH + CHUNK, "buffered {} bytes", max_buffered.get());
 }
 
-/// 4 MiB from a rustls client reach a weft protocol whole and in order, and the
+/// 1 MiB from a rustls client reach a weft protocol whole and in order, and the
 /// client's close_notify is the protocol's end of file.
 #[test]
 fn a_large_upload_arrives_whole() {
-    const UP: usize = 4 << 20;
+    const UP: usize = 1 << 20;
     let certs = Certs::new();
     let reactor = Reactor::new().unwrap();
     let seen = Seen::default();
