@@ -268,3 +268,46 @@ fn lose_connection_before_the_handshake_finishes_it_and_delivers_the_data() {
     assert!(end.is_ok(), "close_notify, not a truncation: {end:?}");
     assert!(seen.reason().is::<ConnectionDone>());
 }
+
+/// `lose_write_connection` is TLS's half-close: weft's client sends its request, then
+/// close_notify (and shuts the TCP write side); the rustls server reads to a clean end,
+/// still answers, and closes; the client gets the answer and its protocol ends with
+/// `ConnectionDone`.
+#[test]
+fn lose_write_connection_sends_close_notify_and_still_reads_the_answer() {
+    let certs = Certs::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = certs.server().config().clone();
+    let server = Thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(secs(20))).unwrap();
+        let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+        let mut request = Vec::new();
+        let end = tls.read_to_end(&mut request).map_err(|e| e.kind());
+        tls.write_all(b"answer to ").unwrap();
+        tls.write_all(&request).unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        end
+    });
+    let reactor = Reactor::new().unwrap();
+    let seen = Seen::default();
+    let s = seen.clone();
+    let d = reactor.connect_tls(
+        addr,
+        move |_: &Address| Peer::new(Mode::Collect, &s).greeting(b"a request", false),
+        &certs.client("localhost"),
+        secs(10),
+    );
+    let s = seen.clone();
+    turn_until(&reactor, secs(20), move || s.made.get() == 1);
+    seen.transport().lose_write_connection();
+    let (s, done) = (seen.clone(), server.done());
+    turn_until(&reactor, secs(20), move || done() && s.lost_count() == 1);
+    assert_eq!(server.join(), Ok(9), "the server read the request to a clean end (close_notify)");
+    assert_eq!(seen.data.borrow().as_slice(), b"answer to a request");
+    assert!(seen.eof.get());
+    assert!(seen.reason().is::<ConnectionDone>(), "{}", seen.reason());
+    drop(d);
+}
