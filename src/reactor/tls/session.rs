@@ -55,6 +55,9 @@ pub(crate) struct TlsStream {
     end_pending: Cell<bool>,
     /// An error met after plaintext was read in the same call: the next read returns it.
     error_pending: RefCell<Option<io::Error>>,
+    /// Bytes read from the socket that rustls has not taken yet (when a read filled the
+    /// caller's buffer first); usually empty, and then unallocated.
+    incoming: RefCell<Vec<u8>>,
 }
 
 /// Where the handshake is.
@@ -90,6 +93,7 @@ impl TlsStream {
             wrote_early: Cell::new(false),
             end_pending: Cell::new(false),
             error_pending: RefCell::new(None),
+            incoming: RefCell::new(Vec::new()),
         }
     }
 
@@ -189,6 +193,24 @@ impl TlsStream {
         if session.is_handshaking() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut incoming = self.incoming.borrow_mut();
+            let mut feed = Feed { sock: &self.sock, incoming: &mut incoming, scratch, window: 0..0 };
+            let r = self.read_records(&mut session, buf, &mut feed);
+            // What the socket gave that rustls did not take yet stays with this connection.
+            let Feed { incoming, scratch, window, .. } = feed;
+            incoming.extend_from_slice(&scratch[window]);
+            r
+        })
+    }
+
+    /// `read`'s loop: plaintext out of rustls, records into it from `feed`.
+    fn read_records(
+        &self,
+        session: &mut Connection,
+        buf: &mut [u8],
+        feed: &mut Feed<'_>,
+    ) -> io::Result<usize> {
         let mut n = 0;
         loop {
             match session.reader().read(&mut buf[n..]) {
@@ -206,15 +228,15 @@ impl TlsStream {
                 Err(e) => return self.error_after(n, e),
             }
             // rustls has no plaintext left: open more records.
-            match session.read_tls(&mut Io(&self.sock)) {
+            match session.read_tls(feed) {
                 // 0: the socket's end of file; the reader reports it on the next round.
                 Ok(_) => {
                     if let Err(e) = session.process_new_packets() {
-                        let _ = self.flush(&mut session);
+                        let _ = self.flush(session);
                         return self.error_after(n, TlsError::Rustls(e).into_io());
                     }
                     // A key update's answer, say.
-                    if let Err(e) = self.flush(&mut session) {
+                    if let Err(e) = self.flush(session) {
                         return self.error_after(n, e);
                     }
                 }
@@ -250,7 +272,7 @@ impl TlsStream {
     /// True if a read would return something without the socket signalling: see the
     /// module docs.
     pub(crate) fn input_pending(&self) -> bool {
-        self.end_pending.get() || self.error_pending.borrow().is_some()
+        self.end_pending.get() || self.error_pending.borrow().is_some() || !self.incoming.borrow().is_empty()
     }
 
     /// Called before the write side is shut or the socket closed: sends `close_notify`
@@ -321,6 +343,46 @@ impl Drop for TlsStream {
                 let _ = w.errback(f.clone());
             }
         }
+    }
+}
+
+/// How much one socket read after the handshake takes: rustls reads at most 4 KiB at a
+/// time, so a 16 KiB record would cost several system calls.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer a connection's `read` reads the socket into before rustls takes the
+    /// bytes, shared by the thread's connections (a read leaves nothing in it: what
+    /// rustls did not take goes to the connection's `incoming`).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+}
+
+/// What `read_tls` reads from after the handshake: the connection's leftover bytes
+/// first, then the scratch buffer's `window` of bytes from the last socket read, then
+/// the socket (a fresh read of up to 64 KiB into the scratch buffer).
+struct Feed<'a> {
+    sock: &'a Stream,
+    incoming: &'a mut Vec<u8>,
+    scratch: &'a mut [u8],
+    window: std::ops::Range<usize>,
+}
+
+impl Read for Feed<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.incoming.is_empty() {
+            let k = out.len().min(self.incoming.len());
+            out[..k].copy_from_slice(&self.incoming[..k]);
+            self.incoming.drain(..k);
+            return Ok(k);
+        }
+        if self.window.is_empty() {
+            let k = self.sock.read(self.scratch)?;
+            self.window = 0..k;
+        }
+        let k = out.len().min(self.window.len());
+        out[..k].copy_from_slice(&self.scratch[self.window.start..self.window.start + k]);
+        self.window.start += k;
+        Ok(k)
     }
 }
 
