@@ -70,6 +70,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod cache;
 pub mod cancellation;
 pub mod combinators;
 mod deferred;
@@ -79,6 +80,7 @@ pub mod logcontext;
 mod observable;
 pub mod reactor;
 pub mod sync;
+pub mod web;
 
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
 pub use failure::{
@@ -87,6 +89,7 @@ pub use failure::{
 };
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 
+pub use cache::ResponseCache;
 pub use cancellation::{
     add_timeout, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred, TimeoutError,
 };
