@@ -491,13 +491,14 @@ impl Channel {
             Ok(super::Reply(ReplyRepr::Later(d))) => {
                 *ex.deferred.borrow_mut() = Some(d.clone());
                 let (weak, ex2) = (self.me.clone(), ex.clone());
-                {
-                    let _ctx = PreserveLoggingContext::new(ex.ctx.clone());
-                    d.add_both(move |r: Result<Response, Failure>| -> Next<Response> {
-                        handler_done(&weak, &ex2, r);
-                        Next::Consumed
-                    });
-                }
+                // The server's own step runs in the connection's context: writing the
+                // response, closing and starting the next request are not the request's
+                // work, and may happen after its context has finished.
+                let _ctx = PreserveLoggingContext::new(self.ctx.clone());
+                d.add_both(move |r: Result<Response, Failure>| -> Next<Response> {
+                    handler_done(&weak, &ex2, r);
+                    Next::Consumed
+                });
                 if !ex.handler_done.get() {
                     self.arm_timer();
                 }
@@ -613,6 +614,7 @@ impl Channel {
         // Whatever was gathered goes out first: a closing transport takes no writes.
         self.flush_out();
         if let Some(t) = self.transport() {
+            let _ctx = PreserveLoggingContext::new(self.ctx.clone());
             t.lose_connection();
         }
     }
@@ -648,9 +650,7 @@ impl Channel {
         if short {
             log::error!(target: "weft::web", "streamed body shorter than its Content-Length: closing the connection");
             ex.keep_alive.set(false);
-            if let Some(t) = self.transport() {
-                t.abort_connection();
-            }
+            self.abort();
             return;
         }
         match framing {
@@ -685,7 +685,13 @@ impl Channel {
         }
         log::error!(target: "weft::web", "a streamed response body was dropped unfinished: aborting the connection");
         ex.keep_alive.set(false);
+        self.abort();
+    }
+
+    /// Closes the connection now, dropping what is buffered.
+    fn abort(&self) {
         if let Some(t) = self.transport() {
+            let _ctx = PreserveLoggingContext::new(self.ctx.clone());
             t.abort_connection();
         }
     }
@@ -817,9 +823,7 @@ impl Channel {
         }
         if ex.streaming.get() {
             ex.keep_alive.set(false);
-            if let Some(t) = self.transport() {
-                t.abort_connection();
-            }
+            self.abort();
             return;
         }
         self.respond(ex, Response::error(504, "the request took too long"));
@@ -866,12 +870,10 @@ impl Channel {
             return;
         }
         let busy = self.current.borrow().is_some() || !self.queue.borrow().is_empty();
-        if let Some(t) = self.transport() {
-            if busy {
-                t.abort_connection();
-            } else {
-                t.lose_connection();
-            }
+        if busy {
+            self.abort();
+        } else {
+            self.close_now_gracefully();
         }
     }
 }

@@ -247,7 +247,12 @@ impl Target {
             p if p.starts_with('?') => format!("/{p}"),
             p => p.to_string(),
         };
-        if authority.is_empty() || authority.contains('@') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        let bad = |b: u8| b <= b' ' || b == 0x7f;
+        if authority.is_empty()
+            || authority.contains('@')
+            || authority.bytes().any(bad)
+            || path.bytes().any(bad)
+        {
             return None;
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {

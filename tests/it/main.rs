@@ -14,5 +14,7 @@ mod task;
 mod tcp;
 mod time;
 mod udp;
+mod web_cancel;
+mod web_client;
 mod web_rfc;
 mod web_server;
