@@ -65,6 +65,8 @@
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
 //! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
+//! | `twisted.web` `Site`, Synapse's servlets and `@cancellable` | [`web::Site`], [`web::Router`], [`future::cancellable`] |
+//! | Synapse `ResponseCache` | [`ResponseCache`] |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

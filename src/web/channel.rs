@@ -26,7 +26,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::parse::{parse_head, BodyReader, Framing, HeadParse, ParsedHead};
 use super::request::{Head, Request};
@@ -78,6 +78,9 @@ pub(crate) struct Channel {
     head_since: Cell<Option<Duration>>,
     /// When body bytes last arrived.
     body_since: Cell<Duration>,
+    /// The reactor's time, read once per event (a read, a handler's completion, a
+    /// timer) and used by everything that event does.
+    now: Cell<Duration>,
 }
 
 enum Reader {
@@ -96,8 +99,9 @@ enum Queued {
 pub(crate) struct Exchange {
     head: Option<Rc<Head>>,
     ctx: LoggingContext,
-    started: Instant,
+    /// Reactor time when the request started (for the timeout and the wall time).
     started_at: Duration,
+    site: Rc<SiteShared>,
     cancellable: bool,
     head_only: bool,
     keep_alive: Cell<bool>,
@@ -144,7 +148,15 @@ impl Channel {
             idle_since: Cell::new(now),
             head_since: Cell::new(None),
             body_since: Cell::new(now),
+            now: Cell::new(now),
         })
+    }
+
+    /// Reads the reactor's time for the event being handled.
+    fn tick(&self) -> Duration {
+        let now = self.site.now();
+        self.now.set(now);
+        now
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -169,7 +181,7 @@ impl Channel {
         if self.lost.get() {
             return;
         }
-        let now = self.site.now();
+        let now = self.tick();
         if matches!(*self.reader.borrow(), Reader::Body(_)) {
             self.body_since.set(now);
         }
@@ -328,7 +340,7 @@ impl Channel {
             Lookup::Found { .. } => {
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n");
                 let limits = self.site.limits;
-                self.body_since.set(self.site.now());
+                self.body_since.set(self.now.get());
                 let body = BodyReader::new(p.framing, &limits);
                 Reader::Body(Box::new((p, body)))
             }
@@ -365,7 +377,7 @@ impl Channel {
             return;
         }
         // Between requests, outside a read: go on with buffered input, then reading.
-        let now = self.site.now();
+        let now = self.now.get();
         let resume = !self.inbuf.borrow().is_empty() || matches!(*self.reader.borrow(), Reader::AwaitTurn(_));
         if resume {
             self.feed(&[], now);
@@ -425,8 +437,8 @@ impl Channel {
         Rc::new(Exchange {
             head,
             ctx: LoggingContext::new(name),
-            started: Instant::now(),
-            started_at: self.site.now(),
+            started_at: self.now.get(),
+            site: self.site.clone(),
             cancellable,
             head_only,
             keep_alive: Cell::new(true),
@@ -557,7 +569,8 @@ impl Channel {
         }
         {
             let mut out = self.out.borrow_mut();
-            response::write_head(&mut out, &response_head, framing, connection);
+            let date = self.site.date_line(self.now.get());
+            response::write_head(&mut out, &response_head, framing, connection, &date);
             if let (Some(Ok(bytes)), false) = (&stream, ex.head_only) {
                 out.extend_from_slice(bytes);
                 ex.bytes.set(bytes.len() as u64);
@@ -641,6 +654,7 @@ impl Channel {
     }
 
     pub(crate) fn stream_finish(&self, ex: &Rc<Exchange>, framing: StreamFraming, short: bool) {
+        self.tick();
         if self.lost.get() || !self.is_current(ex) {
             return;
         }
@@ -788,7 +802,7 @@ impl Channel {
         let _ = self.timer.borrow_mut().take();
         self.timer_at.set(Duration::MAX);
         let Some(deadline) = self.deadline() else { return };
-        let now = self.site.now();
+        let now = self.tick();
         if now < deadline {
             self.arm_timer();
             return;
@@ -883,6 +897,9 @@ fn handler_done(channel: &Weak<Channel>, ex: &Rc<Exchange>, r: Result<Response, 
     ex.handler_done.set(true);
     let _ = ex.deferred.borrow_mut().take();
     let channel = channel.upgrade();
+    if let Some(c) = &channel {
+        c.tick();
+    }
     let live = channel.as_ref().filter(|c| !c.lost.get() && c.is_current(ex));
     match (live, r) {
         (Some(ch), _) if ex.timed_out.get() => {
@@ -954,7 +971,7 @@ impl Exchange {
 
     fn log_access(&self) {
         let stats = self.ctx.stats();
-        let wall = self.started.elapsed();
+        let wall = self.site.now().saturating_sub(self.started_at);
         let status = match self.status.get() {
             0 if self.cancelled.get() => 499,
             0 => 0,

@@ -2,7 +2,6 @@
 //! written (one buffer, one write, a cached `Date`).
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -332,6 +331,7 @@ pub(crate) fn write_head(
     response: &Response,
     framing: Framing,
     connection: Option<&'static str>,
+    date_line: &[u8],
 ) {
     let status = response.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -340,7 +340,7 @@ pub(crate) fn write_head(
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
     if status >= 200 {
-        push_date(out);
+        out.extend_from_slice(date_line);
     }
     match framing {
         Framing::Length(n) => {
@@ -405,28 +405,34 @@ pub(crate) fn push_hex(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-thread_local! {
-    /// The `Date` line for the current second: formatted once a second, not per response.
-    static DATE: RefCell<(u64, [u8; 37])> = const { RefCell::new((u64::MAX, [0; 37])) };
+/// The `Date` field line for the current second (RFC 9110 §6.6.1), formatted once a
+/// second rather than per response. Times are the reactor's (monotonic); the wall clock
+/// is read only when the line is renewed.
+#[derive(Debug)]
+pub(crate) struct DateLine {
+    /// Reactor time until which `line` is right.
+    valid_until: Option<std::time::Duration>,
+    line: [u8; 37],
 }
 
-/// Appends `Date: <IMF-fixdate>\r\n` for now (RFC 9110 §6.6.1).
-fn push_date(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs {
-            let text = httpdate::fmt_http_date(now);
-            let line = format!("Date: {text}\r\n");
-            if line.len() == d.1.len() {
-                d.1.copy_from_slice(line.as_bytes());
-                d.0 = secs;
-            } else {
-                out.extend_from_slice(line.as_bytes());
-                return;
+impl DateLine {
+    pub(crate) const fn new() -> DateLine {
+        DateLine { valid_until: None, line: [0; 37] }
+    }
+
+    /// The line for reactor time `now`: `Date: <IMF-fixdate>\r\n`.
+    pub(crate) fn at(&mut self, now: std::time::Duration) -> [u8; 37] {
+        if self.valid_until.map_or(true, |until| now >= until) {
+            let wall = SystemTime::now();
+            let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let text = format!("Date: {}\r\n", httpdate::fmt_http_date(wall));
+            if text.len() == self.line.len() {
+                self.line.copy_from_slice(text.as_bytes());
             }
+            let to_next_second =
+                std::time::Duration::from_nanos(1_000_000_000 - u64::from(since_epoch.subsec_nanos()));
+            self.valid_until = Some(now + to_next_second);
         }
-        out.extend_from_slice(&d.1);
-    });
+        self.line
+    }
 }

@@ -13,6 +13,7 @@ use slab::Slab;
 
 use super::channel::Channel;
 use super::parse::Limits;
+use super::response::DateLine;
 use super::router::Router;
 use crate::logcontext::PreserveLoggingContext;
 use crate::reactor::{
@@ -169,6 +170,7 @@ pub(crate) struct SiteShared {
     ports: RefCell<Vec<ListeningPort>>,
     shutdown: RefCell<Option<Shutdown>>,
     trigger_added: Cell<bool>,
+    date: RefCell<DateLine>,
 }
 
 struct Shutdown {
@@ -199,6 +201,7 @@ impl Site {
                 ports: RefCell::new(Vec::new()),
                 shutdown: RefCell::new(None),
                 trigger_added: Cell::new(false),
+                date: RefCell::new(DateLine::new()),
             }),
         }
     }
@@ -313,6 +316,11 @@ impl SiteShared {
     /// The reactor's time.
     pub(crate) fn now(&self) -> Duration {
         self.reactor().map_or(Duration::ZERO, |r| r.now())
+    }
+
+    /// The `Date` line for reactor time `now`.
+    pub(crate) fn date_line(&self, now: Duration) -> [u8; 37] {
+        self.date.borrow_mut().at(now)
     }
 
     fn live_channels(&self) -> Vec<Rc<Channel>> {
