@@ -291,3 +291,38 @@ fn a_bad_request_after_good_ones_loses_none_of_their_answers() {
     assert!(text.contains("\r\n\r\nok"), "{text}");
     assert!(text.contains("HTTP/1.1 request without a Host"), "the 400 says why: {text}");
 }
+
+#[test]
+fn a_pipelined_expect_gets_its_100_after_the_responses_before_it() {
+    let reactor = Reactor::new().unwrap();
+    let site = Site::new(&reactor, router());
+    let (before_body, after) = with_http_server(&reactor, &site, secs(20), |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(
+            b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+        // The 200, then the 100 Continue (counted as a response with no body).
+        let first = read_responses(&mut s, 2);
+        s.write_all(b"hello").unwrap();
+        (first, read_responses(&mut s, 1))
+    });
+    assert!(before_body.starts_with("HTTP/1.1 200 OK\r\n"), "{before_body}");
+    assert!(before_body.ends_with("hello, world\nHTTP/1.1 100 Continue\r\n\r\n"), "{before_body}");
+    assert!(after.ends_with("\r\n\r\nhello"), "{after}");
+}
+
+#[test]
+fn a_response_asking_to_close_closes_the_connection() {
+    let reactor = Reactor::new().unwrap();
+    let router =
+        router().get("/bye", |_req: Request| Response::new(200).header("Connection", "close").body("bye"));
+    let site = Site::new(&reactor, router);
+    let text = with_http_server(&reactor, &site, secs(20), |addr| {
+        probe(addr, b"GET /bye HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n", true)
+    });
+    assert_eq!(statuses(&text), [200], "the request after it is not answered: {text}");
+    assert_eq!(text.matches("Connection: close\r\n").count(), 1, "one Connection field: {text}");
+}

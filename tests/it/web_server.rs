@@ -294,6 +294,25 @@ fn a_streamed_body_is_chunked_and_paused_while_the_client_does_not_read() {
 }
 
 #[test]
+fn a_streamed_body_to_http_1_0_ends_with_the_connection() {
+    let reactor = Reactor::new().unwrap();
+    let router = Router::new().get("/s", |_req: Request| {
+        Response::stream(200, |w: BodyWriter| {
+            w.write(b"part one, ");
+            w.write(b"part two");
+            w.finish();
+        })
+    });
+    let site = Site::new(&reactor, router);
+    let text = with_http_server(&reactor, &site, secs(20), |addr| {
+        exchange(addr, b"GET /s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 9)
+    });
+    assert!(!text.contains("chunked"), "no chunked coding for HTTP/1.0: {text}");
+    assert!(!text.to_ascii_lowercase().contains("content-length"), "{text}");
+    assert!(text.contains("Connection: close\r\n") && text.ends_with("\r\n\r\npart one, part two"), "{text}");
+}
+
+#[test]
 fn each_request_runs_in_its_own_context_and_is_logged_once() {
     logs::capture();
     let reactor = Reactor::new().unwrap();
