@@ -197,3 +197,39 @@ fn a_host_name_is_resolved_on_the_pool() {
         Err(f) => assert!(f.downcast_ref::<std::io::Error>().is_some(), "{f}"),
     }
 }
+
+#[test]
+fn a_pooled_connection_the_server_dropped_is_replaced_and_the_get_retried() {
+    // The server answers one request with keep-alive, then closes the connection when
+    // the next request arrives, unanswered; a second connection answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let read_head = |s: &mut std::net::TcpStream| {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed");
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        let (mut first, _) = listener.accept().unwrap();
+        first.set_read_timeout(Some(secs(10))).unwrap();
+        read_head(&mut first);
+        first.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst").unwrap();
+        read_head(&mut first);
+        drop(first);
+        let (mut second, _) = listener.accept().unwrap();
+        second.set_read_timeout(Some(secs(10))).unwrap();
+        read_head(&mut second);
+        second.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond").unwrap();
+    });
+    let reactor = Reactor::new().unwrap();
+    let client = Client::new(&reactor);
+    let url = format!("http://{addr}/");
+    assert_eq!(wait(&reactor, client.get(&url)).unwrap().body_text(), Some("first"));
+    assert_eq!(client.idle_connections(), 1);
+    assert_eq!(wait(&reactor, client.get(&url)).unwrap().body_text(), Some("second"));
+    server.join().unwrap();
+}
