@@ -285,18 +285,41 @@ impl Drop for Reactor {
         inner.threads.unregister_for_current_thread();
         inner.threads.close();
         inner.threads.shutdown(&self.handle);
-        let sources: Vec<_> = inner.sources.borrow_mut().drain().collect();
-        for s in &sources {
-            s.source.close_now();
+        // What is dropped here may hold handles on the reactor and schedule more work
+        // from its own `Drop`; a leftover would keep `Inner` alive through its handle, so
+        // drop until nothing is left (bounded, against drops that reschedule forever).
+        for _ in 0..MAX_DROP_ROUNDS {
+            let sources: Vec<_> = inner.sources.borrow_mut().drain().collect();
+            for s in &sources {
+                s.source.close_now();
+            }
+            drop(sources);
+            inner.timers.clear();
+            let soon = std::mem::take(&mut *inner.soon.borrow_mut());
+            drop(soon);
+            let triggers = std::mem::take(&mut *inner.triggers.borrow_mut());
+            drop(triggers);
+            let when = std::mem::take(&mut *inner.when_running.borrow_mut());
+            drop(when);
+            if inner.is_empty() {
+                return;
+            }
         }
-        drop(sources);
-        inner.timers.clear();
-        let soon = std::mem::take(&mut *inner.soon.borrow_mut());
-        drop(soon);
-        let triggers = std::mem::take(&mut *inner.triggers.borrow_mut());
-        drop(triggers);
-        let when = std::mem::take(&mut *inner.when_running.borrow_mut());
-        drop(when);
+        log::error!(target: "weft::reactor", "dropping the reactor: work is still being scheduled as it is dropped");
+    }
+}
+
+/// How many times dropping a [`Reactor`] empties its queues before giving up.
+const MAX_DROP_ROUNDS: usize = 100;
+
+impl Inner {
+    /// True if no socket, timer, queued call, trigger or when-running call is held.
+    fn is_empty(&self) -> bool {
+        self.sources.borrow().is_empty()
+            && self.timers.len() == 0
+            && self.soon.borrow().is_empty()
+            && self.triggers.borrow().iter().all(Vec::is_empty)
+            && self.when_running.borrow().is_empty()
     }
 }
 

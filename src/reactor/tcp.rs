@@ -261,9 +261,9 @@ impl ReactorHandle {
             reactor: self.downgrade(),
             key: Cell::new(None),
             socket: RefCell::new(Some(socket)),
-            factory: RefCell::new(Box::new(move |a: &Address| {
+            factory: RefCell::new(Some(Box::new(move |a: &Address| {
                 Rc::new(RefCell::new(factory.build_protocol(a))) as Rc<RefCell<dyn Protocol>>
-            })),
+            }))),
             backing_off: Cell::new(false),
             ctx: Captured::capture(),
         });
@@ -907,7 +907,9 @@ struct Listener {
     reactor: WeakReactorHandle,
     key: Cell<Option<SourceKey>>,
     socket: RefCell<Option<ListenSocket>>,
-    factory: RefCell<ProtocolMaker>,
+    /// Dropped when the listener closes: a factory may hold the `ListeningPort`, which
+    /// holds the listener. Out of the cell while it runs, so it may stop the listener.
+    factory: RefCell<Option<ProtocolMaker>>,
     backing_off: Cell<bool>,
     /// The log context current when `listen_*` was called: the factory and every
     /// accepted connection's protocol run in it.
@@ -956,8 +958,7 @@ impl Listener {
                             continue;
                         }
                     };
-                    let protocol =
-                        self.ctx.run(|| guarded("build_protocol", || (self.factory.borrow_mut())(&peer)));
+                    let protocol = self.build_protocol(&peer);
                     match protocol {
                         Some(p) => conn.start(p),
                         None => conn.close(Failure::new(ConnectionAborted)),
@@ -990,13 +991,25 @@ impl Listener {
         reactor.call_soon(move || me.accept());
     }
 
+    /// Runs the factory in the listener's context, taken out of its cell meanwhile; it
+    /// goes back only if the listener is still open.
+    fn build_protocol(&self, peer: &Address) -> Option<Rc<RefCell<dyn Protocol>>> {
+        let mut factory = self.factory.borrow_mut().take()?;
+        let protocol = self.ctx.run(|| guarded("build_protocol", || factory(peer)));
+        if self.socket.borrow().is_some() {
+            *self.factory.borrow_mut() = Some(factory);
+        } else {
+            drop(factory);
+        }
+        protocol
+    }
+
     fn close(&self) {
         let fd = self.fd();
         if let (Some(fd), Some(key), Some(reactor)) = (fd, self.key.get(), self.reactor.upgrade()) {
             reactor.deregister(key, fd);
         }
-        let s = self.socket.borrow_mut().take();
-        drop(s);
+        self.close_now();
     }
 }
 
@@ -1008,5 +1021,7 @@ impl Source for Listener {
     fn close_now(&self) {
         let s = self.socket.borrow_mut().take();
         drop(s);
+        let f = self.factory.borrow_mut().take();
+        drop(f);
     }
 }

@@ -178,21 +178,27 @@ impl ReactorThreads {
     }
 
     /// Makes this reactor the one that calls from other threads reach for work owned by
-    /// the current thread (see [`handle_for_thread`]).
+    /// the current thread (see [`handle_for_thread`]), until it is unregistered.
     pub(crate) fn register_for_current_thread(&self) {
         let mut map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
-        map.get_or_insert_with(Default::default).insert(std::thread::current().id(), self.handle());
+        let id = std::thread::current().id();
+        map.get_or_insert_with(HashMap::new).entry(id).or_default().push(self.handle());
     }
 
-    /// Undoes [`register_for_current_thread`](Self::register_for_current_thread), if this
-    /// reactor is still the registered one.
+    /// Undoes [`register_for_current_thread`](Self::register_for_current_thread): a
+    /// reactor made earlier on this thread and still alive becomes the registered one
+    /// again, and the map is freed once no thread has a reactor.
     pub(crate) fn unregister_for_current_thread(&self) {
-        let mut map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
         let id = std::thread::current().id();
-        if let Some(map) = map.as_mut() {
-            if map.get(&id).is_some_and(|h| Arc::ptr_eq(&h.shared, &self.shared)) {
-                map.remove(&id);
-            }
+        let Some(map) = guard.as_mut() else { return };
+        let Some(stack) = map.get_mut(&id) else { return };
+        stack.retain(|h| !Arc::ptr_eq(&h.shared, &self.shared));
+        if stack.is_empty() {
+            map.remove(&id);
+        }
+        if map.is_empty() {
+            *guard = None;
         }
     }
 
@@ -368,15 +374,55 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The reactor of each thread that has one (the latest created), for code that must
-/// reach a thread's single-threaded state from elsewhere: a `Waker` of an
-/// `ensure_deferred` task woken by another thread.
-static REACTOR_OF_THREAD: std::sync::Mutex<
-    Option<std::collections::HashMap<std::thread::ThreadId, ThreadHandle>>,
-> = std::sync::Mutex::new(None);
+/// The reactors of each thread that has one, oldest first (the last is the one
+/// [`handle_for_thread`] finds), for code that must reach a thread's single-threaded
+/// state from elsewhere: a `Waker` of an `ensure_deferred` task woken by another thread.
+/// A reactor is removed when it is dropped; an entry never outlives its reactor.
+static REACTOR_OF_THREAD: Mutex<Option<HashMap<std::thread::ThreadId, Vec<ThreadHandle>>>> = Mutex::new(None);
 
-/// The call-from-thread handle of the reactor created on `thread`, if it still exists.
+/// The call-from-thread handle of the latest reactor created on `thread` that still
+/// exists.
 pub(crate) fn handle_for_thread(thread: std::thread::ThreadId) -> Option<ThreadHandle> {
     let map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
-    map.as_ref().and_then(|m| m.get(&thread).cloned())
+    map.as_ref().and_then(|m| m.get(&thread)).and_then(|stack| stack.last().cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::Reactor;
+
+    fn registered_here() -> Vec<ThreadHandle> {
+        let map = REACTOR_OF_THREAD.lock().unwrap_or_else(|e| e.into_inner());
+        map.as_ref().and_then(|m| m.get(&std::thread::current().id()).cloned()).unwrap_or_default()
+    }
+
+    fn is(h: &ThreadHandle, reactor: &Reactor) -> bool {
+        Arc::ptr_eq(&h.shared, &reactor.inner.threads.shared)
+    }
+
+    #[test]
+    fn a_dropped_reactor_is_unregistered_and_an_older_one_found_again() {
+        let first = Reactor::new().unwrap();
+        let second = Reactor::new().unwrap();
+        assert_eq!(registered_here().len(), 2);
+        let here = std::thread::current().id();
+        assert!(is(&handle_for_thread(here).unwrap(), &second));
+        drop(second);
+        assert!(is(&handle_for_thread(here).unwrap(), &first));
+        drop(first);
+        assert!(registered_here().is_empty());
+        assert!(handle_for_thread(here).is_none());
+    }
+
+    #[test]
+    fn reactors_dropped_oldest_first_leave_nothing_registered() {
+        let first = Reactor::new().unwrap();
+        let second = Reactor::new().unwrap();
+        drop(first);
+        let here = std::thread::current().id();
+        assert!(is(&handle_for_thread(here).unwrap(), &second));
+        drop(second);
+        assert!(registered_here().is_empty());
+    }
 }

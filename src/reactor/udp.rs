@@ -51,18 +51,19 @@ impl ReactorHandle {
         let socket = UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;
         let fd = socket.as_raw_fd();
+        let protocol: Rc<RefCell<dyn DatagramProtocol>> = Rc::new(RefCell::new(protocol));
         let port = Rc::new(UdpPort {
             reactor: self.downgrade(),
             key: Cell::new(None),
             socket: RefCell::new(Some(socket)),
-            protocol: Rc::new(RefCell::new(protocol)),
+            protocol: RefCell::new(Some(protocol.clone())),
             ctx: Captured::capture(),
         });
         let key = self.register(fd, port.clone(), true, false)?;
         port.key.set(Some(key));
         let transport = UdpTransport { port: port.clone() };
         let t = transport.clone();
-        guarded("start_protocol", || port.protocol.borrow_mut().start_protocol(t));
+        guarded("start_protocol", || protocol.borrow_mut().start_protocol(t));
         Ok(transport)
     }
 }
@@ -93,14 +94,18 @@ impl UdpTransport {
         }
     }
 
-    /// Closes the socket; the protocol's `stop_protocol` runs from the call-soon queue.
+    /// Closes the socket; the protocol's `stop_protocol` runs from the call-soon queue,
+    /// after which the port lets go of the protocol (so a protocol that keeps its
+    /// transport does not keep itself alive).
     pub fn stop_listening(&self) {
         let socket = self.port.socket.borrow_mut().take();
         let Some(socket) = socket else { return };
+        let protocol = self.port.protocol.borrow_mut().take();
         if let (Some(key), Some(reactor)) = (self.port.key.get(), self.port.reactor.upgrade()) {
             reactor.deregister(key, socket.as_raw_fd());
-            let protocol = self.port.protocol.clone();
-            reactor.call_soon(move || protocol.borrow_mut().stop_protocol());
+            if let Some(protocol) = protocol {
+                reactor.call_soon(move || protocol.borrow_mut().stop_protocol());
+            }
         }
     }
 }
@@ -115,7 +120,9 @@ struct UdpPort {
     reactor: WeakReactorHandle,
     key: Cell<Option<SourceKey>>,
     socket: RefCell<Option<UdpSocket>>,
-    protocol: Rc<RefCell<dyn DatagramProtocol>>,
+    /// Taken when the port stops or the reactor is dropped: the protocol usually keeps
+    /// a `UdpTransport`, which keeps this port, so holding it longer would be a cycle.
+    protocol: RefCell<Option<Rc<RefCell<dyn DatagramProtocol>>>>,
     /// The log context current when `listen_udp` was called; the protocol runs in it.
     ctx: Captured,
 }
@@ -131,7 +138,8 @@ impl UdpPort {
                 };
                 match r {
                     Ok((n, from)) => {
-                        match self.protocol.try_borrow_mut() {
+                        let Some(protocol) = self.protocol.borrow().clone() else { return false };
+                        match protocol.try_borrow_mut() {
                             Ok(mut p) => {
                                 self.ctx.run(|| {
                                     guarded("datagram_received", || p.datagram_received(&buf[..n], from))
@@ -169,5 +177,7 @@ impl Source for UdpPort {
     fn close_now(&self) {
         let s = self.socket.borrow_mut().take();
         drop(s);
+        let p = self.protocol.borrow_mut().take();
+        drop(p);
     }
 }

@@ -4,6 +4,7 @@
 mod cancellation;
 mod combinators;
 mod deferred;
+mod leaks;
 mod logcontext;
 mod observable;
 mod reactor;

@@ -115,3 +115,55 @@ pub(crate) fn with_http_server<R: Send + 'static>(
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// A protocol that keeps its transport and a reactor handle (the cycle a real protocol
+/// makes), closes at once if told to, counts lost connections in `ends.lost` and stops
+/// the reactor when the count reaches `ends.stop_at`. Whatever is in `owned` lives as
+/// long as the protocol (a drop counter, say).
+pub(crate) struct Closer {
+    close_on_connect: bool,
+    ends: Ends,
+    reactor: weft::ReactorHandle,
+    transport: Option<weft::reactor::Transport>,
+    _owned: Box<dyn std::any::Any>,
+}
+
+/// What the protocols of a test share with it: see [`Closer`].
+#[derive(Clone, Default)]
+pub(crate) struct Ends {
+    pub(crate) lost: Rc<Cell<usize>>,
+    pub(crate) stop_at: Rc<Cell<usize>>,
+}
+
+impl Closer {
+    pub(crate) fn new(
+        reactor: &weft::ReactorHandle,
+        close_on_connect: bool,
+        ends: &Ends,
+        owned: Box<dyn std::any::Any>,
+    ) -> Closer {
+        Closer {
+            close_on_connect,
+            ends: ends.clone(),
+            reactor: reactor.clone(),
+            transport: None,
+            _owned: owned,
+        }
+    }
+}
+
+impl weft::reactor::Protocol for Closer {
+    fn connection_made(&mut self, transport: weft::reactor::Transport) {
+        if self.close_on_connect {
+            transport.lose_connection();
+        }
+        self.transport = Some(transport);
+    }
+    fn data_received(&mut self, _data: &[u8]) {}
+    fn connection_lost(&mut self, _reason: weft::Failure) {
+        self.ends.lost.set(self.ends.lost.get() + 1);
+        if self.ends.lost.get() == self.ends.stop_at.get() {
+            self.reactor.stop();
+        }
+    }
+}
