@@ -117,7 +117,7 @@ impl BodyWriter {
     /// True once the client has gone (or the response was abandoned): stop producing.
     pub fn is_closed(&self) -> bool {
         let ex = &self.state.exchange;
-        ex.client_gone.get() || self.state.channel.upgrade().is_none_or_lost()
+        ex.client_gone() || self.state.channel.upgrade().is_none_or_lost()
     }
 }
 
