@@ -94,6 +94,12 @@ pub trait HttpTransport {
     fn write(&self, data: &[u8]);
     /// Closes once the buffered bytes are written.
     fn lose_connection(&self);
+    /// Shuts the write side once the buffered bytes are written, and goes on reading
+    /// (Twisted's `loseWriteConnection`); the connection closes when the peer closes
+    /// too. By default, closes as [`lose_connection`](Self::lose_connection) does.
+    fn lose_write_connection(&self) {
+        self.lose_connection();
+    }
     /// Closes now, dropping buffered bytes.
     fn abort_connection(&self);
     /// Stops delivering received bytes.
@@ -112,6 +118,9 @@ impl HttpTransport for Transport {
     }
     fn lose_connection(&self) {
         Transport::lose_connection(self);
+    }
+    fn lose_write_connection(&self) {
+        Transport::lose_write_connection(self);
     }
     fn abort_connection(&self) {
         Transport::abort_connection(self);

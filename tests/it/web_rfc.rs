@@ -326,3 +326,52 @@ fn a_response_asking_to_close_closes_the_connection() {
     assert_eq!(statuses(&text), [200], "the request after it is not answered: {text}");
     assert_eq!(text.matches("Connection: close\r\n").count(), 1, "one Connection field: {text}");
 }
+
+#[test]
+fn closing_while_the_client_still_sends_does_not_cut_the_response() {
+    // A client that keeps pipelining while a large response says Connection: close:
+    // closing with its bytes unread would send a reset and drop the response's tail
+    // still queued in the kernel; the server shuts its write side and drains instead.
+    const BIG: usize = 8 << 20;
+    let reactor = Reactor::new().unwrap();
+    let router = router()
+        .get("/big", |_req: Request| Response::new(200).header("Connection", "close").body(vec![b'x'; BIG]));
+    let site = Site::new(&reactor, router);
+    let (got, declared) = with_http_server(&reactor, &site, secs(30), |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut w = s.try_clone().unwrap();
+        let st = stop.clone();
+        let writer = std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                if w.write_all(FOLLOW_UP).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut declared = None;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+            if declared.is_none() {
+                if let Some(end) = all.windows(4).position(|w| w == b"\r\n\r\n") {
+                    declared = Some(end + 4 + BIG);
+                }
+            }
+            if declared.is_some_and(|d| all.len() >= d) {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(s);
+        writer.join().unwrap();
+        (all.len(), declared)
+    });
+    assert_eq!(Some(got), declared, "the whole response arrived");
+}

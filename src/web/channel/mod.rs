@@ -45,6 +45,11 @@ use crate::logcontext::{LoggingContext, PreserveLoggingContext};
 use crate::reactor::{Address, DelayedCall};
 use crate::Failure;
 
+/// How long (at most; no longer than the header timeout) a closing connection keeps
+/// reading and dropping what the client still sends before it is aborted; see
+/// `close_now_gracefully`.
+const LINGER: Duration = Duration::from_secs(2);
+
 thread_local! {
     /// Numbers requests on this thread, for context names like `GET-17`.
     static NEXT_REQUEST: Cell<u64> = const { Cell::new(0) };
@@ -84,6 +89,13 @@ pub(crate) struct Channel {
     head_since: Cell<Option<Duration>>,
     /// When body bytes last arrived.
     body_since: Cell<Duration>,
+    /// A request was refused: the client may still be sending its body.
+    refused: Cell<bool>,
+    /// The last request said it was the last (`Connection: close`, or HTTP/1.0 without
+    /// keep-alive).
+    client_closes: Cell<bool>,
+    /// Closing with only the write side shut, reading and dropping input until then.
+    linger_until: Cell<Option<Duration>>,
     /// The reactor's time, read once per event (a read, a handler's completion, a
     /// timer) and used by everything that event does.
     now: Cell<Duration>,
@@ -130,6 +142,9 @@ impl Channel {
             head_since: Cell::new(None),
             body_since: Cell::new(now),
             now: Cell::new(now),
+            refused: Cell::new(false),
+            client_closes: Cell::new(false),
+            linger_until: Cell::new(None),
         })
     }
 

@@ -23,6 +23,7 @@ impl Channel {
     pub(super) fn dispatch(&self, q: Queued) {
         match q {
             Queued::Refuse(status, reason) => {
+                self.refused.set(true);
                 let ex = self.exchange(None, false, false);
                 ex.keep_alive.set(false);
                 *self.current.borrow_mut() = Some(ex.clone());
@@ -140,8 +141,9 @@ impl Channel {
         let status = response.status;
         let version11 = ex.head.as_ref().map_or(true, |h| h.version == crate::web::Version::Http11);
         let shutting_down_last = self.shutting_down.get() && self.queue.borrow().is_empty();
+        let client_keeps_alive = ex.keep_alive.get();
         let mut close =
-            !ex.keep_alive.get() || response.wants_close() || self.closing.get() || shutting_down_last;
+            !client_keeps_alive || response.wants_close() || self.closing.get() || shutting_down_last;
         let no_body = status < 200 || status == 204 || status == 304;
         let Response { headers, body, .. } = response;
         let response_head =
@@ -175,6 +177,7 @@ impl Channel {
         };
         ex.status.set(status);
         ex.keep_alive.set(!close);
+        self.client_closes.set(!client_keeps_alive);
         if close {
             self.closing.set(true);
         }
@@ -230,15 +233,39 @@ impl Channel {
     }
 
     /// Stops reading and closes once the written responses have drained.
+    ///
+    /// Unless the client itself asked to close and sent nothing more, only the write side
+    /// is shut, and what still arrives is read and dropped until the client closes, for
+    /// at most [`LINGER`](super::LINGER): closing with unread input would make the kernel
+    /// send a reset and drop the end of the response still queued (the "lingering
+    /// close" of Apache and nginx).
     pub(super) fn close_now_gracefully(&self) {
-        self.closing.set(true);
+        if self.closing.replace(true) && self.linger_until.get().is_some() {
+            return;
+        }
+        let pending = self.refused.get()
+            || self.in_feed.get()
+            || !self.inbuf.borrow().is_empty()
+            || !self.queue.borrow().is_empty()
+            || !matches!(*self.reader.borrow(), super::Reader::Head | super::Reader::Stopped);
+        let unread = pending || !self.client_closes.get();
         self.stop_reading();
         let queued = std::mem::take(&mut *self.queue.borrow_mut());
         drop(queued);
         // Whatever was gathered goes out first: a closing transport takes no writes.
         self.flush_out();
-        if let Some(t) = self.transport() {
-            let _ctx = PreserveLoggingContext::new(self.ctx.clone());
+        let Some(t) = self.transport() else { return };
+        let _ctx = PreserveLoggingContext::new(self.ctx.clone());
+        if unread {
+            let linger = super::LINGER.min(self.site.config.header_timeout);
+            self.linger_until.set(Some(self.now.get() + linger));
+            if self.read_paused.replace(false) {
+                t.resume_producing();
+            }
+            t.lose_write_connection();
+            drop(_ctx);
+            self.arm_timer();
+        } else {
             t.lose_connection();
         }
     }

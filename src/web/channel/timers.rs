@@ -18,6 +18,9 @@ impl Channel {
         if self.lost.get() {
             return None;
         }
+        if let Some(until) = self.linger_until.get() {
+            return Some(until);
+        }
         let config = &self.site.config;
         if let Some(ex) = self.current.borrow().as_ref() {
             return match config.request_timeout {
@@ -71,11 +74,14 @@ impl Channel {
             return;
         }
         let current = self.current.borrow().clone();
-        if let Some(ex) = current {
+        if self.linger_until.get().is_some() {
+            log::debug!(target: "weft::web", "a closing client from {:?} did not close: aborting", self.peer);
+            self.abort();
+        } else if let Some(ex) = current {
             self.request_timed_out(&ex);
         } else if matches!(*self.reader.borrow(), Reader::Head) && self.head_since.get().is_none() {
             log::debug!(target: "weft::web", "closing an idle connection from {:?}", self.peer);
-            self.close_now_gracefully();
+            self.close_idle();
         } else {
             self.stop_reading();
             self.inbuf.borrow_mut().clear();
@@ -122,7 +128,19 @@ impl Channel {
     pub(super) fn close_when_idle(&self) {
         let idle = self.current.borrow().is_none() && self.queue.borrow().is_empty();
         if idle {
-            self.close_now_gracefully();
+            self.close_idle();
+        }
+    }
+
+    /// Closes a connection with no request in progress: nothing is owed to the client,
+    /// so no lingering (a keep-alive client's pool sees the end when it looks).
+    fn close_idle(&self) {
+        self.closing.set(true);
+        self.stop_reading();
+        self.flush_out();
+        if let Some(t) = self.transport() {
+            let _ctx = PreserveLoggingContext::new(self.ctx.clone());
+            t.lose_connection();
         }
     }
 
@@ -150,7 +168,7 @@ impl Channel {
         if busy {
             self.abort();
         } else {
-            self.close_now_gracefully();
+            self.close_idle();
         }
     }
 }
