@@ -133,7 +133,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> HeadParse {
         Err(r) => return HeadParse::Error(r),
     };
     let head = Head {
-        bytes: buf[..consumed].into(),
+        bytes: SmallVec::from_slice(&buf[..consumed]),
         method,
         version,
         target: target_span,

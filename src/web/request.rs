@@ -106,7 +106,9 @@ pub(crate) type Span = Range<u32>;
 /// A request's head: the bytes of the request line and header fields, and where each
 /// part is in them.
 pub(crate) struct Head {
-    pub(crate) bytes: Box<[u8]>,
+    /// Inline up to 256 bytes, so the head of a small request is one allocation with
+    /// its `Rc`.
+    pub(crate) bytes: SmallVec<[u8; 256]>,
     pub(crate) method: Method,
     pub(crate) version: Version,
     /// The request-target as sent.
