@@ -375,3 +375,52 @@ fn a_graceful_stop_finishes_in_flight_requests_then_cancels_what_is_left() {
     assert_eq!(cancelled.get(), 1);
     assert!(refused, "the site stopped listening");
 }
+
+#[test]
+fn a_request_timeout_after_the_head_was_sent_closes_the_connection() {
+    let reactor = Reactor::new().unwrap();
+    let stopped = Rc::new(Cell::new(false));
+    let s = stopped.clone();
+    let router = Router::new().get("/stalls", move |_req: Request| {
+        let s = s.clone();
+        Response::stream(200, move |w: weft::web::BodyWriter| {
+            w.write(b"first part");
+            // Nothing more is ever written; the writer is kept alive by the producer.
+            w.register_producer(Rc::new(Stall { _writer: w.clone(), stopped: s }));
+        })
+    });
+    let mut config = ServerConfig::default();
+    config.request_timeout = Some(ms(50));
+    let site = Site::with_config(&reactor, router, config);
+    let text = with_http_server(&reactor, &site, secs(30), |addr| {
+        let mut s = connect_and_send(addr, "GET /stalls HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("{e}: the server did not close after {:?}", String::from_utf8_lossy(&all)),
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("a\r\nfirst part\r\n"), "the body stops where the producer stalled: {text}");
+    assert!(stopped.get(), "the producer was told to stop");
+}
+
+/// A producer that never produces; records `stop_producing`.
+struct Stall {
+    _writer: weft::web::BodyWriter,
+    stopped: Rc<Cell<bool>>,
+}
+
+impl weft::reactor::PushProducer for Stall {
+    fn pause_producing(&self) {}
+    fn resume_producing(&self) {}
+    fn stop_producing(&self) {
+        self.stopped.set(true);
+    }
+}

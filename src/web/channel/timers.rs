@@ -24,7 +24,8 @@ impl Channel {
         let config = &self.site.config;
         if let Some(ex) = self.current.borrow().as_ref() {
             return match config.request_timeout {
-                Some(t) if !ex.handler_done.get() => Some(ex.started_at + t),
+                // A streamed body still being written counts as the request running.
+                Some(t) if !ex.handler_done.get() || ex.streaming.get() => Some(ex.started_at + t),
                 _ => None,
             };
         }
