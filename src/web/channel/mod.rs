@@ -384,6 +384,7 @@ impl Channel {
         if self.read_paused.get() && self.queue.borrow().len() < self.site.config.max_pipelined {
             self.read_paused.set(false);
             if let Some(t) = self.transport() {
+                let _ctx = PreserveLoggingContext::new(self.ctx.clone());
                 t.resume_producing();
             }
         }

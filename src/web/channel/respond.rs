@@ -105,24 +105,27 @@ impl Channel {
         let request = Request { head, body, params, context: ex.ctx.clone(), peer: self.peer.clone() };
         let reply = {
             let _ctx = PreserveLoggingContext::new(ex.ctx.clone());
-            catch_unwind(AssertUnwindSafe(|| handler.call(request)))
+            let reply = catch_unwind(AssertUnwindSafe(|| handler.call(request)));
+            if let Ok(crate::web::Reply(ReplyRepr::Later(d))) = &reply {
+                // Added in the request's context, so that a handler's completion (a
+                // timer, a pool result) runs on into writing the response without two
+                // more switches (and clock readings); the server's own scheduling
+                // (timers, closing) still switches to the connection's context.
+                *ex.deferred.borrow_mut() = Some(d.clone());
+                let (weak, ex2) = (self.me.clone(), ex.clone());
+                d.add_both(move |r: Result<Response, Failure>| -> Next<Response> {
+                    handler_done(&weak, &ex2, r);
+                    Next::Consumed
+                });
+            }
+            reply
         };
         match reply {
             Ok(crate::web::Reply(ReplyRepr::Ready(response))) => {
                 ex.handler_done.set(true);
                 self.respond(&ex, response);
             }
-            Ok(crate::web::Reply(ReplyRepr::Later(d))) => {
-                *ex.deferred.borrow_mut() = Some(d.clone());
-                let (weak, ex2) = (self.me.clone(), ex.clone());
-                // The server's own step runs in the connection's context: writing the
-                // response, closing and starting the next request are not the request's
-                // work, and may happen after its context has finished.
-                let _ctx = PreserveLoggingContext::new(self.ctx.clone());
-                d.add_both(move |r: Result<Response, Failure>| -> Next<Response> {
-                    handler_done(&weak, &ex2, r);
-                    Next::Consumed
-                });
+            Ok(crate::web::Reply(ReplyRepr::Later(_))) => {
                 if !ex.handler_done.get() {
                     self.arm_timer();
                 }
