@@ -18,7 +18,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use weft::reactor::{Address, Protocol, Reactor, Transport};
+use weft::reactor::{Address, ListenOptions, Protocol, Reactor, Transport};
 use weft::{Clock, DelayedCall, ReactorHandle};
 
 const N: u64 = 100_000;
@@ -140,7 +140,9 @@ fn echo(c: &mut Criterion) {
     const R: u64 = 1000;
     let mut g = c.benchmark_group("echo");
     let reactor = Reactor::new().unwrap();
-    let port = reactor.listen_tcp("127.0.0.1:0".parse().unwrap(), |_: &Address| Echo(None), false).unwrap();
+    let port = reactor
+        .listen_tcp("127.0.0.1:0".parse().unwrap(), |_: &Address| Echo(None), ListenOptions::new())
+        .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
     let left = Rc::new(Cell::new(0));
     let (l, h) = (left.clone(), reactor.handle());

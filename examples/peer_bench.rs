@@ -1,11 +1,27 @@
-//! weft's side of the peer benchmarks in `../shared/peers/` (same subcommands and JSON
-//! line as the Twisted and tokio peers; see that README).
+//! weft's side of the side-by-side comparison in `benches/compare/` (Twisted, tokio and
+//! weft on the same scenarios; `benches/compare/run.sh` runs all three and writes the
+//! report and plots to `benches/results/`).
 //!
 //!   cargo build --release --example peer_bench
-//!   EXTRA_IMPLS="weft=$PWD/target/release/examples/peer_bench" ../shared/peers/run_peers.sh
+//!   target/release/examples/peer_bench chain 100000        # one JSON line on stdout
+//!   target/release/examples/peer_bench echo-server 47303   # until SIGTERM
 //!
-//! The harness (warm-up, repetition budget, median, JSON schema) is the peers' own and is
-//! kept unchanged so the numbers compare.
+//! Subcommands: `chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|
+//! reactor-timers N` measure one scenario at size N; `echo-server PORT` serves TCP echo on
+//! 127.0.0.1 (and `http-server PORT` HTTP/1.1, once `weft::web` provides it).
+//!
+//! Each measurement prints one JSON line, the schema every peer in `benches/compare/`
+//! shares: `{"impl","bench","n","unit","results":[{"variant","ns_per_op","min_ns_per_op",
+//! "reps","phases"}],"meta"}`. `ns_per_op` is the median repetition of the whole
+//! scenario (from nothing to a checked result) divided by N, after one warm-up
+//! repetition. Knobs: `BENCH_BUDGET_S` (1.0 s of repetitions per variant),
+//! `BENCH_MIN_REPS` (5; 3 when one repetition is slow), `BENCH_MAX_REPS` (101).
+//!
+//! Built with `--features count-allocs`, a counting global allocator (`stats_alloc`) is
+//! installed and each result also has `allocs_per_op` (allocations plus reallocations
+//! of one extra, untimed repetition, divided by N) and `alloc_bytes_per_op`. The counter
+//! slows every allocation down, so the timed numbers come from a build without it.
+//! The harness is `benches/compare/harness.rs`, shared with the tokio peer.
 
 use std::time::{Duration, Instant};
 
@@ -15,92 +31,30 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 use weft::{gather_results, CancelledError, Deferred, Failure, ObservableDeferred};
 
-// ---------------------------------------------------------------------------
-// harness (keep as is)
-// ---------------------------------------------------------------------------
+#[path = "../benches/compare/harness.rs"]
+mod harness;
+use harness::{rep, Budget, Rep};
 
-struct Rep {
-    total: u64,
-    phases: Vec<(&'static str, u64)>,
-}
-
-/// `marks` are the ends of consecutive phases, starting at `t0`.
-fn rep(t0: Instant, marks: &[(&'static str, Instant)]) -> Rep {
-    let mut prev = t0;
-    let mut phases = Vec::with_capacity(marks.len());
-    for &(name, t) in marks {
-        phases.push((name, (t - prev).as_nanos() as u64));
-        prev = t;
-    }
-    Rep { total: (prev - t0).as_nanos() as u64, phases }
-}
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(v: &mut [u64]) -> f64 {
-    v.sort_unstable();
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m] as f64
-    } else {
-        (v[m - 1] as f64 + v[m] as f64) / 2.0
-    }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-/// One warm-up repetition, then repetitions until BENCH_BUDGET_S (default 1 s):
-/// at least 5 (3 if one repetition is slow), at most 101.
+/// Measures one variant with the shared harness (warm-up, timed repetitions, and one
+/// counted repetition with `count-allocs`).
 fn run_variant(variant: &'static str, n: usize, mut one: impl FnMut(usize) -> Rep) -> Value {
-    let budget = Duration::from_secs_f64(env_f64("BENCH_BUDGET_S", 1.0));
-    let max_reps = env_f64("BENCH_MAX_REPS", 101.0) as usize;
-    let min_cfg = env_f64("BENCH_MIN_REPS", 5.0) as usize;
-    let w0 = Instant::now();
-    let _ = one(n);
-    let min_reps = if w0.elapsed() * (min_cfg as u32) < budget * 2 { min_cfg } else { 3 };
-    let mut reps = Vec::new();
-    let start = Instant::now();
-    while reps.len() < min_reps || (start.elapsed() < budget && reps.len() < max_reps) {
+    let budget = Budget::from_env();
+    let mut reps = budget.start(&one(n));
+    while reps.want_more() {
         reps.push(one(n));
     }
-    let mut totals: Vec<u64> = reps.iter().map(|r| r.total).collect();
-    let min = *totals.iter().min().unwrap();
-    let med = median(&mut totals);
-    let mut phases = serde_json::Map::new();
-    for (i, (name, _)) in reps[0].phases.iter().enumerate() {
-        let mut v: Vec<u64> = reps.iter().map(|r| r.phases[i].1).collect();
-        phases.insert((*name).to_string(), json!(round2(median(&mut v) / n as f64)));
-    }
-    json!({
-        "variant": variant,
-        "ns_per_op": round2(med / n as f64),
-        "min_ns_per_op": round2(min as f64 / n as f64),
-        "reps": reps.len(),
-        "phases": Value::Object(phases),
-    })
+    let (_, counted) = harness::count_allocs(|| one(n));
+    reps.summary(variant, n, counted)
 }
 
+/// Prints the JSON line of one benchmark.
 fn emit(bench: &str, n: usize, unit: &str, results: Vec<Value>) {
-    let line = json!({
-        "impl": "weft",
-        "bench": bench,
-        "n": n,
-        "unit": unit,
-        "results": results,
-        "meta": {
-            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
-            "budget_s": env_f64("BENCH_BUDGET_S", 1.0),
-        }
-    });
-    println!("{line}");
+    let meta = json!({ "weft": env!("CARGO_PKG_VERSION") });
+    println!("{}", harness::line("weft", bench, n, unit, results, meta));
 }
 
 // ---------------------------------------------------------------------------
-// scenarios (fill in)
+// scenarios
 // ---------------------------------------------------------------------------
 
 /// chain N — unit "callback". t0; d = Deferred::new(); N x add_callback(|x| x + 1);
@@ -290,7 +244,7 @@ fn reactor_timers(n: usize) -> Rep {
 /// data_received writes the bytes straight back (read up to 64 KiB at a time),
 /// running until SIGTERM (default action is fine). Print one line to stderr.
 fn echo_server(port: u16) {
-    use weft::reactor::{Address, Protocol, Transport};
+    use weft::reactor::{Address, ListenOptions, Protocol, Transport};
     struct Echo(Option<Transport>);
     impl Protocol for Echo {
         fn connection_made(&mut self, t: Transport) {
@@ -304,7 +258,7 @@ fn echo_server(port: u16) {
     }
     let reactor = weft::Reactor::new().expect("reactor");
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    reactor.listen_tcp(addr, |_: &Address| Echo(None), false).expect("listen");
+    reactor.listen_tcp(addr, |_: &Address| Echo(None), ListenOptions::new()).expect("listen");
     eprintln!("weft echo server on {addr}");
     reactor.run();
 }

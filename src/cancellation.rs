@@ -1,5 +1,5 @@
 //! The cancellation toolkit: shields ([`stop_cancellation`], [`delay_cancellation`]),
-//! timeouts ([`add_timeout`], [`timeout_deferred`]) and a reverse shield
+//! timeouts ([`add_timeout`], [`add_timeout_with`], [`timeout_deferred`]) and a reverse shield
 //! ([`reverse_shield`]).
 //!
 //! A timeout cancels the Deferred it guards and turns *that* cancellation into a
@@ -9,6 +9,7 @@
 use std::cell::Cell;
 use std::error::Error;
 use std::fmt;
+use std::panic::Location;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -99,43 +100,96 @@ pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
 /// `CancelledError`. A cancel from anywhere else stays a `CancelledError`. The timer is
 /// stopped when `d` gets a result.
 ///
+/// The `CancelledError` of the timeout's cancel and the `TimeoutError`'s [`Failure`]
+/// name the line that called `add_timeout` (`#[track_caller]`).
+///
 /// ```
 /// use std::time::Duration;
 /// use weft::{add_timeout, Clock, Deferred, TimeoutError};
 ///
 /// let clock = Clock::new();
 /// let d: Deferred<u8> = Deferred::new();
-/// add_timeout(&d, &clock, Duration::from_secs(5));
+/// add_timeout(&d, Duration::from_secs(5), &clock);
 /// clock.advance(Duration::from_secs(5));
 /// assert!(d.take_result().unwrap().unwrap_err().check::<TimeoutError>());
 /// ```
-pub fn add_timeout<T: 'static>(d: &Deferred<T>, time: &dyn ReactorTime, timeout: Duration) {
-    let timing_out = Rc::new(Cell::new(false));
-    let t = timing_out.clone();
+#[track_caller]
+pub fn add_timeout<T: 'static>(d: &Deferred<T>, timeout: Duration, time: &dyn ReactorTime) {
+    let location = Location::caller();
+    let this = d.downgrade();
+    add_timeout_at(d, timeout, time, location, move |r, timeout| as_timeout(r, &this, timeout, location));
+}
+
+/// [`add_timeout`] with the translation of the timeout's outcome chosen by the caller
+/// (Twisted's `addTimeout(timeout, clock, onTimeoutCancel)`): once the timer has fired
+/// and cancelled `d`, `on_timeout_cancel` gets the result the cancel produced (a
+/// `CancelledError`, or a value if `d`'s canceller supplied one) and the timeout, and
+/// returns what the callbacks added after this call get. It is not called if `d` got its
+/// result before the timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::{add_timeout_with, Clock, Deferred};
+///
+/// let clock = Clock::new();
+/// let d: Deferred<&str> = Deferred::new();
+/// add_timeout_with(&d, Duration::from_secs(5), &clock, |_cancelled, _timeout| Ok("too slow"));
+/// clock.advance(Duration::from_secs(5));
+/// assert_eq!(d.take_result().unwrap().unwrap(), "too slow");
+/// ```
+#[track_caller]
+pub fn add_timeout_with<T, F>(
+    d: &Deferred<T>,
+    timeout: Duration,
+    time: &dyn ReactorTime,
+    on_timeout_cancel: F,
+) where
+    T: 'static,
+    F: FnOnce(Result<T, Failure>, Duration) -> Result<T, Failure> + 'static,
+{
+    add_timeout_at(d, timeout, time, Location::caller(), on_timeout_cancel);
+}
+
+fn add_timeout_at<T, F>(
+    d: &Deferred<T>,
+    timeout: Duration,
+    time: &dyn ReactorTime,
+    location: &'static Location<'static>,
+    on_timeout_cancel: F,
+) where
+    T: 'static,
+    F: FnOnce(Result<T, Failure>, Duration) -> Result<T, Failure> + 'static,
+{
+    let timed_out = Rc::new(Cell::new(false));
+    let t = timed_out.clone();
     let target = d.downgrade();
     let call = time.call_later(
         timeout,
         Box::new(move || {
             if let Some(d) = target.upgrade() {
                 t.set(true);
-                d.cancel();
-                t.set(false);
+                d.cancel_at(location);
             }
         }),
     );
-    let this = d.downgrade();
     d.add_both(move |r: Result<T, Failure>| -> Result<T, Failure> {
         let _ = call.cancel();
-        as_timeout(r, timing_out.get(), &this, timeout)
+        if timed_out.get() {
+            on_timeout_cancel(r, timeout)
+        } else {
+            r
+        }
     });
 }
 
 /// Synapse's `timeout_deferred`: a new Deferred with `d`'s outcome, or a
 /// [`TimeoutError`] if `d` has none after `timeout`, in which case `d` is cancelled.
+/// Takes its arguments in the order [`add_timeout`] does.
 ///
 /// The new Deferred fails with `TimeoutError` when the time is up even if `d` ignores
 /// the cancel. Cancelling the new Deferred cancels `d`, and that stays a
-/// `CancelledError`.
+/// `CancelledError`. The timeout's `CancelledError` and `TimeoutError` name the line
+/// that called `timeout_deferred` (`#[track_caller]`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -147,31 +201,32 @@ pub fn add_timeout<T: 'static>(d: &Deferred<T>, time: &dyn ReactorTime, timeout:
 /// clock.advance(Duration::from_secs(1));
 /// assert!(d.take_result().unwrap().unwrap_err().check::<TimeoutError>());
 /// ```
+#[track_caller]
 #[must_use = "the Deferred with the timeout is the one to wait on"]
 pub fn timeout_deferred<T: 'static>(
     d: &Deferred<T>,
     timeout: Duration,
     time: &dyn ReactorTime,
 ) -> Deferred<T> {
+    let location = Location::caller();
     let inner = d.downgrade();
     let out: Deferred<T> = Deferred::with_canceller(move |_| {
         if let Some(d) = inner.upgrade() {
             d.cancel();
         }
     });
-    let timing_out = Rc::new(Cell::new(false));
-    let (t, target, o) = (timing_out.clone(), d.downgrade(), out.downgrade());
+    let timed_out = Rc::new(Cell::new(false));
+    let (t, target, o) = (timed_out.clone(), d.downgrade(), out.downgrade());
     let call = time.call_later(
         timeout,
         Box::new(move || {
             t.set(true);
             if let Some(d) = target.upgrade() {
-                d.cancel();
+                d.cancel_at(location);
             }
-            t.set(false);
             if let Some(o) = o.upgrade() {
                 if !o.is_called() {
-                    let _ = o.errback(TimeoutError { timeout });
+                    let _ = o.errback(timeout_failure(timeout, location));
                 }
             }
         }),
@@ -179,7 +234,7 @@ pub fn timeout_deferred<T: 'static>(
     let (o, this) = (out.clone(), d.downgrade());
     d.add_both(move |r: Result<T, Failure>| -> Next<T> {
         let _ = call.cancel();
-        let r = as_timeout(r, timing_out.get(), &this, timeout);
+        let r = if timed_out.get() { as_timeout(r, &this, timeout, location) } else { r };
         if o.is_called() {
             return Next::Ready(r);
         }
@@ -232,26 +287,31 @@ where
     out
 }
 
-/// While the timer's own cancel runs (`timing_out`), turns the `CancelledError` it
-/// started on `this` into a `TimeoutError`; any other outcome passes unchanged.
+/// After the timer fired: turns the `CancelledError` of the timer's own cancel of
+/// `this` into a `TimeoutError`; any other outcome passes unchanged.
 fn as_timeout<T: 'static>(
     r: Result<T, Failure>,
-    timing_out: bool,
     this: &WeakDeferred<T>,
     timeout: Duration,
+    location: &'static Location<'static>,
 ) -> Result<T, Failure> {
     match r {
-        Err(f) if timing_out => {
+        Err(f) => {
             let ours = match (f.downcast_ref::<CancelledError>(), this.upgrade()) {
                 (Some(c), Some(d)) => c.cancelled_by(&d),
                 _ => false,
             };
             if ours {
-                Err(Failure::new(TimeoutError { timeout }))
+                Err(timeout_failure(timeout, location))
             } else {
                 Err(f)
             }
         }
         r => r,
     }
+}
+
+/// A `TimeoutError` failure naming `location` (the caller of the timeout function).
+fn timeout_failure(timeout: Duration, location: &'static Location<'static>) -> Failure {
+    Failure::from_boxed_at(Box::new(TimeoutError { timeout }), location)
 }

@@ -67,7 +67,10 @@ impl Failure {
         Failure::new(StringError(message.into()))
     }
 
-    fn from_boxed_at(error: Box<dyn Error + 'static>, location: &'static Location<'static>) -> Failure {
+    pub(crate) fn from_boxed_at(
+        error: Box<dyn Error + 'static>,
+        location: &'static Location<'static>,
+    ) -> Failure {
         Failure { inner: Rc::new(FailureInner { error, location, seen: Cell::new(false) }) }
     }
 

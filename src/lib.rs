@@ -67,11 +67,22 @@
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
 //! | `twisted.web` `Site`, Synapse's servlets and `@cancellable` | [`web::Site`], [`web::Router`], [`future::cancellable`] |
 //! | Synapse `ResponseCache` | [`ResponseCache`] |
+//! | `basic.LineReceiver`, `Int32StringReceiver`, `NetstringReceiver` | [`protocols::LineReceiver`], [`protocols::IntNStringReceiver`], [`protocols::NetstringReceiver`] |
+//! | `adoptStreamPort`, `proto_helpers.StringTransport` | [`ReactorHandle::adopt_stream_port`], [`reactor::MemoryTransport`] |
+//! | `ensureDeferred`, `inlineCallbacks` | [`future::ensure_deferred`] over `async` blocks; a task cancelled while it awaits a non-Deferred future is aborted there (tokio's rule), or use [`future::interruptible`] |
+//! | `task.LoopingCall`, `.withCount`, `.reset`, `.interval = x` | [`reactor::LoopingCall`], [`LoopingCall::with_count`](reactor::LoopingCall::with_count), [`reset`](reactor::LoopingCall::reset), [`set_interval`](reactor::LoopingCall::set_interval); `start`'s Deferred fires with `()`, not the loop |
+//! | `task.Clock`, `.getDelayedCalls()`, `task.deferLater` | [`Clock`], [`Clock::get_delayed_calls`] (also [`ReactorHandle::get_delayed_calls`]), [`reactor::defer_later`] |
+//! | `d.addTimeout(t, clock, onTimeoutCancel)` | [`add_timeout`]`(&d, t, &clock)`, [`add_timeout_with`] |
+//! | `DeferredLock`, `DeferredSemaphore` | [`DeferredLock`], [`DeferredSemaphore`] (the lock is a [`Permit`] value, released on drop) |
+//! | `DeferredQueue(size, backlog)`, `QueueOverflow`, `QueueUnderflow` | [`DeferredQueue::new`]; `put` waits for room, [`DeferredQueue::try_put`] fails with [`sync::QueueOverflow`]; `get` past the backlog fails with [`sync::QueueUnderflow`] |
+//! | `threads.deferToThread` | [`ReactorHandle::defer_to_thread`], [`ReactorHandle::defer_to_thread_with_token`] (errors and a cancellation token) |
+//! | Synapse `synapse.util.async_helpers` | [`async_helpers`] (see its table) |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod async_helpers;
 pub mod cache;
 pub mod cancellation;
 pub mod combinators;
@@ -80,6 +91,7 @@ mod failure;
 pub mod future;
 pub mod logcontext;
 mod observable;
+pub mod protocols;
 pub mod reactor;
 pub mod sync;
 pub mod web;
@@ -93,7 +105,8 @@ pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, 
 
 pub use cache::ResponseCache;
 pub use cancellation::{
-    add_timeout, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred, TimeoutError,
+    add_timeout, add_timeout_with, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred,
+    TimeoutError,
 };
 pub use combinators::{
     gather_results, race, unwrap_first_error, DeferredList, FailureGroup, FirstError, ListResult,

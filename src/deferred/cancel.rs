@@ -181,6 +181,13 @@ impl<T: 'static> Deferred<T> {
     /// failure comes back down this chain as usual.
     #[track_caller]
     pub fn cancel(&self) {
+        self.cancel_at(Location::caller())
+    }
+
+    /// [`cancel`](Self::cancel), naming `location` as where a new cancellation started
+    /// (helpers that cancel on their caller's behalf, such as a timeout, name the
+    /// caller's line).
+    pub(crate) fn cancel_at(&self, location: &'static Location<'static>) {
         let (err, _guard) = match CURRENT.with(Cell::get) {
             Some((id, location)) => (CancelledError { id, location }, None),
             None => {
@@ -189,7 +196,6 @@ impl<T: 'static> Deferred<T> {
                     n.set(id + 1);
                     id
                 }));
-                let location = Location::caller();
                 {
                     let mut core = self.inner.core.borrow_mut();
                     if !core.is_cancellable() {
@@ -205,6 +211,14 @@ impl<T: 'static> Deferred<T> {
         // `cancel()` returns (while `CURRENT` still holds this cancellation's id).
         let this = self.clone();
         super::run::cancel_bounded(move || this.cancel_with(err));
+    }
+
+    /// Cancels as part of the cancellation `err`, as a canceller running now would: for
+    /// work that received a cancel while it was busy and passes it on afterwards (an
+    /// `ensure_deferred` task cancelled during its own poll).
+    pub(crate) fn cancel_as(&self, err: &CancelledError) {
+        let _guard = CurrentGuard(CURRENT.with(|c| c.replace(Some((err.id, err.location)))));
+        self.cancel_at(err.location)
     }
 
     fn cancel_with(&self, err: CancelledError) {

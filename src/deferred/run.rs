@@ -22,6 +22,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::thread::LocalKey;
 
 /// How many callback loops (or drops) may nest on the stack before the next is queued.
 pub(crate) const MAX_DEPTH: u32 = 32;
@@ -42,7 +43,7 @@ thread_local! {
 }
 
 /// Restores a depth counter on every exit, unwinding included.
-struct DepthGuard(&'static std::thread::LocalKey<Cell<u32>>, u32);
+struct DepthGuard(&'static LocalKey<Cell<u32>>, u32);
 
 impl Drop for DepthGuard {
     fn drop(&mut self) {
@@ -57,16 +58,17 @@ impl Drop for DepthGuard {
 /// while it waits in the queue.
 pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
     let depth = RUN_DEPTH.with(Cell::get);
-    if depth >= MAX_DEPTH {
-        RUN_QUEUE.with(|q| q.borrow_mut().push_back(job));
+    let mut job = Some(job);
+    if depth >= MAX_DEPTH && queued(&RUN_QUEUE, &mut job, |q, j| q.push_back(j)) {
         return;
     }
+    let job = job.expect("not queued");
     RUN_DEPTH.with(|d| d.set(depth + 1));
     let _restore = DepthGuard(&RUN_DEPTH, depth);
     job.run_loop();
     if depth == 0 {
         // The outermost loop: run whatever deeper loops queued, each at depth 1 again.
-        while let Some(next) = RUN_QUEUE.with(|q| q.borrow_mut().pop_front()) {
+        while let Some(next) = taken(&RUN_QUEUE, VecDeque::pop_front) {
             next.run_loop();
         }
     }
@@ -79,14 +81,17 @@ pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
 pub(crate) fn cancel_bounded<F: FnOnce() + 'static>(cancel: F) {
     let depth = CANCEL_DEPTH.with(Cell::get);
     if depth >= MAX_DEPTH {
-        CANCEL_QUEUE.with(|q| q.borrow_mut().push_back(Box::new(cancel)));
+        let mut queue_it = Some(Box::new(cancel) as Box<dyn FnOnce()>);
+        if !queued(&CANCEL_QUEUE, &mut queue_it, VecDeque::push_back) {
+            (queue_it.expect("not queued"))();
+        }
         return;
     }
     CANCEL_DEPTH.with(|d| d.set(depth + 1));
     let _restore = DepthGuard(&CANCEL_DEPTH, depth);
     cancel();
     if depth == 0 {
-        while let Some(next) = CANCEL_QUEUE.with(|q| q.borrow_mut().pop_front()) {
+        while let Some(next) = taken(&CANCEL_QUEUE, VecDeque::pop_front) {
             next();
         }
     }
@@ -96,15 +101,47 @@ pub(crate) fn cancel_bounded<F: FnOnce() + 'static>(cancel: F) {
 pub(crate) fn drop_bounded<X: 'static>(value: X) {
     let depth = DROP_DEPTH.with(Cell::get);
     if depth >= MAX_DEPTH {
-        GRAVEYARD.with(|g| g.borrow_mut().push(Box::new(value)));
+        let mut parked = Some(Box::new(value) as Box<dyn Any>);
+        if !queued(&GRAVEYARD, &mut parked, Vec::push) {
+            drop(parked);
+        }
         return;
     }
     DROP_DEPTH.with(|d| d.set(depth + 1));
     let _restore = DepthGuard(&DROP_DEPTH, depth);
     drop(value);
     if depth == 0 {
-        while let Some(parked) = GRAVEYARD.with(|g| g.borrow_mut().pop()) {
+        while let Some(parked) = taken(&GRAVEYARD, Vec::pop) {
             drop(parked);
         }
     }
+}
+
+// While a thread ends, its thread-locals are destroyed one by one, and values dropped
+// then (pending tasks, permits, guards, Deferreds in another thread-local) may still run
+// callbacks. A queue destroyed by then cannot be reached: the work is done at once
+// instead (deeper on the stack, but the thread is ending), and nothing panics.
+// The depth counters have no destructor and stay readable to the end.
+
+/// Moves `item` into the thread-local queue `key`; false (and `item` left in place) if
+/// the queue is already destroyed.
+fn queued<Q: 'static, X>(
+    key: &'static LocalKey<RefCell<Q>>,
+    item: &mut Option<X>,
+    push: impl FnOnce(&mut Q, X),
+) -> bool {
+    key.try_with(|q| {
+        if let Some(x) = item.take() {
+            push(&mut q.borrow_mut(), x);
+        }
+    })
+    .is_ok()
+}
+
+/// The next item of the thread-local queue `key`; `None` if it is empty or destroyed.
+fn taken<Q: 'static, X>(
+    key: &'static LocalKey<RefCell<Q>>,
+    pop: impl FnOnce(&mut Q) -> Option<X>,
+) -> Option<X> {
+    key.try_with(|q| pop(&mut q.borrow_mut())).ok().flatten()
 }

@@ -2,50 +2,74 @@
 //! future as a Deferred ([`ensure_deferred`]), and telling one's own cancellation apart
 //! ([`is_cancelling`], [`is_own_cancellation`]). The marker for handlers that may be
 //! cancelled ([`cancellable`]) and Synapse's test helper that cancels a handler at each
-//! of its await points ([`check_cancellation_at_each_await`]) are in `testing.rs`.
+//! of its await points ([`check_cancellation_at_each_await`]) are in `testing.rs`; the
+//! task runner is in `runner.rs`, the await side in `awaiting.rs`.
 //!
-//! # How a cancel reaches an awaiting task
+//! # Tasks
 //!
-//! Each task lives in a thread-local table keyed by a task id; its [`Waker`] is an `Arc`
-//! holding only that id and the owning thread's id, so it is `Send` without the task
-//! being so. Waking on the owning thread polls the task at once (a wake while the task
-//! is being polled only asks for one more poll: the re-entrancy guard).
+//! Each task lives in a thread-local slab; its [`Waker`] is an `Arc` holding only its
+//! slab key, its never-reused id and the owning thread's id, so it is `Send` without the
+//! task being so. Waking on the owning thread polls the task at once (a wake while the task
+//! is being polled only asks for one more poll: the re-entrancy guard). A wake from
+//! another thread (a channel fed by a worker thread, say) reaches the task through the
+//! owning thread's reactor (`call_from_thread`); on a thread with no reactor it is
+//! logged and dropped.
 //!
-//! While a task is suspended on a `Deferred`, the task records how to cancel it.
-//! Cancelling the Deferred `ensure_deferred` returned
-//! 1. marks the task as cancelling (with the cancel's [`CancelId`]),
-//! 2. cancels the Deferred the task awaits right now, whose `CancelledError` comes out
-//!    of the `await` as `Err(failure)` when the task is polled, and
-//! 3. if the task has not finished by then (it handles the error and goes on, say to
-//!    clean up), makes the returned Deferred wait for the task's own outcome, as
-//!    Twisted's `ensureDeferred` does. The future is never dropped mid-await.
+//! A thread that ends with tasks pending drops them (their futures' destructors run);
+//! nothing is polled after the thread's task table is gone.
 //!
-//! A result that reached the awaited Deferred before the cancel is already moved into
-//! the task's await, so a cancel arriving before the task resumed never discards it.
+//! # Log context
 //!
-//! A wake from another thread (a channel fed by a worker thread, say) reaches the task
-//! through the owning thread's reactor (`call_from_thread`); on a thread with no reactor
-//! it is logged and dropped.
+//! A task has its own log context, as a Python coroutine run by Synapse keeps its own:
+//! the context current when [`ensure_deferred`] was called, then whatever the task left
+//! current when it last suspended. Every poll saves the caller's context, runs in the
+//! task's, and restores the caller's after, however the task was woken (a Deferred, a
+//! timer, a channel fed from another thread). So a [`ContextScope`] held across an
+//! `.await` is current again when the task resumes and never leaks to whoever called
+//! `ensure_deferred` or fired what it awaited.
 //!
-//! *Not supported yet:* interrupting a task suspended on a future that is not a Deferred
-//! (the cancel then waits for that future).
+//! # Cancellation
+//!
+//! Cancelling the Deferred `ensure_deferred` returned marks the task as cancelling
+//! ([`is_cancelling`]) with the cancel's [`CancelId`] ([`is_own_cancellation`]) and
+//! passes the cancel on to what the task awaits right now:
+//!
+//! - **A Deferred** (or a future wrapped in [`interruptible`]): it is cancelled, and its
+//!   `CancelledError` comes out of the `await` as `Err(failure)` when the task resumes.
+//!   The task may handle it and go on (to clean up, even awaiting more); the returned
+//!   Deferred then waits for the task's own outcome, as Twisted's `ensureDeferred` does.
+//!   The future is never dropped mid-await. A result that reached the awaited Deferred
+//!   before the cancel was already moved into the task's await, so a cancel arriving
+//!   before the task resumed never discards it.
+//! - **Any other future** (a channel, another runtime's timer), which a cancel cannot
+//!   reach: the task is *aborted* at that await point, as an aborted tokio task is. Its
+//!   future is dropped at once (its destructors run, in the task's log context) and the
+//!   returned Deferred fails with the `CancelledError`. An output that future had
+//!   produced but the task had not yet seen is dropped with it; wrap the future in
+//!   [`interruptible`] to get it (or the error) in the task instead.
+//! - **Nothing, because the task is running** (it cancelled itself, or something it
+//!   called did): the cancel is passed on when the running poll returns, by the rules
+//!   above, to whatever the task then awaits. A task that finishes within that poll
+//!   keeps its outcome: the cancel came too late, as for a Deferred that already fired.
+//!
+//! So a cancel is never silently lost: the task sees it as an `Err` from an `await`, or
+//! is stopped with it, or had already finished.
+//!
+//! [`ContextScope`]: crate::logcontext::ContextScope
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::fmt;
-use std::future::{Future, IntoFuture};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
-use std::rc::{Rc, Weak};
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, ThreadId};
+use std::future::Future;
+#[cfg(doc)]
+use std::task::Waker;
 
-use crate::deferred::{current_cancellation, Next};
-use crate::{CancelId, CancelledError, Deferred, Failure};
+#[cfg(doc)]
+use crate::CancelId;
+use crate::{CancelledError, Deferred, Failure};
 
+mod awaiting;
+mod runner;
 mod testing;
 
+pub use awaiting::{interruptible, DeferredFuture, Interruptible};
 pub use testing::{
     cancellable, check_cancellation_at_each_await, Cancellable, CancellationReport, MaybeCancellable,
 };
@@ -69,42 +93,29 @@ pub use testing::{
 ///
 /// # Cancellation
 ///
-/// Cancelling the returned Deferred cancels the Deferred the task awaits now; see the
-/// module docs.
+/// Cancelling the returned Deferred passes the cancel to what the task awaits now: a
+/// Deferred is cancelled and its `CancelledError` comes out of the `await`; any other
+/// future is dropped and the task stops there with `CancelledError` (unless wrapped in
+/// [`interruptible`]). See the module docs.
+///
+/// # Log context
+///
+/// The task runs in the context current now, and in whatever context it leaves current
+/// at each suspension; the caller's context is current again when this returns and
+/// after every later poll.
 #[must_use = "the Deferred carries the task's outcome"]
 pub fn ensure_deferred<T, F>(future: F) -> Deferred<T>
 where
     T: 'static,
     F: Future<Output = Result<T, Failure>> + 'static,
 {
-    let id = NEXT_TASK.with(|n| {
-        let id = n.get();
-        n.set(id + 1);
-        id
-    });
-    let task = Rc::new(Task {
-        id,
-        future: RefCell::new(None),
-        waker: Waker::from(Arc::new(TaskWaker { id, thread: thread::current().id() })),
-        polling: Cell::new(false),
-        repoll: Cell::new(false),
-        done: Cell::new(false),
-        cancelling: Cell::new(None),
-        awaiting: RefCell::new(None),
-    });
-    let target: Rc<RefCell<Option<Deferred<T>>>> = Rc::new(RefCell::new(None));
-    let out = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
-    *target.borrow_mut() = Some(out.clone());
-    *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
-    TASKS.with(|t| t.borrow_mut().insert(id, task.clone()));
-    poll_task(&task);
-    out
+    runner::spawn(future)
 }
 
 /// True if the task running now (inside [`ensure_deferred`]) has been cancelled. False
 /// outside a task.
 pub fn is_cancelling() -> bool {
-    CURRENT_TASK.with(|c| c.borrow().as_ref().is_some_and(|t| t.cancelling.get().is_some()))
+    runner::current_task().is_some_and(|t| t.is_cancelling())
 }
 
 /// True if `failure` is the `CancelledError` of a cancel of the task running now (its
@@ -127,296 +138,20 @@ pub fn is_cancelling() -> bool {
 /// assert_eq!(task.take_result().unwrap().unwrap(), "the thing I awaited was cancelled by someone else");
 /// ```
 pub fn is_own_cancellation(failure: &Failure) -> bool {
-    let own = CURRENT_TASK.with(|c| c.borrow().as_ref().and_then(|t| t.cancelling.get()));
-    match (own, failure.downcast_ref::<CancelledError>()) {
-        (Some(id), Some(c)) => c.id() == id,
+    match (runner::current_task(), failure.downcast_ref::<CancelledError>()) {
+        (Some(task), Some(c)) => task.is_own(c.id()),
         _ => false,
     }
 }
 
 /// How many tasks started by [`ensure_deferred`] on this thread have not finished.
 pub fn pending_tasks() -> usize {
-    TASKS.with(|t| t.borrow().len())
+    runner::pending_tasks()
 }
 
 /// How many times, so far on this thread, a task suspended on a Deferred that had no
-/// result yet (an *await point*). Used by [`check_cancellation_at_each_await`].
+/// result yet, or on an [`interruptible`] future (an *await point*: where a cancel
+/// reaches the task as an error). Used by [`check_cancellation_at_each_await`].
 pub fn await_points() -> u64 {
-    AWAIT_POINTS.with(Cell::get)
-}
-
-/// The future that awaits a [`Deferred`]: `Deferred<T>` implements `IntoFuture` with
-/// this as the future, so `d.await` gives `Result<T, Failure>`.
-///
-/// Awaiting moves the result out of the Deferred: steps added to it afterwards get a
-/// `ResultConsumedError`.
-///
-/// # Drop
-///
-/// Dropping the future does not cancel the Deferred; its result, when it comes, is
-/// dropped.
-#[must_use = "futures do nothing unless awaited"]
-pub struct DeferredFuture<T: 'static> {
-    d: Deferred<T>,
-    slot: Option<Rc<AwaitSlot<T>>>,
-    registered: Option<(Weak<Task>, u64)>,
-}
-
-impl<T: 'static> IntoFuture for Deferred<T> {
-    type Output = Result<T, Failure>;
-    type IntoFuture = DeferredFuture<T>;
-
-    fn into_future(self) -> DeferredFuture<T> {
-        DeferredFuture { d: self, slot: None, registered: None }
-    }
-}
-
-impl<T: 'static> Future for DeferredFuture<T> {
-    type Output = Result<T, Failure>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, Failure>> {
-        let this = self.get_mut();
-        if this.slot.is_none() {
-            if !this.d.is_paused() {
-                if let Some(r) = this.d.take_result() {
-                    return Poll::Ready(r);
-                }
-            }
-            let slot = Rc::new(AwaitSlot { result: RefCell::new(None), waker: RefCell::new(None) });
-            let s = slot.clone();
-            this.d.add_both(move |r: Result<T, Failure>| -> Next<T> {
-                *s.result.borrow_mut() = Some(r);
-                let waker = s.waker.borrow_mut().take();
-                if let Some(w) = waker {
-                    w.wake();
-                }
-                Next::Consumed
-            });
-            this.slot = Some(slot);
-        }
-        let slot = this.slot.as_ref().expect("set above");
-        let result = slot.result.borrow_mut().take();
-        if let Some(r) = result {
-            this.unregister();
-            return Poll::Ready(r);
-        }
-        *slot.waker.borrow_mut() = Some(cx.waker().clone());
-        if this.registered.is_none() {
-            let task = CURRENT_TASK.with(|c| c.borrow().clone());
-            if let Some(task) = task {
-                AWAIT_POINTS.with(|n| n.set(n.get() + 1));
-                let token = NEXT_TOKEN.with(|n| {
-                    let t = n.get();
-                    n.set(t + 1);
-                    t
-                });
-                let d = this.d.clone();
-                *task.awaiting.borrow_mut() = Some((token, Rc::new(move || d.cancel())));
-                this.registered = Some((Rc::downgrade(&task), token));
-            }
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: 'static> DeferredFuture<T> {
-    fn unregister(&mut self) {
-        if let Some((task, token)) = self.registered.take() {
-            if let Some(task) = task.upgrade() {
-                let stale = {
-                    let mut awaiting = task.awaiting.borrow_mut();
-                    if awaiting.as_ref().is_some_and(|(t, _)| *t == token) {
-                        awaiting.take()
-                    } else {
-                        None
-                    }
-                };
-                drop(stale);
-            }
-        }
-    }
-}
-
-impl<T: 'static> Drop for DeferredFuture<T> {
-    fn drop(&mut self) {
-        self.unregister();
-    }
-}
-
-impl<T: 'static> fmt::Debug for DeferredFuture<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeferredFuture").field("deferred", &self.d).finish()
-    }
-}
-
-// ---- helpers ----
-
-thread_local! {
-    static TASKS: RefCell<HashMap<u64, Rc<Task>>> = RefCell::new(HashMap::new());
-    static CURRENT_TASK: RefCell<Option<Rc<Task>>> = const { RefCell::new(None) };
-    static NEXT_TASK: Cell<u64> = const { Cell::new(1) };
-    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
-    static AWAIT_POINTS: Cell<u64> = const { Cell::new(0) };
-}
-
-type CancelAwaited = Rc<dyn Fn()>;
-
-/// One task: its future (taken out while it is polled), and its cancel bookkeeping.
-struct Task {
-    id: u64,
-    future: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
-    waker: Waker,
-    /// A poll is on the stack; a wake now only sets `repoll`.
-    polling: Cell<bool>,
-    repoll: Cell<bool>,
-    /// The future has completed and the outcome was delivered.
-    done: Cell<bool>,
-    /// Set when the task's Deferred was cancelled: that cancel's id.
-    cancelling: Cell<Option<CancelId>>,
-    /// How to cancel the Deferred the task awaits now, with the await's token.
-    awaiting: RefCell<Option<(u64, CancelAwaited)>>,
-}
-
-/// Only `Send` data: a task id and the owning thread.
-struct TaskWaker {
-    id: u64,
-    thread: ThreadId,
-}
-
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if thread::current().id() == self.thread {
-            wake_here(self.id);
-            return;
-        }
-        // Another thread: hand the wake to the owning thread's reactor.
-        let id = self.id;
-        match crate::reactor::handle_for_thread(self.thread) {
-            Some(reactor) if reactor.call_from_thread(move || wake_here(id)).is_ok() => {}
-            _ => log::warn!("weft task {id} woken from another thread, whose reactor is gone (or that has none); wake dropped"),
-        }
-    }
-}
-
-/// Polls task `id` if it still exists; on its own thread.
-fn wake_here(id: u64) {
-    let task = TASKS.with(|t| t.borrow().get(&id).cloned());
-    if let Some(task) = task {
-        poll_task(&task);
-    }
-}
-
-struct AwaitSlot<T> {
-    result: RefCell<Option<Result<T, Failure>>>,
-    waker: RefCell<Option<Waker>>,
-}
-
-/// The user's future, delivering its outcome to the task's current target Deferred.
-struct Wrapper<T: 'static, F> {
-    future: Pin<Box<F>>,
-    target: Rc<RefCell<Option<Deferred<T>>>>,
-}
-
-impl<T: 'static, F: Future<Output = Result<T, Failure>>> Future for Wrapper<T, F> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let polled = catch_unwind(AssertUnwindSafe(|| self.future.as_mut().poll(cx)));
-        let r = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(r)) => r,
-            Err(panic) => Err(Failure::from_panic(panic)),
-        };
-        let target = self.target.borrow_mut().take();
-        if let Some(t) = target {
-            if t.fire(Next::Ready(r)).is_err() {
-                log::debug!("weft task: its deferred was already called; outcome dropped");
-            }
-        }
-        Poll::Ready(())
-    }
-}
-
-/// The Deferred a task delivers to; its canceller implements the cancel steps in the
-/// module docs.
-fn target_deferred<T: 'static>(task: Weak<Task>, target: Weak<RefCell<Option<Deferred<T>>>>) -> Deferred<T> {
-    Deferred::with_canceller(move |me: &Deferred<T>| {
-        let Some(task) = task.upgrade().filter(|t| !t.done.get()) else { return };
-        let id = current_cancellation().map(|c| c.id());
-        if task.cancelling.get().is_none() {
-            task.cancelling.set(id);
-        }
-        let awaiting = task.awaiting.borrow().as_ref().map(|(_, c)| c.clone());
-        if let Some(cancel_awaited) = awaiting {
-            cancel_awaited();
-        }
-        if me.is_called() || task.done.get() {
-            return;
-        }
-        // The task goes on (it handled the error, or awaits something that is not a
-        // Deferred): wait for its own outcome instead of cutting it off.
-        let Some(target) = target.upgrade() else { return };
-        let next = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
-        *target.borrow_mut() = Some(next.clone());
-        let _ = me.fire(Next::Wait(next));
-    })
-}
-
-/// Polls `task` until it is pending with no wake outstanding, or done.
-fn poll_task(task: &Rc<Task>) {
-    if task.polling.get() {
-        task.repoll.set(true);
-        return;
-    }
-    task.polling.set(true);
-    let _polling = PollingGuard(task.clone());
-    loop {
-        task.repoll.set(false);
-        let future = task.future.borrow_mut().take();
-        let Some(mut future) = future else { break };
-        let mut cx = Context::from_waker(&task.waker);
-        let ready = {
-            let _current = CurrentTask::enter(task.clone());
-            future.as_mut().poll(&mut cx).is_ready()
-        };
-        if ready {
-            task.done.set(true);
-            let removed = TASKS.with(|t| t.borrow_mut().remove(&task.id));
-            let awaiting = task.awaiting.borrow_mut().take();
-            drop((future, removed, awaiting));
-            break;
-        }
-        *task.future.borrow_mut() = Some(future);
-        if !task.repoll.get() {
-            break;
-        }
-    }
-}
-
-struct PollingGuard(Rc<Task>);
-
-impl Drop for PollingGuard {
-    fn drop(&mut self) {
-        self.0.polling.set(false);
-    }
-}
-
-/// Sets the current task; restores the previous one on every exit.
-struct CurrentTask(Option<Rc<Task>>);
-
-impl CurrentTask {
-    fn enter(task: Rc<Task>) -> CurrentTask {
-        CurrentTask(CURRENT_TASK.with(|c| c.replace(Some(task))))
-    }
-}
-
-impl Drop for CurrentTask {
-    fn drop(&mut self) {
-        let previous = self.0.take();
-        let _task = CURRENT_TASK.with(|c| c.replace(previous));
-    }
+    runner::await_points()
 }

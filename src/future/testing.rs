@@ -63,7 +63,8 @@ pub struct CancellationReport {
 /// task of [`ensure_deferred`](super::ensure_deferred) pending, and to leave the log context that was current
 /// before it current again (no context leaks out of a cancelled handler).
 ///
-/// An await point is counted when a task suspends on a Deferred without a result. If a
+/// An await point is counted when a task suspends on a Deferred without a result (or on
+/// an [`interruptible`](super::interruptible) future). If a
 /// single step passes several await points, the cancel is made at the first one
 /// reached at or after the target.
 ///

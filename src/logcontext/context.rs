@@ -83,7 +83,20 @@ thread_local! {
         State { id: Cell::new(0), cpu_mark: Cell::new(Duration::ZERO), cpu_clock: Cell::new(CpuClock::Thread) }
     };
     /// The current context; `None` is the sentinel. Its address is `STATE.id`.
-    static CURRENT: Cell<Option<Rc<ContextInner>>> = const { Cell::new(None) };
+    static CURRENT: Current = const { Current(Cell::new(None)) };
+}
+
+/// The cell behind `CURRENT`. When the thread ends and it is destroyed, the thread is
+/// back in the sentinel: `STATE.id` (which has no destructor) is reset, and every later
+/// access goes through `try_with` and sees the sentinel, so values dropped later in the
+/// thread's teardown (tasks, scopes, Deferreds) can still switch and restore without
+/// panicking.
+struct Current(Cell<Option<Rc<ContextInner>>>);
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        STATE.with(|s| s.id.set(0));
+    }
 }
 
 impl LoggingContext {
@@ -365,17 +378,18 @@ impl Captured {
         if current_id() == 0 {
             return Captured(None);
         }
-        Captured(CURRENT.with(|cur| {
-            let ctx = cur.take();
-            cur.set(ctx.clone());
-            ctx
-        }))
+        Captured(current_rc())
     }
 
     /// The sentinel.
     #[allow(dead_code)] // For the reactor, which lands on another branch.
     pub(crate) const fn sentinel() -> Captured {
         Captured(None)
+    }
+
+    /// The captured context as a public handle.
+    pub(crate) fn to_context(&self) -> LoggingContext {
+        LoggingContext { inner: self.0.clone() }
     }
 
     /// True if this is the sentinel.
@@ -410,7 +424,7 @@ impl Captured {
 
 impl Restore {
     /// A guard that restores the context current now.
-    pub(super) fn capture() -> Restore {
+    pub(crate) fn capture() -> Restore {
         Restore(Some(Captured::capture().0))
     }
 }
@@ -557,12 +571,20 @@ fn with_current<R>(f: impl FnOnce(Option<&Rc<ContextInner>>) -> R) -> R {
     if current_id() == 0 {
         return f(None);
     }
-    let ctx = CURRENT.with(|cur| {
-        let ctx = cur.take();
-        cur.set(ctx.clone());
-        ctx
-    });
-    f(ctx.as_ref())
+    f(current_rc().as_ref())
+}
+
+/// A handle to the current context (`None` in the sentinel, or once the thread's
+/// `CURRENT` is destroyed).
+fn current_rc() -> Option<Rc<ContextInner>> {
+    CURRENT
+        .try_with(|cur| {
+            let ctx = cur.0.take();
+            cur.0.set(ctx.clone());
+            ctx
+        })
+        .ok()
+        .flatten()
 }
 
 /// Makes `new` current and returns the previous context; charges the CPU time since the
@@ -571,8 +593,14 @@ fn with_current<R>(f: impl FnOnce(Option<&Rc<ContextInner>>) -> R) -> R {
 /// it had saved finished) is not new work in it. Entering points warn instead.
 fn switch(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
     STATE.with(|cur| {
-        cur.id.set(id_of(&new));
-        let previous = CURRENT.with(|c| c.replace(new));
+        let id = id_of(&new);
+        let mut new = Some(new);
+        let Ok(previous) = CURRENT.try_with(|c| c.0.replace(new.take().flatten())) else {
+            // The thread is ending and `CURRENT` is gone: it stays in the sentinel.
+            drop(new);
+            return None;
+        };
+        cur.id.set(id);
         if let Some(now) = cur.cpu_clock.get().now() {
             if let Some(p) = &previous {
                 p.charge(&ContextStats {

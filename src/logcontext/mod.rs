@@ -55,7 +55,10 @@
 //! | `nested_logging_context(suffix)` | [`nested_logging_context`]`(suffix).enter()` (or `.run(..)`) |
 //! | `current_context()`, `set_current_context(ctx)` | [`current_context`], [`set_current_context`] |
 //! | `LoggingContextFilter` | [`ContextLogger`], [`current_request_id`] |
+//! | `with LoggingContext(..)` inside a task another executor polls | `fut.in_context(ctx)` ([`InContextExt`]): the context is current only while the future is polled |
 //! | `context.add_database_transaction(d)` etc. | [`LoggingContext::add_database_transaction`] etc. |
+//! | a coroutine keeping its context across `await` | [`ensure_deferred`](crate::future::ensure_deferred): each task keeps its own context across awaits, and its polls never leak it to whoever woke it |
+//! | `defer_to_threadpool(reactor, pool, f)` | [`ReactorHandle::defer_to_thread`](crate::ReactorHandle::defer_to_thread): `f` runs in a context named after the caller's and its CPU and database counters are charged back; from the sentinel it runs in none (without Synapse's "metrics will be lost" warning) |
 //!
 //! What stays the porter's job: a context is finished when its scope ends, so background
 //! work started from a request and not cancelled with it runs in a finished context (the
@@ -76,6 +79,7 @@
 mod accounting;
 pub(crate) mod context;
 mod helpers;
+mod instrument;
 mod logger;
 
 pub use accounting::{set_cpu_clock, ContextStats, CpuClock};
@@ -86,6 +90,7 @@ pub use context::{
 pub use helpers::{
     make_deferred_yieldable, nested_logging_context, run_as_background_process, run_in_background,
 };
+pub use instrument::{InContext, InContextExt};
 pub use logger::ContextLogger;
 
-pub(crate) use context::{bind, Captured, Switcher};
+pub(crate) use context::{bind, Captured, Restore, Switcher};

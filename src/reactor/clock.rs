@@ -100,6 +100,23 @@ impl Clock {
         self.timers.len()
     }
 
+    /// The calls scheduled and not yet run or cancelled, in the order they will run
+    /// (Twisted's `getDelayedCalls`). Each is a handle like the one `call_later`
+    /// returned (equal to it), so it can be inspected, cancelled or reset.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weft::Clock;
+    ///
+    /// let clock = Clock::new();
+    /// let later = clock.call_later(Duration::from_secs(2), || ());
+    /// let sooner = clock.call_later(Duration::from_secs(1), || ());
+    /// assert_eq!(clock.get_delayed_calls(), [sooner, later]);
+    /// ```
+    pub fn get_delayed_calls(&self) -> Vec<DelayedCall> {
+        self.timers.delayed_calls()
+    }
+
     /// When the next call is due, if any.
     pub fn next_deadline(&self) -> Option<Duration> {
         self.timers.next_deadline()

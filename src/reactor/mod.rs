@@ -6,6 +6,32 @@
 //! the sockets' protocols, runs the due timers, then the call-soon queue. Everything runs
 //! on the reactor's thread; [`ThreadHandle`] is the one way in from other threads.
 //!
+//! # Embedding
+//!
+//! Another program's loop (epoll, tokio, calloop, a GUI toolkit) can drive the reactor
+//! instead of [`Reactor::run`]: wait until the reactor's descriptor ([`AsFd`]) is
+//! readable, call [`Reactor::iterate`]`(Some(Duration::ZERO))`, repeat. The descriptor
+//! becomes readable whenever the reactor has work: I/O, a due timer (once the descriptor
+//! is lent out, a `timerfd` inside the reactor's queue follows the earliest deadline,
+//! whoever scheduled it), queued calls, a stop. [`iterate`](Reactor::iterate) handles everything ready and returns an
+//! [`IterateStatus`]; it works for hosts that wait level- or edge-triggered. To stop,
+//! call [`stop`](ReactorHandle::stop) and keep iterating until
+//! [`is_stopped`](ReactorHandle::is_stopped): the shutdown phases and the closing of
+//! every connection run through `iterate` as they do in `run`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use weft::reactor::{IterateStatus, Reactor};
+//!
+//! let reactor = Reactor::new().unwrap();
+//! let handle = reactor.handle();
+//! reactor.call_later(Duration::from_millis(5), move || handle.stop());
+//! // A host loop; a real one waits for `reactor.as_fd()` to be readable (with its own
+//! // epoll, tokio's `AsyncFd`, calloop's `Generic`) instead of blocking in `iterate`.
+//! while reactor.iterate(Some(Duration::from_millis(100))).unwrap() != IterateStatus::Stopped {}
+//! assert!(reactor.is_stopped());
+//! ```
+//!
 //! ```
 //! use std::time::Duration;
 //! use weft::reactor::Reactor;
@@ -21,11 +47,17 @@
 //! tested without the real loop.
 
 mod clock;
+mod lifecycle;
 mod poll;
 mod signals;
 pub(crate) use threads::handle_for_thread;
+mod listen;
 mod looping_call;
-mod tcp;
+mod memory;
+mod protocol;
+mod stream;
+#[cfg(test)]
+mod tests;
 mod threads;
 mod timers;
 mod udp;
@@ -35,7 +67,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
@@ -44,18 +76,22 @@ use slab::Slab;
 
 pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
+pub use lifecycle::{Phase, TriggerResult};
+pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
-pub use tcp::{
-    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, ListeningPort, Protocol,
-    PushProducer, Transport,
+pub use memory::MemoryTransport;
+pub use protocol::{
+    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
-pub use threads::{ReactorClosedError, ThreadHandle};
+pub use stream::{Transport, WriteBufferLimitsError};
+pub use threads::{CancelToken, ReactorClosedError, ThreadHandle};
 pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};
 
 use crate::Deferred;
+use lifecycle::{Lifecycle, Stage};
 use poll::{Poller, Readiness, Ready, SourceKey};
-use timers::{TimeSource, Timers};
+use timers::Timers;
 
 /// The event loop (Twisted's reactor). Owns the OS readiness queue, the timers, the
 /// call-soon queue, the thread pool and every registered socket.
@@ -67,7 +103,9 @@ use timers::{TimeSource, Timers};
 /// # Drop
 ///
 /// Dropping the `Reactor` stops its thread pool (joining its threads), drops every
-/// pending timer and call, and closes every socket without calling `connection_lost`.
+/// pending timer and call, and closes every socket without calling `connection_lost`:
+/// the fast path. [`stop`](ReactorHandle::stop) is the graceful one: it closes every
+/// socket and tells each protocol.
 pub struct Reactor {
     handle: ReactorHandle,
 }
@@ -88,41 +126,24 @@ pub struct WeakReactorHandle {
     inner: Weak<Inner>,
 }
 
-/// When a shutdown trigger runs, relative to the reactor's own shutdown work (Twisted's
-/// `"before"`, `"during"`, `"after"` phases of the `"shutdown"` system event).
+/// What [`Reactor::iterate`] left behind, so a host knows whether to wait or to call it
+/// again.
+///
+/// The reactor's descriptor tells the same story: it is readable while the status would
+/// be `Pending`, with a fresh readiness edge for hosts that wait edge-triggered, so a
+/// host may also ignore the status and just wait on the descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// First, while everything still works.
-    Before,
-    /// Next; the thread pool is stopped after this phase.
-    During,
-    /// Last, after the thread pool stopped.
-    After,
-}
-
-/// What a shutdown trigger may return: nothing, or a `Deferred<()>` the reactor waits
-/// for (bounded by [`ReactorHandle::set_shutdown_timeout`]) before going on to the next
-/// phase.
-pub trait TriggerResult: trigger_sealed::Sealed {
-    #[doc(hidden)]
-    fn into_deferred(self) -> Option<Deferred<()>>;
-}
-
-mod trigger_sealed {
-    pub trait Sealed {}
-}
-
-impl trigger_sealed::Sealed for () {}
-impl TriggerResult for () {
-    fn into_deferred(self) -> Option<Deferred<()>> {
-        None
-    }
-}
-impl trigger_sealed::Sealed for Deferred<()> {}
-impl TriggerResult for Deferred<()> {
-    fn into_deferred(self) -> Option<Deferred<()>> {
-        Some(self)
-    }
+pub enum IterateStatus {
+    /// Nothing is ready now: wait for the descriptor (or until
+    /// [`next_deadline`](ReactorHandle::next_deadline)).
+    Idle,
+    /// More is ready now (events the turn had no room for, queued calls, due timers, a
+    /// shutdown step): call `iterate` again without waiting.
+    Pending,
+    /// The reactor has stopped: the shutdown has finished
+    /// ([`is_stopped`](ReactorHandle::is_stopped)). `iterate` still turns the loop if
+    /// called again.
+    Stopped,
 }
 
 /// Something registered with the readiness queue: a connection, a listener, a UDP port.
@@ -131,29 +152,59 @@ pub(crate) trait Source {
     fn ready(self: Rc<Self>, readiness: Readiness);
     /// The reactor is being dropped: close now, call no user code.
     fn close_now(&self);
+    /// The reactor moved the source to `key` when it compacted its table; later
+    /// deregistrations use it. Calls no user code.
+    fn rekey(&self, key: SourceKey);
+    /// The reactor is shutting down (its "during" phase): close as a user's close would,
+    /// so the protocol hears of it (`connection_lost`, `stop_protocol`). `Graceful` may
+    /// finish on a later turn (a connection flushes first); `Abort` closes now.
+    fn shut_down(self: Rc<Self>, how: Closing);
+}
+
+/// How [`Source::shut_down`] closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Closing {
+    /// As `lose_connection`: write out what is buffered, then close.
+    Graceful,
+    /// As `abort_connection`, at once: the graceful close did not finish in time.
+    Abort,
 }
 
 type Callback = Box<dyn FnOnce()>;
-type Trigger = Box<dyn FnOnce() -> Option<Deferred<()>>>;
+
+/// How many waits one turn may do while each fills the event buffer, before leaving the
+/// rest for the next turn (and saying so in its [`IterateStatus`]).
+const MAX_POLLS_PER_TURN: usize = 4;
 
 struct SourceSlot {
     generation: u32,
     source: Rc<dyn Source>,
+    /// What it was registered with, to move it to another slot.
+    fd: RawFd,
+    readable: bool,
+    writable: bool,
 }
 
+/// Below this many slots the source table is never compacted.
+const SOURCES_SHRINK_FLOOR: usize = 64;
+
 pub(crate) struct Inner {
-    poller: RefCell<Poller>,
+    poller: Poller,
+    /// The timer heap, and the alarm that follows its earliest deadline.
     timers: Rc<Timers>,
     soon: RefCell<VecDeque<Callback>>,
     sources: RefCell<Slab<SourceSlot>>,
     next_generation: Cell<u32>,
     /// Reused between turns so a turn allocates nothing.
     events: RefCell<Vec<Ready>>,
-    running: Cell<bool>,
-    stop_requested: Cell<bool>,
-    when_running: RefCell<Vec<Callback>>,
-    triggers: RefCell<[Vec<Trigger>; 3]>,
-    shutdown_timeout: Cell<Duration>,
+    /// How many event batches are being dispatched (a callback may run a nested turn);
+    /// the source table is compacted only when none is, since a batch holds slot keys.
+    dispatching: Cell<u32>,
+    sources_sparse: timers::Sparse,
+    /// The last turn left events in the readiness queue (each of its waits filled the
+    /// event buffer).
+    events_left: Cell<bool>,
+    lifecycle: Lifecycle,
     threads: threads::ReactorThreads,
     /// The scratch buffer sockets read into (64 KiB), lent out during a read.
     read_buf: RefCell<Vec<u8>>,
@@ -169,21 +220,23 @@ impl Reactor {
     ///
     /// # Errors
     ///
-    /// The OS error if the readiness queue or the waker cannot be created.
+    /// The OS error if the readiness queue, the waker or the timer descriptor (the
+    /// alarm, see [`AsFd`]) cannot be created.
     pub fn new() -> io::Result<Reactor> {
+        let start = Instant::now();
         let (poller, waker) = Poller::new()?;
+        let alarm = poller.alarm()?;
         let inner = Rc::new(Inner {
-            poller: RefCell::new(poller),
-            timers: Timers::new(TimeSource::Real(Instant::now())),
+            poller,
+            timers: Timers::with_alarm(start, alarm),
             soon: RefCell::new(VecDeque::new()),
             sources: RefCell::new(Slab::new()),
             next_generation: Cell::new(0),
-            events: RefCell::new(Vec::with_capacity(1024)),
-            running: Cell::new(false),
-            stop_requested: Cell::new(false),
-            when_running: RefCell::new(Vec::new()),
-            triggers: RefCell::new([Vec::new(), Vec::new(), Vec::new()]),
-            shutdown_timeout: Cell::new(Duration::from_secs(30)),
+            events: RefCell::new(Vec::with_capacity(poll::EVENTS_PER_POLL)),
+            dispatching: Cell::new(0),
+            sources_sparse: timers::Sparse::default(),
+            events_left: Cell::new(false),
+            lifecycle: Lifecycle::new(),
             threads: threads::ReactorThreads::new(waker),
             read_buf: RefCell::new(vec![0; READ_SIZE]),
             signals: RefCell::new(None),
@@ -193,7 +246,10 @@ impl Reactor {
     }
 
     /// Stops the reactor gracefully on SIGINT or SIGTERM, as [`ReactorHandle::stop`]
-    /// does: the shutdown triggers run and [`run`](Reactor::run) returns. Off unless
+    /// does: the shutdown phases run (closing every connection) and
+    /// [`run`](Reactor::run) returns, or a host driving [`iterate`](Reactor::iterate) sees
+    /// [`is_stopping`](ReactorHandle::is_stopping), then
+    /// [`is_stopped`](ReactorHandle::is_stopped). Off unless
     /// called (Twisted's `installSignalHandlers`), so a daemon that embeds the reactor
     /// keeps its own signal handling. Calling it again does nothing.
     ///
@@ -217,47 +273,128 @@ impl Reactor {
     }
 
     /// Runs the loop until [`stop`](ReactorHandle::stop) is called, then runs the
-    /// shutdown triggers ([`Phase::Before`], [`Phase::During`], [`Phase::After`]),
-    /// waiting for the Deferreds they return, stops the thread pool, and returns.
+    /// shutdown phases ([`Phase::Before`], [`Phase::During`] (which closes every socket),
+    /// [`Phase::After`]), waiting for the Deferreds their triggers return, stops the
+    /// thread pool, and returns.
     ///
     /// Calls registered with [`call_when_running`](ReactorHandle::call_when_running)
     /// run on the first turn. A reactor may be run again after `run` returns; shutdown
     /// triggers run once per registration.
+    ///
+    /// If waiting for readiness fails (it should not), the error is logged and the
+    /// shutdown runs at once, without waiting for its triggers or connections.
     pub fn run(&self) {
         // The reactor's own loop runs in the sentinel; each callback brings its own context.
         let _sentinel = PreserveLoggingContext::sentinel();
-        let inner = &self.handle.inner;
-        inner.running.set(true);
-        inner.stop_requested.set(false);
-        let starting = std::mem::take(&mut *inner.when_running.borrow_mut());
-        for f in starting {
-            self.handle.call_soon(f);
-        }
-        while !inner.stop_requested.get() {
+        let _driving = Driving::new(&self.handle);
+        self.handle.start_running();
+        while !self.handle.is_stopped() {
             if let Err(e) = self.handle.turn(None) {
                 log::error!(target: "weft::reactor", "polling failed, stopping the reactor: {e}");
-                break;
+                self.handle.abandon();
             }
         }
-        self.handle.shutdown();
-        inner.running.set(false);
     }
 
-    /// Runs one turn of the loop (Twisted's `iterate`): waits for I/O at most `timeout`
-    /// (`None`: until something happens; less if a timer is due sooner or calls are
-    /// queued), then runs what became ready, the due timers and the queued calls.
+    /// Starts the reactor without running the loop, for a host that drives it with
+    /// [`iterate`](Self::iterate) (Twisted's `startRunning`): the
+    /// [`call_when_running`](ReactorHandle::call_when_running) calls are queued for the
+    /// next turn and the descriptor becomes readable. The first `iterate` starts the
+    /// reactor if this was not called. Does nothing if it runs already; after it
+    /// stopped, starts it again.
+    pub fn start(&self) {
+        self.handle.start_running();
+    }
+
+    /// Runs one turn of the loop (Twisted's `iterate`), for a host that owns the loop:
+    /// waits for I/O at most `timeout` (`None`: until something happens; less if a timer
+    /// is due sooner or calls are queued), then runs what became ready, the due timers,
+    /// the queued calls, and the next step of a shutdown if one is under way. Starts the
+    /// reactor on the first call (see [`start`](Self::start)).
     ///
-    /// For embedding in a loop someone else owns, together with
-    /// [`time_until_next`](ReactorHandle::time_until_next) and the file descriptor from
-    /// [`AsRawFd`].
+    /// One turn handles every event ready when it waits (up to 4 × 1,024 at once; more
+    /// is reported as [`IterateStatus::Pending`]), so a host waiting edge-triggered on
+    /// the descriptor misses nothing. The status says whether to wait or call again;
+    /// the descriptor agrees with it (see [`IterateStatus`]).
+    ///
+    /// After [`stop`](ReactorHandle::stop), keep calling it until it returns
+    /// [`IterateStatus::Stopped`]: the shutdown phases run through it, their triggers
+    /// and Deferreds included, and every connection gets its `connection_lost`. The turn
+    /// that ends the "during" phase stops the thread pool, joining its threads: it
+    /// blocks while a [`defer_to_thread`](ReactorHandle::defer_to_thread) job still
+    /// runs. Once stopped, `iterate` still turns the loop (waiting up to `timeout` when
+    /// nothing is due, never spinning).
     ///
     /// # Errors
     ///
     /// The OS error if waiting for readiness failed (an interrupted wait is not an
     /// error).
-    pub fn iterate(&self, timeout: Option<Duration>) -> io::Result<()> {
+    ///
+    /// # Examples
+    ///
+    /// A host that waits on the descriptor itself (here with `poll(2)` through
+    /// `rustix`; `epoll`, tokio's `AsyncFd` or calloop's `Generic` work the same way):
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use std::time::Duration;
+    /// use rustix::event::{poll, PollFd, PollFlags};
+    /// use weft::reactor::{IterateStatus, Reactor};
+    ///
+    /// let reactor = Reactor::new().unwrap();
+    /// let handle = reactor.handle();
+    /// // Host code, outside weft's callbacks: the descriptor wakes the host when it is due.
+    /// reactor.call_later(Duration::from_millis(5), move || handle.stop());
+    /// let fd = reactor.as_fd();
+    /// loop {
+    ///     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    ///     poll(&mut fds, None).unwrap(); // no timeout to compute
+    ///     if reactor.iterate(Some(Duration::ZERO)).unwrap() == IterateStatus::Stopped {
+    ///         break;
+    ///     }
+    /// }
+    /// ```
+    pub fn iterate(&self, timeout: Option<Duration>) -> io::Result<IterateStatus> {
         let _sentinel = PreserveLoggingContext::sentinel();
-        self.handle.turn(timeout)
+        let driving = Driving::new(&self.handle);
+        if self.handle.inner.lifecycle.stage() == Stage::NotStarted {
+            self.handle.start_running();
+        }
+        self.handle.turn(timeout)?;
+        drop(driving);
+        Ok(self.handle.status())
+    }
+}
+
+/// Holds the alarm while a driver turns the loop (deadlines set meanwhile are the
+/// driver's business, not a system call each), and on drop brings the alarm in line with
+/// what is left, for a host that waits on the descriptor next.
+struct Driving<'a> {
+    handle: &'a ReactorHandle,
+    was_held: bool,
+}
+
+impl<'a> Driving<'a> {
+    fn new(handle: &'a ReactorHandle) -> Driving<'a> {
+        let was_held = handle.inner.timers.alarm().is_some_and(|a| a.hold());
+        Driving { handle, was_held }
+    }
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        let Some(alarm) = self.handle.inner.timers.alarm() else { return };
+        alarm.release(self.was_held);
+        if self.was_held {
+            return;
+        }
+        let inner = &*self.handle.inner;
+        if inner.events_left.get() {
+            // The host saw its edge for those events already: give it a fresh one.
+            alarm.kick();
+        } else {
+            alarm.sync(self.handle.next_time());
+        }
     }
 }
 
@@ -268,12 +405,28 @@ impl std::ops::Deref for Reactor {
     }
 }
 
+impl AsFd for Reactor {
+    /// The reactor's descriptor (its readiness queue): readable whenever
+    /// [`iterate`](Reactor::iterate) has work to do: I/O, a due timer (whoever scheduled
+    /// it, from weft's callbacks or from host code), queued calls, a wake-up from
+    /// another thread, a stop. A host waits for it to be readable, level- or
+    /// edge-triggered, and needs no timeout of its own.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // The alarm works only once someone may be waiting on the descriptor: a reactor
+        // driven by `run` alone never pays for it.
+        if let Some(alarm) = self.handle.inner.timers.alarm() {
+            if alarm.enable() && !alarm.is_held() {
+                alarm.sync(self.handle.next_time());
+            }
+        }
+        self.handle.inner.poller.as_fd()
+    }
+}
+
 impl AsRawFd for Reactor {
-    /// The readiness queue's descriptor: it becomes readable when an
-    /// [`iterate`](Reactor::iterate) would find I/O to dispatch. Timers and queued calls
-    /// do not make it readable: ask [`time_until_next`](ReactorHandle::time_until_next).
+    /// The descriptor [`AsFd`] lends; prefer `as_fd`.
     fn as_raw_fd(&self) -> RawFd {
-        self.handle.inner.poller.borrow().as_raw_fd()
+        self.as_fd().as_raw_fd()
     }
 }
 
@@ -297,10 +450,7 @@ impl Drop for Reactor {
             inner.timers.clear();
             let soon = std::mem::take(&mut *inner.soon.borrow_mut());
             drop(soon);
-            let triggers = std::mem::take(&mut *inner.triggers.borrow_mut());
-            drop(triggers);
-            let when = std::mem::take(&mut *inner.when_running.borrow_mut());
-            drop(when);
+            inner.lifecycle.clear();
             if inner.is_empty() {
                 return;
             }
@@ -318,37 +468,35 @@ impl Inner {
         self.sources.borrow().is_empty()
             && self.timers.len() == 0
             && self.soon.borrow().is_empty()
-            && self.triggers.borrow().iter().all(Vec::is_empty)
-            && self.when_running.borrow().is_empty()
+            && self.lifecycle.is_empty()
     }
 }
 
 impl ReactorHandle {
-    /// Asks the loop to stop: [`Reactor::run`] finishes the current turn, runs the
-    /// shutdown triggers and returns. Callable from any callback.
-    pub fn stop(&self) {
-        self.inner.stop_requested.set(true);
-    }
-
-    /// True while [`Reactor::run`] is running (shutdown included).
-    pub fn is_running(&self) -> bool {
-        self.inner.running.get()
-    }
-
-    /// Runs `f` once the reactor runs (at once, on the next turn, if it already does).
-    pub fn call_when_running<F: FnOnce() + 'static>(&self, f: F) {
-        if self.inner.running.get() {
-            self.call_soon(f);
-        } else {
-            self.inner.when_running.borrow_mut().push(logcontext::bind(Box::new(f)));
-        }
-    }
-
     /// Runs `f` at the end of the current turn (or of the next one, if called from the
     /// call-soon queue itself), in the order calls were queued. Cheaper than
     /// `call_later(0)`: no timer is made.
+    ///
+    /// # Log context
+    ///
+    /// `f` runs in the log context current when this was called.
     pub fn call_soon<F: FnOnce() + 'static>(&self, f: F) {
-        self.inner.soon.borrow_mut().push_back(logcontext::bind(Box::new(f)));
+        self.push_soon(logcontext::bind(Box::new(f)));
+    }
+
+    /// Queues an already bound call, waking a host that waits on the descriptor.
+    fn push_soon(&self, f: Callback) {
+        self.inner.soon.borrow_mut().push_back(f);
+        self.wake_host();
+    }
+
+    /// Makes the descriptor readable now, unless a driver is turning the loop (it looks
+    /// at the call-soon queue and the shutdown itself).
+    #[inline]
+    fn wake_host(&self) {
+        if let Some(alarm) = self.inner.timers.alarm() {
+            alarm.request(Duration::ZERO);
+        }
     }
 
     /// Schedules `f` to run after `delay`; the generic form of
@@ -357,33 +505,63 @@ impl ReactorHandle {
         self.inner.timers.schedule(delay, Box::new(f))
     }
 
-    /// How long the loop may sleep before something is due: zero if calls are queued,
-    /// `None` if nothing is scheduled at all.
+    /// The timers scheduled with [`call_later`](Self::call_later) and not yet run or
+    /// cancelled, in the order they will run (Twisted's `getDelayedCalls`).
+    pub fn get_delayed_calls(&self) -> Vec<DelayedCall> {
+        self.inner.timers.delayed_calls()
+    }
+
+    /// How long a host may wait before the reactor has something to do: zero if work
+    /// is ready now (queued calls, a shutdown step, events left by the last turn),
+    /// `None` if nothing is scheduled at all (only I/O or another thread can bring work).
+    ///
+    /// Rounded *up* to a whole millisecond, so a host that passes
+    /// `timeout.as_millis()` to `epoll_wait`/`poll` never wakes a fraction of a
+    /// millisecond early and spins until the deadline (a truncated 0.7 ms would be a
+    /// zero timeout, again and again). For the exact time, use
+    /// [`next_deadline`](Self::next_deadline); a host that waits on the reactor's
+    /// descriptor needs neither: the descriptor becomes readable when a timer is due.
     pub fn time_until_next(&self) -> Option<Duration> {
-        if !self.inner.soon.borrow().is_empty() || self.inner.threads.has_pending() {
+        let at = self.next_time()?;
+        let left = at.saturating_sub(self.inner.timers.now());
+        let part = left.subsec_nanos() % 1_000_000;
+        Some(if part == 0 {
+            left
+        } else {
+            left.saturating_add(Duration::from_nanos(u64::from(1_000_000 - part)))
+        })
+    }
+
+    /// When the reactor next has something to do, for hosts that keep their own timers
+    /// (calloop's `Timer::from_deadline`, tokio's `sleep_until`): a time already passed
+    /// if work is ready now, `None` if nothing is scheduled. Exact, not rounded.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_time().and_then(|at| self.inner.timers.instant_at(at))
+    }
+
+    /// The time (on the timers' clock) the reactor next has work: zero if it has some now.
+    fn next_time(&self) -> Option<Duration> {
+        let inner = &*self.inner;
+        if !inner.soon.borrow().is_empty()
+            || self.has_starting()
+            || inner.events_left.get()
+            || inner.lifecycle.needs_step()
+            || inner.threads.has_pending()
+        {
             return Some(Duration::ZERO);
         }
-        self.inner.timers.next_deadline().map(|d| d.saturating_sub(self.inner.timers.now()))
+        inner.timers.next_deadline()
     }
 
-    /// Adds a shutdown trigger (Twisted's `addSystemEventTrigger(phase, "shutdown", f)`).
-    /// If `f` returns a `Deferred<()>`, the reactor keeps turning until it fires (or
-    /// until the [shutdown timeout](Self::set_shutdown_timeout)) before the next phase.
-    /// A failure is logged.
-    pub fn add_shutdown_trigger<F, R>(&self, phase: Phase, f: F)
-    where
-        F: FnOnce() -> R + 'static,
-        R: TriggerResult,
-    {
-        let i = phase as usize;
-        let captured = Captured::capture();
-        self.inner.triggers.borrow_mut()[i].push(Box::new(move || captured.run(|| f().into_deferred())));
-    }
-
-    /// How long each shutdown phase waits for the Deferreds its triggers returned
-    /// (default 30 s). Past it, the reactor logs a warning and goes on.
-    pub fn set_shutdown_timeout(&self, timeout: Duration) {
-        self.inner.shutdown_timeout.set(timeout);
+    /// What the last turn left: see [`IterateStatus`].
+    fn status(&self) -> IterateStatus {
+        if self.is_stopped() {
+            IterateStatus::Stopped
+        } else if self.next_time().is_some_and(|at| at <= self.inner.timers.now()) {
+            IterateStatus::Pending
+        } else {
+            IterateStatus::Idle
+        }
     }
 
     /// A `Send` handle for other threads (see [`ThreadHandle::call_from_thread`]).
@@ -394,19 +572,81 @@ impl ReactorHandle {
     /// Runs `f` on the reactor's thread pool and fires the returned Deferred, on the
     /// reactor thread, with what it returned (Twisted's `deferToThread`). A panic in `f`
     /// becomes a [`PanicError`](crate::PanicError) Failure.
+    /// [`defer_to_thread_with_token`](Self::defer_to_thread_with_token) is the form for
+    /// jobs that can fail or stop early.
+    ///
+    /// # Log context
+    ///
+    /// As Synapse's `defer_to_threadpool`: `f` runs in a log context named after the
+    /// caller's (its log records carry the request id), and the thread CPU time it
+    /// used, with any database counters it added to `current_context()`, is charged to
+    /// the caller's context when the result is delivered. The Deferred's callbacks run
+    /// in the contexts they were added in, as always.
     ///
     /// # Cancellation
     ///
     /// Cancelling before a pool thread picked the work up removes it: `f` never runs.
     /// Once it runs it cannot be stopped; the Deferred fails with `CancelledError` at
-    /// once and the late result is dropped.
+    /// once and the late result is dropped (its CPU is still charged).
+    #[track_caller]
     #[must_use = "the Deferred carries f's result"]
     pub fn defer_to_thread<T, F>(&self, f: F) -> Deferred<T>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        self.inner.threads.defer_to_thread(self, f)
+        let location = std::panic::Location::caller();
+        self.inner
+            .threads
+            .defer_to_thread(self, location, move |_: &CancelToken| Ok::<T, std::convert::Infallible>(f()))
+    }
+
+    /// [`defer_to_thread`](Self::defer_to_thread) for a job that may fail and may stop
+    /// early: `f` gets a [`CancelToken`] that turns true once the Deferred is cancelled
+    /// (or the pool stops), and returns a `Result`. An `Err` reaches the errback chain as
+    /// a [`Failure`](crate::Failure) holding the error (made on the reactor thread,
+    /// naming the line that called this); the error may be any `Error + Send + Sync`, a
+    /// `Box<dyn Error + Send + Sync>` or a `String`.
+    ///
+    /// ```
+    /// use std::{cell::RefCell, rc::Rc};
+    /// use weft::reactor::{CancelToken, Reactor};
+    ///
+    /// let reactor = Reactor::new().unwrap();
+    /// let read = reactor.defer_to_thread_with_token(|token: &CancelToken| {
+    ///     let mut lines = 0;
+    ///     for _ in 0..1000 {
+    ///         if token.is_cancelled() {
+    ///             return Err(std::io::Error::other("stopped early"));
+    ///         }
+    ///         lines += 1; // ... one unit of blocking work ...
+    ///     }
+    ///     Ok(lines)
+    /// });
+    /// let got = Rc::new(RefCell::new(None));
+    /// let (g, h) = (got.clone(), reactor.handle());
+    /// read.add_both(move |r| {
+    ///     *g.borrow_mut() = Some(r.is_ok());
+    ///     h.stop();
+    ///     r
+    /// });
+    /// reactor.run();
+    /// assert_eq!(*got.borrow(), Some(true));
+    /// ```
+    ///
+    /// # Cancellation
+    ///
+    /// As for `defer_to_thread`; in addition the token of a running job turns true, and
+    /// what the job then returns is dropped.
+    #[track_caller]
+    #[must_use = "the Deferred carries f's result"]
+    pub fn defer_to_thread_with_token<T, E, F>(&self, f: F) -> Deferred<T>
+    where
+        T: Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce(&CancelToken) -> Result<T, E> + Send + 'static,
+    {
+        self.inner.threads.defer_to_thread(self, std::panic::Location::caller(), f)
     }
 
     /// The maximum number of threads [`defer_to_thread`](Self::defer_to_thread) uses
@@ -425,10 +665,11 @@ impl ReactorHandle {
         // Every callback restores the context it found, so a context current here leaked.
         logcontext::assert_sentinel();
         let inner = &*self.inner;
+        self.run_starting();
         if inner.signals.borrow().as_ref().is_some_and(signals::SignalWatch::take) {
-            inner.stop_requested.set(true);
+            self.stop();
         }
-        let timeout = if !inner.soon.borrow().is_empty() || inner.stop_requested.get() {
+        let timeout = if !inner.soon.borrow().is_empty() || inner.lifecycle.needs_step() {
             Some(Duration::ZERO)
         } else {
             let next = inner.timers.next_deadline().map(|d| d.saturating_sub(inner.timers.now()));
@@ -437,77 +678,88 @@ impl ReactorHandle {
                 (a, b) => a.or(b),
             }
         };
-        let mut events = std::mem::take(&mut *inner.events.borrow_mut());
-        events.clear();
-        let polled = inner.poller.borrow_mut().poll(timeout, &mut events);
-        for ready in events.drain(..) {
-            match ready {
-                Ready::Wake => inner.threads.drain(self),
-                Ready::Source(key, readiness) => {
-                    let source = {
-                        let sources = inner.sources.borrow();
-                        match sources.get(key.index as usize) {
-                            Some(slot) if slot.generation == key.generation => Some(slot.source.clone()),
-                            _ => None,
-                        }
-                    };
-                    if let Some(source) = source {
-                        guarded("I/O handler", move || source.ready(readiness));
-                    }
-                }
-            }
-        }
-        *inner.events.borrow_mut() = events;
-        polled?;
+        self.poll_and_dispatch(timeout)?;
         let now = inner.timers.now();
         while let Some(call) = inner.timers.pop_due(now) {
             guarded("timer", call);
+        }
+        inner.timers.shrink_if_sparse(now);
+        if inner.dispatching.get() == 0 {
+            self.shrink_sources_if_sparse(now);
         }
         let batch = std::mem::take(&mut *inner.soon.borrow_mut());
         for call in batch {
             guarded("call_soon", call);
         }
+        if inner.lifecycle.stage() == Stage::Stopping {
+            self.advance_shutdown();
+        }
         Ok(())
     }
 
-    /// Runs the three shutdown phases, turning the loop while their Deferreds are pending.
-    fn shutdown(&self) {
-        for phase in [Phase::Before, Phase::During, Phase::After] {
-            let triggers = std::mem::take(&mut self.inner.triggers.borrow_mut()[phase as usize]);
-            let pending = Rc::new(Cell::new(0usize));
-            for t in triggers {
-                let pending = pending.clone();
-                guarded("shutdown trigger", move || {
-                    if let Some(d) = t() {
-                        pending.set(pending.get() + 1);
-                        d.add_both(move |r| {
-                            if let Err(f) = r {
-                                log::error!(target: "weft::reactor", "shutdown trigger failed: {f}");
-                            }
-                            pending.set(pending.get() - 1);
-                        });
+    /// Waits up to `timeout` and dispatches the events; while a wait fills the event
+    /// buffer, waits again without blocking (at most [`MAX_POLLS_PER_TURN`] times), so
+    /// nothing ready is left behind unseen.
+    fn poll_and_dispatch(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let inner = &*self.inner;
+        let mut events = std::mem::take(&mut *inner.events.borrow_mut());
+        let mut wait = timeout;
+        let mut result = Ok(());
+        inner.dispatching.set(inner.dispatching.get() + 1);
+        for _ in 0..MAX_POLLS_PER_TURN {
+            events.clear();
+            let full = match inner.poller.poll(wait, &mut events) {
+                Ok(full) => full,
+                Err(e) => {
+                    result = Err(e);
+                    false
+                }
+            };
+            inner.events_left.set(full);
+            for ready in events.drain(..) {
+                self.dispatch(ready);
+            }
+            if !full {
+                break;
+            }
+            wait = Some(Duration::ZERO);
+        }
+        inner.dispatching.set(inner.dispatching.get() - 1);
+        *inner.events.borrow_mut() = events;
+        result
+    }
+
+    fn dispatch(&self, ready: Ready) {
+        let inner = &*self.inner;
+        match ready {
+            Ready::Wake => inner.threads.drain(self),
+            Ready::Alarm => {
+                if let Some(alarm) = inner.timers.alarm() {
+                    alarm.fired();
+                }
+            }
+            Ready::Source(key, readiness) => {
+                let source = {
+                    let sources = inner.sources.borrow();
+                    match sources.get(key.index as usize) {
+                        Some(slot) if slot.generation == key.generation => Some(slot.source.clone()),
+                        _ => None,
                     }
-                });
-            }
-            let deadline = Instant::now() + self.inner.shutdown_timeout.get();
-            while pending.get() > 0 {
-                let now = Instant::now();
-                if now >= deadline {
-                    log::warn!(
-                        target: "weft::reactor",
-                        "shutdown phase {phase:?}: {} trigger(s) still pending after the timeout",
-                        pending.get()
-                    );
-                    break;
-                }
-                if let Err(e) = self.turn(Some(deadline - now)) {
-                    log::error!(target: "weft::reactor", "polling failed during shutdown: {e}");
-                    break;
+                };
+                if let Some(source) = source {
+                    guarded("I/O handler", move || source.ready(readiness));
                 }
             }
-            if phase == Phase::During {
-                self.inner.threads.shutdown(self);
-            }
+        }
+    }
+
+    /// Closes every registered socket (the shutdown's "during" phase), outside the
+    /// slab's borrow.
+    fn close_sources(&self, how: Closing) {
+        let sources: Vec<Rc<dyn Source>> =
+            self.inner.sources.borrow().iter().map(|(_, slot)| slot.source.clone()).collect();
+        for source in sources {
+            guarded("closing a socket at shutdown", move || source.shut_down(how));
         }
     }
 
@@ -520,9 +772,10 @@ impl ReactorHandle {
     ) -> io::Result<SourceKey> {
         let generation = self.inner.next_generation.get().wrapping_add(1);
         self.inner.next_generation.set(generation);
-        let index = self.inner.sources.borrow_mut().insert(SourceSlot { generation, source });
+        let index =
+            self.inner.sources.borrow_mut().insert(SourceSlot { generation, source, fd, readable, writable });
         let key = SourceKey { index: index as u32, generation };
-        if let Err(e) = self.inner.poller.borrow().register(fd, key, readable, writable) {
+        if let Err(e) = self.inner.poller.register(fd, key, readable, writable) {
             let slot = self.inner.sources.borrow_mut().remove(index);
             drop(slot);
             return Err(e);
@@ -531,7 +784,7 @@ impl ReactorHandle {
     }
 
     pub(crate) fn deregister(&self, key: SourceKey, fd: RawFd) {
-        if let Err(e) = self.inner.poller.borrow().deregister(fd) {
+        if let Err(e) = self.inner.poller.deregister(fd) {
             log::debug!(target: "weft::reactor", "deregister failed: {e}");
         }
         let removed = {
@@ -544,6 +797,32 @@ impl ReactorHandle {
         drop(removed);
     }
 
+    /// Gives memory back after a spike of connections: once the table has stayed under
+    /// a quarter full for a second (`timers::Sparse`), moves the live sources to the
+    /// lowest slots (re-registering each fd under its new key, which keeps the
+    /// generation) and shrinks the table.
+    fn shrink_sources_if_sparse(&self, now: Duration) {
+        let mut sources = self.inner.sources.borrow_mut();
+        let (len, capacity) = (sources.len(), sources.capacity());
+        if !self.inner.sources_sparse.should_shrink(len, capacity, SOURCES_SHRINK_FLOOR, now) {
+            return;
+        }
+        let poller = &self.inner.poller;
+        sources.compact(|slot, _from, to| {
+            let key = SourceKey { index: to as u32, generation: slot.generation };
+            match poller.reregister(slot.fd, key, slot.readable, slot.writable) {
+                Ok(()) => {
+                    slot.source.rekey(key);
+                    true
+                }
+                Err(e) => {
+                    log::debug!(target: "weft::reactor", "not compacting the source table: {e}");
+                    false
+                }
+            }
+        });
+    }
+
     /// Lends the 64 KiB read buffer to `f` (a fresh one if it is already lent out).
     pub(crate) fn with_read_buf<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let mut buf = std::mem::take(&mut *self.inner.read_buf.borrow_mut());
@@ -553,6 +832,19 @@ impl ReactorHandle {
         let r = f(&mut buf);
         *self.inner.read_buf.borrow_mut() = buf;
         r
+    }
+
+    /// Queues `f` like [`call_soon`](Self::call_soon), but to run in `ctx` instead of the
+    /// caller's context: for work weft does on behalf of a connection or a listener,
+    /// which must not be charged to (or outlive) whatever request asked for it.
+    pub(crate) fn call_soon_in(&self, ctx: &Captured, f: impl FnOnce() + 'static) {
+        let call: Callback = if ctx.is_sentinel() {
+            Box::new(f)
+        } else {
+            let ctx = ctx.clone();
+            Box::new(move || ctx.run(f))
+        };
+        self.inner.soon.borrow_mut().push_back(call);
     }
 }
 
@@ -582,7 +874,7 @@ impl fmt::Debug for Reactor {
 impl fmt::Debug for ReactorHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reactor")
-            .field("running", &self.inner.running.get())
+            .field("stage", &self.inner.lifecycle.stage())
             .field("timers", &self.inner.timers.len())
             .field("sources", &self.inner.sources.borrow().len())
             .finish()
@@ -597,12 +889,11 @@ impl fmt::Debug for WeakReactorHandle {
 
 /// Runs a reactor callback, catching and logging a panic so the loop keeps running.
 pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => Some(r),
-        Err(payload) => {
-            let failure = crate::Failure::from_panic(payload);
-            log::error!(target: "weft::reactor", "panic in {what}: {failure}");
-            None
-        }
-    }
+    catching(f).map_err(|failure| log::error!(target: "weft::reactor", "panic in {what}: {failure}")).ok()
+}
+
+/// Runs `f`, turning a panic into a [`PanicError`](crate::PanicError) Failure for the
+/// caller to act on (a connection whose protocol panicked is aborted with it).
+pub(crate) fn catching<R>(f: impl FnOnce() -> R) -> Result<R, crate::Failure> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(crate::Failure::from_panic)
 }

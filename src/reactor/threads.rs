@@ -5,18 +5,28 @@
 //! Pool threads never touch a `Deferred`: a finished job posts its boxed result, tagged
 //! with the job's id, to the same queue `call_from_thread` uses; the reactor thread
 //! finds the job's completer (which holds the Deferred) by id and fires it.
+//!
+//! A job runs in the caller's log context, as Synapse's `defer_to_threadpool` does: a
+//! `LoggingContext` is an `Rc` and stays on the reactor thread, so the job carries the
+//! context's *name* to the pool thread and runs inside a context of that name made
+//! there (its log records carry the request id, and `current_context()` in the job
+//! works). What that context used (thread CPU time, database counters the job added)
+//! comes back with the result and is charged to the caller's context on the reactor
+//! thread, before the Deferred fires.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::error::Error;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::poll::Waker;
 use super::{guarded, ReactorHandle};
+use crate::logcontext::{current_context, ContextStats, LoggingContext};
 use crate::{Deferred, Failure};
 
 /// A `Send + Sync` handle through which other threads hand work to the reactor thread
@@ -64,13 +74,54 @@ impl fmt::Display for PoolStoppedError {
 
 impl std::error::Error for PoolStoppedError {}
 
+/// The cancellation token a [`defer_to_thread_with_token`] job gets: `Send + Sync`, and
+/// [`is_cancelled`](Self::is_cancelled) is one atomic load, cheap enough to check in a
+/// loop. It turns true once the job's Deferred is cancelled, or when the reactor stops
+/// its pool, so a long job can stop early; what it returns then is dropped (or, at
+/// shutdown, delivered as usual).
+///
+/// [`defer_to_thread_with_token`]: super::ReactorHandle::defer_to_thread_with_token
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken {
+    cancelled: Arc<AtomicBool>,
+}
+
+impl CancelToken {
+    /// True once the job's Deferred was cancelled (or its pool is stopping).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+}
+
 type Payload = Box<dyn Any + Send>;
+/// What a job hands back: its value, or its error boxed on the pool thread.
+type JobResult = Result<Payload, Box<dyn Error + Send + Sync>>;
 type Completer = Box<dyn FnOnce(Result<Payload, Failure>)>;
 
 enum Msg {
     Call(Box<dyn FnOnce() + Send>),
     Stop,
-    Done(u64, std::thread::Result<Payload>),
+    Done(u64, JobDone),
+}
+
+/// A finished job: its outcome (a panic, or its result) and what its log context used.
+struct JobDone {
+    outcome: std::thread::Result<JobResult>,
+    stats: ContextStats,
+}
+
+/// A job waiting for its result, on the reactor thread.
+struct Pending {
+    complete: Completer,
+    /// The caller's log context: charged with what the job used.
+    context: LoggingContext,
+    token: CancelToken,
+    /// Where `defer_to_thread` was called: the location of the job's error `Failure`.
+    location: &'static Location<'static>,
 }
 
 struct ThreadShared {
@@ -133,7 +184,7 @@ pub(crate) struct ReactorThreads {
     shared: Arc<ThreadShared>,
     pool: RefCell<Option<Pool>>,
     pool_size: Cell<usize>,
-    completers: RefCell<HashMap<u64, Completer>>,
+    completers: RefCell<HashMap<u64, Pending>>,
     next_job: Cell<u64>,
 }
 
@@ -155,7 +206,9 @@ struct PoolState {
 
 struct Job {
     id: u64,
-    work: Box<dyn FnOnce() -> Payload + Send>,
+    work: Box<dyn FnOnce() -> JobResult + Send>,
+    /// The name of the caller's log context, if it had one.
+    context: Option<String>,
 }
 
 impl ReactorThreads {
@@ -224,28 +277,43 @@ impl ReactorThreads {
                     guarded("call_from_thread", f);
                 }
                 Msg::Stop => reactor.stop(),
-                Msg::Done(id, result) => {
-                    let completer = self.completers.borrow_mut().remove(&id);
-                    if let Some(c) = completer {
-                        let result = result.map_err(Failure::from_panic);
-                        guarded("defer_to_thread completion", move || c(result));
+                Msg::Done(id, done) => {
+                    let pending = self.completers.borrow_mut().remove(&id);
+                    if let Some(p) = pending {
+                        p.context.charge(&done.stats);
+                        let result = match done.outcome {
+                            Ok(Ok(value)) => Ok(value),
+                            Ok(Err(error)) => Err(Failure::from_boxed_at(error, p.location)),
+                            Err(panic) => Err(Failure::from_panic(panic)),
+                        };
+                        let complete = p.complete;
+                        guarded("defer_to_thread completion", move || complete(result));
                     }
                 }
             }
         }
     }
 
-    pub(crate) fn defer_to_thread<T, F>(&self, reactor: &ReactorHandle, f: F) -> Deferred<T>
+    /// Queues `f` on the pool; see `ReactorHandle::defer_to_thread_with_token`.
+    pub(crate) fn defer_to_thread<T, E, F>(
+        &self,
+        reactor: &ReactorHandle,
+        location: &'static Location<'static>,
+        f: F,
+    ) -> Deferred<T>
     where
         T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
+        E: Into<Box<dyn Error + Send + Sync>>,
+        F: FnOnce(&CancelToken) -> Result<T, E> + Send + 'static,
     {
         let id = self.next_job.get();
         self.next_job.set(id + 1);
         let pool_shared = self.ensure_pool();
+        let token = CancelToken::default();
         let weak = reactor.downgrade();
-        let ps = pool_shared.clone();
+        let (ps, t) = (pool_shared.clone(), token.clone());
         let d: Deferred<T> = Deferred::with_canceller(move |_| {
+            t.cancel();
             let removed = {
                 let mut st = lock(&ps.state);
                 let before = st.jobs.len();
@@ -254,31 +322,34 @@ impl ReactorThreads {
             };
             if removed {
                 if let Some(r) = weak.upgrade() {
-                    let c = r.inner.threads.completers.borrow_mut().remove(&id);
-                    drop(c);
+                    let p = r.inner.threads.completers.borrow_mut().remove(&id);
+                    drop(p);
                 }
             }
         });
         let target = d.clone();
-        self.completers.borrow_mut().insert(
-            id,
-            Box::new(move |r: Result<Payload, Failure>| {
-                let outcome = match r {
-                    Ok(b) => match b.downcast::<T>() {
-                        Ok(v) => target.callback(*v).map_err(|_| ()),
-                        Err(_) => unreachable!("a job's result has the job's type"),
-                    },
-                    Err(f) => target.errback(f).map_err(|_| ()),
-                };
-                if outcome.is_err() {
-                    log::debug!(target: "weft::reactor", "defer_to_thread: Deferred already called; result dropped");
-                }
-            }),
-        );
-        let work: Box<dyn FnOnce() -> Payload + Send> = Box::new(move || Box::new(f()) as Payload);
+        let complete: Completer = Box::new(move |r: Result<Payload, Failure>| {
+            let outcome = match r {
+                Ok(b) => match b.downcast::<T>() {
+                    Ok(v) => target.callback(*v).map_err(|_| ()),
+                    Err(_) => unreachable!("a job's result has the job's type"),
+                },
+                Err(f) => target.errback(f).map_err(|_| ()),
+            };
+            if outcome.is_err() {
+                log::debug!(target: "weft::reactor", "defer_to_thread: Deferred already called; result dropped");
+            }
+        });
+        let context = current_context();
+        let name = (!context.is_sentinel()).then(|| context.name().to_string());
+        self.completers
+            .borrow_mut()
+            .insert(id, Pending { complete, context, token: token.clone(), location });
+        let work: Box<dyn FnOnce() -> JobResult + Send> =
+            Box::new(move || f(&token).map(|v| Box::new(v) as Payload).map_err(Into::into));
         let spawn = {
             let mut st = lock(&pool_shared.state);
-            st.jobs.push_back(Job { id, work });
+            st.jobs.push_back(Job { id, work, context: name });
             st.idle == 0
         };
         if spawn {
@@ -318,6 +389,10 @@ impl ReactorThreads {
     /// Stops the pool: work not started is dropped and its Deferreds fail; running work
     /// finishes and the threads are joined; finished results are delivered.
     pub(crate) fn shutdown(&self, reactor: &ReactorHandle) {
+        // Running jobs that check their token may stop early.
+        for p in self.completers.borrow().values() {
+            p.token.cancel();
+        }
         let pool = self.pool.borrow_mut().take();
         if let Some(pool) = pool {
             let dropped = {
@@ -335,8 +410,9 @@ impl ReactorThreads {
         }
         self.drain(reactor);
         let left: Vec<_> = self.completers.borrow_mut().drain().collect();
-        for (_, c) in left {
-            guarded("defer_to_thread completion", move || c(Err(Failure::new(PoolStoppedError))));
+        for (_, p) in left {
+            let complete = p.complete;
+            guarded("defer_to_thread completion", move || complete(Err(Failure::new(PoolStoppedError))));
         }
     }
 }
@@ -363,11 +439,25 @@ fn worker(pool: Arc<PoolShared>, out: Arc<ThreadShared>) {
                 st.idle -= 1;
             }
         };
-        let result = catch_unwind(AssertUnwindSafe(job.work));
-        if out.post(Msg::Done(job.id, result)).is_err() {
+        let done = run_job(job.work, job.context);
+        if out.post(Msg::Done(job.id, done)).is_err() {
             return;
         }
     }
+}
+
+/// Runs a job on a pool thread, inside a log context named after the caller's (if it
+/// had one), and measures what that context used.
+fn run_job(work: Box<dyn FnOnce() -> JobResult + Send>, context: Option<String>) -> JobDone {
+    let Some(name) = context else {
+        return JobDone { outcome: catch_unwind(AssertUnwindSafe(work)), stats: ContextStats::default() };
+    };
+    let ctx = LoggingContext::new(name);
+    let outcome = {
+        let _scope = ctx.enter();
+        catch_unwind(AssertUnwindSafe(work))
+    };
+    JobDone { outcome, stats: ctx.stats() }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use super::poll::{Readiness, SourceKey};
-use super::{guarded, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use super::{guarded, Closing, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
 use crate::logcontext::Captured;
 
 /// The application side of a UDP port (Twisted's `DatagramProtocol`).
@@ -179,5 +179,13 @@ impl Source for UdpPort {
         drop(s);
         let p = self.protocol.borrow_mut().take();
         drop(p);
+    }
+
+    fn rekey(&self, key: SourceKey) {
+        self.key.set(Some(key));
+    }
+
+    fn shut_down(self: Rc<Self>, _how: Closing) {
+        UdpTransport { port: self }.stop_listening();
     }
 }

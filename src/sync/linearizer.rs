@@ -12,7 +12,9 @@ use crate::{CallbackResult, Deferred};
 /// Limits how many holders each key may have at once, queueing the rest in FIFO order
 /// (Synapse's `Linearizer`). With `max_count` 1 it serialises the work per key.
 ///
-/// A key's state exists only while someone holds or waits for it.
+/// A key's state exists only while someone holds or waits for it
+/// ([`is_held`](Self::is_held)); [`is_queued`](Self::is_queued) tells whether someone
+/// waits.
 ///
 /// ```
 /// use weft::Linearizer;
@@ -82,14 +84,29 @@ impl<K: Eq + Hash + Clone + 'static> Linearizer<K> {
         run_with(self.queue(key), f)
     }
 
-    /// True if someone holds or waits for `key`.
+    /// True if someone is waiting for `key` (Synapse's `is_queued`): its holders are at
+    /// `max_count` and at least one more request is queued behind them. A key that is
+    /// held with nobody waiting is not queued; see [`is_held`](Self::is_held).
     pub fn is_queued(&self, key: &K) -> bool {
+        self.keys.borrow().get(key).is_some_and(|sem| sem.waiting() > 0)
+    }
+
+    /// True if someone holds `key` or waits for it (weft's addition; what `is_queued`
+    /// meant before it took Synapse's meaning).
+    pub fn is_held(&self, key: &K) -> bool {
         self.keys.borrow().contains_key(key)
     }
 
     /// How many keys are held or waited for.
     pub fn active_keys(&self) -> usize {
         self.keys.borrow().len()
+    }
+}
+
+impl<K: Eq + Hash + Clone + 'static> Clone for Linearizer<K> {
+    /// Another handle to the same linearizer.
+    fn clone(&self) -> Self {
+        Linearizer { max_count: self.max_count, keys: self.keys.clone() }
     }
 }
 

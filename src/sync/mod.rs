@@ -20,7 +20,7 @@ mod semaphore;
 use std::collections::BTreeMap;
 
 pub use linearizer::Linearizer;
-pub use queue::{DeferredQueue, QueueOverflow};
+pub use queue::{DeferredQueue, QueueOverflow, QueueUnderflow};
 pub use rwlock::{ReadWriteLock, RwGuard};
 pub use semaphore::{DeferredLock, DeferredSemaphore, Permit};
 

@@ -10,8 +10,10 @@ use super::Waiters;
 use crate::Deferred;
 
 /// A FIFO queue whose [`get`](Self::get) waits for an item and whose
-/// [`put`](Self::put) waits for room (Twisted's `DeferredQueue`, with backpressure on
-/// `put` instead of `QueueOverflow`; [`try_put`](Self::try_put) is Twisted's behaviour).
+/// [`put`](Self::put) waits for room (Twisted's `DeferredQueue(size, backlog)`, with
+/// backpressure on `put` instead of `QueueOverflow`; [`try_put`](Self::try_put) is
+/// Twisted's `put`). A `backlog` limits how many `get`s may wait at once (see
+/// [`new`](Self::new)).
 ///
 /// ```
 /// use weft::DeferredQueue;
@@ -38,6 +40,7 @@ pub struct DeferredQueue<T: 'static> {
 
 struct QueueInner<T: 'static> {
     size: Option<usize>,
+    backlog: Option<usize>,
     items: RefCell<VecDeque<T>>,
     getters: RefCell<Waiters<Deferred<T>>>,
     putters: RefCell<Waiters<(T, Deferred<()>)>>,
@@ -60,22 +63,48 @@ impl<T> fmt::Display for QueueOverflow<T> {
 
 impl<T> Error for QueueOverflow<T> {}
 
+/// [`DeferredQueue::get`] found as many getters waiting as the queue's backlog allows
+/// (Twisted's `QueueUnderflow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueUnderflow;
+
+impl fmt::Display for QueueUnderflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("too many getters are waiting on the queue")
+    }
+}
+
+impl Error for QueueUnderflow {}
+
 impl<T: 'static> DeferredQueue<T> {
     /// A queue without a size limit.
     pub fn unbounded() -> DeferredQueue<T> {
-        DeferredQueue::with_size(None)
+        DeferredQueue::new(None, None)
     }
 
     /// A queue holding at most `size` items; `put` waits beyond that. A size of 0 makes
     /// every `put` wait for a `get` (a rendezvous).
     pub fn bounded(size: usize) -> DeferredQueue<T> {
-        DeferredQueue::with_size(Some(size))
+        DeferredQueue::new(Some(size), None)
     }
 
-    fn with_size(size: Option<usize>) -> DeferredQueue<T> {
+    /// Twisted's `DeferredQueue(size, backlog)`: at most `size` items queued (`None`: no
+    /// limit), and at most `backlog` getters waiting for an item (`None`: no limit);
+    /// a `get` beyond the backlog fails with [`QueueUnderflow`].
+    ///
+    /// ```
+    /// use weft::{sync::QueueUnderflow, DeferredQueue};
+    ///
+    /// let q: DeferredQueue<u8> = DeferredQueue::new(None, Some(1));
+    /// let waiting = q.get();
+    /// assert!(q.get().take_result().unwrap().unwrap_err().check::<QueueUnderflow>());
+    /// # drop(waiting);
+    /// ```
+    pub fn new(size: Option<usize>, backlog: Option<usize>) -> DeferredQueue<T> {
         DeferredQueue {
             inner: Rc::new(QueueInner {
                 size,
+                backlog,
                 items: RefCell::new(VecDeque::new()),
                 getters: RefCell::new(Waiters::new()),
                 putters: RefCell::new(Waiters::new()),
@@ -131,6 +160,11 @@ impl<T: 'static> DeferredQueue<T> {
     }
 
     /// A Deferred that fires with the next item (at once if one is queued).
+    ///
+    /// # Errors
+    ///
+    /// The Deferred fails at once with [`QueueUnderflow`] if no item is ready and as
+    /// many getters wait as the backlog allows.
     #[must_use = "the Deferred carries the item; dropping it drops the item"]
     pub fn get(&self) -> Deferred<T> {
         let item = self.inner.items.borrow_mut().pop_front();
@@ -150,6 +184,9 @@ impl<T: 'static> DeferredQueue<T> {
         };
         if let Some(item) = item {
             return crate::succeed(item);
+        }
+        if self.inner.backlog.is_some_and(|b| self.waiting_getters() >= b) {
+            return crate::fail(QueueUnderflow);
         }
         let weak = Rc::downgrade(&self.inner);
         let id = self.inner.getters.borrow_mut().reserve();

@@ -196,6 +196,13 @@ impl fmt::Debug for RwGuard {
     }
 }
 
+impl<K: Eq + Hash + Clone + 'static> Clone for ReadWriteLock<K> {
+    /// Another handle to the same lock.
+    fn clone(&self) -> Self {
+        ReadWriteLock { keys: self.keys.clone() }
+    }
+}
+
 impl<K: Eq + Hash + Clone + 'static> Default for ReadWriteLock<K> {
     fn default() -> Self {
         ReadWriteLock::new()

@@ -1,19 +1,32 @@
 //! weft's integration tests: one binary, one module per area, each testing behaviour
 //! through the public API only (unit tests of internals live beside the code).
 
+mod async_helpers;
 mod cancellation;
 mod combinators;
 mod deferred;
+mod embed;
+mod embed_context;
+mod embed_epoll;
+mod embed_tokio;
+mod flow_control;
+mod future;
 mod leaks;
+mod line_receiver;
+mod listen;
 mod logcontext;
+mod memory_transport;
 mod observable;
+mod protocols_tcp;
 mod reactor;
 mod response_cache;
+mod string_receivers;
 mod support;
 mod sync;
-mod task;
 mod tcp;
+mod threads;
 mod time;
+mod transport;
 mod udp;
 mod web_cancel;
 mod web_client;

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use weft::reactor::{Address, LoopingCall, Phase, Protocol, Reactor, Transport};
+use weft::reactor::{
+    Address, ConnectionAborted, ListenOptions, LoopingCall, Phase, Protocol, Reactor, Transport,
+};
 use weft::{CancelledError, Deferred, Failure, PanicError};
 
-use crate::support::{localhost, ms, run_bounded, secs};
+use crate::support::{graceful, localhost, ms, run_bounded, run_until, secs};
 
 // ---- the real loop ----
 
@@ -33,6 +35,26 @@ fn reactor_runs_timers_soon_calls_and_survives_panics() {
     });
     run_bounded(&reactor, secs(5));
     assert_eq!(*log.borrow(), ["running", "t5", "t20", "stop"]);
+}
+
+/// `call_when_running` calls run before any timer, even one already due when the loop
+/// starts (Twisted fires its startup event before the loop's first `runUntilCurrent`);
+/// before, a timer due at the first turn ran first, so a slow start reordered them.
+#[test]
+fn call_when_running_runs_before_a_timer_already_due_at_start() {
+    let reactor = Reactor::new().unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    reactor.call_later(Duration::ZERO, move || l.borrow_mut().push("timer"));
+    let l = log.clone();
+    reactor.call_when_running(move || l.borrow_mut().push("running"));
+    let (l, h) = (log.clone(), reactor.handle());
+    reactor.call_later(ms(1), move || {
+        l.borrow_mut().push("stop");
+        h.stop();
+    });
+    run_bounded(&reactor, secs(5));
+    assert_eq!(*log.borrow(), ["running", "timer", "stop"]);
 }
 
 #[test]
@@ -187,7 +209,8 @@ impl Protocol for CtxEcho {
 
 struct CtxClient {
     seen: Seen,
-    stop: weft::reactor::ReactorHandle,
+    /// Frees the pool once the reply is in.
+    release: mpsc::Sender<()>,
 }
 
 impl Protocol for CtxClient {
@@ -197,7 +220,7 @@ impl Protocol for CtxClient {
     }
     fn data_received(&mut self, _data: &[u8]) {
         note(&self.seen, "client data_received");
-        self.stop.stop();
+        let _ = self.release.send(());
     }
 }
 
@@ -215,7 +238,11 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         let _in_server = server.enter();
         let s = seen.clone();
         reactor
-            .listen_tcp(localhost(), move |_: &Address| CtxEcho { seen: s.clone(), transport: None }, false)
+            .listen_tcp(
+                localhost(),
+                move |_: &Address| CtxEcho { seen: s.clone(), transport: None },
+                ListenOptions::new(),
+            )
             .unwrap()
     };
     let addr = match port.local_addr() {
@@ -231,14 +258,19 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
         let s = seen.clone();
         reactor.call_later(Duration::ZERO, move || note(&s, "call_later"));
         let s = seen.clone();
+        // One pool thread, busy until the client has its reply, so the job below starts
+        // only after that: the order in which stopping on the reply lost its result.
+        reactor.set_thread_pool_size(1);
+        let (release, released) = mpsc::channel::<()>();
+        let _busy = reactor.defer_to_thread(move || released.recv_timeout(Duration::from_secs(5)).is_ok());
         reactor.defer_to_thread(|| 5u32).add_callback(move |v| {
             note(&s, "defer_to_thread result");
             v
         });
-        let (s, h) = (seen.clone(), reactor.handle());
+        let s = seen.clone();
         let _connected = reactor.connect_tcp(
             addr,
-            move |_: &Address| CtxClient { seen: s.clone(), stop: h.clone() },
+            move |_: &Address| CtxClient { seen: s.clone(), release: release.clone() },
             secs(5),
         );
         let s = seen.clone();
@@ -253,7 +285,17 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
     .join()
     .unwrap();
 
-    run_bounded(&reactor, secs(10));
+    // Stop once everything the test checks has happened (before, the client's reply
+    // stopped the loop, and the pool's result was sometimes not delivered yet).
+    let s = seen.clone();
+    let all_ran = move || {
+        let seen = s.borrow();
+        ["call_soon", "call_later", "defer_to_thread result", "client data_received", "server data_received"]
+            .iter()
+            .all(|what| seen.iter().any(|(w, _)| w == what))
+    };
+    let ft = from_thread.clone();
+    run_until(&reactor, secs(10), move || all_ran() && !ft.lock().unwrap().is_empty());
     assert_eq!(current_request_id(), None, "no context leaks out of run()");
 
     let seen = seen.borrow();
@@ -278,24 +320,74 @@ fn reactor_callbacks_run_in_the_context_they_were_registered_in() {
 }
 
 /// Off by default; once asked for, SIGTERM stops the reactor gracefully: the shutdown
-/// triggers run and `run()` returns.
+/// phases run, every connection is closed with `connection_lost` after the "before"
+/// trigger drained, and `run()` returns.
 #[test]
 fn sigterm_stops_the_reactor_gracefully_when_asked_for() {
+    let _signals = crate::support::signals_lock();
     let reactor = Reactor::new().unwrap();
     reactor.stop_on_signals().unwrap();
     reactor.stop_on_signals().unwrap(); // a second call changes nothing
-    let phases = Rc::new(RefCell::new(Vec::new()));
-    let p = phases.clone();
-    reactor.add_shutdown_trigger(Phase::Before, move || p.borrow_mut().push("before shutdown"));
-    reactor.call_later(ms(1), || {
+    let scenario = graceful::setup(&reactor);
+    scenario.connected.add_callback(|()| {
         signal_hook::low_level::raise(signal_hook::consts::SIGTERM).unwrap();
     });
     run_bounded(&reactor, secs(10));
-    assert_eq!(*phases.borrow(), ["before shutdown"]);
+    graceful::check(&scenario);
+}
+
+// ---- a graceful stop disconnects (issue 9 §1.2) ----
+
+/// `stop()` closes every socket in the "during" phase, after the "before" triggers
+/// drained: both ends of a connection and a UDP port hear of it before the "after"
+/// phase, and the listening socket is closed. (Before, `run()` returned with every
+/// connection open and no `connection_lost`.)
+/// As Twisted does with `disconnectAll`, its first "during" trigger.
+#[test]
+fn stop_closes_every_connection_after_the_before_triggers_drained() {
+    let reactor = Reactor::new().unwrap();
+    let scenario = graceful::setup(&reactor);
+    let h = reactor.handle();
+    scenario.connected.add_callback(move |()| h.stop());
+    run_bounded(&reactor, secs(10));
+    graceful::check(&scenario);
+    assert!(reactor.is_stopped() && !reactor.is_running());
+}
+
+/// A connection that cannot drain (its peer never reads) holds the "during" phase only
+/// up to the shutdown timeout; then it is aborted and its protocol hears
+/// `ConnectionAborted`.
+#[test]
+fn a_connection_that_cannot_drain_is_aborted_at_the_shutdown_timeout() {
+    struct Flood(Rc<RefCell<Vec<bool>>>);
+    impl Protocol for Flood {
+        fn connection_made(&mut self, transport: Transport) {
+            // Far more than the socket buffers hold: most of it stays buffered.
+            transport.write(&vec![0u8; 32 << 20]);
+        }
+        fn data_received(&mut self, _data: &[u8]) {}
+        fn connection_lost(&mut self, reason: Failure) {
+            self.0.borrow_mut().push(reason.check::<ConnectionAborted>());
+        }
+    }
+    let reactor = Reactor::new().unwrap();
+    reactor.set_shutdown_timeout(ms(200));
+    let lost = Rc::new(RefCell::new(Vec::new()));
+    let l = lost.clone();
+    let port = reactor.listen_tcp(localhost(), move |_: &Address| Flood(l.clone()), false).unwrap();
+    let Address::Tcp(addr) = port.local_addr() else { unreachable!() };
+    let _silent_peer = std::net::TcpStream::connect(addr).unwrap();
+    let h = reactor.handle();
+    reactor.call_later(ms(50), move || h.stop());
+    let start = Instant::now();
+    run_bounded(&reactor, secs(10));
+    assert_eq!(*lost.borrow(), [true], "connection_lost ran once, with ConnectionAborted");
+    assert!(start.elapsed() >= ms(200), "the drain was given the shutdown timeout");
 }
 
 /// A future woken from another thread (a channel fed by a worker, say): the wake reaches
-/// the `ensure_deferred` task through the owning thread's reactor.
+/// the `ensure_deferred` task through the owning thread's reactor, and the task resumes
+/// in its own log context.
 #[test]
 fn task_woken_from_another_thread_resumes_on_the_reactor() {
     use std::future::Future;
@@ -326,17 +418,23 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     let reactor = Reactor::new().unwrap();
     let slot = Arc::new(Mutex::new(Slot::default()));
     let reactor_thread = std::thread::current().id();
-    let task = weft::future::ensure_deferred({
-        let slot = slot.clone();
-        async move {
-            let v = FromWorker(slot).await;
-            Ok::<_, Failure>((v, std::thread::current().id()))
-        }
-    });
+    let task = {
+        // The task resumes in its own log context, not in the sentinel the wake-up from
+        // the other thread runs in.
+        let _request = weft::logcontext::LoggingContext::new("req-7").enter();
+        weft::future::ensure_deferred({
+            let slot = slot.clone();
+            async move {
+                let v = FromWorker(slot).await;
+                let context = weft::logcontext::current_request_id();
+                Ok::<_, Failure>((v, std::thread::current().id(), context))
+            }
+        })
+    };
     let got = Rc::new(RefCell::new(None));
     let (g, h) = (got.clone(), reactor.handle());
     task.add_callback(move |r| {
-        *g.borrow_mut() = Some(r);
+        *g.borrow_mut() = Some(r.clone());
         h.stop();
         r
     });
@@ -350,5 +448,16 @@ fn task_woken_from_another_thread_resumes_on_the_reactor() {
     });
     worker.join().unwrap();
     run_bounded(&reactor, secs(10));
-    assert_eq!(*got.borrow(), Some((42, reactor_thread)));
+    assert_eq!(*got.borrow(), Some((42, reactor_thread, Some("req-7".to_string()))));
+}
+
+/// The real reactor lists its pending timers too (Twisted's `getDelayedCalls`).
+#[test]
+fn reactor_lists_its_pending_delayed_calls() {
+    let reactor = Reactor::new().unwrap();
+    let later = reactor.call_later(secs(60), || ());
+    let sooner = reactor.call_later(secs(30), || ());
+    assert_eq!(reactor.get_delayed_calls(), [sooner.clone(), later]);
+    sooner.cancel().unwrap();
+    assert_eq!(reactor.get_delayed_calls().len(), 1);
 }

@@ -33,6 +33,24 @@ pub(crate) fn run_bounded(reactor: &Reactor, limit: Duration) {
     assert!(!timed_out.get(), "the reactor test did not finish within {limit:?}");
 }
 
+/// Runs `reactor` until `done()` holds, failing the test if `limit` passes first. For
+/// tests that wait for several things to happen (a reply and the server's
+/// `connection_lost`, a pool result and a socket event): stopping on the condition the
+/// test checks, never on one of the events, keeps it independent of scheduling.
+/// `done` is checked every millisecond of reactor time (a cheap `LoopingCall`).
+#[track_caller]
+pub(crate) fn run_until(reactor: &Reactor, limit: Duration, done: impl Fn() -> bool + 'static) {
+    let h = reactor.handle();
+    let check = weft::reactor::LoopingCall::new(reactor.handle(), move || {
+        if done() {
+            h.stop();
+        }
+    });
+    let _stopped = check.start(Duration::from_millis(1), false);
+    run_bounded(reactor, limit);
+    check.stop();
+}
+
 /// One capturing logger for the whole test binary (`log` allows one per process).
 ///
 /// It sits behind weft's `ContextLogger`, so each record carries the request id of the
@@ -165,5 +183,313 @@ impl weft::reactor::Protocol for Closer {
         if self.ends.lost.get() == self.ends.stop_at.get() {
             self.reactor.stop();
         }
+    }
+}
+
+/// A small seeded generator (xorshift64*) for tests that try many random cases: the
+/// same seed gives the same cases, and a failing seed is printed.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// `data` cut at random points into pieces of 1 to `max_piece` bytes.
+    pub(crate) fn split<'a>(&mut self, data: &'a [u8], max_piece: usize) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < data.len() {
+            let n = (1 + self.below(max_piece)).min(data.len() - at);
+            pieces.push(&data[at..at + n]);
+            at += n;
+        }
+        pieces
+    }
+}
+
+/// Fails with the first record where `got` and `expected` differ (instead of printing
+/// both whole), naming the case.
+#[track_caller]
+pub(crate) fn assert_same_records(got: &[Vec<u8>], expected: &[Vec<u8>], case: &str) {
+    if let Some(i) = (0..got.len().max(expected.len())).find(|&i| got.get(i) != expected.get(i)) {
+        let show = |r: Option<&Vec<u8>>| r.map(|r| String::from_utf8_lossy(r).into_owned());
+        panic!(
+            "{case}: record {i} differs: got {:?}, expected {:?} ({} records, {} expected)",
+            show(got.get(i)),
+            show(expected.get(i)),
+            got.len(),
+            expected.len()
+        );
+    }
+}
+
+/// Stops the reactor from another thread after `limit` unless the returned sender is
+/// dropped first (then the thread ends at once).
+pub(crate) fn watchdog(
+    reactor: &Reactor,
+    limit: Duration,
+) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let stop = reactor.thread_handle();
+    let t = std::thread::spawn(move || {
+        if rx.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            let _ = stop.stop();
+        }
+    });
+    (t, tx)
+}
+
+/// Tests that raise SIGINT/SIGTERM hold this lock: every reactor with `stop_on_signals`
+/// hears every such signal, so two such tests at once would stop each other.
+pub(crate) static SIGNALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`SIGNALS`], whatever a panicking holder left.
+pub(crate) fn signals_lock() -> std::sync::MutexGuard<'static, ()> {
+    SIGNALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many descriptors this process has open (`/proc/self/fd`, the one `read_dir`
+/// opens included, the same at every call).
+pub(crate) fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+const CHILD_ENV: &str = "WEFT_IT_CHILD";
+
+/// Runs the `#[ignore]`d test `name` alone in a child process of this test binary and
+/// fails if it fails: for tests that need the process to themselves (counting its open
+/// descriptors, say), which the other tests' threads would disturb.
+#[track_caller]
+pub(crate) fn run_in_child(name: &str) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--ignored", "--test-threads=1", "--nocapture"])
+        .env(CHILD_ENV, name)
+        .output()
+        .expect("start the child test process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child test {name} failed:\n{stdout}\n{stderr}"
+    );
+    eprint!("{stderr}");
+}
+
+/// True in the child process [`run_in_child`] started for the test `name`; the test
+/// returns at once otherwise (it is `#[ignore]`d, and only meaningful alone).
+pub(crate) fn in_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == name)
+}
+
+/// The calling thread, as `/proc/thread-self` names it (`PID/task/TID`), for
+/// [`wait_until_asleep`] on another thread.
+pub(crate) fn this_thread() -> String {
+    let path = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    path.to_string_lossy().into_owned()
+}
+
+/// Waits (by looking, not sleeping) until `thread` ([`this_thread`]) is blocked in the
+/// kernel, as a host is in `epoll_wait` when idle: so a wake-up measured next is a real
+/// one. Fails the test after 10 s.
+#[track_caller]
+pub(crate) fn wait_until_asleep(thread: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{thread}/stat")).expect("the thread's stat");
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if state == Some('S') {
+            return;
+        }
+        assert!(start.elapsed() < secs(10), "{thread} never went to sleep");
+        std::thread::yield_now();
+    }
+}
+
+/// The smallest, median and largest of some timings, for the figures the embedding
+/// tests report (`cargo test -- --nocapture` shows them).
+fn spread(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
+    samples.sort();
+    (samples[0], samples[samples.len() / 2], samples[samples.len() - 1])
+}
+
+/// Reports a host's timer lateness and checks it: the best sample within 2 ms of the
+/// deadline, none later than 250 ms (see `embed_epoll::host_timer_lateness` for why).
+#[track_caller]
+pub(crate) fn check_timer_lateness(host: &str, late: &mut [Duration]) {
+    let (best, median, worst) = spread(late);
+    eprintln!("{host} host: timer lateness best {best:?}, median {median:?}, worst {worst:?}");
+    assert!(best < ms(2), "best lateness {best:?}");
+    assert!(worst < ms(250), "worst lateness {worst:?}");
+}
+
+/// From another thread, posts `n` calls to `reactor` with `call_from_thread`, each once
+/// `host_thread` sleeps (in its wait), each handing `deliver` the time from its post to
+/// its run on the reactor: the wake latency.
+pub(crate) fn post_while_asleep(
+    reactor: &Reactor,
+    host_thread: String,
+    n: usize,
+    deliver: impl Fn(Duration) + Clone + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let to_reactor = reactor.thread_handle();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            wait_until_asleep(&host_thread);
+            let (sent, deliver) = (std::time::Instant::now(), deliver.clone());
+            to_reactor.call_from_thread(move || deliver(sent.elapsed())).unwrap();
+        }
+    })
+}
+
+/// Reports a host's wake latency; checks only that it woke in time at all.
+#[track_caller]
+pub(crate) fn check_wake_latency(host: &str, samples: &mut [Duration]) {
+    let (best, median, worst) = spread(samples);
+    eprintln!("{host} host: wake latency best {best:?}, median {median:?}, worst {worst:?}");
+    assert!(worst < secs(5));
+}
+
+/// The graceful-stop scenario (issue 9 §1.2), shared by the `run()`, `iterate()` and
+/// SIGTERM tests: a TCP server and a client connected to it on the same reactor, a UDP
+/// port, and three shutdown triggers, each noting what happens in `log`. The "before"
+/// trigger drains: the server writes `bye` and the phase waits until the client got it.
+pub(crate) mod graceful {
+    use std::cell::RefCell;
+    use std::net::SocketAddr;
+    use std::rc::Rc;
+
+    use weft::reactor::{Address, DatagramProtocol, Phase, Protocol, Reactor, Transport};
+    use weft::{Deferred, Failure};
+
+    use super::localhost;
+
+    pub(crate) type Log = Rc<RefCell<Vec<String>>>;
+
+    pub(crate) struct Scenario {
+        pub(crate) log: Log,
+        /// Fires once the client is connected and the server has its connection.
+        pub(crate) connected: Deferred<()>,
+        /// The server's listening address.
+        pub(crate) server: SocketAddr,
+    }
+
+    struct Server {
+        log: Log,
+        transport: Rc<RefCell<Option<Transport>>>,
+        connected: Deferred<()>,
+    }
+
+    impl Protocol for Server {
+        fn connection_made(&mut self, transport: Transport) {
+            *self.transport.borrow_mut() = Some(transport);
+            let _ = self.connected.callback(());
+        }
+        fn data_received(&mut self, _data: &[u8]) {}
+        fn connection_lost(&mut self, reason: Failure) {
+            self.log.borrow_mut().push(format!("server lost: {reason}"));
+        }
+    }
+
+    struct Client {
+        log: Log,
+        got_bye: Deferred<()>,
+    }
+
+    impl Protocol for Client {
+        fn data_received(&mut self, data: &[u8]) {
+            if data.windows(3).any(|w| w == b"bye") {
+                self.log.borrow_mut().push("client got bye".into());
+                let _ = self.got_bye.callback(());
+            }
+        }
+        fn connection_lost(&mut self, reason: Failure) {
+            self.log.borrow_mut().push(format!("client lost: {reason}"));
+        }
+    }
+
+    struct Udp(Log);
+
+    impl DatagramProtocol for Udp {
+        fn datagram_received(&mut self, _data: &[u8], _from: SocketAddr) {}
+        fn stop_protocol(&mut self) {
+            self.0.borrow_mut().push("udp stopped".into());
+        }
+    }
+
+    pub(crate) fn setup(reactor: &Reactor) -> Scenario {
+        let log: Log = Rc::new(RefCell::new(Vec::new()));
+        let server_transport = Rc::new(RefCell::new(None::<Transport>));
+        let (server_up, got_bye) = (Deferred::<()>::new(), Deferred::<()>::new());
+        let (l, t, up) = (log.clone(), server_transport.clone(), server_up.clone());
+        let port = reactor
+            .listen_tcp(
+                localhost(),
+                move |_: &Address| Server { log: l.clone(), transport: t.clone(), connected: up.clone() },
+                false,
+            )
+            .unwrap();
+        let Address::Tcp(server) = port.local_addr() else { unreachable!() };
+        let (l, g) = (log.clone(), got_bye.clone());
+        let client_up = reactor
+            .connect_tcp(
+                server,
+                move |_: &Address| Client { log: l.clone(), got_bye: g.clone() },
+                super::secs(5),
+            )
+            .map(|_| ());
+        let connected = weft::gather_results(vec![server_up, client_up], false).map(|_| ());
+        reactor.listen_udp(localhost(), Udp(log.clone())).unwrap();
+
+        let l = log.clone();
+        reactor.add_shutdown_trigger(Phase::Before, move || {
+            l.borrow_mut().push("before".into());
+            server_transport.borrow().as_ref().expect("the server is connected").write(b"bye");
+            got_bye
+        });
+        let l = log.clone();
+        reactor.add_shutdown_trigger(Phase::During, move || l.borrow_mut().push("during".into()));
+        let l = log.clone();
+        reactor.add_shutdown_trigger(Phase::After, move || l.borrow_mut().push("after".into()));
+        Scenario { log, connected, server }
+    }
+
+    /// The "before" trigger drained first; then every connection and the UDP port were
+    /// closed, each protocol told once, before the "after" phase; the listening socket is
+    /// closed.
+    #[track_caller]
+    pub(crate) fn check(s: &Scenario) {
+        let log = s.log.borrow();
+        let at = |what: &str| {
+            let found: Vec<usize> = (0..log.len()).filter(|&i| log[i].starts_with(what)).collect();
+            assert_eq!(found.len(), 1, "expected one {what:?} in {log:?}");
+            found[0]
+        };
+        let (before, bye, after) = (at("before"), at("client got bye"), at("after"));
+        assert!(before < bye, "{log:?}");
+        for lost in
+            ["server lost: connection was closed cleanly", "client lost: connection was closed cleanly"]
+        {
+            let i = at(lost);
+            assert!(bye < i && i < after, "{lost:?} out of order in {log:?}");
+        }
+        let (during, udp) = (at("during"), at("udp stopped"));
+        assert!(bye < during && during < after && udp < after, "{log:?}");
+        assert_eq!(log.len(), 7, "{log:?}");
+        let refused = std::net::TcpStream::connect(s.server).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 }

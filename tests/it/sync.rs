@@ -1,7 +1,14 @@
 //! Ports of Twisted's DeferredLock/Semaphore/Queue tests and Synapse's Linearizer and
 //! ReadWriteLock tests.
 
-use weft::{CancelledError, DeferredLock, DeferredQueue, DeferredSemaphore, Linearizer, ReadWriteLock};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use weft::future::ensure_deferred;
+use weft::{
+    CancelledError, Deferred, DeferredLock, DeferredQueue, DeferredSemaphore, Failure, Linearizer,
+    ReadWriteLock,
+};
 
 /// TW test_defer.py LockTests.testLock
 #[test]
@@ -83,7 +90,7 @@ fn semaphore_run_releases_when_done() {
     assert_eq!(sem.tokens(), 1);
 }
 
-/// TW test_defer.py QueueTests.testQueue
+/// TW test_defer.py OtherPrimitivesTests.testQueue (its unbounded part)
 #[test]
 fn queue_fifo_and_waiting_getters() {
     let q = DeferredQueue::unbounded();
@@ -159,7 +166,7 @@ fn linearizer_cancel_waiter() {
     drop(a);
     assert!(c.is_called());
     drop(c.take_result());
-    assert!(!lin.is_queued(&1));
+    assert!(!lin.is_held(&1));
 }
 
 /// SY test_rwlock.py ReadWriteLockTestCase.test_rwlock
@@ -195,4 +202,115 @@ fn rwlock_cancel_waiting_writer_lets_readers_in() {
     assert!(r2.is_called(), "the reader behind the cancelled writer goes in");
     drop((r1, r2.take_result()));
     assert!(!lock.is_locked(&1));
+}
+
+/// SY test_linearizer.py `_start_task`: a task that takes the key, says so, waits to be
+/// unblocked, and releases. Returns the task's Deferred, the "acquired" Deferred and the
+/// unblocking Deferred.
+fn start_task(
+    lin: &Linearizer<&'static str>,
+    key: &'static str,
+) -> (Deferred<()>, Deferred<()>, Deferred<()>) {
+    let (acquired, unblock) = (Deferred::new(), Deferred::new());
+    let (l, a, u) = (lin.clone(), acquired.clone(), unblock.clone());
+    let task = ensure_deferred(async move {
+        let _permit = l.queue(key).await?;
+        a.callback(()).unwrap();
+        u.await
+    });
+    (task, acquired, unblock)
+}
+
+/// SY test_linearizer.py LinearizerTestCase.test_linearizer_is_queued: `is_queued` means
+/// someone is waiting, not that the key is held (which is `is_held`). Before, it was
+/// true while the first task merely held the key.
+#[test]
+fn linearizer_is_queued_means_someone_is_waiting() {
+    let lin = Linearizer::new(1);
+    let (_, acquired1, unblock1) = start_task(&lin, "key");
+    assert!(acquired1.is_called());
+    assert!(!lin.is_queued(&"key"), "held, nobody waiting");
+    assert!(lin.is_held(&"key"));
+    let (_, acquired2, unblock2) = start_task(&lin, "key");
+    assert!(!acquired2.is_called());
+    assert!(lin.is_queued(&"key"));
+    unblock1.callback(()).unwrap();
+    assert!(acquired2.is_called());
+    assert!(!lin.is_queued(&"key"));
+    unblock2.callback(()).unwrap();
+    assert!(!lin.is_queued(&"key") && !lin.is_held(&"key"));
+}
+
+/// SY test_linearizer.py LinearizerTestCase.test_lots_of_queued_things: many tasks, each
+/// in its own log context, queue behind a slow one; each runs in its own context while
+/// holding the key and after releasing it, and nothing blows the stack.
+#[test]
+fn linearizer_lots_of_queued_things_keep_their_contexts() {
+    use weft::logcontext::{current_context, LoggingContext};
+    let lin = Linearizer::new(1);
+    let func = |i: u32| {
+        let lin = lin.clone();
+        ensure_deferred(async move {
+            let lc = LoggingContext::new(format!("func({i})"));
+            let _scope = lc.enter();
+            {
+                let _permit = lin.queue("").await?;
+                assert!(LoggingContext::ptr_eq(&current_context(), &lc), "{:?}", current_context());
+            }
+            assert!(LoggingContext::ptr_eq(&current_context(), &lc), "{:?}", current_context());
+            Ok::<_, Failure>(())
+        })
+    };
+    let (_, _, unblock) = start_task(&lin, "");
+    let others: Vec<_> = (1..100).map(func).collect();
+    let d = func(1000);
+    assert!(current_context().is_sentinel());
+    unblock.callback(()).unwrap();
+    d.take_result().unwrap().unwrap();
+    for o in others {
+        o.take_result().unwrap().unwrap();
+    }
+    assert!(current_context().is_sentinel());
+}
+
+/// TW test_defer.py OtherPrimitivesTests.testQueue: `DeferredQueue(size, backlog)` with
+/// `QueueUnderflow` past the backlog of waiting getters and `QueueOverflow` past the
+/// size (`try_put`, Twisted's `put`).
+#[test]
+fn queue_size_and_backlog_limits() {
+    use weft::sync::{QueueOverflow, QueueUnderflow};
+    let (n, m) = (2, 2);
+    let queue = DeferredQueue::new(Some(n), Some(m));
+    let gotten = Rc::new(RefCell::new(Vec::new()));
+    let getters: Vec<_> = (0..m)
+        .map(|_| {
+            let g = gotten.clone();
+            queue
+                .get()
+                .add_callback(move |v: usize| {
+                    g.borrow_mut().push(v);
+                    v
+                })
+                .clone()
+        })
+        .collect();
+    assert!(queue.get().take_result().unwrap().unwrap_err().check::<QueueUnderflow>());
+    for i in 0..m {
+        queue.try_put(i).unwrap();
+        assert_eq!(*gotten.borrow(), (0..=i).collect::<Vec<_>>());
+    }
+    for i in 0..n {
+        queue.try_put(n + i).unwrap();
+        assert_eq!(*gotten.borrow(), (0..m).collect::<Vec<_>>());
+    }
+    assert!(matches!(queue.try_put(99), Err(QueueOverflow(99))));
+    for i in 0..n {
+        assert_eq!(queue.get().take_result().unwrap().unwrap(), n + i);
+    }
+    drop(getters);
+
+    let rendezvous: DeferredQueue<()> = DeferredQueue::new(Some(0), None);
+    assert!(rendezvous.try_put(()).is_err());
+    let no_waiting: DeferredQueue<()> = DeferredQueue::new(None, Some(0));
+    assert!(no_waiting.get().take_result().unwrap().unwrap_err().check::<QueueUnderflow>());
 }

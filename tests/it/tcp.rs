@@ -8,10 +8,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use weft::reactor::{Address, ConnectionDone, LoopingCall, Protocol, PushProducer, Reactor, Transport};
+use weft::reactor::{
+    Address, ConnectionDone, ListenOptions, LoopingCall, Protocol, PushProducer, Reactor, Transport,
+};
 use weft::{Deferred, Failure};
 
-use crate::support::{localhost, ms, run_bounded, secs};
+use crate::support::{localhost, ms, run_bounded, run_until, secs};
 
 /// Echoes what it receives; records how the connection ended.
 struct Echo {
@@ -68,29 +70,25 @@ impl Protocol for Client {
 fn tcp_echo_round_trip() {
     let reactor = Reactor::new().unwrap();
     let lost = Rc::new(RefCell::new(Vec::new()));
-    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), false).unwrap();
+    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), ListenOptions::new()).unwrap();
     let addr = match port.local_addr() {
         Address::Tcp(a) => a,
         other => panic!("{other:?}"),
     };
     let reply = Rc::new(RefCell::new(Vec::new()));
-    let (r, h) = (reply.clone(), reactor.handle());
+    let r = reply.clone();
     let message: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
     let m = message.clone();
     let d = reactor.connect_tcp(
         addr,
         move |_: &Address| {
-            let (r, h) = (r.clone(), h.clone());
+            let r = r.clone();
             Client {
                 message: m.clone(),
                 expect: m.len(),
                 got: Vec::new(),
                 transport: None,
-                done: Some(Box::new(move |got| {
-                    *r.borrow_mut() = got;
-                    let h2 = h.clone();
-                    h.call_later(ms(20), move || h2.stop());
-                })),
+                done: Some(Box::new(move |got| *r.borrow_mut() = got)),
             }
         },
         secs(5),
@@ -100,7 +98,10 @@ fn tcp_echo_round_trip() {
         assert_eq!(peer, Address::Tcp(addr));
         p
     });
-    run_bounded(&reactor, secs(10));
+    // Both ends must be done: the client has its reply and the server saw
+    // `connection_lost` (before, a 20 ms grace period stood in for the second).
+    let (r, l, len) = (reply.clone(), lost.clone(), message.len());
+    run_until(&reactor, secs(10), move || r.borrow().len() == len && !l.borrow().is_empty());
     assert!(*reply.borrow() == message, "echo differs ({} bytes back)", reply.borrow().len());
     assert_eq!(lost.borrow().len(), 1);
     assert!(lost.borrow()[0].check::<ConnectionDone>(), "{}", lost.borrow()[0]);
@@ -110,7 +111,7 @@ fn tcp_echo_round_trip() {
 fn tcp_500_concurrent_connections() {
     let reactor = Reactor::new().unwrap();
     let lost = Rc::new(RefCell::new(Vec::new()));
-    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), false).unwrap();
+    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), ListenOptions::new()).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
     let finished = Rc::new(Cell::new(0));
     for i in 0..500u32 {
@@ -171,7 +172,7 @@ fn tcp_connect_refused_is_a_failure() {
 fn tcp_peer_reset_reaches_connection_lost_as_an_io_error() {
     let reactor = Reactor::new().unwrap();
     let lost = Rc::new(RefCell::new(Vec::new()));
-    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), false).unwrap();
+    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), ListenOptions::new()).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
     // A blocking client that resets the connection (SO_LINGER 0) once the server is up.
     let stream = TcpStream::connect(addr).unwrap();
@@ -242,7 +243,11 @@ impl Protocol for HalfCloser {
 fn tcp_half_close_lets_the_server_answer_after_eof() {
     let reactor = Reactor::new().unwrap();
     let port = reactor
-        .listen_tcp(localhost(), |_: &Address| Reverser { transport: None, got: Vec::new() }, false)
+        .listen_tcp(
+            localhost(),
+            |_: &Address| Reverser { transport: None, got: Vec::new() },
+            ListenOptions::new(),
+        )
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
     let got = Rc::new(RefCell::new(Vec::new()));
@@ -354,7 +359,7 @@ fn tcp_slow_reader_fast_writer_keeps_the_buffer_bounded() {
         .listen_tcp(
             localhost(),
             move |_: &Address| FirehoseServer { reactor: h.clone(), max_buffered: m.clone() },
-            false,
+            ListenOptions::new(),
         )
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
@@ -463,7 +468,7 @@ fn emfile_child() {
                 h.stop();
                 Count
             },
-            false,
+            ListenOptions::new(),
         )
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
@@ -509,7 +514,7 @@ fn blocking_client_sees_echo() {
     // The reactor serves while a plain blocking client on another thread talks to it.
     let reactor = Reactor::new().unwrap();
     let lost = Rc::new(RefCell::new(Vec::new()));
-    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), false).unwrap();
+    let port = reactor.listen_tcp(localhost(), echo_factory(&lost), ListenOptions::new()).unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
     let stop = reactor.thread_handle();
     let t = std::thread::spawn(move || {
@@ -534,14 +539,15 @@ fn tcp_reuse_port_lets_two_listeners_share_a_port() {
     let lost = Rc::new(RefCell::new(Vec::new()));
     let a = Reactor::new().unwrap();
     let b = Reactor::new().unwrap();
-    let first = a.listen_tcp(localhost(), echo_factory(&lost), true).unwrap();
+    let first =
+        a.listen_tcp(localhost(), echo_factory(&lost), ListenOptions::new().reuse_port(true)).unwrap();
     let addr = match first.local_addr() {
         Address::Tcp(a) => a,
         other => panic!("{other:?}"),
     };
-    let second = b.listen_tcp(addr, echo_factory(&lost), true);
+    let second = b.listen_tcp(addr, echo_factory(&lost), ListenOptions::new().reuse_port(true));
     assert!(second.is_ok(), "SO_REUSEPORT listener refused: {:?}", second.err());
-    let err = match b.listen_tcp(addr, echo_factory(&lost), false) {
+    let err = match b.listen_tcp(addr, echo_factory(&lost), ListenOptions::new()) {
         Ok(_) => panic!("a plain bind on a used port must fail"),
         Err(e) => e,
     };
@@ -575,7 +581,7 @@ fn tcp_get_host_and_get_peer_mirror_each_other() {
         .listen_tcp(
             localhost(),
             move |_: &Address| HostReporter { hosts: hs.clone(), stop: Some(h.clone()) },
-            false,
+            ListenOptions::new(),
         )
         .unwrap();
     let addr = match port.local_addr() {

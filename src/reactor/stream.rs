@@ -1,6 +1,5 @@
-//! Stream connections: [`Protocol`], [`Factory`], [`Transport`], [`PushProducer`], and
-//! `listen_tcp` / `connect_tcp` / `listen_unix` / `connect_unix` on
-//! [`ReactorHandle`].
+//! Stream connections: [`Transport`], the connection `Conn` behind it, and
+//! `connect_tcp` / `connect_unix` on [`ReactorHandle`].
 //!
 //! A connection (`Conn`) is registered once, edge-triggered, for both readable and
 //! writable readiness, and never re-registered: pausing reading just stops reading (the
@@ -15,92 +14,35 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::poll::{Readiness, SourceKey};
-use super::{guarded, DelayedCall, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
-use crate::logcontext::Captured;
+use super::protocol::{
+    Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
+};
+use super::{catching, Closing, ReactorHandle, Source, WeakReactorHandle, READ_SIZE};
+use crate::logcontext::{Captured, LoggingContext};
 use crate::{Deferred, Failure};
 
-/// The application side of a stream connection (Twisted's `Protocol`). Methods are called
-/// on the reactor thread, one at a time, never re-entrantly.
-pub trait Protocol: 'static {
-    /// The connection is up; keep `transport` to write and close.
-    fn connection_made(&mut self, transport: Transport) {
-        let _ = transport;
-    }
-
-    /// Bytes arrived (at most 64 KiB at a time).
-    fn data_received(&mut self, data: &[u8]);
-
-    /// The peer closed its write side (end of file). Return `true` to keep the
-    /// connection half-open and go on writing (Twisted's `IHalfCloseableProtocol`);
-    /// the default `false` closes the connection once the write buffer drains.
-    fn read_connection_lost(&mut self) -> bool {
-        false
-    }
-
-    /// The connection is closed. `reason` holds [`ConnectionDone`] for a clean close,
-    /// [`ConnectionAborted`] after `abort_connection`, or the `std::io::Error` that
-    /// ended it. Called exactly once per `connection_made`.
-    fn connection_lost(&mut self, reason: Failure) {
-        let _ = reason;
-    }
-}
-
-/// Makes a [`Protocol`] for each new connection (Twisted's `Factory.buildProtocol`).
-/// Any `FnMut(&Address) -> P` is a factory.
-pub trait Factory: 'static {
-    /// The protocol type this factory makes.
-    type Protocol: Protocol;
-
-    /// A protocol for a connection with the peer at `peer`.
-    fn build_protocol(&mut self, peer: &Address) -> Self::Protocol;
-}
-
-impl<F, P> Factory for F
-where
-    F: FnMut(&Address) -> P + 'static,
-    P: Protocol,
-{
-    type Protocol = P;
-
-    fn build_protocol(&mut self, peer: &Address) -> P {
-        self(peer)
-    }
-}
-
-/// Something that writes to a transport on its own schedule and can be told to stop
-/// and go on (Twisted's `IPushProducer`). Register it with
-/// [`Transport::register_producer`]: the transport pauses it when its write buffer
-/// passes the high-water mark and resumes it once the buffer drained.
-pub trait PushProducer {
-    /// Stop writing for now.
-    fn pause_producing(&self);
-    /// Writing may go on.
-    fn resume_producing(&self);
-    /// The connection closed: stop for good.
-    fn stop_producing(&self) {}
-}
-
-/// A connection's or listener's address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    /// A TCP (or UDP) address.
-    Tcp(SocketAddr),
-    /// A Unix domain socket path; `None` for an unnamed socket.
-    Unix(Option<PathBuf>),
-}
-
 /// The application's handle on a connection (Twisted's `ITransport`). Cheap to clone.
+///
+/// # Flow control
+///
+/// Writes never block and are never dropped: what the socket does not take at once is
+/// buffered. The buffer is bounded by default: past its high-water mark (64 KiB) a
+/// registered [`PushProducer`] is paused, or, with none, the transport stops reading
+/// from the connection until the buffer drained to the low-water mark (16 KiB), so a
+/// peer that sends and never reads is held back by TCP flow control instead of growing
+/// the buffer. See [`set_write_buffer_limits`](Self::set_write_buffer_limits).
 ///
 /// Dropping a `Transport` does not close the connection: call
 /// [`lose_connection`](Self::lose_connection) or [`abort_connection`](Self::abort_connection).
@@ -109,104 +51,18 @@ pub struct Transport {
     conn: Rc<Conn>,
 }
 
-/// A listening socket; see [`ReactorHandle::listen_tcp`].
-///
-/// Dropping the handle does not stop listening: call
-/// [`stop_listening`](Self::stop_listening).
-#[derive(Clone)]
-pub struct ListeningPort {
-    listener: Rc<Listener>,
-}
-
-/// The connection was closed cleanly (Twisted's `ConnectionDone`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionDone;
-
-impl fmt::Display for ConnectionDone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection was closed cleanly")
-    }
-}
-
-impl std::error::Error for ConnectionDone {}
-
-/// The connection was closed with `abort_connection` (Twisted's `ConnectionAborted`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionAborted;
-
-impl fmt::Display for ConnectionAborted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection was aborted")
-    }
-}
-
-impl std::error::Error for ConnectionAborted {}
-
-/// `connect_tcp` gave up waiting for the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectTimeoutError;
-
-impl fmt::Display for ConnectTimeoutError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection attempt timed out")
-    }
-}
-
-impl std::error::Error for ConnectTimeoutError {}
-
-/// Past this many buffered bytes a registered producer is paused.
-const HIGH_WATER: usize = 64 * 1024;
+/// The default high-water mark: past this many buffered bytes, a registered producer is
+/// paused, or reading stops if there is none.
+pub(super) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// The default low-water mark: once the buffer drains to this, the producer is resumed
+/// or reading goes on.
+pub(super) const DEFAULT_LOW_WATER: usize = 16 * 1024;
+/// A drained write buffer whose allocation grew past four times this is shrunk to it.
+const BUFFER_KEEP: usize = 64 * 1024;
 /// How many reads one readiness event may do before yielding to other sources.
 const MAX_READS_PER_EVENT: usize = 16;
-/// How many connections one readiness event may accept before yielding.
-const MAX_ACCEPTS_PER_EVENT: usize = 128;
-/// How long a listener waits after running out of descriptors before accepting again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl ReactorHandle {
-    /// Listens for TCP connections on `addr` with a backlog of 1024, making a protocol
-    /// with `factory` for each (Twisted's `listenTCP`). Accepted sockets get
-    /// `TCP_NODELAY`. With `reuse_port`, sets `SO_REUSEPORT` so several processes or
-    /// reactors can share the port.
-    ///
-    /// If accepting fails for lack of descriptors (`EMFILE`, `ENFILE`) or memory, the
-    /// listener stops accepting for 100 ms, then tries again.
-    ///
-    /// # Errors
-    ///
-    /// The OS error from creating, binding or registering the socket.
-    pub fn listen_tcp<F: Factory>(
-        &self,
-        addr: SocketAddr,
-        factory: F,
-        reuse_port: bool,
-    ) -> io::Result<ListeningPort> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if reuse_port {
-            socket.set_reuse_port(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(1024)?;
-        self.listen(ListenSocket::Tcp(socket.into()), factory)
-    }
-
-    /// Listens on a Unix domain stream socket at `path` (which must not exist), with the
-    /// same protocols and transports as TCP.
-    ///
-    /// # Errors
-    ///
-    /// The OS error from creating, binding or registering the socket.
-    pub fn listen_unix<F: Factory>(&self, path: &Path, factory: F) -> io::Result<ListeningPort> {
-        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&SockAddr::unix(path)?)?;
-        socket.listen(1024)?;
-        let std: UnixListener = socket.into();
-        self.listen(ListenSocket::Unix(std), factory)
-    }
-
     /// Connects to `addr` (Twisted's `connectTCP`). The Deferred fires with the protocol
     /// `factory` made once the connection is up (after its `connection_made` ran), or
     /// fails with the `std::io::Error` (e.g. connection refused) or
@@ -256,23 +112,6 @@ impl ReactorHandle {
         self.connect(socket, &addr, factory, timeout, |s| Stream::Unix(s.into()))
     }
 
-    fn listen<F: Factory>(&self, socket: ListenSocket, mut factory: F) -> io::Result<ListeningPort> {
-        let listener = Rc::new(Listener {
-            reactor: self.downgrade(),
-            key: Cell::new(None),
-            socket: RefCell::new(Some(socket)),
-            factory: RefCell::new(Some(Box::new(move |a: &Address| {
-                Rc::new(RefCell::new(factory.build_protocol(a))) as Rc<RefCell<dyn Protocol>>
-            }))),
-            backing_off: Cell::new(false),
-            ctx: Captured::capture(),
-        });
-        let fd = listener.fd().expect("just made");
-        let key = self.register(fd, listener.clone(), true, false)?;
-        listener.key.set(Some(key));
-        Ok(ListeningPort { listener })
-    }
-
     fn connect<F: Factory>(
         &self,
         socket: Socket,
@@ -287,7 +126,8 @@ impl ReactorHandle {
                 if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return crate::fail(e),
         }
-        let conn = match Conn::register(self, into_stream(socket), Captured::capture()) {
+        let conn = match Conn::register(self, into_stream(socket), Captured::capture(), WriteLimits::DEFAULT)
+        {
             Ok(c) => c,
             Err(e) => return crate::fail(e),
         };
@@ -328,26 +168,46 @@ impl Transport {
     /// Writes `data`: straight to the socket if nothing is buffered, the rest buffered
     /// and flushed as the socket allows. Ignored once the connection is closing.
     pub fn write(&self, data: &[u8]) {
-        self.conn.write(data);
+        self.conn.write_parts(&[data]);
     }
 
-    /// Writes each of `parts` in order (Twisted's `writeSequence`).
+    /// Writes each of `parts` in order (Twisted's `writeSequence`), with one system call
+    /// (`writev`) when nothing is buffered.
     pub fn write_sequence(&self, parts: &[&[u8]]) {
-        for p in parts {
-            self.conn.write(p);
-        }
+        self.conn.write_parts(parts);
     }
 
     /// Closes the connection once the write buffer has drained (Twisted's
-    /// `loseConnection`); `connection_lost` gets [`ConnectionDone`].
+    /// `loseConnection`); `connection_lost` gets [`ConnectionDone`]. From now on no more
+    /// data is read (nor handed to the protocol) and writes are ignored.
     pub fn lose_connection(&self) {
         self.conn.disconnecting.set(true);
         self.conn.schedule_check();
     }
 
+    /// As [`lose_connection`](Self::lose_connection), but `connection_lost` gets
+    /// `reason` instead of [`ConnectionDone`]: for a protocol that gives up on its peer
+    /// (a line too long, a malformed request) after sending what it has to say. The
+    /// first reason given wins; an error that ends the connection first (a reset) wins
+    /// over it.
+    pub fn lose_connection_with(&self, reason: impl Into<Failure>) {
+        let c = &self.conn;
+        if c.closed.get() {
+            return;
+        }
+        c.lose_reason.borrow_mut().get_or_insert_with(|| reason.into());
+        self.lose_connection();
+    }
+
     /// Closes the connection now, dropping buffered data (Twisted's `abortConnection`);
     /// `connection_lost` gets [`ConnectionAborted`] from the call-soon queue.
     pub fn abort_connection(&self) {
+        self.abort_connection_with(ConnectionAborted);
+    }
+
+    /// As [`abort_connection`](Self::abort_connection), but `connection_lost` gets
+    /// `reason`.
+    pub fn abort_connection_with(&self, reason: impl Into<Failure>) {
         let c = &self.conn;
         if c.closed.get() {
             return;
@@ -355,7 +215,7 @@ impl Transport {
         c.write_buf.borrow_mut().clear();
         c.write_pos.set(0);
         c.disconnecting.set(true);
-        c.error.borrow_mut().get_or_insert_with(|| Failure::new(ConnectionAborted));
+        c.error.borrow_mut().get_or_insert_with(|| reason.into());
         c.schedule_check();
     }
 
@@ -366,28 +226,68 @@ impl Transport {
         self.conn.schedule_check();
     }
 
-    /// Stops reading from the connection (Twisted's `pauseProducing`).
+    /// Stops reading from the connection (Twisted's `pauseProducing`): the kernel's
+    /// buffer, then TCP flow control, hold what the peer sends.
+    #[doc(alias = "pause_reading")]
     pub fn pause_producing(&self) {
         self.conn.read_paused.set(true);
     }
 
-    /// Starts reading again (Twisted's `resumeProducing`).
+    /// Starts reading again (Twisted's `resumeProducing`), from the call-soon queue,
+    /// where the protocol's [`reading_resumed`](Protocol::reading_resumed) runs first.
+    #[doc(alias = "resume_reading")]
     pub fn resume_producing(&self) {
         if self.conn.read_paused.replace(false) {
-            let conn = self.conn.clone();
-            if let Some(r) = self.conn.reactor.upgrade() {
-                r.call_soon(move || {
-                    conn.read();
-                    conn.check();
-                });
+            let Some(reactor) = self.conn.reactor.upgrade() else { return };
+            if self.conn.resuming.replace(true) {
+                return;
             }
+            let conn = self.conn.clone();
+            reactor.call_soon_in(&self.conn.ctx, move || {
+                conn.resuming.set(false);
+                if !conn.read_paused.get() {
+                    conn.with_protocol("reading_resumed", |p| p.reading_resumed());
+                }
+                conn.read();
+                conn.check();
+            });
         }
     }
 
+    /// True between [`pause_producing`](Self::pause_producing) and
+    /// [`resume_producing`](Self::resume_producing). (Reading also stops while the
+    /// write buffer is above its high-water mark; that does not show here.)
+    pub fn is_reading_paused(&self) -> bool {
+        self.conn.read_paused.get()
+    }
+
+    /// True once [`lose_connection`](Self::lose_connection) or
+    /// [`abort_connection`](Self::abort_connection) was called, or the peer's end of
+    /// file will close the connection (Twisted's `transport.disconnecting`): a protocol
+    /// handling a batch of input stops there.
+    pub fn is_disconnecting(&self) -> bool {
+        self.conn.disconnecting.get() || self.conn.closed.get()
+    }
+
+    /// The log context the connection's events run in: the one current when
+    /// `listen_*` or `connect_*` was called (for a [`MemoryTransport`](super::MemoryTransport), when it was made).
+    /// A server that runs each request in its own context makes it a child of this one.
+    pub fn log_context(&self) -> LoggingContext {
+        self.conn.ctx.to_context()
+    }
+
     /// Registers a push producer (Twisted's `registerProducer(p, streaming=True)`): it is
-    /// paused while more than 64 KiB are buffered and resumed when the buffer drained.
+    /// paused when the write buffer passes the high-water mark (64 KiB by default) and
+    /// resumed when it drained to the low-water mark (16 KiB); see
+    /// [`set_write_buffer_limits`](Self::set_write_buffer_limits). While a producer is
+    /// registered, the transport does not stop reading for a full buffer.
+    ///
+    /// # Log context
+    ///
+    /// The producer's methods run in the log context current here, as any callback does.
     pub fn register_producer(&self, producer: Rc<dyn PushProducer>) {
-        *self.conn.producer.borrow_mut() = Some(producer);
+        let old = self.conn.producer.borrow_mut().replace(Registered { producer, ctx: Captured::capture() });
+        drop(old);
     }
 
     /// Removes the producer.
@@ -415,8 +315,41 @@ impl Transport {
     }
 
     /// How many bytes are buffered, waiting for the socket.
+    #[doc(alias = "get_write_buffer_size")]
+    #[doc(alias = "buffered_len")]
     pub fn buffered(&self) -> usize {
-        self.conn.write_buf.borrow().len() - self.conn.write_pos.get()
+        self.conn.buffered()
+    }
+
+    /// Sets the write buffer's high- and low-water marks (asyncio's
+    /// `set_write_buffer_limits`); they take effect at once. When more than `high` bytes
+    /// are buffered, a registered [`PushProducer`] is paused; with no producer, the
+    /// transport stops reading from the connection, so a peer that sends and never reads
+    /// cannot make an echoing protocol buffer without limit. Once the buffer drains to
+    /// `low` bytes or fewer, the producer is resumed, or reading goes on.
+    ///
+    /// The defaults are 64 KiB and 16 KiB; [`ListeningPort::set_write_buffer_limits`]
+    /// sets them for every connection a listener accepts. `high = usize::MAX` turns the
+    /// limit off (the buffer then grows as long as the protocol writes). Nothing written
+    /// is ever dropped: a single write larger than `high` is buffered whole.
+    ///
+    /// [`ListeningPort::set_write_buffer_limits`]: super::ListeningPort::set_write_buffer_limits
+    ///
+    /// # Errors
+    ///
+    /// [`WriteBufferLimitsError`] if `low > high`; the limits are then unchanged.
+    pub fn set_write_buffer_limits(&self, high: usize, low: usize) -> Result<(), WriteBufferLimitsError> {
+        self.conn.limits.set(WriteLimits::new(high, low)?);
+        self.conn.above_high_water();
+        self.conn.below_low_water();
+        Ok(())
+    }
+
+    /// The write buffer's `(high, low)` water marks; see
+    /// [`set_write_buffer_limits`](Self::set_write_buffer_limits).
+    pub fn write_buffer_limits(&self) -> (usize, usize) {
+        let l = self.conn.limits.get();
+        (l.high, l.low)
     }
 
     /// True once the connection is closed.
@@ -434,39 +367,41 @@ impl fmt::Debug for Transport {
     }
 }
 
-impl ListeningPort {
-    /// The address the listener is bound to (with the port the OS chose for port 0).
-    pub fn local_addr(&self) -> Address {
-        match &*self.listener.socket.borrow() {
-            Some(ListenSocket::Tcp(l)) => l.local_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
-            Some(ListenSocket::Unix(l)) => {
-                Address::Unix(l.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
-            }
-            None => Address::Unix(None),
-        }
-    }
-
-    /// The TCP port, for a TCP listener.
-    pub fn port(&self) -> Option<u16> {
-        match self.local_addr() {
-            Address::Tcp(a) => Some(a.port()),
-            Address::Unix(_) => None,
-        }
-    }
-
-    /// Stops accepting and closes the listening socket. Open connections stay open.
-    pub fn stop_listening(&self) {
-        self.listener.close();
-    }
+/// [`Transport::set_write_buffer_limits`] was given a low-water mark above the
+/// high-water mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteBufferLimitsError {
+    /// The high-water mark asked for.
+    pub high: usize,
+    /// The low-water mark asked for.
+    pub low: usize,
 }
 
-impl fmt::Debug for ListeningPort {
+impl fmt::Display for WriteBufferLimitsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ListeningPort").field("addr", &self.local_addr()).finish()
+        write!(f, "write buffer low-water mark {} is above the high-water mark {}", self.low, self.high)
     }
 }
 
-// ---- connections ----
+impl std::error::Error for WriteBufferLimitsError {}
+
+/// A transport's write buffer water marks, `low <= high`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WriteLimits {
+    high: usize,
+    low: usize,
+}
+
+impl WriteLimits {
+    pub(super) const DEFAULT: WriteLimits = WriteLimits { high: DEFAULT_HIGH_WATER, low: DEFAULT_LOW_WATER };
+
+    pub(super) fn new(high: usize, low: usize) -> Result<WriteLimits, WriteBufferLimitsError> {
+        if low > high {
+            return Err(WriteBufferLimitsError { high, low });
+        }
+        Ok(WriteLimits { high, low })
+    }
+}
 
 pub(crate) enum Stream {
     Tcp(TcpStream),
@@ -492,6 +427,13 @@ impl Stream {
         match self {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write_vectored(bufs),
+            Stream::Unix(s) => (&*s).write_vectored(bufs),
         }
     }
 
@@ -528,6 +470,14 @@ impl Stream {
 
 type OnConnect = Box<dyn FnOnce(&Rc<Conn>, Result<(), Failure>)>;
 
+/// A registered producer and the log context its methods run in (the one current when it
+/// was registered).
+#[derive(Clone)]
+struct Registered {
+    producer: Rc<dyn PushProducer>,
+    ctx: Captured,
+}
+
 /// One stream connection; see the module docs. Flags are `Cell`s and each buffer its
 /// own `RefCell`, none borrowed while user code runs.
 pub(crate) struct Conn {
@@ -537,10 +487,19 @@ pub(crate) struct Conn {
     write_buf: RefCell<Vec<u8>>,
     write_pos: Cell<usize>,
     protocol: RefCell<Option<Rc<RefCell<dyn Protocol>>>>,
-    producer: RefCell<Option<Rc<dyn PushProducer>>>,
+    producer: RefCell<Option<Registered>>,
     on_connect: RefCell<Option<OnConnect>>,
     error: RefCell<Option<Failure>>,
+    /// What `connection_lost` gets for a clean close asked for with `lose_connection_with`.
+    lose_reason: RefCell<Option<Failure>>,
+    /// Reading paused by the application (`pause_producing`).
     read_paused: Cell<bool>,
+    /// `resume_producing` queued the call to `reading_resumed`; nothing is read before.
+    resuming: Cell<bool>,
+    /// Reading paused because the write buffer passed the high-water mark with no
+    /// producer registered; cleared at the low-water mark.
+    throttled: Cell<bool>,
+    limits: Cell<WriteLimits>,
     read_closed: Cell<bool>,
     /// The OS reported the peer's end of file or an error: read past short reads until
     /// the read returns 0 or fails, since no further edge will come.
@@ -557,24 +516,44 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Runs a protocol callback in the connection's log context, catching a panic.
-    fn in_context<R>(&self, what: &str, f: impl FnOnce() -> R) -> Option<R> {
-        self.ctx.run(|| guarded(what, f))
+    pub(super) fn register(
+        reactor: &ReactorHandle,
+        stream: Stream,
+        ctx: Captured,
+        limits: WriteLimits,
+    ) -> io::Result<Rc<Conn>> {
+        let fd = stream.fd();
+        let conn = Rc::new(Conn::new(reactor.downgrade(), Some(stream), ctx, limits));
+        let key = reactor.register(fd, conn.clone(), true, true)?;
+        conn.key.set(Some(key));
+        Ok(conn)
     }
 
-    fn register(reactor: &ReactorHandle, stream: Stream, ctx: Captured) -> io::Result<Rc<Conn>> {
-        let fd = stream.fd();
-        let conn = Rc::new(Conn {
-            reactor: reactor.downgrade(),
+    /// A connection with no socket and no reactor, for [`MemoryTransport`]: writes stay
+    /// in the buffer, closing only records the wish.
+    ///
+    /// [`MemoryTransport`]: super::MemoryTransport
+    pub(super) fn detached(ctx: Captured) -> Rc<Conn> {
+        let no_reactor = WeakReactorHandle { inner: std::rc::Weak::new() };
+        Rc::new(Conn::new(no_reactor, None, ctx, WriteLimits::DEFAULT))
+    }
+
+    fn new(reactor: WeakReactorHandle, stream: Option<Stream>, ctx: Captured, limits: WriteLimits) -> Conn {
+        Conn {
+            reactor,
             key: Cell::new(None),
-            stream: RefCell::new(Some(stream)),
+            stream: RefCell::new(stream),
             write_buf: RefCell::new(Vec::new()),
             write_pos: Cell::new(0),
             protocol: RefCell::new(None),
             producer: RefCell::new(None),
             on_connect: RefCell::new(None),
             error: RefCell::new(None),
+            lose_reason: RefCell::new(None),
             read_paused: Cell::new(false),
+            resuming: Cell::new(false),
+            throttled: Cell::new(false),
+            limits: Cell::new(limits),
             read_closed: Cell::new(false),
             eof_pending: Cell::new(false),
             disconnecting: Cell::new(false),
@@ -584,10 +563,47 @@ impl Conn {
             check_scheduled: Cell::new(false),
             closed: Cell::new(false),
             ctx,
-        });
-        let key = reactor.register(fd, conn.clone(), true, true)?;
-        conn.key.set(Some(key));
-        Ok(conn)
+        }
+    }
+
+    /// The bytes written and not yet sent (for a detached connection: all of them,
+    /// less what [`take_unsent`](Self::take_unsent) took).
+    pub(super) fn unsent(&self) -> Vec<u8> {
+        self.write_buf.borrow()[self.write_pos.get()..].to_vec()
+    }
+
+    /// Takes the unsent bytes out, as a peer reading them would: a producer paused for
+    /// a full buffer is resumed.
+    pub(super) fn take_unsent(self: &Rc<Self>) -> Vec<u8> {
+        let mut taken = std::mem::take(&mut *self.write_buf.borrow_mut());
+        taken.drain(..self.write_pos.replace(0));
+        self.below_low_water();
+        taken
+    }
+
+    /// What `connection_lost` would get if the connection closed now as asked: `None`
+    /// while nobody asked.
+    pub(super) fn close_reason(&self) -> Option<Failure> {
+        if let Some(e) = self.error.borrow().as_ref() {
+            return Some(e.clone());
+        }
+        if !self.disconnecting.get() {
+            return None;
+        }
+        let reason = self.lose_reason.borrow().clone();
+        Some(reason.unwrap_or_else(|| Failure::new(ConnectionDone)))
+    }
+
+    pub(super) fn write_shut_requested(&self) -> bool {
+        self.write_shut_requested.get()
+    }
+
+    pub(super) fn producer(&self) -> Option<Rc<dyn PushProducer>> {
+        self.producer.borrow().as_ref().map(|r| r.producer.clone())
+    }
+
+    pub(super) fn transport(self: &Rc<Self>) -> Transport {
+        Transport { conn: self.clone() }
     }
 
     fn peer(&self) -> Address {
@@ -595,38 +611,71 @@ impl Conn {
     }
 
     /// Sets the protocol and calls its `connection_made`.
-    fn start(self: &Rc<Self>, protocol: Rc<RefCell<dyn Protocol>>) {
+    pub(super) fn start(self: &Rc<Self>, protocol: Rc<RefCell<dyn Protocol>>) {
         *self.protocol.borrow_mut() = Some(protocol.clone());
         let transport = Transport { conn: self.clone() };
-        self.in_context("connection_made", || protocol.borrow_mut().connection_made(transport));
+        self.with_protocol("connection_made", |p| p.connection_made(transport));
         self.check();
     }
 
+    /// Runs a protocol method in the connection's log context. A panic in it aborts the
+    /// connection, and the `PanicError` is the reason `connection_lost` gets, as Twisted
+    /// drops a connection whose `dataReceived` raises.
     fn with_protocol(&self, what: &str, f: impl FnOnce(&mut dyn Protocol)) {
-        let p = self.protocol.borrow().clone();
-        if let Some(p) = p {
-            match p.try_borrow_mut() {
-                Ok(mut p) => {
-                    self.in_context(what, || f(&mut *p));
-                }
-                Err(_) => {
-                    log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped")
-                }
-            }
+        let Some(protocol) = self.protocol.borrow().clone() else { return };
+        let Ok(mut p) = protocol.try_borrow_mut() else {
+            log::error!(target: "weft::reactor", "{what}: protocol is borrowed elsewhere; skipped");
+            return;
+        };
+        if let Err(failure) = self.ctx.run(|| catching(|| f(&mut *p))) {
+            self.panicked(what, failure);
         }
     }
 
-    fn write(self: &Rc<Self>, data: &[u8]) {
-        if self.closed.get() || self.disconnecting.get() || self.write_shut_requested.get() || data.is_empty()
-        {
+    /// Calls the registered producer, if any, in its log context; a panic aborts the
+    /// connection as a protocol's does.
+    fn with_producer(self: &Rc<Self>, what: &str, f: impl FnOnce(&dyn PushProducer)) {
+        let Some(p) = self.producer.borrow().clone() else { return };
+        if let Err(failure) = p.ctx.run(|| catching(|| f(&*p.producer))) {
+            self.panicked(what, failure);
+            self.schedule_check();
+        }
+    }
+
+    /// Logs a panic in user code and, unless the connection is already closed, makes it
+    /// the error that closes the connection (`check` carries it out).
+    fn panicked(&self, what: &str, failure: Failure) {
+        log::error!(target: "weft::reactor", "panic in {what}: {failure}; aborting the connection");
+        if !self.closed.get() {
+            self.error.borrow_mut().get_or_insert(failure);
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.write_buf.borrow().len() - self.write_pos.get()
+    }
+
+    /// Writes `parts` in order: straight to the socket (one `writev`) if nothing is
+    /// buffered, the rest into the buffer.
+    fn write_parts(self: &Rc<Self>, parts: &[&[u8]]) {
+        if self.closed.get() || self.disconnecting.get() || self.write_shut_requested.get() {
+            return;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
             return;
         }
         let mut written = 0;
-        if self.write_pos.get() == self.write_buf.borrow().len() && self.on_connect.borrow().is_none() {
-            let guard = self.stream.borrow();
-            let Some(stream) = guard.as_ref() else { return };
-            while written < data.len() {
-                match stream.write(&data[written..]) {
+        // With no socket (a `MemoryTransport`), everything goes to the buffer.
+        let guard = self.stream.borrow();
+        if let (Some(stream), 0, true) = (guard.as_ref(), self.buffered(), self.on_connect.borrow().is_none())
+        {
+            while written < total {
+                let r = match parts {
+                    [one] => stream.write(&one[written..]),
+                    _ => stream.write_vectored(&remaining(parts, written)),
+                };
+                match r {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -639,29 +688,55 @@ impl Conn {
                 }
             }
         }
-        if written < data.len() {
-            let len = {
+        drop(guard);
+        if written < total {
+            {
                 let mut buf = self.write_buf.borrow_mut();
-                if self.write_pos.get() == buf.len() {
-                    buf.clear();
+                // Drop the bytes already sent once they are half the buffer, so a buffer
+                // that never quite drains does not grow.
+                let pos = self.write_pos.get();
+                if pos > 0 && pos >= buf.len() / 2 {
+                    buf.drain(..pos);
                     self.write_pos.set(0);
                 }
-                buf.extend_from_slice(&data[written..]);
-                buf.len() - self.write_pos.get()
-            };
-            if len > HIGH_WATER && !self.producer_paused.get() {
-                let p = self.producer.borrow().clone();
-                if let Some(p) = p {
-                    self.producer_paused.set(true);
-                    self.in_context("pause_producing", || p.pause_producing());
+                for part in remaining(parts, written) {
+                    buf.extend_from_slice(&part);
                 }
             }
+            self.above_high_water();
+        }
+    }
+
+    /// Past the high-water mark: pauses the producer, or with none stops reading.
+    fn above_high_water(self: &Rc<Self>) {
+        if self.buffered() <= self.limits.get().high {
+            return;
+        }
+        if self.producer.borrow().is_some() {
+            if !self.producer_paused.replace(true) {
+                self.with_producer("pause_producing", |p| p.pause_producing());
+            }
+        } else {
+            self.throttled.set(true);
+        }
+    }
+
+    /// At or under the low-water mark: resumes the producer, and reading.
+    fn below_low_water(self: &Rc<Self>) {
+        if self.buffered() > self.limits.get().low {
+            return;
+        }
+        if self.producer_paused.replace(false) {
+            self.with_producer("resume_producing", |p| p.resume_producing());
+        }
+        if self.throttled.replace(false) {
+            self.schedule_read();
         }
     }
 
     /// Writes out as much of the buffer as the socket takes.
-    fn flush(&self) {
-        let drained = {
+    fn flush(self: &Rc<Self>) {
+        {
             let stream = self.stream.borrow();
             let Some(stream) = stream.as_ref() else { return };
             let mut buf = self.write_buf.borrow_mut();
@@ -679,20 +754,14 @@ impl Conn {
             }
             if pos == buf.len() {
                 buf.clear();
-                if buf.capacity() > 4 * HIGH_WATER {
-                    buf.shrink_to(HIGH_WATER);
+                if buf.capacity() > 4 * BUFFER_KEEP {
+                    buf.shrink_to(BUFFER_KEEP);
                 }
                 pos = 0;
             }
             self.write_pos.set(pos);
-            pos == 0
-        };
-        if drained && self.producer_paused.replace(false) {
-            let p = self.producer.borrow().clone();
-            if let Some(p) = p {
-                self.in_context("resume_producing", || p.resume_producing());
-            }
         }
+        self.below_low_water();
     }
 
     /// Reads while data comes, handing it to the protocol.
@@ -700,6 +769,9 @@ impl Conn {
         let Some(reactor) = self.reactor.upgrade() else { return };
         for _ in 0..MAX_READS_PER_EVENT {
             if self.read_paused.get()
+                || self.resuming.get()
+                || self.throttled.get()
+                || self.disconnecting.get()
                 || self.read_closed.get()
                 || self.closed.get()
                 || self.error.borrow().is_some()
@@ -740,11 +812,7 @@ impl Conn {
             }
         }
         // Still more to read: yield to other sources, go on next turn.
-        let conn = self.clone();
-        reactor.call_soon(move || {
-            conn.read();
-            conn.check();
-        });
+        self.schedule_read();
     }
 
     /// Carries out what was requested: close on error, after draining, half-close.
@@ -762,7 +830,8 @@ impl Conn {
             return;
         }
         if self.disconnecting.get() {
-            self.close(Failure::new(ConnectionDone));
+            let reason = self.lose_reason.borrow_mut().take();
+            self.close(reason.unwrap_or_else(|| Failure::new(ConnectionDone)));
         } else if self.write_shut_requested.get() && !self.write_shut.get() {
             self.write_shut.set(true);
             let r = self.stream.borrow().as_ref().map(Stream::shutdown_write);
@@ -777,7 +846,7 @@ impl Conn {
     }
 
     /// Deregisters and closes the socket, then tells the producer and the protocol.
-    fn close(self: &Rc<Self>, reason: Failure) {
+    pub(super) fn close(self: &Rc<Self>, reason: Failure) {
         if self.closed.replace(true) {
             return;
         }
@@ -788,10 +857,9 @@ impl Conn {
         drop(stream);
         self.write_buf.borrow_mut().clear();
         self.write_pos.set(0);
+        self.with_producer("stop_producing", |p| p.stop_producing());
         let producer = self.producer.borrow_mut().take();
-        if let Some(p) = producer {
-            self.in_context("stop_producing", || p.stop_producing());
-        }
+        drop(producer);
         self.with_protocol("connection_lost", |p| p.connection_lost(reason));
         let protocol = self.protocol.borrow_mut().take();
         drop(protocol);
@@ -841,6 +909,16 @@ impl Conn {
 }
 
 impl Conn {
+    /// Reads (and then checks) from the call-soon queue, in the connection's context.
+    fn schedule_read(self: &Rc<Self>) {
+        let Some(reactor) = self.reactor.upgrade() else { return };
+        let conn = self.clone();
+        reactor.call_soon_in(&self.ctx, move || {
+            conn.read();
+            conn.check();
+        });
+    }
+
     /// Runs `flush` and `check` from the call-soon queue (once however often asked).
     fn schedule_check(self: &Rc<Self>) {
         if self.check_scheduled.replace(true) || self.closed.get() {
@@ -848,7 +926,7 @@ impl Conn {
         }
         let Some(reactor) = self.reactor.upgrade() else { return };
         let conn = self.clone();
-        reactor.call_soon(move || {
+        reactor.call_soon_in(&self.ctx, move || {
             conn.check_scheduled.set(false);
             conn.flush();
             conn.check();
@@ -892,136 +970,32 @@ impl Source for Conn {
         let c = self.on_connect.borrow_mut().take();
         drop(c);
     }
-}
 
-// ---- listeners ----
-
-enum ListenSocket {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-type ProtocolMaker = Box<dyn FnMut(&Address) -> Rc<RefCell<dyn Protocol>>>;
-
-struct Listener {
-    reactor: WeakReactorHandle,
-    key: Cell<Option<SourceKey>>,
-    socket: RefCell<Option<ListenSocket>>,
-    /// Dropped when the listener closes: a factory may hold the `ListeningPort`, which
-    /// holds the listener. Out of the cell while it runs, so it may stop the listener.
-    factory: RefCell<Option<ProtocolMaker>>,
-    backing_off: Cell<bool>,
-    /// The log context current when `listen_*` was called: the factory and every
-    /// accepted connection's protocol run in it.
-    ctx: Captured,
-}
-
-impl Listener {
-    fn fd(&self) -> Option<RawFd> {
-        self.socket.borrow().as_ref().map(|s| match s {
-            ListenSocket::Tcp(l) => l.as_raw_fd(),
-            ListenSocket::Unix(l) => l.as_raw_fd(),
-        })
+    fn rekey(&self, key: SourceKey) {
+        self.key.set(Some(key));
     }
 
-    fn accept_one(&self) -> io::Result<Option<(Stream, Address)>> {
-        let socket = self.socket.borrow();
-        match socket.as_ref() {
-            None => Ok(None),
-            Some(ListenSocket::Tcp(l)) => {
-                let (s, a) = l.accept()?;
-                s.set_nonblocking(true)?;
-                s.set_nodelay(true)?;
-                Ok(Some((Stream::Tcp(s), Address::Tcp(a))))
-            }
-            Some(ListenSocket::Unix(l)) => {
-                let (s, a) = l.accept()?;
-                s.set_nonblocking(true)?;
-                Ok(Some((Stream::Unix(s), Address::Unix(a.as_pathname().map(Into::into)))))
-            }
-        }
-    }
-
-    fn accept(self: &Rc<Self>) {
-        if self.backing_off.get() {
-            return;
-        }
-        let Some(reactor) = self.reactor.upgrade() else { return };
-        for _ in 0..MAX_ACCEPTS_PER_EVENT {
-            match self.accept_one() {
-                Ok(None) => return,
-                Ok(Some((stream, peer))) => {
-                    let conn = match Conn::register(&reactor, stream, self.ctx.clone()) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            log::error!(target: "weft::reactor", "registering an accepted connection failed: {e}");
-                            continue;
-                        }
-                    };
-                    let protocol = self.build_protocol(&peer);
-                    match protocol {
-                        Some(p) => conn.start(p),
-                        None => conn.close(Failure::new(ConnectionAborted)),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
-                Err(e) => {
-                    let out_of_resources = matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    );
-                    if out_of_resources {
-                        log::warn!(target: "weft::reactor", "accept: {e}; pausing accepts for {ACCEPT_RETRY:?}");
-                    } else {
-                        log::error!(target: "weft::reactor", "accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
-                    }
-                    self.backing_off.set(true);
-                    let me = self.clone();
-                    let _: DelayedCall = reactor.call_later(ACCEPT_RETRY, move || {
-                        me.backing_off.set(false);
-                        me.accept();
-                    });
-                    return;
-                }
-            }
-        }
-        let me = self.clone();
-        reactor.call_soon(move || me.accept());
-    }
-
-    /// Runs the factory in the listener's context, taken out of its cell meanwhile; it
-    /// goes back only if the listener is still open.
-    fn build_protocol(&self, peer: &Address) -> Option<Rc<RefCell<dyn Protocol>>> {
-        let mut factory = self.factory.borrow_mut().take()?;
-        let protocol = self.ctx.run(|| guarded("build_protocol", || factory(peer)));
-        if self.socket.borrow().is_some() {
-            *self.factory.borrow_mut() = Some(factory);
+    fn shut_down(self: Rc<Self>, how: Closing) {
+        if self.on_connect.borrow().is_some() {
+            self.fail_connect(Some(Failure::new(ConnectionAborted)));
+        } else if how == Closing::Graceful {
+            Transport { conn: self }.lose_connection();
         } else {
-            drop(factory);
+            self.close(Failure::new(ConnectionAborted));
         }
-        protocol
-    }
-
-    fn close(&self) {
-        let fd = self.fd();
-        if let (Some(fd), Some(key), Some(reactor)) = (fd, self.key.get(), self.reactor.upgrade()) {
-            reactor.deregister(key, fd);
-        }
-        self.close_now();
     }
 }
 
-impl Source for Listener {
-    fn ready(self: Rc<Self>, _r: Readiness) {
-        self.accept();
+/// The bytes of `parts` from byte `offset` on, as slices for `writev`.
+fn remaining<'a>(parts: &[&'a [u8]], mut offset: usize) -> SmallVec<[IoSlice<'a>; 4]> {
+    let mut out = SmallVec::new();
+    for part in parts {
+        if offset >= part.len() {
+            offset -= part.len();
+            continue;
+        }
+        out.push(IoSlice::new(&part[offset..]));
+        offset = 0;
     }
-
-    fn close_now(&self) {
-        let s = self.socket.borrow_mut().take();
-        drop(s);
-        let f = self.factory.borrow_mut().take();
-        drop(f);
-    }
+    out
 }

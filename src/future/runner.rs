@@ -1,0 +1,366 @@
+//! The task runner behind [`ensure_deferred`](super::ensure_deferred): the thread's task
+//! table, the waker, the poll loop with its log-context swap, and how a cancel is
+//! delivered to a task (see the module docs of [`crate::future`]).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, ThreadId};
+
+use slab::Slab;
+
+use crate::deferred::{current_cancellation, Next};
+use crate::logcontext::{Captured, Restore};
+use crate::{CancelId, CancelledError, Deferred, Failure};
+
+thread_local! {
+    /// The thread's pending tasks, by slab key (a task's `key`).
+    static TASKS: RefCell<Slab<Rc<Task>>> = const { RefCell::new(Slab::new()) };
+    static CURRENT_TASK: RefCell<Option<Rc<Task>>> = const { RefCell::new(None) };
+    static NEXT_TASK: Cell<u64> = const { Cell::new(1) };
+    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
+    static AWAIT_POINTS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How to pass a cancel on to what a task awaits now (a Deferred, or an
+/// [`Interruptible`](super::Interruptible) future).
+pub(super) type CancelAwaited = Rc<dyn Fn(&CancelledError)>;
+
+/// One task: its future (taken out while it is polled), its log context, and its cancel
+/// bookkeeping.
+pub(super) struct Task {
+    /// Never reused: tells a stale waker from the task now in the same slab slot.
+    id: u64,
+    /// The task's slot in `TASKS` (`usize::MAX` if it could not be put there).
+    key: usize,
+    future: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
+    waker: Waker,
+    /// The task's own log context: the one current at `ensure_deferred`, then whatever
+    /// the task left current when it last suspended. Each poll runs in it.
+    context: RefCell<Captured>,
+    /// Fails the task's current target Deferred (used when the task is aborted).
+    target: Rc<dyn FailTarget>,
+    /// A poll is on the stack; a wake now only sets `repoll`.
+    polling: Cell<bool>,
+    repoll: Cell<bool>,
+    /// The future has completed or was aborted; the outcome was delivered.
+    done: Cell<bool>,
+    /// The ids of the cancels of the task's Deferred so far (its own cancellations).
+    cancels: RefCell<Vec<CancelId>>,
+    /// A cancel not yet passed on to what the task awaits: it arrived during a poll.
+    undelivered: RefCell<Option<CancelledError>>,
+    /// How to cancel what the task awaits now, with the await's token.
+    awaiting: RefCell<Option<(u64, CancelAwaited)>>,
+}
+
+/// The typed slot holding the Deferred a task delivers to, seen without its type.
+trait FailTarget {
+    fn fail(&self, failure: Failure);
+}
+
+/// The slot of the Deferred a task delivers its outcome to. A cancel that lets the task
+/// go on replaces it with a fresh Deferred (see the module docs).
+type Target<T> = RefCell<Option<Deferred<T>>>;
+
+impl<T: 'static> FailTarget for Target<T> {
+    fn fail(&self, failure: Failure) {
+        let target = self.borrow_mut().take();
+        if let Some(d) = target {
+            let _ = d.fire(Next::Ready(Err(failure)));
+        }
+    }
+}
+
+/// Starts `future` as a task; see [`ensure_deferred`](super::ensure_deferred).
+pub(super) fn spawn<T, F>(future: F) -> Deferred<T>
+where
+    T: 'static,
+    F: Future<Output = Result<T, Failure>> + 'static,
+{
+    let id = NEXT_TASK.with(|n| {
+        let id = n.get();
+        n.set(id + 1);
+        id
+    });
+    // During the thread's teardown the table is gone: the task is polled once and
+    // dropped when it suspends.
+    let key = TASKS.try_with(|t| t.borrow().vacant_key()).unwrap_or(usize::MAX);
+    let target: Rc<Target<T>> = Rc::new(RefCell::new(None));
+    let task = Rc::new(Task {
+        id,
+        key,
+        future: RefCell::new(None),
+        waker: Waker::from(Arc::new(TaskWaker { key, id, thread: thread::current().id() })),
+        context: RefCell::new(Captured::capture()),
+        target: target.clone(),
+        polling: Cell::new(false),
+        repoll: Cell::new(false),
+        done: Cell::new(false),
+        cancels: RefCell::new(Vec::new()),
+        undelivered: RefCell::new(None),
+        awaiting: RefCell::new(None),
+    });
+    let out = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
+    *target.borrow_mut() = Some(out.clone());
+    *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
+    let _ = TASKS.try_with(|t| {
+        let inserted = t.borrow_mut().insert(task.clone());
+        debug_assert_eq!(inserted, key);
+    });
+    poll_task(&task);
+    out
+}
+
+/// The task being polled now, if any.
+pub(super) fn current_task() -> Option<Rc<Task>> {
+    CURRENT_TASK.try_with(|c| c.borrow().clone()).ok().flatten()
+}
+
+/// How many tasks on this thread have not finished.
+pub(super) fn pending_tasks() -> usize {
+    TASKS.try_with(|t| t.borrow().len()).unwrap_or(0)
+}
+
+/// How many times a task suspended on a Deferred with no result yet (or on an
+/// interruptible future), on this thread.
+pub(super) fn await_points() -> u64 {
+    AWAIT_POINTS.with(Cell::get)
+}
+
+impl Task {
+    /// True once the task's Deferred was cancelled.
+    pub(super) fn is_cancelling(&self) -> bool {
+        !self.cancels.borrow().is_empty()
+    }
+
+    /// True if `id` is the id of a cancel of this task's Deferred.
+    pub(super) fn is_own(&self, id: CancelId) -> bool {
+        self.cancels.borrow().contains(&id)
+    }
+
+    /// Records that the task now awaits something a cancel can reach, and counts an
+    /// await point; returns the token to [`unregister`](Self::unregister) with.
+    pub(super) fn register(&self, cancel: CancelAwaited) -> u64 {
+        AWAIT_POINTS.with(|n| n.set(n.get() + 1));
+        let token = NEXT_TOKEN.with(|n| {
+            let t = n.get();
+            n.set(t + 1);
+            t
+        });
+        *self.awaiting.borrow_mut() = Some((token, cancel));
+        token
+    }
+
+    /// Undoes [`register`](Self::register), unless something registered since.
+    pub(super) fn unregister(&self, token: u64) {
+        let stale = {
+            let mut awaiting = self.awaiting.borrow_mut();
+            if awaiting.as_ref().is_some_and(|(t, _)| *t == token) {
+                awaiting.take()
+            } else {
+                None
+            }
+        };
+        drop(stale);
+    }
+
+    /// Takes the task out of the thread's table (it finished or was aborted).
+    fn unlist(&self) -> Option<Rc<Task>> {
+        TASKS.try_with(|t| t.borrow_mut().try_remove(self.key)).ok().flatten()
+    }
+
+    /// Drops the task's future (if it has not completed) in the task's own log context,
+    /// so that scopes it holds restore into it, and the caller's context is current
+    /// again after.
+    fn drop_future(&self) {
+        let future = self.future.borrow_mut().take();
+        if future.is_some() {
+            let _caller = Restore::capture();
+            let _own = self.context.borrow().enter();
+            drop(future);
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        // A task still pending when the last handle goes (the thread is ending and its
+        // task table is being dropped).
+        self.drop_future();
+    }
+}
+
+/// Only `Send` data: the task's key and id, and the owning thread.
+struct TaskWaker {
+    key: usize,
+    id: u64,
+    thread: ThreadId,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if thread::current().id() == self.thread {
+            wake_here(self.key, self.id);
+            return;
+        }
+        // Another thread: hand the wake to the owning thread's reactor.
+        let (key, id) = (self.key, self.id);
+        match crate::reactor::handle_for_thread(self.thread) {
+            Some(reactor) if reactor.call_from_thread(move || wake_here(key, id)).is_ok() => {}
+            _ => log::warn!("weft task {id} woken from another thread, whose reactor is gone (or that has none); wake dropped"),
+        }
+    }
+}
+
+/// Polls task `id` (in slot `key`) if it still exists; on its own thread.
+fn wake_here(key: usize, id: u64) {
+    // Once the thread's task table is destroyed (the thread is ending and its tasks are
+    // being dropped), a wake finds nothing to poll.
+    let task = TASKS.try_with(|t| t.borrow().get(key).filter(|t| t.id == id).cloned()).ok().flatten();
+    if let Some(task) = task {
+        poll_task(&task);
+    }
+}
+
+/// The user's future, delivering its outcome to the task's current target Deferred.
+struct Wrapper<T: 'static, F> {
+    future: Pin<Box<F>>,
+    target: Rc<Target<T>>,
+}
+
+impl<T: 'static, F: Future<Output = Result<T, Failure>>> Future for Wrapper<T, F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let polled = catch_unwind(AssertUnwindSafe(|| self.future.as_mut().poll(cx)));
+        let r = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(r)) => r,
+            Err(panic) => Err(Failure::from_panic(panic)),
+        };
+        let target = self.target.borrow_mut().take();
+        if let Some(t) = target {
+            if t.fire(Next::Ready(r)).is_err() {
+                log::debug!("weft task: its deferred was already called; outcome dropped");
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// The Deferred a task delivers to; its canceller delivers the cancel to the task (see
+/// the module docs).
+fn target_deferred<T: 'static>(task: Weak<Task>, target: Weak<Target<T>>) -> Deferred<T> {
+    Deferred::with_canceller(move |me: &Deferred<T>| {
+        let Some(task) = task.upgrade().filter(|t| !t.done.get()) else { return };
+        let Some(err) = current_cancellation() else { return };
+        task.cancels.borrow_mut().push(err.id());
+        *task.undelivered.borrow_mut() = Some(err);
+        if !task.polling.get() {
+            deliver_cancel(&task);
+        }
+        if me.is_called() || task.done.get() {
+            return;
+        }
+        // The task goes on (it handles the error, say to clean up, or the cancel waits
+        // for the end of the running poll): wait for its own outcome instead of cutting
+        // it off.
+        let Some(target) = target.upgrade() else { return };
+        let next = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
+        *target.borrow_mut() = Some(next.clone());
+        let _ = me.fire(Next::Wait(next));
+    })
+}
+
+/// Passes an undelivered cancel on: to what the task awaits now, or, if that is a future
+/// a cancel cannot reach, by aborting the task there.
+fn deliver_cancel(task: &Rc<Task>) {
+    let Some(err) = task.undelivered.borrow_mut().take() else { return };
+    let awaiting = task.awaiting.borrow().as_ref().map(|(_, c)| c.clone());
+    match awaiting {
+        Some(cancel_awaited) => cancel_awaited(&err),
+        None => abort(task, err),
+    }
+}
+
+/// Stops a suspended task at its await point, as an aborted tokio task stops: its
+/// future is dropped (in its own log context) and its Deferred fails with `err`.
+fn abort(task: &Rc<Task>, err: CancelledError) {
+    task.done.set(true);
+    let removed = task.unlist();
+    let awaiting = task.awaiting.borrow_mut().take();
+    task.drop_future();
+    task.target.fail(Failure::new(err));
+    drop((removed, awaiting));
+}
+
+/// Polls `task` until it is pending with no wake outstanding, or done.
+fn poll_task(task: &Rc<Task>) {
+    if task.polling.get() {
+        task.repoll.set(true);
+        return;
+    }
+    task.polling.set(true);
+    let _polling = PollingGuard(task.clone());
+    loop {
+        task.repoll.set(false);
+        let future = task.future.borrow_mut().take();
+        let Some(mut future) = future else { break };
+        let mut cx = Context::from_waker(&task.waker);
+        let ready = {
+            let _current = CurrentTask::enter(task.clone());
+            let _caller = Restore::capture();
+            let own = task.context.borrow().enter();
+            let ready = future.as_mut().poll(&mut cx).is_ready();
+            // What the task left current is its context for the next poll.
+            *task.context.borrow_mut() = Captured::capture();
+            drop(own);
+            ready
+        };
+        if ready {
+            task.done.set(true);
+            let removed = task.unlist();
+            let awaiting = task.awaiting.borrow_mut().take();
+            drop((future, removed, awaiting));
+            break;
+        }
+        *task.future.borrow_mut() = Some(future);
+        // A cancel that came during the poll goes to what the task awaits now.
+        deliver_cancel(task);
+        if !task.repoll.get() || task.done.get() {
+            break;
+        }
+    }
+}
+
+struct PollingGuard(Rc<Task>);
+
+impl Drop for PollingGuard {
+    fn drop(&mut self) {
+        self.0.polling.set(false);
+    }
+}
+
+/// Sets the current task; restores the previous one on every exit.
+struct CurrentTask(Option<Rc<Task>>);
+
+impl CurrentTask {
+    fn enter(task: Rc<Task>) -> CurrentTask {
+        CurrentTask(CURRENT_TASK.try_with(|c| c.replace(Some(task))).ok().flatten())
+    }
+}
+
+impl Drop for CurrentTask {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        let _task = CURRENT_TASK.try_with(|c| c.replace(previous));
+    }
+}
