@@ -29,6 +29,7 @@ use std::time::Duration;
 use weft::cache::WhenUnobserved;
 use weft::future::cancellable;
 use weft::logcontext::ContextLogger;
+use weft::reactor::CancelToken;
 use weft::web::{Request, Response, Router, ServerConfig, Site};
 use weft::{CancelledError, Deferred, Failure, Linearizer, Reactor, ReactorHandle, ResponseCache};
 
@@ -80,9 +81,16 @@ impl Rooms {
         let key = (room.clone(), query_ms);
         let observed = self.cache.wrap(key, move || {
             log::info!("querying the database for {room}");
-            let query = reactor.defer_to_thread(move || {
-                std::thread::sleep(Duration::from_millis(query_ms)); // the "database"
-                format!("3 messages in {room}\n")
+            let query = reactor.defer_to_thread_with_token(move |token: &CancelToken| {
+                // The "database": a query that looks at its cancel token between steps.
+                for _ in 0..query_ms / 10 {
+                    if token.is_cancelled() {
+                        log::info!("database query: stopping, it was cancelled");
+                        return Err(std::io::Error::other("query cancelled"));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(format!("3 messages in {room}\n"))
             });
             log_cancel(query, "database call")
         });

@@ -235,7 +235,8 @@ impl Request {
         std::mem::take(&mut self.body)
     }
 
-    /// The request's log context (Synapse's request context, named like `GET-17`).
+    /// The request's log context (Synapse's request context, named like `GET-17`), a
+    /// child of the context the site was listening in (none if that was the sentinel).
     /// The handler is called in it; callbacks it adds run in it.
     pub fn context(&self) -> &LoggingContext {
         &self.context

@@ -15,13 +15,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use weft::future::cancellable;
+use weft::reactor::CancelToken;
 use weft::web::{Request, Response, Router, ServerConfig, Site};
 use weft::{CancelledError, Deferred, Failure, Linearizer, Reactor, ResponseCache};
 
 use crate::support::{logs, ms, secs, with_http_server};
 use crate::web_server::{read_responses, statuses};
 
-/// A gate a pool thread blocks on until the test opens it.
+/// A gate a pool thread blocks on until the test opens it (or its job is cancelled).
 #[derive(Clone, Default)]
 struct Gate(Arc<(Mutex<bool>, Condvar)>);
 
@@ -30,11 +31,17 @@ impl Gate {
         *self.0 .0.lock().unwrap() = true;
         self.0 .1.notify_all();
     }
-    fn wait(&self) {
+    /// Waits until the gate opens (true) or `token` is cancelled (false), looking at the
+    /// token every 2 ms: a pool job's way of noticing a cancel.
+    fn wait_unless_cancelled(&self, token: &CancelToken) -> bool {
         let mut open = self.0 .0.lock().unwrap();
         while !*open {
-            open = self.0 .1.wait(open).unwrap();
+            if token.is_cancelled() {
+                return false;
+            }
+            open = self.0 .1.wait_timeout(open, ms(2)).unwrap().0;
         }
+        true
     }
 }
 
@@ -120,7 +127,14 @@ fn a_disconnect_cancels_every_layer_and_spares_the_request_sharing_the_cache() {
             wait.add_errback(ev.record(format!("{tag}: linearizer wait cancelled")));
             let _ = tx.send(format!("{tag} queued"));
             let _permit = wait.await?;
-            let db = pool.defer_to_thread(move || gate.wait());
+            let (t, tg) = (tx.clone(), tag.clone());
+            let db =
+                pool.defer_to_thread_with_token(move |token: &CancelToken| -> Result<(), std::io::Error> {
+                    if !gate.wait_unless_cancelled(token) {
+                        let _ = t.send(format!("{tg}: the pool thread saw the cancel"));
+                    }
+                    Ok(())
+                });
             db.add_errback(ev.record(format!("{tag}: database call cancelled")));
             let _ = tx.send(format!("{tag} in db"));
             db.await?;
@@ -154,6 +168,7 @@ fn a_disconnect_cancels_every_layer_and_spares_the_request_sharing_the_cache() {
         expect(&from_server, "B: linearizer wait cancelled");
         drop(a);
         expect(&from_server, "A: database call cancelled");
+        expect(&from_server, "A: the pool thread saw the cancel");
         drop(c);
         expect(&from_server, "C: cache observer cancelled");
         let response = read_responses(&mut d, 1);

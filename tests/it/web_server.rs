@@ -368,3 +368,26 @@ fn a_panicking_handler_gets_500_and_the_connection_goes_on() {
     assert_eq!(statuses(&text), [500, 200], "{text}");
     assert!(errors.iter().any(|e| e.contains("panicked: boom")), "{errors:?}");
 }
+
+#[test]
+fn request_contexts_are_children_of_the_context_the_site_listens_in() {
+    let reactor = Reactor::new().unwrap();
+    let parent_name = Rc::new(RefCell::new(None));
+    let p = parent_name.clone();
+    let router = Router::new().get("/db", move |req: Request| {
+        *p.borrow_mut() = req.context().parent().map(|c| c.name().to_string());
+        req.context().add_database_transaction(ms(2));
+        Response::new(200).body("ok")
+    });
+    let site = Site::new(&reactor, router);
+    let server = weft::logcontext::LoggingContext::new("server");
+    let text = {
+        let _in_server = weft::logcontext::PreserveLoggingContext::new(server.clone());
+        with_http_server(&reactor, &site, secs(20), |addr| {
+            exchange(addr, b"GET /db HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+        })
+    };
+    assert_eq!(statuses(&text), [200]);
+    assert_eq!(parent_name.borrow().as_deref(), Some("server"));
+    assert_eq!(server.stats().db_txn_count, 1, "the finished request's totals reached its parent");
+}

@@ -48,7 +48,7 @@ impl Channel {
         let name = request_name(head.as_ref().map_or("-", |h| h.method.as_str()), n);
         Rc::new(Exchange {
             head,
-            ctx: LoggingContext::new(name),
+            ctx: LoggingContext::with_parent(name, &self.ctx),
             started_at: self.now.get(),
             site: self.site.clone(),
             cancellable,
