@@ -122,13 +122,22 @@ impl fmt::Debug for Reply {
 /// use weft::future::cancellable;
 /// use weft::web::{Request, Response, Router};
 ///
+/// use weft::Failure;
+///
+/// // A Synapse servlet's `on_GET`, as an `async fn`.
+/// async fn on_get_profile(req: Request) -> Result<Response, Failure> {
+///     let user = req.param("user").ok_or_else(|| Failure::msg("no user"))?;
+///     Ok(Response::text(format!("profile of {user}\n")))
+/// }
+///
 /// let router = Router::new()
 ///     .get("/hello", |_req: Request| Response::text("hello, world\n"))
 ///     .get("/rooms/{room}/messages", cancellable(|req: Request| {
 ///         let room = req.param("room").unwrap_or("").to_string();
 ///         async move { Ok(Response::text(format!("messages of {room}\n"))) }
-///     }));
-/// assert_eq!(router.len(), 2);
+///     }))
+///     .get("/profile/{user}", cancellable(on_get_profile));
+/// assert_eq!(router.len(), 3);
 /// ```
 #[derive(Default)]
 pub struct Router {
