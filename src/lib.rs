@@ -83,6 +83,7 @@
 pub mod async_helpers;
 pub mod cancellation;
 pub mod combinators;
+pub mod compat;
 mod deferred;
 mod failure;
 pub mod future;

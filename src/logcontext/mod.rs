@@ -81,6 +81,8 @@ pub(crate) mod context;
 mod helpers;
 mod instrument;
 mod logger;
+#[cfg(feature = "tracing")]
+mod spans;
 
 pub use accounting::{set_cpu_clock, ContextStats, CpuClock};
 pub use context::{
@@ -93,4 +95,4 @@ pub use helpers::{
 pub use instrument::{InContext, InContextExt};
 pub use logger::ContextLogger;
 
-pub(crate) use context::{bind, Captured, Restore, Switcher};
+pub(crate) use context::{bind, Captured, RemoteContext, Restore, Switcher};

@@ -11,6 +11,8 @@ mod embed_epoll;
 mod embed_tokio;
 mod flow_control;
 mod future;
+#[cfg(feature = "futures")]
+mod futures_interop;
 mod leaks;
 mod line_receiver;
 mod listen;
@@ -25,5 +27,9 @@ mod sync;
 mod tcp;
 mod threads;
 mod time;
+#[cfg(feature = "tokio")]
+mod tokio_bridge;
+#[cfg(feature = "tracing")]
+mod tracing_spans;
 mod transport;
 mod udp;
