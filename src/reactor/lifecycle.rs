@@ -86,6 +86,9 @@ pub(super) struct Lifecycle {
     stage: Cell<Stage>,
     stop_early: Cell<bool>,
     when_running: RefCell<Vec<Callback>>,
+    /// The `call_when_running` calls of a start, run at the top of the next turn, before
+    /// any timer or queued call (Twisted fires its startup event before the loop).
+    starting: RefCell<Vec<Callback>>,
     triggers: RefCell<[Vec<Trigger>; 3]>,
     timeout: Cell<Duration>,
     /// `Some` while stopping.
@@ -116,6 +119,7 @@ impl Lifecycle {
             stage: Cell::new(Stage::NotStarted),
             stop_early: Cell::new(false),
             when_running: RefCell::new(Vec::new()),
+            starting: RefCell::new(Vec::new()),
             triggers: RefCell::new([Vec::new(), Vec::new(), Vec::new()]),
             timeout: Cell::new(Duration::from_secs(30)),
             shutdown: RefCell::new(None),
@@ -137,6 +141,7 @@ impl Lifecycle {
     pub(super) fn is_empty(&self) -> bool {
         self.triggers.borrow().iter().all(Vec::is_empty)
             && self.when_running.borrow().is_empty()
+            && self.starting.borrow().is_empty()
             && self.shutdown.borrow().is_none()
     }
 
@@ -146,6 +151,8 @@ impl Lifecycle {
         drop(triggers);
         let when = std::mem::take(&mut *self.when_running.borrow_mut());
         drop(when);
+        let starting = std::mem::take(&mut *self.starting.borrow_mut());
+        drop(starting);
         let shutdown = self.shutdown.borrow_mut().take();
         drop(shutdown);
     }
@@ -246,7 +253,8 @@ impl ReactorHandle {
     }
 
     /// Moves `NotStarted` or `Stopped` to `Running` and queues the `call_when_running`
-    /// calls (they run on the next turn); does nothing if running or stopping.
+    /// calls: they run at the top of the next turn, before its timers and queued calls;
+    /// does nothing if running or stopping.
     pub(super) fn start_running(&self) {
         let lc = &self.inner.lifecycle;
         if !matches!(lc.stage.get(), Stage::NotStarted | Stage::Stopped) {
@@ -254,13 +262,31 @@ impl ReactorHandle {
         }
         lc.stage.set(Stage::Running);
         lc.abandon.set(false);
-        let starting = std::mem::take(&mut *lc.when_running.borrow_mut());
-        for f in starting {
-            self.push_soon(f);
+        let when = std::mem::take(&mut *lc.when_running.borrow_mut());
+        if !when.is_empty() {
+            lc.starting.borrow_mut().extend(when);
+            self.wake_host();
         }
         if lc.stop_early.replace(false) {
             self.stop();
         }
+    }
+
+    /// Runs the `call_when_running` calls of the last start, if any (top of a turn).
+    pub(super) fn run_starting(&self) {
+        let lc = &self.inner.lifecycle;
+        if lc.starting.borrow().is_empty() {
+            return;
+        }
+        let starting = std::mem::take(&mut *lc.starting.borrow_mut());
+        for f in starting {
+            super::guarded("call_when_running", f);
+        }
+    }
+
+    /// True if a start left `call_when_running` calls for the next turn.
+    pub(super) fn has_starting(&self) -> bool {
+        !self.inner.lifecycle.starting.borrow().is_empty()
     }
 
     /// Polling failed: finish the shutdown now, without waiting for anything.

@@ -543,6 +543,7 @@ impl ReactorHandle {
     fn next_time(&self) -> Option<Duration> {
         let inner = &*self.inner;
         if !inner.soon.borrow().is_empty()
+            || self.has_starting()
             || inner.events_left.get()
             || inner.lifecycle.needs_step()
             || inner.threads.has_pending()
@@ -664,6 +665,7 @@ impl ReactorHandle {
         // Every callback restores the context it found, so a context current here leaked.
         logcontext::assert_sentinel();
         let inner = &*self.inner;
+        self.run_starting();
         if inner.signals.borrow().as_ref().is_some_and(signals::SignalWatch::take) {
             self.stop();
         }

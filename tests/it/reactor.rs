@@ -37,6 +37,26 @@ fn reactor_runs_timers_soon_calls_and_survives_panics() {
     assert_eq!(*log.borrow(), ["running", "t5", "t20", "stop"]);
 }
 
+/// `call_when_running` calls run before any timer, even one already due when the loop
+/// starts (Twisted fires its startup event before the loop's first `runUntilCurrent`);
+/// before, a timer due at the first turn ran first, so a slow start reordered them.
+#[test]
+fn call_when_running_runs_before_a_timer_already_due_at_start() {
+    let reactor = Reactor::new().unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    reactor.call_later(Duration::ZERO, move || l.borrow_mut().push("timer"));
+    let l = log.clone();
+    reactor.call_when_running(move || l.borrow_mut().push("running"));
+    let (l, h) = (log.clone(), reactor.handle());
+    reactor.call_later(ms(1), move || {
+        l.borrow_mut().push("stop");
+        h.stop();
+    });
+    run_bounded(&reactor, secs(5));
+    assert_eq!(*log.borrow(), ["running", "timer", "stop"]);
+}
+
 #[test]
 fn iterate_and_time_until_next_for_embedding() {
     use std::os::fd::AsRawFd;
