@@ -64,6 +64,8 @@ struct ContextInner {
     db_sched_duration: Cell<Duration>,
     evt_db_fetch_count: Cell<u64>,
     on_finish: RefCell<Option<FinishHook>>,
+    /// Where its totals are added when it finishes ([`LoggingContext::set_metrics_name`]).
+    metrics_name: Cell<Option<Rc<str>>>,
     /// The context's `tracing` span, entered while the context is current.
     #[cfg(feature = "tracing")]
     span: tracing::Span,
@@ -149,6 +151,7 @@ impl LoggingContext {
                 db_sched_duration: Cell::new(Duration::ZERO),
                 evt_db_fetch_count: Cell::new(0),
                 on_finish: RefCell::new(None),
+                metrics_name: Cell::new(None),
                 #[cfg(feature = "tracing")]
                 span,
             })),
@@ -239,6 +242,21 @@ impl LoggingContext {
         if let Some(c) = &self.inner {
             if !c.finished.get() {
                 *c.on_finish.borrow_mut() = Some(Box::new(hook));
+            }
+        }
+    }
+
+    /// Adds the context's totals, when it finishes, to this thread's totals for `name`
+    /// ([`context_totals`](super::context_totals), and the reactor's
+    /// [`metrics`](crate::ReactorHandle::metrics)): the per-servlet or per-job resource
+    /// metrics Synapse keeps. Use a small fixed set of names (a servlet, a job kind), not
+    /// request ids. Replaces an earlier name; ignored for the sentinel and for a finished
+    /// context. [`run_as_background_process`](super::run_as_background_process) names its
+    /// contexts after their `desc`.
+    pub fn set_metrics_name(&self, name: &str) {
+        if let Some(c) = &self.inner {
+            if !c.finished.get() {
+                c.metrics_name.set(Some(Rc::from(name)));
             }
         }
     }
@@ -649,6 +667,9 @@ impl ContextInner {
         let stats = self.snapshot();
         if let Some(parent) = &self.parent {
             parent.charge(&stats);
+        }
+        if let Some(name) = self.metrics_name.take() {
+            super::accounting::record_totals(name, &stats);
         }
         let hook = self.on_finish.borrow_mut().take();
         if let Some(hook) = hook {

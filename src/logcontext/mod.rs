@@ -84,7 +84,7 @@ mod logger;
 #[cfg(feature = "tracing")]
 mod spans;
 
-pub use accounting::{set_cpu_clock, ContextStats, CpuClock};
+pub use accounting::{context_totals, set_cpu_clock, ContextStats, ContextTotals, CpuClock};
 pub use context::{
     assert_sentinel, current_context, current_request_id, set_current_context, with_current_request_id,
     ContextScope, LoggingContext, PreserveLoggingContext,

@@ -300,9 +300,11 @@ impl ReactorThreads {
         self.pool_size.set(n);
     }
 
-    /// Runs everything other threads queued, in order (on the waker's event).
-    pub(crate) fn drain(&self, reactor: &ReactorHandle) {
+    /// Runs everything other threads queued, in order (on the waker's event); returns
+    /// how many messages there were.
+    pub(crate) fn drain(&self, reactor: &ReactorHandle) -> usize {
         let msgs = std::mem::take(&mut *lock(&self.shared.queue));
+        let n = msgs.len();
         for msg in msgs {
             match msg {
                 Msg::Call(f) => {
@@ -323,6 +325,24 @@ impl ReactorThreads {
                     }
                 }
             }
+        }
+        n
+    }
+
+    /// The pool's queue and threads, for the reactor's metrics.
+    pub(crate) fn pool_metrics(&self) -> super::ThreadPoolMetrics {
+        let max_threads = self.pool_size.get();
+        let pool = self.pool.borrow();
+        let Some(p) = pool.as_ref() else {
+            return super::ThreadPoolMetrics { max_threads, ..Default::default() };
+        };
+        let st = lock(&p.shared.state);
+        let threads = p.threads.len();
+        super::ThreadPoolMetrics {
+            queued: st.jobs.len(),
+            busy: threads.saturating_sub(st.idle),
+            threads,
+            max_threads,
         }
     }
 
@@ -440,7 +460,7 @@ impl ReactorThreads {
                 }
             }
         }
-        self.drain(reactor);
+        let _ = self.drain(reactor);
         let left: Vec<_> = self.completers.borrow_mut().drain().collect();
         for (_, p) in left {
             let complete = p.complete;

@@ -18,6 +18,7 @@ mod line_receiver;
 mod listen;
 mod logcontext;
 mod memory_transport;
+mod metrics;
 mod observable;
 mod protocols_tcp;
 mod reactor;
