@@ -65,6 +65,8 @@
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
 //! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
+//! | `twisted.web` `Site`, Synapse's servlets and `@cancellable` | [`web::Site`], [`web::Router`], [`future::cancellable`] |
+//! | Synapse `ResponseCache` | [`ResponseCache`] |
 //! | `basic.LineReceiver`, `Int32StringReceiver`, `NetstringReceiver` | [`protocols::LineReceiver`], [`protocols::IntNStringReceiver`], [`protocols::NetstringReceiver`] |
 //! | `adoptStreamPort`, `proto_helpers.StringTransport` | [`ReactorHandle::adopt_stream_port`], [`reactor::MemoryTransport`] |
 //! | `ensureDeferred`, `inlineCallbacks` | [`future::ensure_deferred`] over `async` blocks; a task cancelled while it awaits a non-Deferred future is aborted there (tokio's rule), or use [`future::interruptible`] |
@@ -81,6 +83,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod async_helpers;
+pub mod cache;
 pub mod cancellation;
 pub mod combinators;
 pub mod compat;
@@ -96,6 +99,7 @@ pub mod porting {}
 pub mod protocols;
 pub mod reactor;
 pub mod sync;
+pub mod web;
 
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
 pub use failure::{
@@ -104,6 +108,7 @@ pub use failure::{
 };
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 
+pub use cache::ResponseCache;
 pub use cancellation::{
     add_timeout, add_timeout_with, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred,
     TimeoutError,
