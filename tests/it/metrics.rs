@@ -198,3 +198,27 @@ fn the_prometheus_text_uses_synapses_names_and_cumulative_buckets() {
         }
     }
 }
+
+#[test]
+fn the_http_server_serves_the_metrics_at_slash_metrics() {
+    use weft::web::{client::Client, Request, Response, Router, Site};
+    let reactor = Reactor::new().unwrap();
+    let h = reactor.handle();
+    let router = Router::new().get("/metrics", move |_req: Request| {
+        Response::text(h.metrics().to_prometheus()).header("content-type", "text/plain; version=0.0.4")
+    });
+    let port = Site::new(&reactor, router).listen_tcp(localhost()).unwrap();
+    let Address::Tcp(addr) = port.local_addr() else { unreachable!() };
+    let got = Rc::new(std::cell::RefCell::new(None));
+    let g = got.clone();
+    let _ = Client::new(&reactor.handle()).get(&format!("http://{addr}/metrics")).then(move |r| {
+        *g.borrow_mut() =
+            Some(r.map(|resp| (resp.status(), resp.body_text().unwrap_or_default().to_string())));
+    });
+    let g = got.clone();
+    run_until(&reactor, secs(30), move || g.borrow().is_some());
+    let (status, body) = got.borrow_mut().take().unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("# TYPE python_twisted_reactor_tick_time histogram"), "{body}");
+    assert!(body.contains("weft_reactor_open_connections 2"), "the client's and the server's: {body}");
+}
