@@ -935,6 +935,10 @@ impl Conn {
 }
 
 impl Source for Conn {
+    fn is_connection(&self) -> bool {
+        true
+    }
+
     fn ready(self: Rc<Self>, r: Readiness) {
         if self.closed.get() {
             return;
