@@ -5,7 +5,14 @@
 //! Also the worst case, where every callback's context differs from the previous one's,
 //! so each callback is a real switch (with and without the thread CPU clock read).
 //!
+//! With the `tracing` feature every real switch also exits and enters the contexts'
+//! `tracing` spans: `paired_switch` prints the cost per switch (the alternating chain, CPU
+//! clock off, against the chain with no context), to compare a build with the feature and
+//! one without; with the feature it also prints the cost with a `tracing-subscriber`
+//! registry installed (spans recorded) against none.
+//!
 //! Run: `cargo bench --bench logcontext -- --warm-up-time 1 --measurement-time 3`
+//! (`--features tracing` for the span cost; `-- paired` for the paired figures only).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -97,5 +104,65 @@ fn paired(_c: &mut Criterion) {
     set_cpu_clock(CpuClock::Thread);
 }
 
-criterion_group!(benches, bench, paired);
+/// Median of per-round differences (ns per callback) between `with` and `base`, each
+/// timing a batch; rounds alternate which goes first.
+fn paired_median(rounds: usize, mut base: impl FnMut() -> f64, mut with: impl FnMut() -> f64) -> f64 {
+    let mut diffs: Vec<f64> = (0..rounds)
+        .map(|round| {
+            if round % 2 == 0 {
+                let b = base();
+                with() - b
+            } else {
+                let w = with();
+                w - base()
+            }
+        })
+        .collect();
+    diffs.sort_by(|x, y| x.total_cmp(y));
+    diffs[diffs.len() / 2]
+}
+
+/// ns per callback of `batch` alternating chains (every callback a real switch).
+fn time_chains(a: &LoggingContext, b: &LoggingContext, alternate: bool) -> f64 {
+    let batch = 50;
+    let sentinel = LoggingContext::sentinel();
+    let start = Instant::now();
+    for _ in 0..batch {
+        black_box(chain(a, b, &sentinel, alternate));
+    }
+    start.elapsed().as_nanos() as f64 / (batch as f64 * N as f64)
+}
+
+/// The cost of a real switch in this build (with or without the `tracing` feature):
+/// an alternating chain against the same chain with no context, CPU clock off.
+fn paired_switch(_c: &mut Criterion) {
+    set_cpu_clock(CpuClock::Off);
+    let sentinel = LoggingContext::sentinel();
+    let a = LoggingContext::new("request-a");
+    let b = LoggingContext::new("request-b");
+    let feature = if cfg!(feature = "tracing") { "on" } else { "off" };
+    let cost = paired_median(400, || time_chains(&sentinel, &sentinel, false), || time_chains(&a, &b, true));
+    println!(
+        "paired switch (feature tracing {feature}, no subscriber): {cost:.2} ns per callback over no context"
+    );
+    #[cfg(feature = "tracing")]
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        // Contexts made under the subscriber have recorded spans; the same switches.
+        let subscriber = tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO);
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let (ra, rb) = tracing::dispatcher::with_default(&dispatch, || {
+            (LoggingContext::new("request-a"), LoggingContext::new("request-b"))
+        });
+        let cost = paired_median(
+            400,
+            || time_chains(&a, &b, true),
+            || tracing::dispatcher::with_default(&dispatch, || time_chains(&ra, &rb, true)),
+        );
+        println!("paired switch (feature tracing on, registry subscriber): {cost:.2} ns per callback over no subscriber");
+    }
+    set_cpu_clock(CpuClock::Thread);
+}
+
+criterion_group!(benches, bench, paired, paired_switch);
 criterion_main!(benches);

@@ -87,11 +87,16 @@ pub mod async_helpers;
 pub mod cache;
 pub mod cancellation;
 pub mod combinators;
+pub mod compat;
 mod deferred;
 mod failure;
 pub mod future;
 pub mod logcontext;
 mod observable;
+/// The porting guide (`PORTING.md` at the repository root), compiled here so that its
+/// examples run as tests.
+#[doc = include_str!("../PORTING.md")]
+pub mod porting {}
 pub mod protocols;
 pub mod reactor;
 pub mod sync;

@@ -67,3 +67,64 @@ impl CpuClock {
         }
     }
 }
+
+/// The totals of the finished log contexts of one metrics name (see
+/// [`LoggingContext::set_metrics_name`](super::LoggingContext::set_metrics_name)), as
+/// [`context_totals`] reports them: Synapse's per-servlet and per-background-process
+/// resource metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContextTotals {
+    /// The metrics name.
+    pub name: String,
+    /// How many contexts of this name finished.
+    pub finished: u64,
+    /// Their totals, summed (children included, as each context's own totals are).
+    pub stats: ContextStats,
+}
+
+thread_local! {
+    /// This thread's totals by metrics name.
+    static TOTALS: std::cell::RefCell<std::collections::BTreeMap<std::rc::Rc<str>, (u64, ContextStats)>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// The totals of the finished contexts of this thread that had a metrics name, by name
+/// (sorted). The reactor's [`metrics`](crate::ReactorHandle::metrics) includes them.
+///
+/// ```
+/// use weft::logcontext::{context_totals, LoggingContext};
+///
+/// for _ in 0..2 {
+///     let ctx = LoggingContext::new("GET-n");
+///     ctx.set_metrics_name("docs_get");
+///     ctx.add_database_transaction(std::time::Duration::from_millis(3));
+///     ctx.finish();
+/// }
+/// let totals = context_totals();
+/// let docs = totals.iter().find(|t| t.name == "docs_get").unwrap();
+/// assert_eq!((docs.finished, docs.stats.db_txn_count), (2, 2));
+/// ```
+pub fn context_totals() -> Vec<ContextTotals> {
+    TOTALS
+        .try_with(|t| {
+            t.borrow()
+                .iter()
+                .map(|(name, (finished, stats))| ContextTotals {
+                    name: name.to_string(),
+                    finished: *finished,
+                    stats: *stats,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Adds a finished context's totals under its metrics name.
+pub(super) fn record_totals(name: std::rc::Rc<str>, stats: &ContextStats) {
+    let _ = TOTALS.try_with(|t| {
+        let mut t = t.borrow_mut();
+        let entry = t.entry(name).or_default();
+        entry.0 += 1;
+        entry.1.add(stats);
+    });
+}

@@ -64,6 +64,11 @@ struct ContextInner {
     db_sched_duration: Cell<Duration>,
     evt_db_fetch_count: Cell<u64>,
     on_finish: RefCell<Option<FinishHook>>,
+    /// Where its totals are added when it finishes ([`LoggingContext::set_metrics_name`]).
+    metrics_name: Cell<Option<Rc<str>>>,
+    /// The context's `tracing` span, entered while the context is current.
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 /// The thread's switch bookkeeping. Nothing in it needs dropping, so reading it is a
@@ -96,6 +101,11 @@ struct Current(Cell<Option<Rc<ContextInner>>>);
 impl Drop for Current {
     fn drop(&mut self) {
         STATE.with(|s| s.id.set(0));
+        // The thread ends inside a context: leave its span too.
+        #[cfg(feature = "tracing")]
+        if let Some(left) = self.0.take() {
+            super::spans::switch(Some(&left.span), None);
+        }
     }
 }
 
@@ -113,6 +123,21 @@ impl LoggingContext {
     }
 
     fn build(name: String, parent: Option<Rc<ContextInner>>) -> LoggingContext {
+        #[cfg(feature = "tracing")]
+        let span = super::spans::open(&name, parent.as_ref().map(|p| &p.span));
+        LoggingContext::build_with(
+            name,
+            parent,
+            #[cfg(feature = "tracing")]
+            span,
+        )
+    }
+
+    fn build_with(
+        name: String,
+        parent: Option<Rc<ContextInner>>,
+        #[cfg(feature = "tracing")] span: tracing::Span,
+    ) -> LoggingContext {
         LoggingContext {
             inner: Some(Rc::new(ContextInner {
                 name: name.into_boxed_str(),
@@ -126,6 +151,9 @@ impl LoggingContext {
                 db_sched_duration: Cell::new(Duration::ZERO),
                 evt_db_fetch_count: Cell::new(0),
                 on_finish: RefCell::new(None),
+                metrics_name: Cell::new(None),
+                #[cfg(feature = "tracing")]
+                span,
             })),
         }
     }
@@ -155,6 +183,27 @@ impl LoggingContext {
     /// True once the context has finished. The sentinel never finishes.
     pub fn is_finished(&self) -> bool {
         self.inner.as_ref().is_some_and(|c| c.finished.get())
+    }
+
+    /// The context's `tracing` span (feature `tracing`; `None` for the sentinel): entered
+    /// whenever the context is current, so `tracing` events are recorded inside it. Hand
+    /// it to work that runs elsewhere (`future.instrument(span.clone())` on another
+    /// executor) to keep that work in the request's trace.
+    ///
+    /// The span is named `logcontext` (level INFO, target `weft::logcontext`) with the
+    /// context's name in its `request` field; its parent is the parent context's span,
+    /// and a context with no parent opens a root span.
+    ///
+    /// ```
+    /// use weft::logcontext::LoggingContext;
+    ///
+    /// let ctx = LoggingContext::new("GET-1");
+    /// assert!(ctx.span().is_some());
+    /// assert!(LoggingContext::sentinel().span().is_none());
+    /// ```
+    #[cfg(feature = "tracing")]
+    pub fn span(&self) -> Option<&tracing::Span> {
+        self.inner.as_ref().map(|c| &c.span)
     }
 
     /// True if both handles refer to the same context (two sentinels are the same).
@@ -193,6 +242,21 @@ impl LoggingContext {
         if let Some(c) = &self.inner {
             if !c.finished.get() {
                 *c.on_finish.borrow_mut() = Some(Box::new(hook));
+            }
+        }
+    }
+
+    /// Adds the context's totals, when it finishes, to this thread's totals for `name`
+    /// ([`context_totals`](super::context_totals), and the reactor's
+    /// [`metrics`](crate::ReactorHandle::metrics)): the per-servlet or per-job resource
+    /// metrics Synapse keeps. Use a small fixed set of names (a servlet, a job kind), not
+    /// request ids. Replaces an earlier name; ignored for the sentinel and for a finished
+    /// context. [`run_as_background_process`](super::run_as_background_process) names its
+    /// contexts after their `desc`.
+    pub fn set_metrics_name(&self, name: &str) {
+        if let Some(c) = &self.inner {
+            if !c.finished.get() {
+                c.metrics_name.set(Some(Rc::from(name)));
             }
         }
     }
@@ -475,6 +539,68 @@ impl Drop for Switcher {
     }
 }
 
+/// What another thread needs to run work on behalf of the current context (a pool job,
+/// a future on another runtime): the context's name and, with `tracing`, its span. A
+/// `LoggingContext` is an `Rc` and stays on its thread.
+#[derive(Clone, Debug)]
+pub(crate) struct RemoteContext {
+    name: String,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+impl RemoteContext {
+    /// The current context's, or `None` in the sentinel.
+    pub(crate) fn capture() -> Option<RemoteContext> {
+        with_current(|c| {
+            c.map(|c| RemoteContext {
+                name: c.name.to_string(),
+                #[cfg(feature = "tracing")]
+                span: c.span.clone(),
+            })
+        })
+    }
+
+    /// Runs `f` on this thread in a new context named after the captured one, with no
+    /// parent (the caller charges what it used back to the original), and returns what
+    /// that context used. With `tracing`, its span is a child of the original's span,
+    /// and the original span's subscriber is the default while `f` runs.
+    pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> (R, ContextStats) {
+        let run = || {
+            let ctx = LoggingContext::build_with(
+                self.name.clone(),
+                None,
+                #[cfg(feature = "tracing")]
+                super::spans::open(&self.name, Some(&self.span)),
+            );
+            let r = {
+                let _scope = ctx.enter();
+                f()
+            };
+            (r, ctx.stats())
+        };
+        #[cfg(feature = "tracing")]
+        return super::spans::with_dispatch_of(&self.span, run);
+        #[cfg(not(feature = "tracing"))]
+        run()
+    }
+
+    /// A child span of the captured context's span (made with its subscriber), for
+    /// work that runs outside any log context: a future on another runtime.
+    #[cfg(feature = "tracing")]
+    #[allow(dead_code)] // Only the optional bridges use it.
+    pub(crate) fn child_span(&self) -> tracing::Span {
+        super::spans::with_dispatch_of(&self.span, || super::spans::open(&self.name, Some(&self.span)))
+    }
+
+    /// The subscriber that records the captured context's span, if any.
+    #[cfg(feature = "tracing")]
+    #[allow(dead_code)] // Only the optional bridges use it.
+    pub(crate) fn dispatch(&self) -> Option<tracing::Dispatch> {
+        self.span.with_subscriber(|(_, dispatch)| dispatch.clone())
+    }
+}
+
 /// Wraps `f` so that it runs in the context current now; `f` is returned as it is in
 /// the sentinel (the caller then runs it in the sentinel).
 pub(crate) fn bind(f: Box<dyn FnOnce()>) -> Box<dyn FnOnce()> {
@@ -542,6 +668,9 @@ impl ContextInner {
         if let Some(parent) = &self.parent {
             parent.charge(&stats);
         }
+        if let Some(name) = self.metrics_name.take() {
+            super::accounting::record_totals(name, &stats);
+        }
         let hook = self.on_finish.borrow_mut().take();
         if let Some(hook) = hook {
             hook(&self.name, &stats);
@@ -592,6 +721,22 @@ fn current_rc() -> Option<Rc<ContextInner>> {
 /// about finished contexts: restoring one (a guard going out of scope after the context
 /// it had saved finished) is not new work in it. Entering points warn instead.
 fn switch(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
+    // A handle on the context being entered, to enter its span once the switch is done.
+    #[cfg(feature = "tracing")]
+    let entered = new.clone();
+    let previous = switch_state(new);
+    // The thread is consistent again (in the new context) before the subscriber is told;
+    // a thread that is ending stays in the sentinel (`switch_state` did nothing).
+    #[cfg(feature = "tracing")]
+    if current_id() == id_of(&entered) {
+        super::spans::switch(previous.as_ref().map(|p| &p.span), entered.as_ref().map(|c| &c.span));
+    }
+    previous
+}
+
+/// The switch without `tracing`: the thread-local state and the CPU charge.
+#[inline]
+fn switch_state(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
     STATE.with(|cur| {
         let id = id_of(&new);
         let mut new = Some(new);

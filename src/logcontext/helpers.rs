@@ -133,7 +133,9 @@ where
     });
     let name = format!("{desc}-{n}");
     let desc = desc.to_string();
-    LoggingContext::new(name).run(move || {
+    let ctx = LoggingContext::new(name);
+    ctx.set_metrics_name(&desc);
+    ctx.run(move || {
         maybe_deferred(f).then(move |r: Result<T, Failure>| match r {
             Ok(v) => Some(v),
             Err(failure) => {

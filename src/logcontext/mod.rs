@@ -81,8 +81,10 @@ pub(crate) mod context;
 mod helpers;
 mod instrument;
 mod logger;
+#[cfg(feature = "tracing")]
+mod spans;
 
-pub use accounting::{set_cpu_clock, ContextStats, CpuClock};
+pub use accounting::{context_totals, set_cpu_clock, ContextStats, ContextTotals, CpuClock};
 pub use context::{
     assert_sentinel, current_context, current_request_id, set_current_context, with_current_request_id,
     ContextScope, LoggingContext, PreserveLoggingContext,
@@ -93,4 +95,4 @@ pub use helpers::{
 pub use instrument::{InContext, InContextExt};
 pub use logger::ContextLogger;
 
-pub(crate) use context::{bind, Captured, Restore, Switcher};
+pub(crate) use context::{bind, Captured, RemoteContext, Restore, Switcher};

@@ -54,6 +54,7 @@ pub(crate) use threads::handle_for_thread;
 mod listen;
 mod looping_call;
 mod memory;
+mod metrics;
 mod protocol;
 mod stream;
 #[cfg(test)]
@@ -82,6 +83,7 @@ pub use lifecycle::{Phase, TriggerResult};
 pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
 pub use memory::MemoryTransport;
+pub use metrics::{Histogram, ReactorMetrics, ThreadPoolMetrics, TurnMetrics};
 pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
@@ -161,6 +163,10 @@ pub(crate) trait Source {
     /// so the protocol hears of it (`connection_lost`, `stop_protocol`). `Graceful` may
     /// finish on a later turn (a connection flushes first); `Abort` closes now.
     fn shut_down(self: Rc<Self>, how: Closing);
+    /// True for a stream connection (the reactor's metrics count them).
+    fn is_connection(&self) -> bool {
+        false
+    }
 }
 
 /// How [`Source::shut_down`] closes.
@@ -212,6 +218,8 @@ pub(crate) struct Inner {
     read_buf: RefCell<Vec<u8>>,
     /// Set by [`Reactor::stop_on_signals`].
     signals: RefCell<Option<signals::SignalWatch>>,
+    /// What the turns did ([`ReactorHandle::metrics`]).
+    metrics: metrics::Recorder,
 }
 
 /// How much a socket reads per system call.
@@ -242,6 +250,7 @@ impl Reactor {
             threads: threads::ReactorThreads::new(waker),
             read_buf: RefCell::new(vec![0; READ_SIZE]),
             signals: RefCell::new(None),
+            metrics: metrics::Recorder::new(),
         });
         inner.threads.register_for_current_thread();
         Ok(Reactor { handle: ReactorHandle { inner } })
@@ -657,6 +666,36 @@ impl ReactorHandle {
         self.inner.threads.set_pool_size(threads.max(1));
     }
 
+    /// The reactor's metrics now: per-turn histograms (tick time, calls, ready sources,
+    /// timer lateness) and counters since it was made, and gauges (timers, connections,
+    /// the thread pool, per-context totals) read now. See [`ReactorMetrics`];
+    /// [`ReactorMetrics::to_prometheus`] writes them for a `/metrics` endpoint.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use weft::Reactor;
+    ///
+    /// let reactor = Reactor::new().unwrap();
+    /// reactor.call_later(Duration::ZERO, || {});
+    /// reactor.call_later(Duration::from_secs(60), || {});
+    /// reactor.iterate(Some(Duration::ZERO)).unwrap();
+    /// let m = reactor.metrics();
+    /// assert_eq!((m.turns, m.last_turn.calls, m.pending_timers), (1, 1, 1));
+    /// ```
+    pub fn metrics(&self) -> ReactorMetrics {
+        let inner = &*self.inner;
+        let (sources, open_connections) = {
+            let sources = inner.sources.borrow();
+            (sources.len(), sources.iter().filter(|(_, s)| s.source.is_connection()).count())
+        };
+        inner.metrics.snapshot(metrics::Gauges {
+            pending_timers: inner.timers.len(),
+            open_connections,
+            sources,
+            thread_pool: inner.threads.pool_metrics(),
+        })
+    }
+
     /// A handle that does not keep the reactor alive.
     pub fn downgrade(&self) -> WeakReactorHandle {
         WeakReactorHandle { inner: Rc::downgrade(&self.inner) }
@@ -680,33 +719,40 @@ impl ReactorHandle {
                 (a, b) => a.or(b),
             }
         };
-        self.poll_and_dispatch(timeout)?;
+        let (woke, ready) = self.poll_and_dispatch(timeout)?;
         let now = inner.timers.now();
+        let late = inner.timers.next_deadline().filter(|at| *at <= now).map(|at| now - at);
+        let mut calls = 0;
         while let Some(call) = inner.timers.pop_due(now) {
             guarded("timer", call);
+            calls += 1;
         }
         inner.timers.shrink_if_sparse(now);
         if inner.dispatching.get() == 0 {
             self.shrink_sources_if_sparse(now);
         }
         let batch = std::mem::take(&mut *inner.soon.borrow_mut());
+        calls += batch.len();
         for call in batch {
             guarded("call_soon", call);
         }
         if inner.lifecycle.stage() == Stage::Stopping {
             self.advance_shutdown();
         }
+        inner.metrics.end_turn(woke, ready, calls, late);
         Ok(())
     }
 
     /// Waits up to `timeout` and dispatches the events; while a wait fills the event
     /// buffer, waits again without blocking (at most [`MAX_POLLS_PER_TURN`] times), so
-    /// nothing ready is left behind unseen.
-    fn poll_and_dispatch(&self, timeout: Option<Duration>) -> io::Result<()> {
+    /// nothing ready is left behind unseen. Returns when the first wait returned and how
+    /// many events were dispatched (for the metrics).
+    fn poll_and_dispatch(&self, timeout: Option<Duration>) -> io::Result<(Instant, usize)> {
         let inner = &*self.inner;
         let mut events = std::mem::take(&mut *inner.events.borrow_mut());
         let mut wait = timeout;
         let mut result = Ok(());
+        let (mut woke, mut ready) = (None, 0);
         inner.dispatching.set(inner.dispatching.get() + 1);
         for _ in 0..MAX_POLLS_PER_TURN {
             events.clear();
@@ -718,8 +764,10 @@ impl ReactorHandle {
                 }
             };
             inner.events_left.set(full);
-            for ready in events.drain(..) {
-                self.dispatch(ready);
+            woke.get_or_insert_with(Instant::now);
+            ready += events.len();
+            for event in events.drain(..) {
+                self.dispatch(event);
             }
             if !full {
                 break;
@@ -728,13 +776,13 @@ impl ReactorHandle {
         }
         inner.dispatching.set(inner.dispatching.get() - 1);
         *inner.events.borrow_mut() = events;
-        result
+        result.map(|()| (woke.unwrap_or_else(Instant::now), ready))
     }
 
     fn dispatch(&self, ready: Ready) {
         let inner = &*self.inner;
         match ready {
-            Ready::Wake => inner.threads.drain(self),
+            Ready::Wake => inner.metrics.thread_calls(inner.threads.drain(self)),
             Ready::Alarm => {
                 if let Some(alarm) = inner.timers.alarm() {
                     alarm.fired();

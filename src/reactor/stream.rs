@@ -1042,6 +1042,10 @@ impl Transport {
 }
 
 impl Source for Conn {
+    fn is_connection(&self) -> bool {
+        true
+    }
+
     fn ready(self: Rc<Self>, r: Readiness) {
         if self.closed.get() {
             return;

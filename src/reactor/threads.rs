@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 
 use super::poll::Waker;
 use super::{guarded, ReactorHandle};
-use crate::logcontext::{current_context, ContextStats, LoggingContext};
+use crate::logcontext::{current_context, ContextStats, LoggingContext, RemoteContext};
 use crate::{Deferred, Failure};
 
 /// A `Send + Sync` handle through which other threads hand work to the reactor thread
@@ -128,7 +128,11 @@ struct ThreadShared {
     queue: Mutex<VecDeque<Msg>>,
     waker: Waker,
     closed: AtomicBool,
+    /// Run on the reactor thread when the reactor is dropped ([`ThreadHandle::on_close`]).
+    on_close: Mutex<Vec<CloseHook>>,
 }
+
+type CloseHook = Box<dyn FnOnce() + Send>;
 
 impl ThreadShared {
     fn post(&self, msg: Msg) -> Result<(), ReactorClosedError> {
@@ -171,6 +175,25 @@ impl ThreadHandle {
     pub fn stop(&self) -> Result<(), ReactorClosedError> {
         self.shared.post(Msg::Stop)
     }
+
+    /// Runs `hook` on the reactor thread when the reactor is dropped, for bridges that
+    /// keep per-reactor state elsewhere (`compat::tokio`); hands it back if the reactor
+    /// is gone already.
+    #[allow(dead_code)] // Only the optional bridges use it.
+    pub(crate) fn on_close(&self, hook: CloseHook) -> Result<(), CloseHook> {
+        let mut hooks = lock(&self.shared.on_close);
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(hook);
+        }
+        hooks.push(hook);
+        Ok(())
+    }
+
+    /// Identifies the reactor this handle reaches (stable while the reactor exists).
+    #[allow(dead_code)] // Only the optional bridges use it.
+    pub(crate) fn reactor_id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
 }
 
 impl fmt::Debug for ThreadHandle {
@@ -207,8 +230,8 @@ struct PoolState {
 struct Job {
     id: u64,
     work: Box<dyn FnOnce() -> JobResult + Send>,
-    /// The name of the caller's log context, if it had one.
-    context: Option<String>,
+    /// The caller's log context (its name, and its span with `tracing`), if it had one.
+    context: Option<RemoteContext>,
 }
 
 impl ReactorThreads {
@@ -218,6 +241,7 @@ impl ReactorThreads {
                 queue: Mutex::new(VecDeque::new()),
                 waker,
                 closed: AtomicBool::new(false),
+                on_close: Mutex::new(Vec::new()),
             }),
             pool: RefCell::new(None),
             pool_size: Cell::new(4),
@@ -255,9 +279,17 @@ impl ReactorThreads {
         }
     }
 
-    /// Refuses further calls from other threads (the reactor is going away).
+    /// Refuses further calls from other threads (the reactor is going away), and runs
+    /// the close hooks.
     pub(crate) fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
+        let hooks = {
+            let mut hooks = lock(&self.shared.on_close);
+            self.shared.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *hooks)
+        };
+        for hook in hooks {
+            guarded("a reactor close hook", hook);
+        }
     }
 
     pub(crate) fn has_pending(&self) -> bool {
@@ -268,9 +300,11 @@ impl ReactorThreads {
         self.pool_size.set(n);
     }
 
-    /// Runs everything other threads queued, in order (on the waker's event).
-    pub(crate) fn drain(&self, reactor: &ReactorHandle) {
+    /// Runs everything other threads queued, in order (on the waker's event); returns
+    /// how many messages there were.
+    pub(crate) fn drain(&self, reactor: &ReactorHandle) -> usize {
         let msgs = std::mem::take(&mut *lock(&self.shared.queue));
+        let n = msgs.len();
         for msg in msgs {
             match msg {
                 Msg::Call(f) => {
@@ -291,6 +325,24 @@ impl ReactorThreads {
                     }
                 }
             }
+        }
+        n
+    }
+
+    /// The pool's queue and threads, for the reactor's metrics.
+    pub(crate) fn pool_metrics(&self) -> super::ThreadPoolMetrics {
+        let max_threads = self.pool_size.get();
+        let pool = self.pool.borrow();
+        let Some(p) = pool.as_ref() else {
+            return super::ThreadPoolMetrics { max_threads, ..Default::default() };
+        };
+        let st = lock(&p.shared.state);
+        let threads = p.threads.len();
+        super::ThreadPoolMetrics {
+            queued: st.jobs.len(),
+            busy: threads.saturating_sub(st.idle),
+            threads,
+            max_threads,
         }
     }
 
@@ -341,7 +393,7 @@ impl ReactorThreads {
             }
         });
         let context = current_context();
-        let name = (!context.is_sentinel()).then(|| context.name().to_string());
+        let name = RemoteContext::capture();
         self.completers
             .borrow_mut()
             .insert(id, Pending { complete, context, token: token.clone(), location });
@@ -408,7 +460,7 @@ impl ReactorThreads {
                 }
             }
         }
-        self.drain(reactor);
+        let _ = self.drain(reactor);
         let left: Vec<_> = self.completers.borrow_mut().drain().collect();
         for (_, p) in left {
             let complete = p.complete;
@@ -448,16 +500,12 @@ fn worker(pool: Arc<PoolShared>, out: Arc<ThreadShared>) {
 
 /// Runs a job on a pool thread, inside a log context named after the caller's (if it
 /// had one), and measures what that context used.
-fn run_job(work: Box<dyn FnOnce() -> JobResult + Send>, context: Option<String>) -> JobDone {
-    let Some(name) = context else {
+fn run_job(work: Box<dyn FnOnce() -> JobResult + Send>, context: Option<RemoteContext>) -> JobDone {
+    let Some(remote) = context else {
         return JobDone { outcome: catch_unwind(AssertUnwindSafe(work)), stats: ContextStats::default() };
     };
-    let ctx = LoggingContext::new(name);
-    let outcome = {
-        let _scope = ctx.enter();
-        catch_unwind(AssertUnwindSafe(work))
-    };
-    JobDone { outcome, stats: ctx.stats() }
+    let (outcome, stats) = remote.run(|| catch_unwind(AssertUnwindSafe(work)));
+    JobDone { outcome, stats }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -219,6 +219,40 @@ impl<T: 'static> DeferredQueue<T> {
     pub fn waiting_putters(&self) -> usize {
         self.inner.putters.borrow().len()
     }
+
+    /// The queue's items as a `futures` `Stream` (feature `futures`): each item is taken
+    /// with a [`get`](Self::get) when the stream is polled. See
+    /// [`QueueStream`](crate::compat::futures::QueueStream).
+    #[cfg(feature = "futures")]
+    pub fn stream(&self) -> crate::compat::futures::QueueStream<T> {
+        crate::compat::futures::QueueStream::new(self.clone())
+    }
+
+    /// A `futures` `Sink` that puts items into the queue, waiting for room (feature
+    /// `futures`). See [`QueueSink`](crate::compat::futures::QueueSink).
+    #[cfg(feature = "futures")]
+    pub fn sink(&self) -> crate::compat::futures::QueueSink<T> {
+        crate::compat::futures::QueueSink::new(self.clone())
+    }
+
+    /// Puts back an item a getter took but could not hand on (a dropped stream): to the
+    /// first waiting getter, or at the front of the queue, even past its size (the item
+    /// had its room before).
+    #[cfg(feature = "futures")]
+    pub(crate) fn give_back(&self, item: T) {
+        let mut item = item;
+        loop {
+            let getter = self.inner.getters.borrow_mut().pop_front();
+            match getter {
+                Some(g) => match g.callback(item) {
+                    Ok(()) => return,
+                    Err(e) => item = e.into_inner(),
+                },
+                None => break,
+            }
+        }
+        self.inner.items.borrow_mut().push_front(item);
+    }
 }
 
 impl<T: 'static> QueueInner<T> {

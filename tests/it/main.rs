@@ -11,11 +11,14 @@ mod embed_epoll;
 mod embed_tokio;
 mod flow_control;
 mod future;
+#[cfg(feature = "futures")]
+mod futures_interop;
 mod leaks;
 mod line_receiver;
 mod listen;
 mod logcontext;
 mod memory_transport;
+mod metrics;
 mod observable;
 mod protocols_tcp;
 mod reactor;
@@ -28,6 +31,10 @@ mod threads;
 mod time;
 #[cfg(feature = "tls")]
 mod tls;
+#[cfg(feature = "tokio")]
+mod tokio_bridge;
+#[cfg(feature = "tracing")]
+mod tracing_spans;
 mod transport;
 mod udp;
 mod web_cancel;
