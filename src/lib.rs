@@ -68,6 +68,7 @@
 //! | `twisted.web` `Site`, Synapse's servlets and `@cancellable` | [`web::Site`], [`web::Router`], [`future::cancellable`] |
 //! | Synapse `ResponseCache` | [`ResponseCache`] |
 //! | `basic.LineReceiver`, `Int32StringReceiver`, `NetstringReceiver` | [`protocols::LineReceiver`], [`protocols::IntNStringReceiver`], [`protocols::NetstringReceiver`] |
+//! | `listenSSL`, `connectSSL`, `transport.startTLS`, `TLSMemoryBIOFactory`, `negotiatedProtocol` (feature `tls`) | `ReactorHandle::listen_tls`, `ReactorHandle::connect_tls`, `Transport::start_tls`, `reactor::tls::TlsFactory`, `Transport::negotiated_protocol`; options in `reactor::tls` |
 //! | `adoptStreamPort`, `proto_helpers.StringTransport` | [`ReactorHandle::adopt_stream_port`], [`reactor::MemoryTransport`] |
 //! | `ensureDeferred`, `inlineCallbacks` | [`future::ensure_deferred`] over `async` blocks; a task cancelled while it awaits a non-Deferred future is aborted there (tokio's rule), or use [`future::interruptible`] |
 //! | `task.LoopingCall`, `.withCount`, `.reset`, `.interval = x` | [`reactor::LoopingCall`], [`LoopingCall::with_count`](reactor::LoopingCall::with_count), [`reset`](reactor::LoopingCall::reset), [`set_interval`](reactor::LoopingCall::set_interval); `start`'s Deferred fires with `()`, not the loop |

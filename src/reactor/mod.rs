@@ -61,6 +61,8 @@ mod stream;
 mod tests;
 mod threads;
 mod timers;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod udp;
 
 use crate::logcontext::{self, Captured, PreserveLoggingContext};

@@ -304,14 +304,7 @@ impl Transport {
 
     /// This end's address.
     pub fn get_host(&self) -> Address {
-        let io = self.conn.stream.borrow();
-        match &*io {
-            Some(Stream::Tcp(s)) => s.local_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
-            Some(Stream::Unix(s)) => {
-                Address::Unix(s.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
-            }
-            None => Address::Unix(None),
-        }
+        self.conn.stream.borrow().as_ref().map(Stream::host).unwrap_or(Address::Unix(None))
     }
 
     /// How many bytes are buffered, waiting for the socket.
@@ -406,41 +399,55 @@ impl WriteLimits {
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A TLS session over a TCP or Unix stream (`start_tls`): reads and writes are
+    /// plaintext, the socket carries TLS records (see `reactor/tls/`).
+    #[cfg(feature = "tls")]
+    Tls(Box<super::tls::TlsStream>),
 }
 
 impl Stream {
-    fn fd(&self) -> RawFd {
+    pub(super) fn fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket().fd(),
         }
     }
 
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(super) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.read(buf),
         }
     }
 
-    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+    pub(super) fn write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.write(buf),
         }
     }
 
-    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(super) fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => (&*s).write_vectored(bufs),
             Stream::Unix(s) => (&*s).write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.write_vectored(bufs),
         }
     }
 
-    fn shutdown_write(&self) -> io::Result<()> {
+    pub(super) fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket().shutdown_write(),
         }
     }
 
@@ -448,6 +455,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket().take_error(),
         }
     }
 
@@ -455,6 +464,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.peer_addr().map(drop),
             Stream::Unix(s) => s.peer_addr().map(drop),
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket().connected(),
         }
     }
 
@@ -464,8 +475,52 @@ impl Stream {
             Stream::Unix(s) => {
                 Address::Unix(s.peer_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
             }
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket().peer(),
         }
     }
+
+    fn host(&self) -> Address {
+        match self {
+            Stream::Tcp(s) => s.local_addr().map(Address::Tcp).unwrap_or(Address::Unix(None)),
+            Stream::Unix(s) => {
+                Address::Unix(s.local_addr().ok().and_then(|a| a.as_pathname().map(Into::into)))
+            }
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.socket().host(),
+        }
+    }
+
+    /// Input the stream holds that the socket no longer signals (a TLS layer's decrypted
+    /// bytes, or its end of stream, behind a short read): read again without an edge.
+    fn input_pending(&self) -> bool {
+        match self {
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.input_pending(),
+            _ => false,
+        }
+    }
+
+    /// Before the write side is shut or the socket closed: a TLS layer sends its
+    /// `close_notify` and its last records, and says `false` while some are still unsent.
+    fn ready_to_close(&self) -> io::Result<bool> {
+        match self {
+            #[cfg(feature = "tls")]
+            Stream::Tls(t) => t.ready_to_close(),
+            _ => Ok(true),
+        }
+    }
+}
+
+/// An I/O error as the reason a connection ends; a TLS error the TLS layer carried in
+/// it comes out as itself, so `connection_lost` can `downcast_ref::<TlsError>()`.
+fn io_failure(e: io::Error) -> Failure {
+    #[cfg(feature = "tls")]
+    let e = match super::tls::TlsError::from_io(e) {
+        Ok(tls) => return Failure::new(tls),
+        Err(e) => e,
+    };
+    Failure::new(e)
 }
 
 type OnConnect = Box<dyn FnOnce(&Rc<Conn>, Result<(), Failure>)>;
@@ -655,6 +710,16 @@ impl Conn {
         self.write_buf.borrow().len() - self.write_pos.get()
     }
 
+    fn input_pending(&self) -> bool {
+        self.stream.borrow().as_ref().is_some_and(Stream::input_pending)
+    }
+
+    /// See `Stream::ready_to_close`.
+    fn ready_to_close(&self) -> Result<bool, Failure> {
+        let r = self.stream.borrow().as_ref().map_or(Ok(true), Stream::ready_to_close);
+        r.map_err(io_failure)
+    }
+
     /// Writes `parts` in order: straight to the socket (one `writev`) if nothing is
     /// buffered, the rest into the buffer.
     fn write_parts(self: &Rc<Self>, parts: &[&[u8]]) {
@@ -680,7 +745,7 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        self.error.borrow_mut().get_or_insert_with(|| Failure::new(e));
+                        self.error.borrow_mut().get_or_insert_with(|| io_failure(e));
                         drop(guard);
                         self.schedule_check();
                         return;
@@ -747,7 +812,7 @@ impl Conn {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        self.error.borrow_mut().get_or_insert_with(|| Failure::new(e));
+                        self.error.borrow_mut().get_or_insert_with(|| io_failure(e));
                         break;
                     }
                 }
@@ -797,12 +862,12 @@ impl Conn {
                         self.with_protocol("data_received", |p| p.data_received(&buf[..n]));
                         // A short read emptied the kernel buffer: the next data brings a new
                         // edge, but an end of file already reported does not.
-                        n == READ_SIZE || self.eof_pending.get()
+                        n == READ_SIZE || self.eof_pending.get() || self.input_pending()
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
                     Err(e) => {
-                        self.error.borrow_mut().get_or_insert_with(|| Failure::new(e));
+                        self.error.borrow_mut().get_or_insert_with(|| io_failure(e));
                         false
                     }
                 }
@@ -829,6 +894,13 @@ impl Conn {
         if !drained {
             return;
         }
+        if self.disconnecting.get() || self.write_shut_requested.get() && !self.write_shut.get() {
+            match self.ready_to_close() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(f) => return self.close(f),
+            }
+        }
         if self.disconnecting.get() {
             let reason = self.lose_reason.borrow_mut().take();
             self.close(reason.unwrap_or_else(|| Failure::new(ConnectionDone)));
@@ -836,7 +908,7 @@ impl Conn {
             self.write_shut.set(true);
             let r = self.stream.borrow().as_ref().map(Stream::shutdown_write);
             if let Some(Err(e)) = r {
-                self.close(Failure::new(e));
+                self.close(io_failure(e));
             } else if self.read_closed.get() {
                 self.close(Failure::new(ConnectionDone));
             }
@@ -910,7 +982,7 @@ impl Conn {
 
 impl Conn {
     /// Reads (and then checks) from the call-soon queue, in the connection's context.
-    fn schedule_read(self: &Rc<Self>) {
+    pub(super) fn schedule_read(self: &Rc<Self>) {
         let Some(reactor) = self.reactor.upgrade() else { return };
         let conn = self.clone();
         reactor.call_soon_in(&self.ctx, move || {
@@ -920,7 +992,7 @@ impl Conn {
     }
 
     /// Runs `flush` and `check` from the call-soon queue (once however often asked).
-    fn schedule_check(self: &Rc<Self>) {
+    pub(super) fn schedule_check(self: &Rc<Self>) {
         if self.check_scheduled.replace(true) || self.closed.get() {
             return;
         }
@@ -931,6 +1003,41 @@ impl Conn {
             conn.flush();
             conn.check();
         });
+    }
+}
+
+/// What the TLS layer (`reactor/tls/`) needs of a connection.
+#[cfg(feature = "tls")]
+impl Conn {
+    /// Runs `f` on the stream; `None` once closed (or with no socket).
+    pub(super) fn with_stream<R>(&self, f: impl FnOnce(&Stream) -> R) -> Option<R> {
+        self.stream.borrow().as_ref().map(f)
+    }
+
+    /// Puts a layer over the stream (`start_tls`): `wrap` gets it and returns what
+    /// replaces it (the descriptor stays the same, so the registration holds). False, and
+    /// `wrap` not called, once closed (or with no socket).
+    pub(super) fn wrap_stream(&self, wrap: impl FnOnce(Stream) -> Stream) -> bool {
+        let mut stream = self.stream.borrow_mut();
+        let Some(plain) = stream.take() else { return false };
+        *stream = Some(wrap(plain));
+        true
+    }
+
+    /// The log context the connection's events run in.
+    pub(super) fn ctx(&self) -> &Captured {
+        &self.ctx
+    }
+
+    pub(super) fn reactor(&self) -> Option<ReactorHandle> {
+        self.reactor.upgrade()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Transport {
+    pub(super) fn conn(&self) -> &Rc<Conn> {
+        &self.conn
     }
 }
 
@@ -954,6 +1061,8 @@ impl Source for Conn {
         if r.read_closed || r.error {
             self.eof_pending.set(true);
         }
+        #[cfg(feature = "tls")]
+        super::tls::ready(&self);
         if r.writable || r.error {
             self.flush();
         }

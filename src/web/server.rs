@@ -222,8 +222,52 @@ impl Site {
     ///
     /// The OS error from binding or listening; `NotConnected` if the reactor is gone.
     pub fn listen_tcp(&self, addr: SocketAddr) -> io::Result<ListeningPort> {
+        self.listen_with(|reactor| reactor.listen_tcp(addr, self.clone(), false))
+    }
+
+    /// Serves the site over HTTPS on a TCP port (feature `tls`): as
+    /// [`listen_tcp`](Self::listen_tcp), with TLS on every connection, the server's
+    /// certificate and key from `tls`. ALPN offers only `http/1.1` (whatever `tls` set),
+    /// so a client that would speak HTTP/2 falls back to HTTP/1.1.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use weft::reactor::tls::TlsServerOptions;
+    /// use weft::web::{Request, Response, Router, Site};
+    /// use weft::Reactor;
+    ///
+    /// # let made = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    /// # let (cert_pem, key_pem) = (made.cert.pem(), made.signing_key.serialize_pem());
+    /// let tls = TlsServerOptions::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
+    /// let reactor = Reactor::new()?;
+    /// let router = Router::new().get("/hello", |_req: Request| Response::text("hello, world\n"));
+    /// let site = Site::new(&reactor, router);
+    /// let port = site.listen_tls("127.0.0.1:0".parse()?, &tls)?;
+    /// assert!(port.port().unwrap() > 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`listen_tcp`](Self::listen_tcp).
+    #[cfg(feature = "tls")]
+    pub fn listen_tls(
+        &self,
+        addr: SocketAddr,
+        tls: &crate::reactor::tls::TlsServerOptions,
+    ) -> io::Result<ListeningPort> {
+        let tls = tls.clone().with_alpn(["http/1.1"]);
+        self.listen_with(|reactor| reactor.listen_tls(addr, self.clone(), &tls, false))
+    }
+
+    /// Runs `listen` and keeps its port, to drain on shutdown.
+    fn listen_with(
+        &self,
+        listen: impl FnOnce(&ReactorHandle) -> io::Result<ListeningPort>,
+    ) -> io::Result<ListeningPort> {
         let reactor = self.shared.reactor().ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-        let port = reactor.listen_tcp(addr, self.clone(), false)?;
+        let port = listen(&reactor)?;
         self.shared.ports.borrow_mut().push(port.clone());
         if !self.shared.trigger_added.replace(true) {
             let site = self.clone();

@@ -29,6 +29,8 @@ mod sync;
 mod tcp;
 mod threads;
 mod time;
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(feature = "tokio")]
 mod tokio_bridge;
 #[cfg(feature = "tracing")]
