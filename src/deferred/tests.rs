@@ -1,5 +1,5 @@
 //! State-machine tests of the Deferred internals; behaviour through the public API is
-//! tested in `tests/it/deferred.rs`.
+//! tested in `tests/it/deferred_*.rs`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;

@@ -3,7 +3,14 @@
 
 mod cancellation;
 mod combinators;
-mod deferred;
+mod deferred_callbacks;
+mod deferred_cancel;
+mod deferred_canceller_chain;
+mod deferred_chaining;
+mod deferred_deep;
+mod deferred_drop;
+mod deferred_pause;
+mod deferred_reentrancy;
 mod logcontext;
 mod observable;
 mod reactor;
