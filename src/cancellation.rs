@@ -135,7 +135,9 @@ pub fn add_timeout<T: 'static>(d: &Deferred<T>, time: &dyn ReactorTime, timeout:
 ///
 /// The new Deferred fails with `TimeoutError` when the time is up even if `d` ignores
 /// the cancel. Cancelling the new Deferred cancels `d`, and that stays a
-/// `CancelledError`.
+/// `CancelledError`. The new Deferred owns `d` until it fires if `d` has a canceller
+/// (as [`then`](Deferred::then) owns its source), so such a `d` need not be kept
+/// elsewhere.
 ///
 /// ```
 /// use std::time::Duration;
@@ -153,9 +155,11 @@ pub fn timeout_deferred<T: 'static>(
     timeout: Duration,
     time: &dyn ReactorTime,
 ) -> Deferred<T> {
-    let inner = d.downgrade();
+    // The new Deferred owns a cancellable `d` until it fires, so a cancel reaches a `d`
+    // nobody else holds.
+    let inner = d.hold_as_source();
     let out: Deferred<T> = Deferred::with_canceller(move |_| {
-        if let Some(d) = inner.upgrade() {
+        if let Some(d) = inner.get() {
             d.cancel();
         }
     });

@@ -25,7 +25,8 @@ use crate::{Deferred, Failure};
 ///
 /// Cancelling the result cancels every member without a result; the first member's
 /// `CancelledError` comes back wrapped in a `FirstError` (unwrap it with
-/// [`unwrap_first_error`]).
+/// [`unwrap_first_error`]). The result owns the members until it settles, as a
+/// [`DeferredList`] does.
 #[must_use = "the gathered Deferred carries the values"]
 pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: bool) -> Deferred<Vec<T>> {
     DeferredList::new(members).fire_on_one_errback(true).consume_errors(consume_errors).into_deferred().map(

@@ -54,6 +54,11 @@ impl<T: 'static> CancelState<T> {
         }
     }
 
+    /// True if a cancel would run something here: a creator or layer canceller.
+    pub(super) fn has_cancellers(&self) -> bool {
+        self.canceller.is_some() || !self.layers.is_empty()
+    }
+
     /// Removes the layer cancellers whose callbacks have started; returns them so the
     /// caller drops them after releasing its borrow.
     pub(super) fn take_dead_layers(&mut self, consumed: u32) -> Vec<(u32, LayerCanceller)> {

@@ -509,6 +509,14 @@ impl<T: 'static> Deferred<T> {
     /// Deferred cancels this one. The result is moved into `f`; steps added to this
     /// Deferred afterwards get a [`ResultConsumedError`].
     ///
+    /// This one's chain owns the new Deferred until this point is reached, so callbacks
+    /// added to the new one run even if no handle to it is kept. If this one has a
+    /// canceller (or waits on another Deferred), the new one owns it in turn until it
+    /// fires, so cancelling the new one reaches this one even if no other handle to it
+    /// is kept; such a pair, if neither ever fires nor is cancelled, keeps both alive.
+    /// A source with no canceller is not owned: if its last other handle goes, it can
+    /// never fire, and is freed (and cancelling the new Deferred then just fails it).
+    ///
     /// ```
     /// let d = weft::Deferred::<u32>::new();
     /// // A closure returning a `Result` could mean `Deferred<Result<..>>` too: name the type.
@@ -522,10 +530,12 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<U>,
     {
-        let source = Rc::downgrade(&self.inner);
+        // The new Deferred owns a cancellable source until it fires (a fired Deferred
+        // drops its canceller), so a cancel reaches a source nobody else holds.
+        let source = self.hold_as_source();
         let out = Deferred::<U>::with_canceller(move |_| {
-            if let Some(source) = source.upgrade() {
-                Deferred::from_inner(source).cancel();
+            if let Some(source) = source.get() {
+                source.cancel();
             }
         });
         let target = out.clone();
@@ -865,5 +875,50 @@ impl<T: 'static> Deferred<T> {
     /// A weak handle to this Deferred.
     pub(crate) fn downgrade(&self) -> WeakDeferred<T> {
         WeakDeferred(Rc::downgrade(&self.inner))
+    }
+
+    /// How a Deferred built on this one (`then`, a combinator, a timeout) holds it for its
+    /// canceller: owned if cancelling it can do something beyond failing it (it has a
+    /// creator or layer canceller, or waits on another Deferred), reached weakly
+    /// otherwise.
+    ///
+    /// Owning is what lets a cancel reach a source nobody else holds (Twisted's
+    /// `DeferredList` keeps its list); the source's chain owns the new Deferred in turn,
+    /// so the two keep each other alive until the new one fires. A source with nothing
+    /// to stop is not owned: if every other handle to it goes, it can never fire and is
+    /// freed (with the new Deferred, if nothing else holds that), which is what lets an
+    /// orphaned chain (Synapse's log-context "garbage collection" case) free itself.
+    pub(crate) fn hold_as_source(&self) -> SourceHandle<T> {
+        let core = self.inner.core.borrow();
+        let cancellable = match &core.slot {
+            Slot::Pending => core.cancel.as_ref().is_some_and(|c| c.has_cancellers()),
+            Slot::Waiting(_) => true,
+            _ => false,
+        };
+        drop(core);
+        if cancellable {
+            SourceHandle::Owned(self.clone())
+        } else {
+            SourceHandle::Reached(self.downgrade())
+        }
+    }
+}
+
+/// A source as a Deferred built on it holds it (see [`Deferred::hold_as_source`]).
+pub(crate) enum SourceHandle<T: 'static> {
+    /// Owned until the Deferred built on it fires (its canceller is dropped then).
+    Owned(Deferred<T>),
+    /// Reached only while someone else holds it.
+    Reached(WeakDeferred<T>),
+}
+
+impl<T: 'static> SourceHandle<T> {
+    /// The source, unless it was not owned and has been freed: then it can never fire,
+    /// and a canceller treats it as cancelled.
+    pub(crate) fn get(&self) -> Option<Deferred<T>> {
+        match self {
+            SourceHandle::Owned(d) => Some(d.clone()),
+            SourceHandle::Reached(w) => w.upgrade(),
+        }
     }
 }

@@ -121,3 +121,17 @@ fn reverse_shield_converts_only_foreign_cancels() {
     mine.cancel();
     assert!(mine.take_result().unwrap().unwrap_err().check::<CancelledError>());
 }
+
+/// `timeout_deferred` owns its source until it settles: a cancel reaches a source the
+/// caller did not keep.
+#[test]
+fn timeout_deferred_cancel_reaches_a_source_the_caller_did_not_keep() {
+    let clock = Clock::new();
+    let d = timeout_deferred(
+        &Deferred::with_canceller(|d| d.callback(5u8).unwrap()),
+        Duration::from_secs(1),
+        &clock,
+    );
+    d.cancel();
+    assert_eq!(d.take_result().unwrap().unwrap(), 5);
+}

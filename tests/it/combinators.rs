@@ -138,3 +138,57 @@ fn cancelling_race_cancels_all() {
     let g = f.downcast_ref::<FailureGroup>().unwrap();
     assert!(g.failures.iter().all(|f| f.check::<CancelledError>()));
 }
+
+// ---------------------------------------------------------------------------------------
+// A combinator owns the members handed to it until it settles
+// ---------------------------------------------------------------------------------------
+
+/// A member that nobody else holds, whose canceller fires it with `value` (Twisted's
+/// `fakeCallbackCanceller`).
+fn fires_on_cancel(value: &'static str) -> Deferred<&'static str> {
+    Deferred::with_canceller(move |d| d.callback(value).unwrap())
+}
+
+/// TW test_defer.py DeferredListTests.test_cancelDeferredListCallback, with the members
+/// handed over: the list's cancel still reaches them, and the value a canceller supplies
+/// is in the result.
+#[test]
+fn cancelling_a_list_reaches_members_it_was_handed() {
+    let list = DeferredList::new(vec![fires_on_cancel("Callback Result"), Deferred::new()]).into_deferred();
+    list.cancel();
+    let r = all(&list);
+    assert_eq!(*r[0].as_ref().unwrap(), "Callback Result");
+    assert!(r[1].as_ref().unwrap_err().check::<CancelledError>());
+}
+
+/// TW test_defer.py GatherResultsTests.test_cancelGatherResultsWithAllDeferredsCallback,
+/// with the members handed over.
+#[test]
+fn cancelling_gather_reaches_members_it_was_handed() {
+    let g = gather_results(vec![fires_on_cancel("one"), fires_on_cancel("two")], false);
+    g.cancel();
+    assert_eq!(g.take_result().unwrap().unwrap(), ["one", "two"]);
+}
+
+/// TW test_defer.py RaceTests.test_cancel, with the members handed over: every member's
+/// canceller runs and the race fails with a `FailureGroup`, not a bare `CancelledError`.
+#[test]
+fn cancelling_a_race_reaches_members_it_was_handed() {
+    let cancelled = std::rc::Rc::new(std::cell::Cell::new(0));
+    let member =
+        |c: std::rc::Rc<std::cell::Cell<u32>>| Deferred::<u8>::with_canceller(move |_| c.set(c.get() + 1));
+    let r = race(vec![member(cancelled.clone()), member(cancelled.clone())]);
+    r.cancel();
+    assert_eq!(cancelled.get(), 2);
+    let f = r.take_result().unwrap().unwrap_err();
+    let group = f.downcast_ref::<FailureGroup>().unwrap_or_else(|| panic!("not a FailureGroup: {f}"));
+    assert!(group.failures.iter().all(|f| f.check::<CancelledError>()));
+}
+
+/// A race whose member's canceller supplies a value wins with that value.
+#[test]
+fn race_member_whose_canceller_fires_a_value_wins_the_cancelled_race() {
+    let r = race(vec![Deferred::new(), fires_on_cancel("late but here")]);
+    r.cancel();
+    assert_eq!(r.take_result().unwrap().unwrap(), (1, "late but here"));
+}

@@ -481,3 +481,13 @@ fn cancelling_a_mapped_deferred_waiting_on_an_inner_cancels_the_inner() {
     assert_eq!(trace.take(), ["inner creator"]);
     failure_result_of::<CancelledError, _>(&mapped);
 }
+
+/// The source of `map` is owned by the mapped Deferred until it settles: cancelling the
+/// mapped one reaches a source nobody else holds, and the source canceller's value goes
+/// through the mapping.
+#[test]
+fn cancelling_a_mapped_deferred_reaches_a_source_it_alone_holds() {
+    let doubled = Deferred::<u32>::with_canceller(|d| d.callback(21).unwrap()).map(|x| x * 2);
+    doubled.cancel();
+    assert_eq!(success_result_of(&doubled), 42);
+}
