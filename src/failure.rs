@@ -326,6 +326,23 @@ impl fmt::Display for ChainedToSelfError {
 
 impl Error for ChainedToSelfError {}
 
+/// A callback returned a Deferred that waits, directly or through others, on the
+/// Deferred running the callback: each would wait for the other forever.
+///
+/// The callback's result becomes this failure, which then goes down the chain (and on to
+/// every Deferred waiting on it) as usual. Twisted has no such check: the chains hang,
+/// and cancelling one overflows the stack.
+#[derive(Clone, Debug)]
+pub struct WaitCycleError;
+
+impl fmt::Display for WaitCycleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a callback returned a deferred that waits on the deferred running it")
+    }
+}
+
+impl Error for WaitCycleError {}
+
 /// `unpause` called on a Deferred that is not paused.
 #[derive(Clone, Debug)]
 pub struct NotPausedError;

@@ -64,6 +64,7 @@
 //! | `Failure`, `.check`, `.trap` | [`Failure`], [`Failure::check`], [`Failure::trap`] |
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
 //! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
+//! | a callback returning a Deferred that waits on the running one: hangs, `cancel` overflows | fails with [`WaitCycleError`] |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -83,7 +84,7 @@ pub mod sync;
 pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
 pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
-    ResultConsumedError, StringError,
+    ResultConsumedError, StringError, WaitCycleError,
 };
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 

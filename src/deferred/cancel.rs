@@ -11,7 +11,9 @@
 //!    arrived and is never lost to a cancel);
 //! 2. runs the live layer cancellers, newest first, dropping the dead ones;
 //! 3. passes the cancel on, as a missing callback passes a result on: to the Deferred this
-//!    one waits on if a callback returned one, otherwise to the creator's canceller;
+//!    one waits on if a callback returned one, otherwise to the creator's canceller (the
+//!    walk down waiting Deferreds cannot go round a ring: `wait_on` refuses to make one,
+//!    and a walk that comes back to a Deferred it passed fails that one instead);
 //! 4. if the Deferred still has no result, fails it with `CancelledError` and remembers to
 //!    ignore the responder's first late `callback`/`errback`.
 //!
@@ -21,6 +23,7 @@
 //! cancellation.
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::Rc;
@@ -216,7 +219,15 @@ impl<T: 'static> Deferred<T> {
         // Going down a chain of Deferreds that wait on one another is a loop, not
         // recursion: a cancel reaches the innermost one at any depth in constant stack.
         let mut current = self.clone();
+        let mut walk = Walk::new();
         while let Some(inner) = current.cancel_step(&err) {
+            if walk.revisits(&inner) {
+                // A ring of waiting Deferreds (which `wait_on` refuses to make): the walk
+                // would go round for ever. Fail this one, as if what it waits on were
+                // gone; its failure then comes back round the ring.
+                inner.inner.resume(Err(Failure::new(err.clone())));
+                return;
+            }
             current = inner;
         }
     }
@@ -281,6 +292,41 @@ impl<T: 'static> Deferred<T> {
     /// The id of the cancellation started by `cancel()` on this Deferred, if any.
     pub(crate) fn cancel_started_here(&self) -> Option<CancelId> {
         self.inner.core.borrow().cancel.as_ref().and_then(|c| c.started_here)
+    }
+}
+
+/// The Deferreds a cancel walk has passed, so that it can never go round a ring.
+///
+/// Nothing is recorded for the first [`Walk::FREE_STEPS`] steps, so ordinary walks cost
+/// a counter; past that, each Deferred passed is kept (alive, so that its address cannot
+/// be reused) and its address put in a set.
+struct Walk<T: 'static> {
+    steps: u32,
+    seen: Option<Seen<T>>,
+}
+
+/// The addresses a long walk passed, and handles keeping them alive.
+type Seen<T> = (HashSet<*const super::Inner<T>>, Vec<Deferred<T>>);
+
+impl<T: 'static> Walk<T> {
+    const FREE_STEPS: u32 = 64;
+
+    fn new() -> Self {
+        Walk { steps: 0, seen: None }
+    }
+
+    /// Records a step to `d`; true if the walk passed `d` before.
+    fn revisits(&mut self, d: &Deferred<T>) -> bool {
+        self.steps += 1;
+        if self.steps <= Self::FREE_STEPS {
+            return false;
+        }
+        let (seen, kept) = self.seen.get_or_insert_with(Default::default);
+        if !seen.insert(Rc::as_ptr(&d.inner)) {
+            return true;
+        }
+        kept.push(d.clone());
+        false
     }
 }
 

@@ -33,7 +33,9 @@ use std::rc::{Rc, Weak};
 
 use smallvec::SmallVec;
 
-use crate::failure::{AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError};
+use crate::failure::{
+    AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError, WaitCycleError,
+};
 use crate::logcontext::{Captured, Switcher};
 
 /// A single-threaded handle to a result that arrives later (Twisted's `Deferred`).
@@ -46,7 +48,10 @@ use crate::logcontext::{Captured, Switcher};
 /// the next errback. An errback can recover by returning a value; a callback can fail by
 /// returning `Err(failure)` (or by panicking: the panic becomes a Failure). A callback
 /// may also return another `Deferred<T>`: the chain then waits for it and goes on with
-/// its outcome. Callbacks added after the Deferred fired run at once.
+/// its outcome. Returning the Deferred the callback runs on fails the chain with
+/// [`ChainedToSelfError`](crate::ChainedToSelfError), and returning one that waits on it
+/// through others (a ring) with [`WaitCycleError`](crate::WaitCycleError), where Twisted
+/// would wait for ever. Callbacks added after the Deferred fired run at once.
 ///
 /// The value type stays `T` along one Deferred; [`then`](Self::then) and
 /// [`map`](Self::map) continue the chain in a new `Deferred<U>` linked to this one, so
@@ -636,6 +641,14 @@ impl<T: 'static> Inner<T> {
                 _ => unreachable!("matched above"),
             },
             Slot::Consumed if idle => return Some(Held::Result(Err(Failure::new(ResultConsumedError)))),
+            Slot::Waiting(next) => {
+                let next = next.clone();
+                drop(other);
+                if self.has_waiter() && waits_on(next, self) {
+                    return Some(Held::Result(Err(Failure::new(WaitCycleError))));
+                }
+                other = d.inner.core.borrow_mut();
+            }
             _ => {}
         }
         other.links.push(Some(Link::Continue(self.clone())));
@@ -658,6 +671,12 @@ impl<T: 'static> Inner<T> {
                 unreachable!("only resume touches a running slot")
             }
         }
+    }
+
+    /// True if a Deferred waits on this one (a continuation link is still to run).
+    fn has_waiter(&self) -> bool {
+        let core = self.core.borrow();
+        core.links[core.head as usize..].iter().any(|l| matches!(l, Some(Link::Continue(_))))
     }
 
     /// Starts the callback loop if it can run and is not running already.
@@ -687,6 +706,26 @@ impl<T: 'static> Inner<T> {
             }
         }
         self.kick();
+    }
+}
+
+/// True if following `Waiting` slots from the Deferred `next` reaches `target`.
+///
+/// Only a Deferred that has a waiter can close a cycle, and a running one is not
+/// `Waiting` itself, so [`Inner::wait_on`] calls this only when the Deferred a callback
+/// returned is waiting and the running one has a waiter: the walk costs one step per
+/// Deferred in the returned one's wait chain, and common chains never take it.
+fn waits_on<T: 'static>(mut next: Weak<Inner<T>>, target: &Rc<Inner<T>>) -> bool {
+    loop {
+        if std::ptr::eq(next.as_ptr(), Rc::as_ptr(target)) {
+            return true;
+        }
+        let Some(inner) = next.upgrade() else { return false };
+        let core = inner.core.borrow();
+        match &core.slot {
+            Slot::Waiting(w) => next = w.clone(),
+            _ => return false,
+        }
     }
 }
 

@@ -188,3 +188,29 @@ fn a_mapped_source_with_nothing_to_cancel_is_freed_with_its_last_other_handle() 
     drop(mapped);
     assert!(weak_mapped.upgrade().is_none());
 }
+
+/// `wait_on` refuses to make a ring of waiting Deferreds; if one existed anyway, a cancel
+/// walk must still end. Build the ring by hand and cancel into it.
+#[test]
+fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
+    let n = 3;
+    let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in 0..n {
+        let (me, next) = (&ds[i], &ds[(i + 1) % n]);
+        me.inner.core.borrow_mut().slot = Slot::Waiting(Rc::downgrade(&next.inner));
+        next.inner.core.borrow_mut().links.push(Some(Link::Continue(me.inner.clone())));
+    }
+    let outer = Deferred::<u32>::new();
+    let d0 = ds[0].clone();
+    outer.add_callback(move |_| d0);
+    outer.callback(0).unwrap();
+    outer.cancel();
+    // The ring member where the walk noticed the loop failed with the CancelledError,
+    // which went round the ring; `d0` handed it to the ring before its continuation to
+    // `outer`, which therefore gets a ResultConsumedError. What matters: it ended.
+    let f = outer.take_result().unwrap().unwrap_err();
+    assert!(f.check::<CancelledError>() || f.check::<ResultConsumedError>(), "{f}");
+    for d in &ds {
+        assert!(d.is_called() && !d.is_paused());
+    }
+}

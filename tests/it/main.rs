@@ -7,6 +7,7 @@ mod deferred_callbacks;
 mod deferred_cancel;
 mod deferred_canceller_chain;
 mod deferred_chaining;
+mod deferred_cycles;
 mod deferred_deep;
 mod deferred_drop;
 mod deferred_pause;
