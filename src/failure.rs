@@ -260,6 +260,13 @@ impl<V> AlreadyCalledError<V> {
     pub fn into_inner(self) -> V {
         self.value
     }
+
+    /// A reference to the value (or failure) that could not be delivered, for when the
+    /// error is inside a [`Failure`] (as after a
+    /// [`chain_deferred`](crate::Deferred::chain_deferred) into a fired target).
+    pub fn value(&self) -> &V {
+        &self.value
+    }
 }
 
 impl<V> fmt::Debug for AlreadyCalledError<V> {
@@ -274,7 +281,12 @@ impl<V> fmt::Display for AlreadyCalledError<V> {
     }
 }
 
-impl<V> Error for AlreadyCalledError<V> {}
+impl<V: 'static> Error for AlreadyCalledError<V> {
+    /// The failure that could not be delivered, if that is what it holds.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        (&self.value as &dyn Any).downcast_ref::<Failure>().map(Failure::as_error)
+    }
+}
 
 /// A panic inside a callback, caught and turned into a Failure.
 #[derive(Clone, Debug)]

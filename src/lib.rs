@@ -65,6 +65,8 @@
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
 //! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
 //! | a callback returning a Deferred that waits on the running one: hangs, `cancel` overflows | fails with [`WaitCycleError`] |
+//! | `chainDeferred` into a fired target: `AlreadyCalledError` in the source chain | the same, holding the undelivered result ([`AlreadyCalledError::value`]) |
+//! | `d.chainDeferred(d)`, a→b→a: reference cycles the garbage collector frees | the closing step holds its target weakly, so nothing leaks; fired, the same `AlreadyCalledError` |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
 #![deny(missing_docs)]
 #![deny(unsafe_code)]

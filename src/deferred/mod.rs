@@ -170,6 +170,18 @@ enum Link<T: 'static> {
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
+    /// `chain_deferred`: fire the target with the result.
+    Chain(ChainTarget<T>),
+}
+
+/// How a `chain_deferred` step holds its target.
+enum ChainTarget<T: 'static> {
+    /// Strongly, so a target nobody else holds still gets the result.
+    Owned(Rc<Inner<T>>),
+    /// Weakly: the target reaches this Deferred through strong links already (the step
+    /// closes a ring, or chains a Deferred to itself), so holding it would make a
+    /// reference cycle.
+    Reached(Weak<Inner<T>>),
 }
 
 /// Where the result is. One state at a time; comments say what cannot coexist with it.
@@ -494,18 +506,34 @@ impl<T: 'static> Deferred<T> {
     /// Sends this Deferred's outcome on to `other` (Twisted's `chainDeferred`): when this
     /// one reaches this point of its chain, `other` is fired with the result, which is
     /// moved there. Cancelling `other` does not cancel this Deferred, as in Twisted.
+    ///
+    /// If `other` has already fired by then, this chain fails with
+    /// [`AlreadyCalledError`] holding what could not be delivered (an
+    /// `AlreadyCalledError<T>` for a value, `AlreadyCalledError<Failure>` for a failure;
+    /// see [`AlreadyCalledError::value`]), as in Twisted, where `other.callback` raises
+    /// inside this chain. The one exception is the first fire after `other` was
+    /// cancelled, which is ignored (see [`callback`](Self::callback)).
+    ///
+    /// # Ownership and rings
+    ///
+    /// This Deferred's chain owns `other` until the step runs, so callbacks added to
+    /// `other` run even if no handle to it is kept. If `other` already reaches this
+    /// Deferred through such steps or through Deferreds waiting on one another (a ring:
+    /// `d.chain_deferred(&d)`, or `a.chain_deferred(&b)` after `b.chain_deferred(&a)`),
+    /// the step holds `other` weakly instead, so the ring is no reference cycle: once
+    /// nothing outside holds them, its Deferreds are freed (and a failure one of them
+    /// holds is reported as unhandled). Such a step whose target was freed leaves the
+    /// result here. Fired, a ring behaves as in Twisted: `d.chain_deferred(&d)` fails
+    /// `d`'s chain with `AlreadyCalledError`. The ring check looks at most 64 Deferreds
+    /// deep; a ring longer than that made only of `chain_deferred` steps and waiting
+    /// Deferreds keeps itself alive until it fires.
     pub fn chain_deferred(&self, other: &Deferred<T>) -> &Self {
-        let other = other.clone();
-        self.push_call(Box::new(move |r| {
-            if let Err(next) = other.fire(Next::Ready(r)) {
-                if let Next::Ready(Err(f)) = next {
-                    log::error!("chain_deferred: target already called; dropping failure: {f}");
-                } else {
-                    log::error!("chain_deferred: target already called; dropping its value");
-                }
-            }
-            Next::Consumed
-        }));
+        let target = if reaches(&other.inner, &self.inner) {
+            ChainTarget::Reached(Rc::downgrade(&other.inner))
+        } else {
+            ChainTarget::Owned(other.inner.clone())
+        };
+        self.push(Link::Chain(target));
         self
     }
 
@@ -709,6 +737,35 @@ impl<T: 'static> Inner<T> {
     }
 }
 
+/// How many Deferreds [`reaches`] looks at before it gives up (and answers no).
+const RING_CHECK_LIMIT: usize = 64;
+
+/// True if `from` reaches `to` through the strong links of pending steps
+/// (`chain_deferred` targets and waiting Deferreds), looking at most
+/// [`RING_CHECK_LIMIT`] Deferreds deep.
+fn reaches<T: 'static>(from: &Rc<Inner<T>>, to: &Rc<Inner<T>>) -> bool {
+    let mut stack: SmallVec<[Rc<Inner<T>>; 4]> = SmallVec::new();
+    stack.push(from.clone());
+    let mut looked = 0;
+    while let Some(d) = stack.pop() {
+        if Rc::ptr_eq(&d, to) {
+            return true;
+        }
+        looked += 1;
+        if looked > RING_CHECK_LIMIT {
+            return false;
+        }
+        let core = d.core.borrow();
+        for link in core.links[core.head as usize..].iter().flatten() {
+            match link {
+                Link::Continue(next) | Link::Chain(ChainTarget::Owned(next)) => stack.push(next.clone()),
+                Link::Call(..) | Link::Chain(ChainTarget::Reached(_)) => {}
+            }
+        }
+    }
+    false
+}
+
 /// True if following `Waiting` slots from the Deferred `next` reaches `target`.
 ///
 /// Only a Deferred that has a waiter can close a cycle, and a running one is not
@@ -799,9 +856,28 @@ impl<T: 'static> Inner<T> {
                     outer.resume(held.into_input());
                     held = Held::Consumed;
                 }
+                Some(Link::Chain(target)) => held = chain_to(target, held.into_input()),
                 None => unreachable!("a link runs once"),
             }
         }
+    }
+}
+
+/// A `chain_deferred` step: fires the target with `input`; what this chain goes on with.
+fn chain_to<T: 'static>(target: ChainTarget<T>, input: Result<T, Failure>) -> Held<T> {
+    let target = match target {
+        ChainTarget::Owned(t) => t,
+        ChainTarget::Reached(w) => match w.upgrade() {
+            Some(t) => t,
+            // Freed: nobody can see the target's outcome, so the result stays here.
+            None => return Held::Result(input),
+        },
+    };
+    match Deferred::from_inner(target).fire(Next::Ready(input)) {
+        Ok(()) => Held::Consumed,
+        Err(Next::Ready(Ok(v))) => Held::Result(Err(Failure::new(AlreadyCalledError::new(v)))),
+        Err(Next::Ready(Err(f))) => Held::Result(Err(Failure::new(AlreadyCalledError::new(f)))),
+        Err(_) => unreachable!("fire hands back what it was given"),
     }
 }
 

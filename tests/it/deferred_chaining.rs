@@ -8,7 +8,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use weft::{
-    fail, succeed, CancelledError, ChainedToSelfError, Deferred, Failure, PanicError, ResultConsumedError,
+    fail, succeed, AlreadyCalledError, CancelledError, ChainedToSelfError, Deferred, Failure, PanicError,
+    ResultConsumedError,
 };
 
 use crate::support::{
@@ -490,4 +491,28 @@ fn cancelling_a_mapped_deferred_reaches_a_source_it_alone_holds() {
     let doubled = Deferred::<u32>::with_canceller(|d| d.callback(21).unwrap()).map(|x| x * 2);
     doubled.cancel();
     assert_eq!(success_result_of(&doubled), 42);
+}
+
+/// `chain_deferred` into a target that has already fired fails the source's chain with
+/// `AlreadyCalledError`, as Twisted's `d1.addCallbacks(d2.callback, d2.errback)` does;
+/// the error hands back what could not be delivered.
+#[test]
+fn chain_deferred_into_a_fired_target_fails_the_source_chain() {
+    let (a, b) = (Deferred::<i32>::new(), Deferred::<i32>::new());
+    a.chain_deferred(&b);
+    b.callback(1).unwrap();
+    let ((), errors) = logs::errors_during(|| a.callback(2).unwrap());
+    assert!(errors.is_empty(), "{errors:?}");
+    let f = failure_result_of::<AlreadyCalledError<i32>, _>(&a);
+    assert_eq!(*f.downcast_ref::<AlreadyCalledError<i32>>().unwrap().value(), 2);
+    assert_eq!(success_result_of(&b), 1);
+
+    let (a, b) = (Deferred::<i32>::new(), Deferred::<i32>::new());
+    a.chain_deferred(&b);
+    b.callback(1).unwrap();
+    a.errback(GenericError("undeliverable")).unwrap();
+    let f = failure_result_of::<AlreadyCalledError<Failure>, _>(&a);
+    let original = f.downcast_ref::<AlreadyCalledError<Failure>>().unwrap().value();
+    assert!(original.check::<GenericError>());
+    let _ = b.take_result();
 }

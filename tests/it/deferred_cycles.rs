@@ -1,11 +1,13 @@
 //! Cycles between Deferreds: a chain that would wait on itself through others fails
 //! where the cycle is made, and no cancel walk or reference cycle outlives it.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use weft::{CancelledError, Deferred, WaitCycleError};
+use weft::{AlreadyCalledError, CancelledError, Deferred, WaitCycleError};
 
-use crate::support::{failure_result_of, logs};
+use crate::support::{failure_result_of, logs, DropCount, GenericError};
 
 /// Deferreds `ds[i]` whose first callback returns `ds[(i + 1) % n]`: a ring.
 fn ring(n: usize) -> Vec<Deferred<u32>> {
@@ -93,4 +95,80 @@ fn cancel_of_an_open_ring_reaches_its_end() {
     for d in &ds[1..] {
         assert!(d.is_called() && !d.has_result());
     }
+}
+
+/// `d.chain_deferred(&d)`: as in Twisted, the step fires `d` from inside its own chain,
+/// which fails with `AlreadyCalledError` holding the result; and it keeps no reference
+/// to `d`, so an unfired `d` is freed with its last handle.
+#[test]
+fn chain_deferred_to_itself_fails_the_chain_and_keeps_no_reference() {
+    let d: Deferred<u32> = Deferred::new();
+    d.chain_deferred(&d);
+    d.callback(5).unwrap();
+    let f = failure_result_of::<AlreadyCalledError<u32>, _>(&d);
+    assert_eq!(*f.downcast_ref::<AlreadyCalledError<u32>>().unwrap().value(), 5);
+
+    let drops = Rc::new(Cell::new(0));
+    let d: Deferred<u32> = Deferred::new();
+    let counted = DropCount(drops.clone());
+    d.add_callback(move |x| {
+        let _keep = &counted;
+        x
+    });
+    d.chain_deferred(&d);
+    drop(d);
+    assert_eq!(drops.get(), 1, "the unfired Deferred was freed");
+}
+
+/// a→b→a: when either is dropped by everyone outside, the pair is freed, and a failure
+/// one of them holds is reported.
+#[test]
+fn chain_deferred_ring_is_freed_and_its_unhandled_failure_reported() {
+    let drops = Rc::new(Cell::new(0));
+    let (a, b) = (Deferred::<u32>::new(), Deferred::<u32>::new());
+    let counted = DropCount(drops.clone());
+    b.add_callback(move |x| {
+        let _keep = &counted;
+        x
+    });
+    a.chain_deferred(&b);
+    b.chain_deferred(&a);
+    a.pause();
+    a.errback(GenericError("held by a paused ring")).unwrap();
+    let ((), errors) = logs::errors_during(|| drop((a, b)));
+    assert_eq!(drops.get(), 1, "both were freed");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("held by a paused ring"), "{errors:?}");
+}
+
+/// A three-link ring of chain_deferred is freed too.
+#[test]
+fn longer_chain_deferred_ring_is_freed() {
+    let drops = Rc::new(Cell::new(0));
+    let ds: Vec<Deferred<u32>> = (0..3).map(|_| Deferred::new()).collect();
+    for d in &ds {
+        let counted = DropCount(drops.clone());
+        d.add_callback(move |x| {
+            let _keep = &counted;
+            x
+        });
+    }
+    for i in 0..3 {
+        ds[i].chain_deferred(&ds[(i + 1) % 3]);
+    }
+    drop(ds);
+    assert_eq!(drops.get(), 3);
+}
+
+/// A fired ring behaves as Twisted's: a's result goes to b, whose chain fires a again,
+/// which is already called, so b's chain fails with `AlreadyCalledError`.
+#[test]
+fn fired_chain_deferred_ring_ends_in_already_called_error() {
+    let (a, b) = (Deferred::<u32>::new(), Deferred::<u32>::new());
+    a.chain_deferred(&b);
+    b.chain_deferred(&a);
+    a.callback(3).unwrap();
+    assert!(a.is_called() && !a.has_result(), "a's result moved to b");
+    let f = failure_result_of::<AlreadyCalledError<u32>, _>(&b);
+    assert_eq!(*f.downcast_ref::<AlreadyCalledError<u32>>().unwrap().value(), 3);
 }
