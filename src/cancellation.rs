@@ -56,7 +56,9 @@ pub fn stop_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
 /// `delay_cancellation`): cancelling it never cancels `d`, and its `CancelledError` is
 /// delivered only once `d` has completed, so that work `d` stands for (and the log
 /// context it uses) is finished before the waiter moves on. `d`'s result is moved to the
-/// new Deferred unless the new one was cancelled, in which case `d` keeps it.
+/// new Deferred unless the new one was cancelled. In that case `d`'s outcome is consumed
+/// on the caller's behalf, as Synapse does: a value stays in `d`, and a failure stays
+/// too (later steps on `d` get it) but is never reported as unhandled.
 ///
 /// ```
 /// use weft::{delay_cancellation, CancelledError, Deferred};
@@ -84,7 +86,10 @@ pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
     d.add_both(move |r: Result<T, Failure>| -> Next<T> {
         if cancelled.get() {
             let _ = w.unpause();
-            Next::Ready(r)
+            match r {
+                Err(f) => Next::Handled(f),
+                ok => Next::Ready(ok),
+            }
         } else {
             let _ = w.fire(Next::Ready(r));
             Next::Consumed

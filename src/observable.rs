@@ -25,10 +25,11 @@ use crate::{Deferred, Failure};
 /// - Cancelling an observer fails that observer with `CancelledError` and detaches it;
 ///   the source and the other observers are not affected.
 /// - Observers added after the source fired get the outcome at once.
-/// - The source's own chain gets its result back unchanged, unless `consume_errors` is
-///   set and the result is a failure: then the failure is consumed there (it is not
-///   reported as unhandled by the source; steps added to the source later get a
-///   `ResultConsumedError`).
+/// - The source's own chain gets its result back unchanged. With `consume_errors`, a
+///   failure is consumed there on the caller's behalf: the source never reports it as
+///   unhandled (Synapse turns it into `None`; a typed chain has no value to give, so
+///   steps added to the source later get the failure itself). Each observer is a
+///   Deferred of its own and reports a failure nobody handled, as in Twisted.
 ///
 /// # Examples
 ///
@@ -76,7 +77,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 let _ = d.fire(Next::Ready(r.clone()));
             }
             match r {
-                Err(_) if consume_errors => Next::Consumed,
+                Err(f) if consume_errors => Next::Handled(f),
                 r => Next::Ready(r),
             }
         });

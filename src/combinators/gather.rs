@@ -6,7 +6,8 @@ use crate::{Deferred, Failure};
 /// Waits for every Deferred in `members` and fires with their values in order, or fails
 /// with a [`FirstError`] naming the first member to fail (Twisted's `gatherResults`).
 ///
-/// With `consume_errors`, member failures are consumed in the members' own chains.
+/// With `consume_errors`, member failures are consumed on the caller's behalf: never
+/// reported as unhandled by the members (see [`DeferredList`]'s `consume_errors`).
 ///
 /// ```
 /// use weft::{gather_results, succeed, Deferred, FirstError, Failure};

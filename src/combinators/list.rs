@@ -16,8 +16,11 @@ use crate::{Deferred, Failure};
 ///
 /// - `fire_on_one_callback`: fire with [`ListResult::One`] as soon as a member succeeds.
 /// - `fire_on_one_errback`: fail with a [`FirstError`] as soon as a member fails.
-/// - `consume_errors`: a member's failure is consumed in its own chain (not reported as
-///   unhandled there); otherwise the member keeps its failure, as in Twisted.
+/// - `consume_errors`: a member's failure is consumed on the caller's behalf: it is
+///   never reported as unhandled by the member. Twisted turns it into `None` in the
+///   member's chain; a typed chain has no value to give, so steps added to the member
+///   afterwards get the failure itself (marked handled). Without it the member keeps
+///   its failure, as in Twisted, and reports it if nothing handles it.
 ///
 /// A member's value is moved into the list: steps added to that member afterwards get a
 /// `ResultConsumedError`. Members that fire after the list has fired keep their results.
@@ -94,7 +97,7 @@ impl<T: 'static> DeferredList<T> {
         self
     }
 
-    /// Consume member failures in the members' own chains.
+    /// Consume member failures on the caller's behalf (see the type's docs).
     pub fn consume_errors(mut self, on: bool) -> Self {
         self.consume_errors = on;
         self
@@ -159,7 +162,7 @@ impl<T: 'static> ListState<T> {
         if out.is_called() {
             // The list already fired: the member keeps its result.
             return match r {
-                Err(_) if self.consume_errors => Next::Consumed,
+                Err(f) if self.consume_errors => Next::Handled(f),
                 r => Next::Ready(r),
             };
         }
@@ -172,7 +175,8 @@ impl<T: 'static> ListState<T> {
             }
             Ok(v) => (Ok(v), Next::Consumed),
             Err(f) => {
-                let back = if self.consume_errors { Next::Consumed } else { Next::Ready(Err(f.clone())) };
+                let back =
+                    if self.consume_errors { Next::Handled(f.clone()) } else { Next::Ready(Err(f.clone())) };
                 if self.fire_on_one_errback {
                     self.results.borrow_mut()[index] = Some(Err(f.clone()));
                     let _ = out.errback(FirstError { failure: f, index });

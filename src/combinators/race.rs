@@ -10,7 +10,9 @@ use crate::{Deferred, Failure};
 /// Fires with `(index, value)` of the first member to succeed and cancels the others
 /// (Twisted's `race`). If every member fails, fails with a [`FailureGroup`].
 ///
-/// Failures of members cancelled because another won are consumed.
+/// Failures of members that come after the race is decided (those cancelled because
+/// another won, for instance) are consumed on the caller's behalf: never reported as
+/// unhandled by the members (later steps on a member still get them).
 ///
 /// ```
 /// use weft::{race, Deferred};
@@ -76,7 +78,7 @@ impl<T: 'static> RaceState<T> {
         if self.won.get() || out.is_called() {
             return match r {
                 Ok(v) => Next::Ready(Ok(v)),
-                Err(_) => Next::Consumed,
+                Err(f) => Next::Handled(f),
             };
         }
         self.remaining.set(self.remaining.get() - 1);

@@ -35,8 +35,12 @@ use crate::logcontext::Captured;
 type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
-/// Cancellers and cancel bookkeeping of one Deferred; boxed and allocated on first use.
-pub(super) struct CancelState<T: 'static> {
+/// What few Deferreds need, boxed and allocated on first use: the cancellers and cancel
+/// bookkeeping (this file), and a failure handled on the caller's behalf.
+pub(super) struct Cold<T: 'static> {
+    /// The failure weft consumed on the caller's behalf (`Next::Handled`); the Deferred
+    /// does not report it as unhandled if it is dropped holding it.
+    pub(super) handled: Option<Failure>,
     /// The creator's canceller (Twisted's `Deferred(canceller)`); dropped once fired.
     pub(super) canceller: Option<Canceller<T>>,
     /// Layer cancellers with their positions, in the order added (positions ascend).
@@ -47,9 +51,10 @@ pub(super) struct CancelState<T: 'static> {
     started_here: Option<CancelId>,
 }
 
-impl<T: 'static> CancelState<T> {
-    fn new() -> Self {
-        CancelState {
+impl<T: 'static> Cold<T> {
+    pub(super) fn new() -> Self {
+        Cold {
+            handled: None,
             canceller: None,
             layers: Vec::new(),
             suppress_already_called: false,
@@ -120,11 +125,11 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(&Deferred<T>) + 'static,
     {
         let d = Deferred::new();
-        let mut state = Box::new(CancelState::new());
+        let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
         state.canceller = Some(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d))));
-        d.inner.core.borrow_mut().cancel = Some(state);
+        d.inner.core.borrow_mut().cold = Some(state);
         d
     }
 
@@ -160,8 +165,8 @@ impl<T: 'static> Deferred<T> {
         }
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        core.cancel
-            .get_or_insert_with(|| Box::new(CancelState::new()))
+        core.cold
+            .get_or_insert_with(|| Box::new(Cold::new()))
             .layers
             .push((position, Box::new(move |e: &CancelledError| captured.run(|| canceller(e)))));
         self
@@ -203,7 +208,7 @@ impl<T: 'static> Deferred<T> {
                     if !core.is_cancellable() {
                         return;
                     }
-                    core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).started_here = Some(id);
+                    core.cold.get_or_insert_with(|| Box::new(Cold::new())).started_here = Some(id);
                 }
                 let previous = CURRENT.with(|c| c.replace(Some((id, location))));
                 (CancelledError { id, location }, Some(CurrentGuard(previous)))
@@ -243,7 +248,7 @@ impl<T: 'static> Deferred<T> {
                 _ => return None,
             };
             let consumed = core.consumed();
-            match core.cancel.as_mut() {
+            match core.cold.as_mut() {
                 Some(c) => {
                     let dead = c.take_dead_layers(consumed);
                     (target, mem::take(&mut c.layers), dead)
@@ -264,7 +269,7 @@ impl<T: 'static> Deferred<T> {
                     if core.is_called() {
                         return None;
                     }
-                    core.cancel.as_mut().and_then(|c| c.canceller.take())
+                    core.cold.as_mut().and_then(|c| c.canceller.take())
                 };
                 if let Some(canceller) = canceller {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
@@ -275,8 +280,7 @@ impl<T: 'static> Deferred<T> {
                 if core.is_called() {
                     return None;
                 }
-                core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).suppress_already_called =
-                    true;
+                core.cold.get_or_insert_with(|| Box::new(Cold::new())).suppress_already_called = true;
                 drop(core);
                 let _ = self.fire(Next::Ready(Err(Failure::new(err.clone()))));
             }
@@ -291,7 +295,7 @@ impl<T: 'static> Deferred<T> {
 
     /// The id of the cancellation started by `cancel()` on this Deferred, if any.
     pub(crate) fn cancel_started_here(&self) -> Option<CancelId> {
-        self.inner.core.borrow().cancel.as_ref().and_then(|c| c.started_here)
+        self.inner.core.borrow().cold.as_ref().and_then(|c| c.started_here)
     }
 }
 

@@ -126,6 +126,10 @@ pub enum Next<T: 'static> {
     Wait(Deferred<T>),
     /// The result was moved somewhere else (`then`, `chain_deferred`).
     Consumed,
+    /// A failure that weft consumed on the caller's behalf (a combinator's or
+    /// `ObservableDeferred`'s `consume_errors`, `delay_cancellation`): later steps get it
+    /// as usual, but this Deferred does not report it as unhandled.
+    Handled(crate::Failure),
 }
 
 impl<T: 'static> sealed::Sealed<T> for T {}
@@ -217,7 +221,7 @@ struct Core<T: 'static> {
     /// A callback loop is on the stack (or queued) for this Deferred.
     running: bool,
     /// Cancellers and cancel bookkeeping, allocated only when used.
-    cancel: Option<Box<cancel::CancelState<T>>>,
+    cold: Option<Box<cancel::Cold<T>>>,
 }
 
 impl<T: 'static> Core<T> {
@@ -254,7 +258,7 @@ impl<T: 'static> Core<T> {
                 self.links.clear();
             }
         }
-        let cancel = self.cancel.as_mut()?;
+        let cancel = self.cold.as_mut()?;
         let consumed = self.base + self.head;
         Some(cancel.take_dead_layers(consumed))
     }
@@ -264,6 +268,22 @@ impl<T: 'static> Core<T> {
     /// that result first).
     fn has_final_result(&self) -> bool {
         matches!(self.slot, Slot::Ready(_)) && self.paused == 0 && !self.has_links_to_run()
+    }
+
+    /// The cold part, allocated on first use.
+    fn cold_mut(&mut self) -> &mut cancel::Cold<T> {
+        self.cold.get_or_insert_with(|| Box::new(cancel::Cold::new()))
+    }
+
+    /// True if `f`, the failure this Deferred ends with, is to be reported when it is
+    /// dropped: not a `ResultConsumedError` (the result it stands for went somewhere that
+    /// handles it), and not a failure weft consumed on the caller's behalf here.
+    fn is_unhandled(&self, f: &Failure) -> bool {
+        if f.check::<ResultConsumedError>() {
+            return false;
+        }
+        let handled = self.cold.as_ref().and_then(|c| c.handled.as_ref());
+        !handled.is_some_and(|h| Failure::ptr_eq(h, f))
     }
 
     /// True if a callback loop should start now.
@@ -288,7 +308,7 @@ impl<T: 'static> Deferred<T> {
                     base: 0,
                     paused: 0,
                     running: false,
-                    cancel: None,
+                    cold: None,
                 }),
             }),
         }
@@ -413,7 +433,7 @@ impl<T: 'static> Deferred<T> {
         let _unused_canceller = {
             let mut core = self.inner.core.borrow_mut();
             if core.is_called() {
-                if let Some(c) = core.cancel.as_mut() {
+                if let Some(c) = core.cold.as_mut() {
                     if mem::take(&mut c.suppress_already_called) {
                         return Ok(());
                     }
@@ -423,7 +443,7 @@ impl<T: 'static> Deferred<T> {
             core.slot = Slot::Running;
             // The creator's canceller is of no use once there is a result; it is dropped
             // at the end of this function, outside the borrow.
-            core.cancel.as_mut().and_then(|c| c.canceller.take())
+            core.cold.as_mut().and_then(|c| c.canceller.take())
         };
         self.inner.settle(next);
         self.inner.kick();
@@ -652,7 +672,17 @@ impl<T: 'static> Inner<T> {
             Next::Ready(r) => Some(Held::Result(r)),
             Next::Consumed => Some(Held::Consumed),
             Next::Wait(d) => self.wait_on(d),
+            Next::Handled(f) => Some(self.mark_handled(f)),
         }
+    }
+
+    /// The `Next::Handled` case of [`absorb`](Self::absorb): remembers `f` as handled here.
+    #[cold]
+    #[inline(never)]
+    fn mark_handled(&self, f: Failure) -> Held<T> {
+        let previous = self.core.borrow_mut().cold_mut().handled.replace(f.clone());
+        drop(previous);
+        Held::Result(Err(f))
     }
 
     /// The `Next::Wait` case of [`absorb`](Self::absorb).
@@ -885,14 +915,16 @@ impl<T: 'static> Drop for Inner<T> {
     fn drop(&mut self) {
         let core = self.core.get_mut();
         if let Slot::Ready(Err(f)) = &core.slot {
-            log::error!("Unhandled error in Deferred: {f}");
+            if core.is_unhandled(f) {
+                log::error!("Unhandled error in Deferred: {f}");
+            }
         }
         let links = mem::take(&mut core.links);
-        let cancel = core.cancel.take();
+        let cold = core.cold.take();
         let slot = mem::replace(&mut core.slot, Slot::Consumed);
         let holds_value = matches!(slot, Slot::Ready(Ok(_))) && mem::needs_drop::<T>();
-        if !links.is_empty() || cancel.is_some() || holds_value {
-            run::drop_bounded((links, cancel, slot));
+        if !links.is_empty() || cold.is_some() || holds_value {
+            run::drop_bounded((links, cold, slot));
         }
     }
 }
@@ -971,6 +1003,11 @@ where
         }
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
+        Ok(Next::Handled(f)) => {
+            let d = fail(f.clone());
+            d.inner.core.borrow_mut().cold_mut().handled = Some(f);
+            d
+        }
         Err(panic) => fail(Failure::from_panic(panic)),
     }
 }
@@ -1006,7 +1043,7 @@ impl<T: 'static> Deferred<T> {
     pub(crate) fn hold_as_source(&self) -> SourceHandle<T> {
         let core = self.inner.core.borrow();
         let cancellable = match &core.slot {
-            Slot::Pending => core.cancel.as_ref().is_some_and(|c| c.has_cancellers()),
+            Slot::Pending => core.cold.as_ref().is_some_and(|c| c.has_cancellers()),
             Slot::Waiting(_) => true,
             _ => false,
         };

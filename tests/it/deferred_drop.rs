@@ -7,9 +7,9 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use weft::{fail, succeed, CancelledError, Deferred, Failure};
+use weft::{fail, succeed, CancelledError, Deferred, Failure, ResultConsumedError};
 
-use crate::support::{failure_result_of, logs, DropCount, GenericError, Trace};
+use crate::support::{failure_result_of, logs, success_result_of, DropCount, GenericError, Trace};
 
 // ---------------------------------------------------------------------------------------
 // Unhandled failures are logged once, at drop
@@ -269,4 +269,20 @@ fn finished_nested_chain_frees_everything_when_the_handles_go() {
     assert_eq!(drops.get(), 1);
     drop(outer);
     assert_eq!(drops.get(), 2);
+}
+
+/// A `ResultConsumedError` (what steps added after the result moved elsewhere get) is
+/// never reported as unhandled: the result it stands for went somewhere that handles it.
+#[test]
+fn result_consumed_error_is_never_reported() {
+    let ((), errors) = logs::errors_during(|| {
+        let d: Deferred<u32> = Deferred::new();
+        let moved = d.clone().map(|x| x + 1);
+        d.add_callback(|x| x);
+        d.callback(1).unwrap();
+        assert_eq!(success_result_of(&moved), 2);
+        assert!(d.result().unwrap().unwrap_err().check::<ResultConsumedError>());
+        drop(d);
+    });
+    assert!(errors.is_empty(), "{errors:?}");
 }
