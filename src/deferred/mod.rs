@@ -96,7 +96,30 @@ use crate::logcontext::{Captured, Switcher};
 ///
 /// Dropping the last handle drops the callbacks that have not run. A Deferred dropped
 /// while it holds a Failure that no errback handled logs it once with `log::error!`
-/// ("Unhandled error in Deferred"), as Twisted does at garbage collection.
+/// ("Unhandled error in Deferred"), as Twisted does at garbage collection, except a
+/// [`ResultConsumedError`] and a failure a combinator or helper consumed on the caller's
+/// behalf (`consume_errors`). Unlike Twisted, a paused Deferred holding a failure
+/// reports it too: nothing handled it, and nothing ever will.
+///
+/// # Differences from Twisted
+///
+/// Below the trampoline's depth (see `ARCHITECTURE.md`), callbacks run in Twisted's
+/// order, re-entrant cases included: a step added to a Deferred from inside the chain
+/// it handed its result to runs at once. The differences:
+///
+/// - A callback returning a Deferred that is in the middle of running its own callbacks
+///   (it fired this one from inside a callback): Twisted takes that Deferred's current
+///   intermediate result at once. Here that value has been moved into the running
+///   callback and cannot be shared, so the chain waits for the other Deferred's chain as
+///   it stands and takes the result there.
+/// - A Deferred waiting on another that is paused when the result is handed over: in
+///   Twisted the pause also stops the rest of the other Deferred's chain; here only the
+///   paused Deferred waits.
+/// - Returning a Deferred that waits on the running one fails with
+///   [`WaitCycleError`](crate::WaitCycleError) instead of hanging.
+/// - Values are typed: where Twisted leaves `None` behind a moved result, later steps get
+///   a [`ResultConsumedError`] (or, after `consume_errors`, the consumed failure).
+/// - A paused Deferred dropped holding a failure reports it (see Drop).
 #[must_use = "a Deferred does nothing unless callbacks are added to it or it is fired"]
 pub struct Deferred<T: 'static> {
     inner: Rc<Inner<T>>,
@@ -401,9 +424,10 @@ impl<T: 'static> Deferred<T> {
     /// # Errors
     ///
     /// [`AlreadyCalledError`] holding `value` if the Deferred was already fired. One
-    /// exception, as in Twisted: after [`cancel`](Self::cancel) made it fail with
-    /// `CancelledError`, the first late `callback` or `errback` from the responder is
-    /// ignored and returns `Ok(())`.
+    /// exception: after [`cancel`](Self::cancel) made it fail with `CancelledError`, the
+    /// first late `callback` or `errback` from the responder is ignored and returns
+    /// `Ok(())` (Twisted does this only when the Deferred has no canceller; weft does it
+    /// whenever the cancel ended in `CancelledError`).
     pub fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
         self.fire(Next::Ready(Ok(value))).map_err(|next| match next {
             Next::Ready(Ok(v)) => AlreadyCalledError::new(v),
@@ -452,6 +476,9 @@ impl<T: 'static> Deferred<T> {
 
     /// Pauses the chain: no further callback runs until [`unpause`](Self::unpause) is
     /// called as many times as `pause` was.
+    ///
+    /// A paused Deferred dropped while it holds a failure reports it as unhandled (see
+    /// the type's Drop section; Twisted stays silent there).
     pub fn pause(&self) {
         self.inner.core.borrow_mut().paused += 1;
     }
@@ -882,14 +909,50 @@ impl<T: 'static> Inner<T> {
                         }
                     }
                 }
-                Some(Link::Continue(outer)) => {
-                    outer.resume(held.into_input());
-                    held = Held::Consumed;
-                }
+                Some(Link::Continue(outer)) => match self.hand_over(&outer, held) {
+                    Some(h) => held = h,
+                    None => return,
+                },
                 Some(Link::Chain(target)) => held = chain_to(target, held.into_input()),
                 None => unreachable!("a link runs once"),
             }
         }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// A continuation link: hands the result to `outer`, which waited on this Deferred,
+    /// and runs `outer`'s chain. As in Twisted, this loop lets go of this Deferred while
+    /// it does (the result is gone, the slot says `Consumed`), so a step that `outer`'s
+    /// chain adds here runs at once in a loop of its own rather than after `outer`'s
+    /// chain. Returns what this loop goes on with, or `None` if it is to stop (nothing
+    /// left to run, paused, or another loop took over).
+    fn hand_over(self: &Rc<Self>, outer: &Rc<Inner<T>>, held: Held<T>) -> Option<Held<T>> {
+        {
+            let mut core = self.core.borrow_mut();
+            core.slot = Slot::Consumed;
+            core.running = false;
+        }
+        // Only weft code runs here (user code runs in the loops it starts, which catch
+        // their own panics), but a panic must not leave this loop running unmarked.
+        let panicked = catch_unwind(AssertUnwindSafe(|| outer.resume(held.into_input()))).err();
+        let mut core = self.core.borrow_mut();
+        if !core.can_run() {
+            core.slot = match panicked {
+                Some(panic) => Slot::Ready(Err(Failure::from_panic(panic))),
+                None => Slot::Consumed,
+            };
+            let dead = core.compact();
+            drop(core);
+            drop(dead);
+            return None;
+        }
+        core.running = true;
+        core.slot = Slot::Running;
+        Some(match panicked {
+            Some(panic) => Held::Result(Err(Failure::from_panic(panic))),
+            None => Held::Consumed,
+        })
     }
 }
 

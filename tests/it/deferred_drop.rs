@@ -286,3 +286,19 @@ fn result_consumed_error_is_never_reported() {
     });
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+/// A paused Deferred dropped while it holds a failure reports it: nothing handled it and,
+/// paused, nothing ever will. (Twisted stays silent here: it records a failure for
+/// reporting only when the chain runs to its end.)
+#[test]
+fn paused_deferred_dropped_holding_a_failure_reports_it() {
+    let ((), errors) = logs::errors_during(|| {
+        let d: Deferred<u32> = Deferred::new();
+        d.pause();
+        d.errback(GenericError("never handled")).unwrap();
+        d.add_errback(|f: Failure| -> Result<u32, Failure> { panic!("paused: never runs: {f}") });
+        drop(d);
+    });
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("never handled"), "{errors:?}");
+}

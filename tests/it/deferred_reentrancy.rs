@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use weft::{Deferred, Failure};
+use weft::{Deferred, Failure, ResultConsumedError};
 
 use crate::support::{failure_result_of, success_result_of, GenericError, Trace};
 
@@ -194,4 +194,97 @@ fn callback_on_one_deferred_adds_to_and_fires_another() {
     });
     a.callback(4).unwrap();
     assert_eq!(trace.take(), ["b 8", "b late 8", "a done"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Steps added to a Deferred while the chain it handed its result to runs
+// ---------------------------------------------------------------------------------------
+
+/// `outer` waits on `inner`; when `inner` hands its result over, `outer`'s callbacks run
+/// from inside `inner`'s loop. A step one of them adds to `inner` runs at once, as in
+/// Twisted (whose `inner` is not running callbacks at that point), not after `outer`'s
+/// chain. It gets a `ResultConsumedError`, the typed stand-in for Twisted's `None`.
+#[test]
+fn step_added_to_the_inner_from_the_outer_chain_runs_at_once() {
+    let (inner, outer) = (Deferred::<u32>::new(), Deferred::<u32>::new());
+    let trace = Trace::new();
+    let i = inner.clone();
+    outer.add_callback(move |_| i);
+    let (i, t) = (inner.clone(), trace.clone());
+    outer.add_callback(move |v| {
+        t.push("outer 1");
+        let t2 = t.clone();
+        i.add_both(move |r: Result<u32, Failure>| -> Result<u32, Failure> {
+            t2.push(if r.as_ref().is_err_and(|f| f.check::<ResultConsumedError>()) {
+                "inner late step: consumed"
+            } else {
+                "inner late step: other"
+            });
+            r
+        });
+        t.push("outer 1 returns");
+        v
+    });
+    let t = trace.clone();
+    outer.add_callback(move |v| {
+        t.push("outer 2");
+        v
+    });
+    outer.callback(0).unwrap();
+    inner.callback(7).unwrap();
+    assert_eq!(trace.take(), ["outer 1", "inner late step: consumed", "outer 1 returns", "outer 2"]);
+    assert_eq!(success_result_of(&outer), 7);
+    let _ = inner.take_result();
+}
+
+/// The inner's steps added before `outer` began waiting run before the hand-off; those
+/// added after it run after the hand-off, once each.
+#[test]
+fn inner_steps_run_around_the_hand_off_once_each() {
+    let (inner, outer) = (Deferred::<u32>::new(), Deferred::<u32>::new());
+    let trace = Trace::new();
+    let t = trace.clone();
+    inner.add_callback(move |v| {
+        t.push("inner before");
+        v
+    });
+    let i = inner.clone();
+    outer.add_callback(move |_| i);
+    outer.callback(0).unwrap();
+    let t = trace.clone();
+    inner.add_both(move |r: Result<u32, Failure>| -> Result<u32, Failure> {
+        t.push("inner after");
+        r
+    });
+    inner.callback(1).unwrap();
+    assert_eq!(trace.take(), ["inner before", "inner after"]);
+    assert_eq!(success_result_of(&outer), 1);
+    let _ = inner.take_result();
+}
+
+/// A callback returning a Deferred that is itself in the middle of running its callbacks
+/// (it fired this one from inside a callback): Twisted takes that Deferred's current
+/// intermediate result at once. In weft that value was moved into the running callback
+/// and cannot be shared, so the chain waits for the other Deferred's chain as it stands
+/// (the steps already added to it run first) and takes the result there.
+#[test]
+fn returning_a_deferred_that_is_mid_run_waits_for_its_chain() {
+    let (running, waiter) = (Deferred::<u32>::new(), Deferred::<u32>::new());
+    let trace = Trace::new();
+    let r = running.clone();
+    waiter.add_callback(move |_| r);
+    let (w, t) = (waiter.clone(), trace.clone());
+    running.add_callback(move |v| {
+        w.callback(0).unwrap(); // `waiter`'s callback returns `running`, mid-run
+        t.push(format!("waiter paused: {}", w.is_paused()));
+        v + 1
+    });
+    let t = trace.clone();
+    running.add_callback(move |v| {
+        t.push(format!("running's second step gets {v}"));
+        v * 10
+    });
+    running.callback(1).unwrap();
+    assert_eq!(trace.take(), ["waiter paused: true", "running's second step gets 2"]);
+    assert_eq!(success_result_of(&waiter), 20);
 }
