@@ -73,6 +73,7 @@ pub fn stop_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
 /// assert_eq!(work.take_result().unwrap().unwrap(), 1); // `work` kept its result
 /// ```
 #[must_use = "the delayed Deferred is the one to wait on"]
+#[track_caller]
 pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
     let cancelled = Rc::new(Cell::new(false));
     let c = cancelled.clone();

@@ -60,6 +60,7 @@
 //! | `callback`, `errback`, `cancel` | [`Deferred::callback`], [`Deferred::errback`], [`Deferred::cancel`] |
 //! | `pause`, `unpause`, `chainDeferred` | [`Deferred::pause`], [`Deferred::unpause`], [`Deferred::chain_deferred`] |
 //! | `.called`, `.paused` | [`Deferred::is_called`], [`Deferred::is_paused`] |
+//! | `Deferred.setDebugging`, `getDebugging` | [`set_debugging`], [`is_debugging`] (records where each Deferred is first fired; creation sites are always recorded) |
 //! | `succeed`, `fail`, `maybeDeferred` | [`succeed`], [`fail`], [`maybe_deferred`] |
 //! | `Failure`, `.check`, `.trap` | [`Failure`], [`Failure::check`], [`Failure::trap`] |
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
@@ -88,7 +89,7 @@ mod observable;
 pub mod reactor;
 pub mod sync;
 
-pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
+pub use deferred::{fail, is_debugging, maybe_deferred, set_debugging, succeed, CallbackResult, Deferred};
 pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
     ResultConsumedError, StringError, WaitCycleError,

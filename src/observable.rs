@@ -90,6 +90,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     ///
     /// Cancelling the returned Deferred detaches it; the source is never cancelled.
     #[must_use = "observe returns a new Deferred for the outcome"]
+    #[track_caller]
     pub fn observe(&self) -> Deferred<T> {
         if let Some(r) = self.state.outcome.borrow().as_ref() {
             return match r {

@@ -29,6 +29,7 @@ use crate::{Deferred, Failure};
 /// [`unwrap_first_error`]). The result owns the members until it settles, as a
 /// [`DeferredList`] does.
 #[must_use = "the gathered Deferred carries the values"]
+#[track_caller]
 pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: bool) -> Deferred<Vec<T>> {
     DeferredList::new(members).fire_on_one_errback(true).consume_errors(consume_errors).into_deferred().map(
         |r| -> Result<Vec<T>, Failure> {

@@ -116,6 +116,7 @@ impl<T: 'static> DeferredList<T> {
     /// canceller is not owned: once nobody else holds it, it can never fire and is
     /// freed, and a cancel of the list counts it as cancelled.
     #[must_use = "the list's Deferred carries the outcomes"]
+    #[track_caller]
     pub fn into_deferred(self) -> Deferred<ListResult<T>> {
         let n = self.members.len();
         let state = Rc::new(ListState {

@@ -39,6 +39,7 @@ use crate::{Deferred, Failure};
 /// canceller is not owned: once nobody else holds it, it can never fire, is freed, and
 /// counts as cancelled when the race is.
 #[must_use = "the race's Deferred carries the winner"]
+#[track_caller]
 pub fn race<T: 'static>(members: Vec<Deferred<T>>) -> Deferred<(usize, T)> {
     let n = members.len();
     let state = Rc::new(RaceState {

@@ -36,8 +36,11 @@ type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
 /// What few Deferreds need, boxed and allocated on first use: the cancellers and cancel
-/// bookkeeping (this file), and a failure handled on the caller's behalf.
+/// bookkeeping (this file), a failure handled on the caller's behalf, and where the
+/// Deferred was first fired (recorded while debugging).
 pub(super) struct Cold<T: 'static> {
+    /// Where the Deferred was first fired, if [`super::set_debugging`] was on then.
+    pub(super) fired_at: Option<&'static Location<'static>>,
     /// The failure weft consumed on the caller's behalf (`Next::Handled`); the Deferred
     /// does not report it as unhandled if it is dropped holding it.
     pub(super) handled: Option<Failure>,
@@ -54,6 +57,7 @@ pub(super) struct Cold<T: 'static> {
 impl<T: 'static> Cold<T> {
     pub(super) fn new() -> Self {
         Cold {
+            fired_at: None,
             handled: None,
             canceller: None,
             layers: Vec::new(),
@@ -120,6 +124,7 @@ impl<T: 'static> Deferred<T> {
     /// assert!(stopped.get());
     /// assert!(d.take_result().unwrap().unwrap_err().check::<CancelledError>());
     /// ```
+    #[track_caller]
     pub fn with_canceller<F>(canceller: F) -> Deferred<T>
     where
         F: FnOnce(&Deferred<T>) + 'static,
@@ -230,7 +235,7 @@ impl<T: 'static> Deferred<T> {
                 // A ring of waiting Deferreds (which `wait_on` refuses to make): the walk
                 // would go round for ever. Fail this one, as if what it waits on were
                 // gone; its failure then comes back round the ring.
-                inner.inner.resume(Err(Failure::new(err.clone())));
+                inner.inner.resume(Err(Failure::new_at(err.clone(), err.location)));
                 return;
             }
             current = inner;
@@ -282,12 +287,13 @@ impl<T: 'static> Deferred<T> {
                 }
                 core.cold.get_or_insert_with(|| Box::new(Cold::new())).suppress_already_called = true;
                 drop(core);
-                let _ = self.fire(Next::Ready(Err(Failure::new(err.clone()))));
+                let _ =
+                    self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
             }
             Target::Inner(Some(inner)) => return Some(Deferred::from_inner(inner)),
             Target::Inner(None) => {
                 // What we waited on is gone and can never fire: fail here instead.
-                self.inner.resume(Err(Failure::new(err.clone())));
+                self.inner.resume(Err(Failure::new_at(err.clone(), err.location)));
             }
         }
         None

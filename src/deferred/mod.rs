@@ -28,13 +28,14 @@ mod tests;
 use std::cell::RefCell;
 use std::fmt;
 use std::mem;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use smallvec::SmallVec;
 
 use crate::failure::{
-    AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError, WaitCycleError,
+    AlreadyCalledError, At, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError, WaitCycleError,
 };
 use crate::logcontext::{Captured, Switcher};
 
@@ -125,6 +126,40 @@ pub struct Deferred<T: 'static> {
     inner: Rc<Inner<T>>,
 }
 
+/// Whether Deferreds record where they are first fired (see [`set_debugging`]).
+static DEBUGGING: AtomicBool = AtomicBool::new(false);
+
+/// Turns debugging of Deferreds on or off, for the whole process (Twisted's
+/// `Deferred.setDebugging`).
+///
+/// While it is on, every Deferred fired records where (one more small allocation per
+/// fire), so that an [`AlreadyCalledError`] names where the Deferred was created, where
+/// it was first fired and where the second fire came from. Off, which is the default,
+/// it costs one relaxed atomic load per fire; an `AlreadyCalledError` then knows only the
+/// second fire's place ([`AlreadyCalledError::fired_again_at`]). Deferreds created at any
+/// time are covered: what matters is whether it was on when the first fire happened.
+///
+/// ```
+/// use weft::{set_debugging, Deferred};
+///
+/// set_debugging(true);
+/// let d: Deferred<u8> = Deferred::new();
+/// d.callback(1).unwrap();
+/// let err = d.callback(2).unwrap_err();
+/// assert!(err.first_fired_at().is_some() && err.fired_again_at().is_some());
+/// println!("{err}"); // deferred already called (created at ..., first fired at ...; fired again at ...)
+/// set_debugging(false);
+/// ```
+pub fn set_debugging(on: bool) {
+    DEBUGGING.store(on, Ordering::Relaxed);
+}
+
+/// True if [`set_debugging`] turned debugging on (Twisted's `Deferred.getDebugging`).
+#[inline]
+pub fn is_debugging() -> bool {
+    DEBUGGING.load(Ordering::Relaxed)
+}
+
 /// What a callback or errback may return: a value `T`, a `Result<T, Failure>`, or a
 /// `Deferred<T>` for the chain to wait on.
 ///
@@ -192,13 +227,15 @@ type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
 /// One step of the chain.
 enum Link<T: 'static> {
     /// A callback/errback pair (either may be a pass-through), with the log context
-    /// that was current when it was added: it runs in that context.
-    Call(Call<T>, Captured),
+    /// that was current when it was added (it runs in that context) and where it was
+    /// added (for diagnostics).
+    Call(Call<T>, Captured, &'static Location<'static>),
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
-    /// `chain_deferred`: fire the target with the result.
-    Chain(ChainTarget<T>),
+    /// `chain_deferred`: fire the target with the result; where `chain_deferred` was
+    /// called.
+    Chain(ChainTarget<T>, &'static Location<'static>),
 }
 
 /// How a `chain_deferred` step holds its target.
@@ -243,8 +280,11 @@ struct Core<T: 'static> {
     paused: u32,
     /// A callback loop is on the stack (or queued) for this Deferred.
     running: bool,
-    /// Cancellers and cancel bookkeeping, allocated only when used.
+    /// The rarely used part (cancellers, diagnostics), allocated only when used.
     cold: Option<Box<cancel::Cold<T>>>,
+    /// Where the Deferred was created (the caller of `new`, `succeed`, `then`, a
+    /// combinator, ...), for diagnostics.
+    created_at: &'static Location<'static>,
 }
 
 impl<T: 'static> Core<T> {
@@ -321,6 +361,7 @@ impl<T: 'static> Core<T> {
 
 impl<T: 'static> Deferred<T> {
     /// A new Deferred with no result and no canceller.
+    #[track_caller]
     pub fn new() -> Deferred<T> {
         Deferred {
             inner: Rc::new(Inner {
@@ -332,6 +373,7 @@ impl<T: 'static> Deferred<T> {
                     paused: 0,
                     running: false,
                     cold: None,
+                    created_at: Location::caller(),
                 }),
             }),
         }
@@ -345,6 +387,7 @@ impl<T: 'static> Deferred<T> {
     /// Failure; whichever runs, what it returns goes on to the next step.
     ///
     /// Returns `self` so that calls can be chained.
+    #[track_caller]
     pub fn add_callbacks<F, G, R, S>(&self, callback: F, errback: G) -> &Self
     where
         F: FnOnce(T) -> R + 'static,
@@ -352,10 +395,13 @@ impl<T: 'static> Deferred<T> {
         R: CallbackResult<T>,
         S: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
-            Ok(v) => callback(v).into_next(),
-            Err(f) => errback(f).into_next(),
-        }));
+        self.push_call(
+            Box::new(move |r: Result<T, Failure>| match r {
+                Ok(v) => callback(v).into_next(),
+                Err(f) => errback(f).into_next(),
+            }),
+            Location::caller(),
+        );
         self
     }
 
@@ -366,46 +412,55 @@ impl<T: 'static> Deferred<T> {
     /// d.add_callback(|x| x + 1);
     /// assert_eq!(d.result().unwrap().unwrap(), 2);
     /// ```
+    #[track_caller]
     pub fn add_callback<F, R>(&self, callback: F) -> &Self
     where
         F: FnOnce(T) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
-            Ok(v) => callback(v).into_next(),
-            Err(f) => Next::Ready(Err(f)),
-        }));
+        self.push_call(
+            Box::new(move |r: Result<T, Failure>| match r {
+                Ok(v) => callback(v).into_next(),
+                Err(f) => Next::Ready(Err(f)),
+            }),
+            Location::caller(),
+        );
         self
     }
 
     /// Adds an errback; a value passes it by.
+    #[track_caller]
     pub fn add_errback<G, S>(&self, errback: G) -> &Self
     where
         G: FnOnce(Failure) -> S + 'static,
         S: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
-            Ok(v) => Next::Ready(Ok(v)),
-            Err(f) => errback(f).into_next(),
-        }));
+        self.push_call(
+            Box::new(move |r: Result<T, Failure>| match r {
+                Ok(v) => Next::Ready(Ok(v)),
+                Err(f) => errback(f).into_next(),
+            }),
+            Location::caller(),
+        );
         self
     }
 
     /// Adds one function that gets the outcome either way (Twisted's `addBoth`).
+    #[track_caller]
     pub fn add_both<F, R>(&self, f: F) -> &Self
     where
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r| f(r).into_next()));
+        self.push_call(Box::new(move |r| f(r).into_next()), Location::caller());
         self
     }
 
     /// Adds a call link, capturing the current log context for it (the capture point of
-    /// the log-context invariant, see `ARCHITECTURE.md`).
+    /// the log-context invariant, see `ARCHITECTURE.md`), with `at`, where it was added.
     #[inline]
-    fn push_call(&self, call: Call<T>) {
-        self.push(Link::Call(call, Captured::capture()));
+    fn push_call(&self, call: Call<T>, at: &'static Location<'static>) {
+        self.push(Link::Call(call, Captured::capture(), at));
     }
 
     fn push(&self, link: Link<T>) {
@@ -428,9 +483,11 @@ impl<T: 'static> Deferred<T> {
     /// first late `callback` or `errback` from the responder is ignored and returns
     /// `Ok(())` (Twisted does this only when the Deferred has no canceller; weft does it
     /// whenever the cancel ended in `CancelledError`).
+    #[track_caller]
     pub fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
-        self.fire(Next::Ready(Ok(value))).map_err(|next| match next {
-            Next::Ready(Ok(v)) => AlreadyCalledError::new(v),
+        let at = Location::caller();
+        self.fire_at(Next::Ready(Ok(value)), at).map_err(|next| match next {
+            Next::Ready(Ok(v)) => self.already_called(v, at),
             _ => unreachable!("fire hands back what it was given"),
         })
     }
@@ -446,14 +503,21 @@ impl<T: 'static> Deferred<T> {
     /// (with the same exception after a cancel as [`callback`](Self::callback)).
     #[track_caller]
     pub fn errback(&self, failure: impl Into<Failure>) -> Result<(), AlreadyCalledError<Failure>> {
-        self.fire(Next::Ready(Err(failure.into()))).map_err(|next| match next {
-            Next::Ready(Err(f)) => AlreadyCalledError::new(f),
+        let at = Location::caller();
+        self.fire_at(Next::Ready(Err(failure.into())), at).map_err(|next| match next {
+            Next::Ready(Err(f)) => self.already_called(f, at),
             _ => unreachable!("fire hands back what it was given"),
         })
     }
 
     /// Fires with whatever a callback could return; hands `next` back if already fired.
+    #[track_caller]
     pub(crate) fn fire(&self, next: Next<T>) -> Result<(), Next<T>> {
+        self.fire_at(next, Location::caller())
+    }
+
+    /// [`fire`](Self::fire) from `at` (recorded as the first fire while debugging).
+    pub(crate) fn fire_at(&self, next: Next<T>, at: &'static Location<'static>) -> Result<(), Next<T>> {
         let _unused_canceller = {
             let mut core = self.inner.core.borrow_mut();
             if core.is_called() {
@@ -464,6 +528,9 @@ impl<T: 'static> Deferred<T> {
                 }
                 return Err(next);
             }
+            if is_debugging() {
+                core.cold_mut().fired_at = Some(at);
+            }
             core.slot = Slot::Running;
             // The creator's canceller is of no use once there is a result; it is dropped
             // at the end of this function, outside the borrow.
@@ -472,6 +539,14 @@ impl<T: 'static> Deferred<T> {
         self.inner.settle(next);
         self.inner.kick();
         Ok(())
+    }
+
+    /// The error for a fire from `again` of this already fired Deferred, with where it
+    /// was created and first fired if that was recorded (while debugging).
+    fn already_called<V>(&self, value: V, again: &'static Location<'static>) -> AlreadyCalledError<V> {
+        let core = self.inner.core.borrow();
+        let first = core.cold.as_ref().and_then(|c| c.fired_at).map(|fired| (core.created_at, fired));
+        AlreadyCalledError::at(value, first, again)
     }
 
     /// Pauses the chain: no further callback runs until [`unpause`](Self::unpause) is
@@ -574,13 +649,14 @@ impl<T: 'static> Deferred<T> {
     /// `d`'s chain with `AlreadyCalledError`. The ring check looks at most 64 Deferreds
     /// deep; a ring longer than that made only of `chain_deferred` steps and waiting
     /// Deferreds keeps itself alive until it fires.
+    #[track_caller]
     pub fn chain_deferred(&self, other: &Deferred<T>) -> &Self {
         let target = if reaches(&other.inner, &self.inner) {
             ChainTarget::Reached(Rc::downgrade(&other.inner))
         } else {
             ChainTarget::Owned(other.inner.clone())
         };
-        self.push(Link::Chain(target));
+        self.push(Link::Chain(target, Location::caller()));
         self
     }
 
@@ -604,6 +680,7 @@ impl<T: 'static> Deferred<T> {
     /// d.callback(7).unwrap();
     /// assert_eq!(s.result().unwrap().unwrap(), "got 7");
     /// ```
+    #[track_caller]
     pub fn then<U, F, R>(self, f: F) -> Deferred<U>
     where
         U: 'static,
@@ -619,16 +696,20 @@ impl<T: 'static> Deferred<T> {
             }
         });
         let target = out.clone();
-        self.push_call(Box::new(move |r| {
-            let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
-                Ok(next) => next,
-                Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
-            };
-            if target.fire(next).is_err() {
-                log::debug!("then: the linked deferred was already called; result dropped");
-            }
-            Next::Consumed
-        }));
+        let at = Location::caller();
+        self.push_call(
+            Box::new(move |r| {
+                let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
+                    Ok(next) => next,
+                    Err(panic) => Next::Ready(Err(Failure::from_panic_at(panic, at))),
+                };
+                if target.fire_at(next, at).is_err() {
+                    log::debug!("then: the linked deferred was already called; result dropped");
+                }
+                Next::Consumed
+            }),
+            at,
+        );
         out
     }
 
@@ -639,6 +720,7 @@ impl<T: 'static> Deferred<T> {
     /// let lengths = weft::succeed("four").map(str::len);
     /// assert_eq!(lengths.result().unwrap().unwrap(), 4);
     /// ```
+    #[track_caller]
     pub fn map<U, F, R>(self, f: F) -> Deferred<U>
     where
         U: 'static,
@@ -815,8 +897,8 @@ fn reaches<T: 'static>(from: &Rc<Inner<T>>, to: &Rc<Inner<T>>) -> bool {
         let core = d.core.borrow();
         for link in core.links[core.head as usize..].iter().flatten() {
             match link {
-                Link::Continue(next) | Link::Chain(ChainTarget::Owned(next)) => stack.push(next.clone()),
-                Link::Call(..) | Link::Chain(ChainTarget::Reached(_)) => {}
+                Link::Continue(next) | Link::Chain(ChainTarget::Owned(next), _) => stack.push(next.clone()),
+                Link::Call(..) | Link::Chain(ChainTarget::Reached(_), _) => {}
             }
         }
     }
@@ -848,6 +930,9 @@ impl<T: 'static> run::Runnable for Inner<T> {
     /// its panic becomes the Failure the next link gets: one `catch_unwind` per loop, not
     /// per callback.
     fn run_loop(self: Rc<Self>) {
+        // Where the link running now was added: a panic there becomes a Failure created
+        // at that place.
+        let mut at: &'static Location<'static> = Location::caller();
         let mut held = {
             let mut core = self.core.borrow_mut();
             match mem::replace(&mut core.slot, Slot::Running) {
@@ -865,9 +950,9 @@ impl<T: 'static> run::Runnable for Inner<T> {
         // current now is restored when the loop returns, panics included.
         let mut logcontext = Switcher::new();
         loop {
-            match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext))) {
+            match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext, &mut at))) {
                 Ok(()) => return,
-                Err(panic) => held = Held::Result(Err(Failure::from_panic(panic))),
+                Err(panic) => held = Held::Result(Err(Failure::from_panic_at(panic, at))),
             }
         }
     }
@@ -877,7 +962,12 @@ impl<T: 'static> Inner<T> {
     /// Runs links until the chain finishes, pauses or waits, holding the result in a
     /// local between links, so each link costs one borrow: take the link (or stop),
     /// release, call. On return the slot and `running` are up to date.
-    fn run_links(self: &Rc<Self>, mut held: Held<T>, logcontext: &mut Switcher) {
+    fn run_links(
+        self: &Rc<Self>,
+        mut held: Held<T>,
+        logcontext: &mut Switcher,
+        running_at: &mut &'static Location<'static>,
+    ) {
         loop {
             let link = {
                 let mut core = self.core.borrow_mut();
@@ -894,8 +984,9 @@ impl<T: 'static> Inner<T> {
                 core.links[head].take()
             };
             match link {
-                Some(Link::Call(f, captured)) => {
-                    logcontext.enter(&captured);
+                Some(Link::Call(f, captured, at)) => {
+                    *running_at = at;
+                    logcontext.enter(&captured, at);
                     match self.absorb(f(held.into_input())) {
                         Some(h) => held = h,
                         None => {
@@ -913,7 +1004,7 @@ impl<T: 'static> Inner<T> {
                     Some(h) => held = h,
                     None => return,
                 },
-                Some(Link::Chain(target)) => held = chain_to(target, held.into_input()),
+                Some(Link::Chain(target, at)) => held = chain_to(target, held.into_input(), at),
                 None => unreachable!("a link runs once"),
             }
         }
@@ -956,8 +1047,13 @@ impl<T: 'static> Inner<T> {
     }
 }
 
-/// A `chain_deferred` step: fires the target with `input`; what this chain goes on with.
-fn chain_to<T: 'static>(target: ChainTarget<T>, input: Result<T, Failure>) -> Held<T> {
+/// A `chain_deferred` step (added at `at`): fires the target with `input`; what this
+/// chain goes on with.
+fn chain_to<T: 'static>(
+    target: ChainTarget<T>,
+    input: Result<T, Failure>,
+    at: &'static Location<'static>,
+) -> Held<T> {
     let target = match target {
         ChainTarget::Owned(t) => t,
         ChainTarget::Reached(w) => match w.upgrade() {
@@ -966,10 +1062,11 @@ fn chain_to<T: 'static>(target: ChainTarget<T>, input: Result<T, Failure>) -> He
             None => return Held::Result(input),
         },
     };
-    match Deferred::from_inner(target).fire(Next::Ready(input)) {
+    let target = Deferred::from_inner(target);
+    match target.fire_at(Next::Ready(input), at) {
         Ok(()) => Held::Consumed,
-        Err(Next::Ready(Ok(v))) => Held::Result(Err(Failure::new(AlreadyCalledError::new(v)))),
-        Err(Next::Ready(Err(f))) => Held::Result(Err(Failure::new(AlreadyCalledError::new(f)))),
+        Err(Next::Ready(Ok(v))) => Held::Result(Err(Failure::new_at(target.already_called(v, at), at))),
+        Err(Next::Ready(Err(f))) => Held::Result(Err(Failure::new_at(target.already_called(f, at), at))),
         Err(_) => unreachable!("fire hands back what it was given"),
     }
 }
@@ -979,7 +1076,7 @@ impl<T: 'static> Drop for Inner<T> {
         let core = self.core.get_mut();
         if let Slot::Ready(Err(f)) = &core.slot {
             if core.is_unhandled(f) {
-                log::error!("Unhandled error in Deferred: {f}");
+                log::error!("Unhandled error in Deferred created at {}: {f}", At(core.created_at));
             }
         }
         let links = mem::take(&mut core.links);
@@ -1000,6 +1097,7 @@ impl<T: 'static> Clone for Deferred<T> {
 }
 
 impl<T: 'static> Default for Deferred<T> {
+    #[track_caller]
     fn default() -> Self {
         Deferred::new()
     }
@@ -1020,6 +1118,7 @@ impl<T: 'static> fmt::Debug for Deferred<T> {
             Slot::Consumed => "consumed",
         };
         f.debug_struct("Deferred")
+            .field("created_at", &At(core.created_at))
             .field("state", &state)
             .field("links_to_run", &(core.links.len() - core.head as usize))
             .field("paused", &core.paused)
@@ -1028,6 +1127,7 @@ impl<T: 'static> fmt::Debug for Deferred<T> {
 }
 
 /// A Deferred that already has `value` (Twisted's `succeed`).
+#[track_caller]
 pub fn succeed<T: 'static>(value: T) -> Deferred<T> {
     let d = Deferred::new();
     d.inner.core.borrow_mut().slot = Slot::Ready(Ok(value));
@@ -1052,6 +1152,7 @@ pub fn fail<T: 'static>(failure: impl Into<Failure>) -> Deferred<T> {
 /// let p: weft::Deferred<u8> = weft::maybe_deferred(|| -> u8 { panic!("boom") });
 /// assert!(p.take_result().unwrap().unwrap_err().check::<weft::PanicError>());
 /// ```
+#[track_caller]
 pub fn maybe_deferred<T, F, R>(f: F) -> Deferred<T>
 where
     T: 'static,

@@ -9,6 +9,7 @@ mod deferred_canceller_chain;
 mod deferred_chaining;
 mod deferred_cycles;
 mod deferred_deep;
+mod deferred_diagnostics;
 mod deferred_drop;
 mod deferred_pause;
 mod deferred_reentrancy;
