@@ -821,6 +821,10 @@ impl<T: 'static> Inner<T> {
         other.links.push(Some(Link::Continue(self.clone())));
         let run = other.can_run();
         drop(other);
+        // This one waits from now on, before any code runs: a slot says `Waiting(d)`
+        // exactly while `d` holds its continuation, so that a ring closed by the loop
+        // kicked below (its callback returning this one) is seen by the check above.
+        self.core.borrow_mut().slot = Slot::Waiting(Rc::downgrade(&d.inner));
         if run {
             d.inner.kick();
         }
@@ -829,13 +833,13 @@ impl<T: 'static> Inner<T> {
         let mut core = self.core.borrow_mut();
         match mem::replace(&mut core.slot, Slot::Running) {
             Slot::Ready(r) => Some(Held::Result(r)),
-            Slot::Running => {
-                core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
+            waiting @ Slot::Waiting(_) => {
+                core.slot = waiting;
                 None
             }
             other => {
                 core.slot = other;
-                unreachable!("only resume touches a running slot")
+                unreachable!("only resume moves a waiting slot on")
             }
         }
     }
@@ -1027,23 +1031,26 @@ impl<T: 'static> Inner<T> {
         // Only weft code runs here (user code runs in the loops it starts, which catch
         // their own panics), but a panic must not leave this loop running unmarked.
         let panicked = catch_unwind(AssertUnwindSafe(|| outer.resume(held.into_input()))).err();
+        // Loops started meanwhile (for steps added here) may have moved the slot on: it
+        // may hold a result, or wait on another Deferred. Take it from there.
         let mut core = self.core.borrow_mut();
+        if let Some(panic) = panicked {
+            if matches!(core.slot, Slot::Consumed) {
+                core.slot = Slot::Ready(Err(Failure::from_panic(panic)));
+            }
+        }
         if !core.can_run() {
-            core.slot = match panicked {
-                Some(panic) => Slot::Ready(Err(Failure::from_panic(panic))),
-                None => Slot::Consumed,
-            };
             let dead = core.compact();
             drop(core);
             drop(dead);
             return None;
         }
         core.running = true;
-        core.slot = Slot::Running;
-        Some(match panicked {
-            Some(panic) => Held::Result(Err(Failure::from_panic(panic))),
-            None => Held::Consumed,
-        })
+        match mem::replace(&mut core.slot, Slot::Running) {
+            Slot::Ready(r) => Some(Held::Result(r)),
+            Slot::Consumed => Some(Held::Consumed),
+            _ => unreachable!("can_run checked the slot"),
+        }
     }
 }
 

@@ -172,3 +172,25 @@ fn fired_chain_deferred_ring_ends_in_already_called_error() {
     let f = failure_result_of::<AlreadyCalledError<u32>, _>(&b);
     assert_eq!(*f.downcast_ref::<AlreadyCalledError<u32>>().unwrap().value(), 3);
 }
+
+/// Found by the model-based test (`deferred_model.rs`): `d1`'s errback returns `d0`,
+/// whose chain runs at once inside that call and whose errback returns `d1`, which was
+/// still running, not yet waiting. That closed a ring the check did not see (the next
+/// cancel then went round it). Now `d1` counts as waiting on `d0` from the moment `d0`
+/// holds its continuation, so `d0`'s errback gets a `WaitCycleError`.
+#[test]
+fn ring_closed_while_the_returned_deferred_runs_is_a_wait_cycle() {
+    let d0: Deferred<u32> = Deferred::new();
+    let d1: Deferred<u32> = Deferred::with_canceller(|d| d.callback(20).unwrap());
+    d1.cancel(); // the canceller fires 20
+    let d = d0.clone();
+    d1.add_callback(move |_| d); // d1 waits on d0
+    let d = d1.clone();
+    d0.add_errback(move |_| d);
+    let d = d0.clone();
+    d1.add_callbacks(|v| v, move |_| d);
+    d1.cancel(); // d0 fails; d1 gets the failure and its errback returns d0 again
+    d1.cancel();
+    assert!(!d0.is_paused() && !d1.is_paused(), "neither waits on the other");
+    failure_result_of::<WaitCycleError, _>(&d1);
+}

@@ -288,3 +288,25 @@ fn returning_a_deferred_that_is_mid_run_waits_for_its_chain() {
     assert_eq!(trace.take(), ["waiter paused: true", "running's second step gets 2"]);
     assert_eq!(success_result_of(&waiter), 20);
 }
+
+/// Found by the model-based test (`deferred_model.rs`): `d0` hands its result to `d1`,
+/// whose errback returns `d0` again; `d0`'s next errback, run in a loop of its own from
+/// inside the hand-over, makes `d0` wait on `d2`. The hand-over must leave `d0` waiting
+/// (it once marked it consumed, and `d2`'s result was then dropped on the floor).
+#[test]
+fn a_deferred_that_waits_again_during_its_hand_over_keeps_waiting() {
+    let (d0, d1, d2) = (Deferred::<u32>::new(), Deferred::<u32>::new(), Deferred::<u32>::new());
+    d0.errback(GenericError("first")).unwrap();
+    d0.pause();
+    let d = d0.clone();
+    d1.add_callback(move |_| d);
+    d1.callback(0).unwrap();
+    let d = d0.clone();
+    d1.add_errback(move |_| d);
+    let d = d2.clone();
+    d0.add_errback(move |_| d);
+    d0.unpause().unwrap();
+    assert!(d0.is_paused() && d1.is_paused(), "d0 waits on d2, d1 on d0");
+    d2.callback(5).unwrap();
+    assert_eq!(success_result_of(&d1), 5);
+}

@@ -11,6 +11,7 @@ mod deferred_cycles;
 mod deferred_deep;
 mod deferred_diagnostics;
 mod deferred_drop;
+mod deferred_model;
 mod deferred_pause;
 mod deferred_reentrancy;
 mod logcontext;
