@@ -12,7 +12,7 @@ use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::deferred::{Next, WeakDeferred};
+use crate::deferred::{Consuming, Next, WeakDeferred};
 use crate::{CancelledError, Deferred, Failure, ReactorTime};
 
 /// A Deferred timed out (Twisted's `defer.TimeoutError`, Synapse's `DeferredTimeoutError`).
@@ -84,16 +84,16 @@ pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
         w.pause();
     });
     let w = waiter.clone();
-    d.add_both(move |r: Result<T, Failure>| -> Next<T> {
+    d.add_both_consuming(move |r: Result<T, Failure>| -> Consuming<T> {
         if cancelled.get() {
             let _ = w.unpause();
             match r {
-                Err(f) => Next::Handled(f),
-                ok => Next::Ready(ok),
+                Err(f) => Err(f),
+                ok => Ok(Next::Ready(ok)),
             }
         } else {
             let _ = w.fire(Next::Ready(r));
-            Next::Consumed
+            Ok(Next::Consumed)
         }
     });
     waiter

@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::deferred::Next;
+use crate::deferred::{Consuming, Next};
 use crate::{Deferred, Failure};
 
 /// Shares the outcome of one source Deferred with many observers, each of which gets its
@@ -68,7 +68,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     pub fn new(source: Deferred<T>, consume_errors: bool) -> ObservableDeferred<T> {
         let state = Rc::new(State { outcome: RefCell::new(None), observers: RefCell::new(Slab::new()) });
         let st = state.clone();
-        source.add_both(move |r: Result<T, Failure>| -> Next<T> {
+        source.add_both_consuming(move |r: Result<T, Failure>| -> Consuming<T> {
             *st.outcome.borrow_mut() = Some(r.clone());
             // The state is set first; then the observers are told from a taken list, so
             // an observer's callback may observe or cancel freely.
@@ -77,8 +77,8 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 let _ = d.fire(Next::Ready(r.clone()));
             }
             match r {
-                Err(f) if consume_errors => Next::Handled(f),
-                r => Next::Ready(r),
+                Err(f) if consume_errors => Err(f),
+                r => Ok(Next::Ready(r)),
             }
         });
         ObservableDeferred { source, state }

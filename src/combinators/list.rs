@@ -5,7 +5,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::FirstError;
-use crate::deferred::{current_cancellation, Next, SourceHandle};
+use crate::deferred::{current_cancellation, Consuming, Next, SourceHandle};
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -150,7 +150,7 @@ impl<T: 'static> DeferredList<T> {
         }
         for (index, member) in self.members.iter().enumerate() {
             let (st, out) = (state.clone(), out.clone());
-            member.add_both(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+            member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
         }
         out
     }
@@ -159,12 +159,12 @@ impl<T: 'static> DeferredList<T> {
 impl<T: 'static> ListState<T> {
     /// Member `index`'s outcome reaches the list: records it and fires `out` when the
     /// options say so. Returns what the member's own chain goes on with.
-    fn deliver(&self, out: &Deferred<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Next<T> {
+    fn deliver(&self, out: &Deferred<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
         if out.is_called() {
             // The list already fired: the member keeps its result.
             return match r {
-                Err(f) if self.consume_errors => Next::Handled(f),
-                r => Next::Ready(r),
+                Err(f) if self.consume_errors => Err(f),
+                r => Ok(Next::Ready(r)),
             };
         }
         self.remaining.set(self.remaining.get() - 1);
@@ -172,12 +172,11 @@ impl<T: 'static> ListState<T> {
             Ok(value) if self.fire_on_one_callback => {
                 self.results.borrow_mut()[index] = Some(Err(Failure::msg("moved to ListResult::One")));
                 let _ = out.callback(ListResult::One { index, value });
-                return Next::Consumed;
+                return Ok(Next::Consumed);
             }
-            Ok(v) => (Ok(v), Next::Consumed),
+            Ok(v) => (Ok(v), Ok(Next::Consumed)),
             Err(f) => {
-                let back =
-                    if self.consume_errors { Next::Handled(f.clone()) } else { Next::Ready(Err(f.clone())) };
+                let back = if self.consume_errors { Err(f.clone()) } else { Ok(Next::Ready(Err(f.clone()))) };
                 if self.fire_on_one_errback {
                     self.results.borrow_mut()[index] = Some(Err(f.clone()));
                     let _ = out.errback(FirstError { failure: f, index });

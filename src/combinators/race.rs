@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::FailureGroup;
-use crate::deferred::{current_cancellation, Next, SourceHandle};
+use crate::deferred::{current_cancellation, Consuming, Next, SourceHandle};
 use crate::{Deferred, Failure};
 
 /// Fires with `(index, value)` of the first member to succeed and cancels the others
@@ -58,7 +58,7 @@ pub fn race<T: 'static>(members: Vec<Deferred<T>>) -> Deferred<(usize, T)> {
     }
     for (index, member) in members.iter().enumerate() {
         let (st, out) = (state.clone(), out.clone());
-        member.add_both(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+        member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
     }
     out
 }
@@ -75,11 +75,11 @@ struct RaceState<T: 'static> {
 impl<T: 'static> RaceState<T> {
     /// Member `index`'s outcome reaches the race. Returns what the member's own chain
     /// goes on with.
-    fn deliver(&self, out: &Deferred<(usize, T)>, index: usize, r: Result<T, Failure>) -> Next<T> {
+    fn deliver(&self, out: &Deferred<(usize, T)>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
         if self.won.get() || out.is_called() {
             return match r {
-                Ok(v) => Next::Ready(Ok(v)),
-                Err(f) => Next::Handled(f),
+                Ok(v) => Ok(Next::Ready(Ok(v))),
+                Err(f) => Err(f),
             };
         }
         self.remaining.set(self.remaining.get() - 1);
@@ -99,7 +99,7 @@ impl<T: 'static> RaceState<T> {
                 }
             }
         }
-        Next::Consumed
+        Ok(Next::Consumed)
     }
 
     /// Cancels every member but `except`, letting go of them all: the race has been won

@@ -23,7 +23,6 @@
 //! cancellation.
 
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::Rc;
@@ -41,7 +40,7 @@ pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 pub(super) struct Cold<T: 'static> {
     /// Where the Deferred was first fired, if [`super::set_debugging`] was on then.
     pub(super) fired_at: Option<&'static Location<'static>>,
-    /// The failure weft consumed on the caller's behalf (`Next::Handled`); the Deferred
+    /// The failure weft consumed on the caller's behalf (`Consuming`); the Deferred
     /// does not report it as unhandled if it is dropped holding it.
     pub(super) handled: Option<Failure>,
     /// The creator's canceller (Twisted's `Deferred(canceller)`); dropped once fired.
@@ -305,37 +304,33 @@ impl<T: 'static> Deferred<T> {
     }
 }
 
-/// The Deferreds a cancel walk has passed, so that it can never go round a ring.
-///
-/// Nothing is recorded for the first [`Walk::FREE_STEPS`] steps, so ordinary walks cost
-/// a counter; past that, each Deferred passed is kept (alive, so that its address cannot
-/// be reused) and its address put in a set.
+/// Brent's cycle finding over a cancel walk, so that it can never go round a ring: the
+/// walk keeps one Deferred it passed, replaced at steps 1, 2, 4, 8, ...; in a ring of
+/// length λ it meets the kept one again within a few times λ steps. It costs a compare
+/// and a count per step, and a handle clone per doubling; nothing is hashed or allocated.
 struct Walk<T: 'static> {
-    steps: u32,
-    seen: Option<Seen<T>>,
+    kept: Option<Deferred<T>>,
+    since: u32,
+    power: u32,
 }
 
-/// The addresses a long walk passed, and handles keeping them alive.
-type Seen<T> = (HashSet<*const super::Inner<T>>, Vec<Deferred<T>>);
-
 impl<T: 'static> Walk<T> {
-    const FREE_STEPS: u32 = 64;
-
     fn new() -> Self {
-        Walk { steps: 0, seen: None }
+        Walk { kept: None, since: 0, power: 1 }
     }
 
-    /// Records a step to `d`; true if the walk passed `d` before.
+    /// Records a step to `d`; true if `d` is the Deferred kept from before (the walk has
+    /// come round).
     fn revisits(&mut self, d: &Deferred<T>) -> bool {
-        self.steps += 1;
-        if self.steps <= Self::FREE_STEPS {
-            return false;
-        }
-        let (seen, kept) = self.seen.get_or_insert_with(Default::default);
-        if !seen.insert(Rc::as_ptr(&d.inner)) {
+        if self.kept.as_ref().is_some_and(|k| Deferred::ptr_eq(k, d)) {
             return true;
         }
-        kept.push(d.clone());
+        self.since += 1;
+        if self.since == self.power {
+            self.kept = Some(d.clone());
+            self.since = 0;
+            self.power = self.power.saturating_mul(2);
+        }
         false
     }
 }

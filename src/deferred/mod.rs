@@ -184,11 +184,14 @@ pub enum Next<T: 'static> {
     Wait(Deferred<T>),
     /// The result was moved somewhere else (`then`, `chain_deferred`).
     Consumed,
-    /// A failure that weft consumed on the caller's behalf (a combinator's or
-    /// `ObservableDeferred`'s `consume_errors`, `delay_cancellation`): later steps get it
-    /// as usual, but this Deferred does not report it as unhandled.
-    Handled(crate::Failure),
 }
+
+/// What a step added with [`Deferred::add_both_consuming`] returns: `Ok(next)` to go on
+/// with `next`, or `Err(failure)` to go on with a failure that weft consumed on the
+/// caller's behalf (a combinator's or `ObservableDeferred`'s `consume_errors`,
+/// `delay_cancellation`): later steps get it as usual, but the Deferred does not report
+/// it as unhandled.
+pub(crate) type Consuming<T> = Result<Next<T>, Failure>;
 
 impl<T: 'static> sealed::Sealed<T> for T {}
 impl<T: 'static> CallbackResult<T> for T {
@@ -349,6 +352,20 @@ impl<T: 'static> Core<T> {
         !handled.is_some_and(|h| Failure::ptr_eq(h, f))
     }
 
+    /// For a loop that let go of the Deferred: if it may go on, marks it running again
+    /// and takes the result for it.
+    fn take_back(&mut self) -> Option<Held<T>> {
+        if !self.can_run() {
+            return None;
+        }
+        self.running = true;
+        match mem::replace(&mut self.slot, Slot::Running) {
+            Slot::Ready(r) => Some(Held::Result(r)),
+            Slot::Consumed => Some(Held::Consumed),
+            _ => unreachable!("can_run checked the slot"),
+        }
+    }
+
     /// True if a callback loop should start now.
     #[inline]
     fn can_run(&self) -> bool {
@@ -454,6 +471,36 @@ impl<T: 'static> Deferred<T> {
     {
         self.push_call(Box::new(move |r| f(r).into_next()), Location::caller());
         self
+    }
+
+    /// Crate-internal [`add_both`](Self::add_both) for a step that may consume a failure
+    /// on the caller's behalf (see [`Consuming`]): the Deferred remembers that failure as
+    /// handled and does not report it if dropped holding it.
+    #[track_caller]
+    pub(crate) fn add_both_consuming<F>(&self, f: F) -> &Self
+    where
+        F: FnOnce(Result<T, Failure>) -> Consuming<T> + 'static,
+    {
+        let me = self.downgrade();
+        self.push_call(
+            Box::new(move |r| match f(r) {
+                Ok(next) => next,
+                Err(failure) => {
+                    if let Some(me) = me.upgrade() {
+                        me.mark_handled(&failure);
+                    }
+                    Next::Ready(Err(failure))
+                }
+            }),
+            Location::caller(),
+        );
+        self
+    }
+
+    /// Remembers `failure` as handled here (see [`Consuming`]).
+    fn mark_handled(&self, failure: &Failure) {
+        let previous = self.inner.core.borrow_mut().cold_mut().handled.replace(failure.clone());
+        drop(previous);
     }
 
     /// Adds a call link, capturing the current log context for it (the capture point of
@@ -781,17 +828,7 @@ impl<T: 'static> Inner<T> {
             Next::Ready(r) => Some(Held::Result(r)),
             Next::Consumed => Some(Held::Consumed),
             Next::Wait(d) => self.wait_on(d),
-            Next::Handled(f) => Some(self.mark_handled(f)),
         }
-    }
-
-    /// The `Next::Handled` case of [`absorb`](Self::absorb): remembers `f` as handled here.
-    #[cold]
-    #[inline(never)]
-    fn mark_handled(&self, f: Failure) -> Held<T> {
-        let previous = self.core.borrow_mut().cold_mut().handled.replace(f.clone());
-        drop(previous);
-        Held::Result(Err(f))
     }
 
     /// The `Next::Wait` case of [`absorb`](Self::absorb).
@@ -808,10 +845,10 @@ impl<T: 'static> Inner<T> {
                 _ => unreachable!("matched above"),
             },
             Slot::Consumed if idle => return Some(Held::Result(Err(Failure::new(ResultConsumedError)))),
-            Slot::Waiting(next) => {
+            Slot::Waiting(next) if self.has_waiter() => {
                 let next = next.clone();
                 drop(other);
-                if self.has_waiter() && waits_on(next, self) {
+                if waits_on(next, self) {
                     return Some(Held::Result(Err(Failure::new(WaitCycleError))));
                 }
                 other = d.inner.core.borrow_mut();
@@ -824,12 +861,15 @@ impl<T: 'static> Inner<T> {
         // This one waits from now on, before any code runs: a slot says `Waiting(d)`
         // exactly while `d` holds its continuation, so that a ring closed by the loop
         // kicked below (its callback returning this one) is seen by the check above.
-        self.core.borrow_mut().slot = Slot::Waiting(Rc::downgrade(&d.inner));
-        if run {
-            d.inner.kick();
+        let mut core = self.core.borrow_mut();
+        core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
+        if !run {
+            return None;
         }
-        // If the other Deferred could run, it may have reached our continuation already
-        // and resumed us (`resume` leaves the result in our slot); otherwise we wait.
+        drop(core);
+        d.inner.kick();
+        // The other Deferred may have reached our continuation already and resumed us
+        // (`resume` leaves the result in our slot); otherwise we wait.
         let mut core = self.core.borrow_mut();
         match mem::replace(&mut core.slot, Slot::Running) {
             Slot::Ready(r) => Some(Held::Result(r)),
@@ -956,9 +996,32 @@ impl<T: 'static> run::Runnable for Inner<T> {
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext, &mut at))) {
                 Ok(()) => return,
-                Err(panic) => held = Held::Result(Err(Failure::from_panic_at(panic, at))),
+                Err(panic) => match self.after_panic(Failure::from_panic_at(panic, at)) {
+                    Some(h) => held = h,
+                    None => return,
+                },
             }
         }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// A panic reached the loop. Normally a link panicked while the loop held the
+    /// Deferred: its failure goes to the next link. If it came while the loop had let go
+    /// of the Deferred (from weft's own code or a destructor during a hand-over), the
+    /// failure takes the place of a result that moved on, and the loop goes on only if
+    /// it may, as after a hand-over.
+    #[cold]
+    #[inline(never)]
+    fn after_panic(&self, failure: Failure) -> Option<Held<T>> {
+        let mut core = self.core.borrow_mut();
+        if core.running && matches!(core.slot, Slot::Running) {
+            return Some(Held::Result(Err(failure)));
+        }
+        if matches!(core.slot, Slot::Consumed) {
+            core.slot = Slot::Ready(Err(failure));
+        }
+        core.take_back()
     }
 }
 
@@ -975,17 +1038,20 @@ impl<T: 'static> Inner<T> {
         loop {
             let link = {
                 let mut core = self.core.borrow_mut();
-                if core.paused > 0 || !core.has_links_to_run() {
-                    core.slot = held.into_slot();
-                    core.running = false;
-                    let dead = core.compact();
-                    drop(core);
-                    drop(dead);
-                    return;
-                }
-                let head = core.head as usize;
+                let (head, paused) = (core.head as usize, core.paused);
+                let next = match core.links.get_mut(head) {
+                    Some(next) if paused == 0 => next.take(),
+                    _ => {
+                        core.slot = held.into_slot();
+                        core.running = false;
+                        let dead = core.compact();
+                        drop(core);
+                        drop(dead);
+                        return;
+                    }
+                };
                 core.head += 1;
-                core.links[head].take()
+                next
             };
             match link {
                 Some(Link::Call(f, captured, at)) => {
@@ -1028,29 +1094,19 @@ impl<T: 'static> Inner<T> {
             core.slot = Slot::Consumed;
             core.running = false;
         }
-        // Only weft code runs here (user code runs in the loops it starts, which catch
-        // their own panics), but a panic must not leave this loop running unmarked.
-        let panicked = catch_unwind(AssertUnwindSafe(|| outer.resume(held.into_input()))).err();
+        // User code runs only in the loops this starts, which catch their own panics;
+        // anything else that unwinds from here is handled by `after_panic`.
+        outer.resume(held.into_input());
         // Loops started meanwhile (for steps added here) may have moved the slot on: it
         // may hold a result, or wait on another Deferred. Take it from there.
         let mut core = self.core.borrow_mut();
-        if let Some(panic) = panicked {
-            if matches!(core.slot, Slot::Consumed) {
-                core.slot = Slot::Ready(Err(Failure::from_panic(panic)));
-            }
-        }
-        if !core.can_run() {
+        let held = core.take_back();
+        if held.is_none() {
             let dead = core.compact();
             drop(core);
             drop(dead);
-            return None;
         }
-        core.running = true;
-        match mem::replace(&mut core.slot, Slot::Running) {
-            Slot::Ready(r) => Some(Held::Result(r)),
-            Slot::Consumed => Some(Held::Consumed),
-            _ => unreachable!("can_run checked the slot"),
-        }
+        held
     }
 }
 
@@ -1174,11 +1230,6 @@ where
         }
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
-        Ok(Next::Handled(f)) => {
-            let d = fail(f.clone());
-            d.inner.core.borrow_mut().cold_mut().handled = Some(f);
-            d
-        }
         Err(panic) => fail(Failure::from_panic(panic)),
     }
 }
