@@ -169,8 +169,7 @@ impl<T: 'static> Deferred<T> {
         }
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        core.cold
-            .get_or_insert_with(|| Box::new(Cold::new()))
+        core.cold_mut()
             .layers
             .push((position, Box::new(move |e: &CancelledError| captured.run(|| canceller(e)))));
         self
@@ -212,7 +211,7 @@ impl<T: 'static> Deferred<T> {
                     if !core.is_cancellable() {
                         return;
                     }
-                    core.cold.get_or_insert_with(|| Box::new(Cold::new())).started_here = Some(id);
+                    core.cold_mut().started_here = Some(id);
                 }
                 let previous = CURRENT.with(|c| c.replace(Some((id, location))));
                 (CancelledError { id, location }, Some(CurrentGuard(previous)))
@@ -284,7 +283,7 @@ impl<T: 'static> Deferred<T> {
                 if core.is_called() {
                     return None;
                 }
-                core.cold.get_or_insert_with(|| Box::new(Cold::new())).suppress_already_called = true;
+                core.cold_mut().suppress_already_called = true;
                 drop(core);
                 let _ =
                     self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);

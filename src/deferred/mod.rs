@@ -1089,14 +1089,24 @@ impl<T: 'static> Inner<T> {
     /// chain. Returns what this loop goes on with, or `None` if it is to stop (nothing
     /// left to run, paused, or another loop took over).
     fn hand_over(self: &Rc<Self>, outer: &Rc<Inner<T>>, held: Held<T>) -> Option<Held<T>> {
-        {
+        let last = {
             let mut core = self.core.borrow_mut();
             core.slot = Slot::Consumed;
             core.running = false;
-        }
+            !core.has_links_to_run()
+        };
         // User code runs only in the loops this starts, which catch their own panics;
         // anything else that unwinds from here is handled by `after_panic`.
         outer.resume(held.into_input());
+        if last {
+            // Whatever was added meanwhile was run by a loop of its own (every change
+            // that lets a Deferred run starts its loop), so this loop has nothing left.
+            let mut core = self.core.borrow_mut();
+            let dead = core.compact();
+            drop(core);
+            drop(dead);
+            return None;
+        }
         // Loops started meanwhile (for steps added here) may have moved the slot on: it
         // may hold a result, or wait on another Deferred. Take it from there.
         let mut core = self.core.borrow_mut();
