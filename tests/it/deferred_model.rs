@@ -542,11 +542,14 @@ fn weft_agrees_with_the_model_d() {
 }
 
 /// The long run: 1,000,000 sequences, longer ones too
-/// (`cargo test --test it -- --ignored deferred_model`).
+/// (`cargo test --test it -- --ignored deferred_model`; `WEFT_MODEL_SEED=<number>`
+/// explores from another seed).
 #[test]
 #[ignore]
 fn weft_agrees_with_the_model_on_a_million_sequences() {
-    explore(0xB16_5EED, 1_000_000, 20);
+    let seed = std::env::var("WEFT_MODEL_SEED")
+        .map_or(0xB16_5EED, |s| s.parse().expect("WEFT_MODEL_SEED: a number"));
+    explore(seed, 1_000_000, 20);
 }
 
 /// The shrinker finds the minimal sequence: a property that flags any sequence with a
