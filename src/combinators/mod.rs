@@ -1,9 +1,18 @@
 //! Combinators over many Deferreds: [`DeferredList`], [`gather_results`], [`race`], and
 //! the errors they report ([`FirstError`], [`FailureGroup`]).
 //!
-//! Each combinator's own Deferred holds its members only weakly (through its canceller),
-//! and each member's chain holds the combinator's state, so the responders keep the whole
-//! thing alive, as in Twisted, and nothing forms a reference cycle.
+//! # Ownership
+//!
+//! Each member's chain owns the combinator's state and Deferred until that member's
+//! outcome has reached it, so callbacks added to a combinator whose handle is dropped
+//! still run when the members fire, as in Twisted. The combinator's Deferred owns the
+//! members that have a canceller (or wait on another Deferred) until it fires, so such
+//! members handed over and never referred to again are still cancelled with it; the two
+//! keep each other alive meanwhile, so a combinator whose cancellable members never fire
+//! and that is never cancelled stays alive with them (a cycle Twisted's garbage
+//! collector would collect and `Rc` cannot): fire or cancel what you start. A member
+//! with no canceller is reached weakly: once nobody else holds it, it can never fire,
+//! so it is freed, and it counts as cancelled if the combinator is cancelled.
 //!
 //! # Cancellation
 //!
@@ -13,6 +22,9 @@
 mod gather;
 mod list;
 mod race;
+
+#[cfg(test)]
+mod tests;
 
 use std::error::Error;
 use std::fmt;

@@ -1,5 +1,5 @@
 //! State-machine tests of the Deferred internals; behaviour through the public API is
-//! tested in `tests/it/deferred.rs`.
+//! tested in `tests/it/deferred_*.rs`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -127,4 +127,90 @@ fn cancel_reaches_the_innermost_of_100_000_nested_deferreds_without_overflow() {
     ds[0].cancel();
     assert!(reached.get());
     assert!(ds[0].take_result().unwrap().unwrap_err().check::<CancelledError>());
+}
+
+/// Counts its drops.
+struct Tracked(Rc<Cell<u32>>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn fired_chain_deferred_pair_frees_both() {
+    let drops = Rc::new(Cell::new(0));
+    let (a, b) = (Deferred::<Tracked>::new(), Deferred::<Tracked>::new());
+    a.chain_deferred(&b);
+    let (weak_a, weak_b) = (a.downgrade(), b.downgrade());
+    a.callback(Tracked(drops.clone())).unwrap();
+    drop((a, b));
+    assert!(weak_a.upgrade().is_none() && weak_b.upgrade().is_none());
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn settled_then_pair_frees_both_and_an_unsettled_one_until_cancelled() {
+    let source = Deferred::<u32>::new();
+    let mapped = source.clone().map(|x| x + 1);
+    let (weak_source, weak_mapped) = (source.downgrade(), mapped.downgrade());
+    source.callback(1).unwrap();
+    drop(source);
+    assert!(weak_source.upgrade().is_none(), "a fired mapped Deferred lets go of its source");
+    assert_eq!(mapped.take_result().unwrap().unwrap(), 2);
+    drop(mapped);
+    assert!(weak_mapped.upgrade().is_none());
+
+    // Unsettled, with a cancellable source, the pair keeps itself alive; a cancel
+    // settles and frees it.
+    let source = Deferred::<u32>::with_canceller(|_| ());
+    let weak_source = source.downgrade();
+    let weak_mapped = source.map(|x| x + 1).downgrade();
+    let mapped = weak_mapped.upgrade().expect("the source's chain owns the mapped Deferred");
+    assert!(weak_source.upgrade().is_some(), "the mapped Deferred owns its source");
+    mapped.cancel();
+    assert!(mapped.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    drop(mapped);
+    assert!(weak_source.upgrade().is_none() && weak_mapped.upgrade().is_none());
+}
+
+#[test]
+fn a_mapped_source_with_nothing_to_cancel_is_freed_with_its_last_other_handle() {
+    let source = Deferred::<u32>::new();
+    let weak_source = source.downgrade();
+    let mapped = source.clone().map(|x| x + 1);
+    let weak_mapped = mapped.downgrade();
+    drop(source);
+    assert!(weak_source.upgrade().is_none(), "nobody can fire it any more");
+    mapped.cancel();
+    assert!(mapped.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    drop(mapped);
+    assert!(weak_mapped.upgrade().is_none());
+}
+
+/// `wait_on` refuses to make a ring of waiting Deferreds; if one existed anyway, a cancel
+/// walk must still end. Build the ring by hand and cancel into it.
+#[test]
+fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
+    let n = 3;
+    let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in 0..n {
+        let (me, next) = (&ds[i], &ds[(i + 1) % n]);
+        me.inner.core.borrow_mut().slot = Slot::Waiting(Rc::downgrade(&next.inner));
+        next.inner.core.borrow_mut().links.push(Some(Link::Continue(me.inner.clone())));
+    }
+    let outer = Deferred::<u32>::new();
+    let d0 = ds[0].clone();
+    outer.add_callback(move |_| d0);
+    outer.callback(0).unwrap();
+    outer.cancel();
+    // The ring member where the walk noticed the loop failed with the CancelledError,
+    // which went round the ring; `d0` handed it to the ring before its continuation to
+    // `outer`, which therefore gets a ResultConsumedError. What matters: it ended.
+    let f = outer.take_result().unwrap().unwrap_err();
+    assert!(f.check::<CancelledError>() || f.check::<ResultConsumedError>(), "{f}");
+    for d in &ds {
+        assert!(d.is_called() && !d.is_paused());
+    }
 }
