@@ -263,12 +263,56 @@ fn echo_server(port: u16) {
     reactor.run();
 }
 
+/// http-server PORT: weft's own HTTP/1.1 server (`weft::web`) on 127.0.0.1:PORT with
+/// backlog 1024, TCP_NODELAY, keep-alive and pipelining, until SIGTERM. `GET /hello`:
+/// 200, `hello, world\n`, `Content-Type: text/plain`, `Content-Length: 13`; `GET
+/// /sleep/<ms>` (0..=60000): the same after `ms` on a reactor timer; anything else 404
+/// (a known path with another method: 405). No access log.
+///
+/// Each request runs in its own log context, whose CPU time is read from the thread's
+/// CPU clock at every switch (a system call; weft's default, as Synapse's `getrusage`).
+/// `WEFT_CONTEXT_CLOCK=monotonic` (or `off`) measures the same server with the cheaper
+/// clock (`weft::logcontext::set_cpu_clock`).
+fn http_server(port: u16) {
+    use weft::logcontext::{set_cpu_clock, CpuClock};
+    use weft::web::{Request, Response, Router, ServerConfig, Site};
+    match std::env::var("WEFT_CONTEXT_CLOCK").as_deref() {
+        Ok("monotonic") => set_cpu_clock(CpuClock::Monotonic),
+        Ok("off") => set_cpu_clock(CpuClock::Off),
+        _ => {}
+    }
+    fn hello() -> Response {
+        Response::new(200).header("Content-Type", "text/plain").body("hello, world\n")
+    }
+    let reactor = weft::Reactor::new().expect("reactor");
+    let time = reactor.handle();
+    let router = Router::new().get("/hello", |_req: Request| hello()).get(
+        "/sleep/{ms}",
+        move |req: Request| match req
+            .param("ms")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms <= 60_000)
+        {
+            Some(ms) => weft::reactor::defer_later(&time, Duration::from_millis(ms), hello),
+            None => weft::succeed(Response::error(404, "")),
+        },
+    );
+    let mut config = ServerConfig::default();
+    config.access_log = false;
+    let site = Site::with_config(&reactor, router, config);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    site.listen_tcp(addr).expect("listen");
+    reactor.stop_on_signals().expect("signals");
+    eprintln!("weft http server on {addr}");
+    reactor.run();
+}
+
 // ---------------------------------------------------------------------------
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers> N | echo-server PORT");
+        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers> N | echo-server PORT | http-server PORT");
         std::process::exit(2)
     };
     let cmd = args.first().map(String::as_str).unwrap_or_else(|| usage());
@@ -284,6 +328,7 @@ fn main() {
         "timers-cancel" => emit("timers-cancel", arg, "timer", vec![v("virtual_clock", timers_cancel)]),
         "reactor-timers" => emit("reactor-timers", arg, "timer", vec![v("mio_reactor", reactor_timers)]),
         "echo-server" => echo_server(u16::try_from(arg).unwrap_or_else(|_| usage())),
+        "http-server" => http_server(u16::try_from(arg).unwrap_or_else(|_| usage())),
         _ => usage(),
     }
     // If a benchmark has deep recursion (nested chains), run it on a thread with a

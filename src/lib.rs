@@ -74,6 +74,8 @@
 //! | a paused Deferred dropped holding a failure: silent | reported as unhandled |
 //! | `consumeErrors` leaves `None` in the member | the member keeps the failure, marked handled (never reported); later steps get it |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
+//! | `twisted.web` `Site`, Synapse's servlets and `@cancellable` | [`web::Site`], [`web::Router`], [`future::cancellable`] |
+//! | Synapse `ResponseCache` | [`ResponseCache`] |
 //! | `basic.LineReceiver`, `Int32StringReceiver`, `NetstringReceiver` | [`protocols::LineReceiver`], [`protocols::IntNStringReceiver`], [`protocols::NetstringReceiver`] |
 //! | `adoptStreamPort`, `proto_helpers.StringTransport` | [`ReactorHandle::adopt_stream_port`], [`reactor::MemoryTransport`] |
 //! | `ensureDeferred`, `inlineCallbacks` | [`future::ensure_deferred`] over `async` blocks; a task cancelled while it awaits a non-Deferred future is aborted there (tokio's rule), or use [`future::interruptible`] |
@@ -90,6 +92,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod async_helpers;
+pub mod cache;
 pub mod cancellation;
 pub mod combinators;
 mod deferred;
@@ -100,6 +103,7 @@ mod observable;
 pub mod protocols;
 pub mod reactor;
 pub mod sync;
+pub mod web;
 
 pub use deferred::{fail, is_debugging, maybe_deferred, set_debugging, succeed, CallbackResult, Deferred};
 pub use failure::{
@@ -108,6 +112,7 @@ pub use failure::{
 };
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 
+pub use cache::ResponseCache;
 pub use cancellation::{
     add_timeout, add_timeout_with, delay_cancellation, reverse_shield, stop_cancellation, timeout_deferred,
     TimeoutError,

@@ -109,6 +109,33 @@ pub(crate) mod logs {
     }
 }
 
+/// Serves `site` on 127.0.0.1, runs `client` (given the address) on its own thread, and
+/// drives the reactor on this thread until the client is done (bounded by `limit`);
+/// returns what the client returned. Blocking clients (curl, ureq, raw sockets) never
+/// share a thread with the server they talk to.
+#[track_caller]
+pub(crate) fn with_http_server<R: Send + 'static>(
+    reactor: &Reactor,
+    site: &weft::web::Site,
+    limit: Duration,
+    client: impl FnOnce(SocketAddr) -> R + Send + 'static,
+) -> R {
+    let port = site.listen_tcp(localhost()).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
+    let stop = reactor.thread_handle();
+    let thread = std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| client(addr)));
+        let _ = stop.stop();
+        r
+    });
+    run_bounded(reactor, limit);
+    port.stop_listening();
+    match thread.join().unwrap() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// A protocol that keeps its transport and a reactor handle (the cycle a real protocol
 /// makes), closes at once if told to, counts lost connections in `ends.lost` and stops
 /// the reactor when the count reaches `ends.stop_at`. Whatever is in `owned` lives as
