@@ -84,7 +84,7 @@ pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
         c.set(true);
         w.pause();
     });
-    let w = waiter.clone();
+    let w = waiter.to_ref();
     d.add_both_consuming(move |r: Result<T, Failure>| -> Consuming<T> {
         if cancelled.get() {
             let _ = w.unpause();
@@ -195,9 +195,10 @@ fn add_timeout_at<T, F>(
 /// The new Deferred fails with `TimeoutError` when the time is up even if `d` ignores
 /// the cancel. Cancelling the new Deferred cancels `d`, and that stays a
 /// `CancelledError`. The timeout's `CancelledError` and `TimeoutError` name the line
-/// that called `timeout_deferred` (`#[track_caller]`). The new Deferred owns `d` until
-/// it fires if `d` has a canceller (as [`then`](Deferred::then) owns its source), so
-/// such a `d` need not be kept elsewhere.
+/// that called `timeout_deferred` (`#[track_caller]`). The new Deferred holds `d` until
+/// it fires (as [`then`](Deferred::then) holds its source), so `d` need not be kept
+/// elsewhere; once the new Deferred has no handle left it lets go of `d`, and the timer
+/// holds neither, so a pair nobody can fire or cancel is freed.
 ///
 /// ```
 /// use std::time::Duration;
@@ -217,14 +218,10 @@ pub fn timeout_deferred<T: 'static>(
     time: &dyn ReactorTime,
 ) -> Deferred<T> {
     let location = Location::caller();
-    // The new Deferred owns a cancellable `d` until it fires, so a cancel reaches a `d`
-    // nobody else holds.
-    let inner = d.hold_as_source();
-    let out: Deferred<T> = Deferred::with_canceller(move |_| {
-        if let Some(d) = inner.get() {
-            d.cancel();
-        }
-    });
+    let out: Deferred<T> = Deferred::new();
+    // `out` holds `d` until it fires, and a cancel of `out` cancels it, even if nobody
+    // else holds it.
+    out.add_source(d.clone());
     let timed_out = Rc::new(Cell::new(false));
     let (t, target, o) = (timed_out.clone(), d.downgrade(), out.downgrade());
     let call = time.call_later(
@@ -241,7 +238,7 @@ pub fn timeout_deferred<T: 'static>(
             }
         }),
     );
-    let (o, this) = (out.clone(), d.downgrade());
+    let (o, this) = (out.to_ref(), d.downgrade());
     d.add_both(move |r: Result<T, Failure>| -> Next<T> {
         let _ = call.cancel();
         let r = if timed_out.get() { as_timeout(r, &this, timeout, location) } else { r };

@@ -5,7 +5,9 @@
 //!
 //! The `ObservableDeferred` holds the source and an `Rc` to the shared state; the source's
 //! chain holds the state too, through the one link that records the outcome. The state
-//! owns the observers still waiting, in a `Slab`; each observer's canceller holds only a
+//! owns the observers still waiting, in a `Slab`, as forward references (they fire an
+//! observer and cannot cancel it, see `deferred/own.rs`): a source nobody can fire is
+//! freed with the state and the observers nobody holds. Each observer's canceller holds only a
 //! `Weak` to the state and its slab key, so cancelling an observer removes that one entry
 //! and nothing else. The outcome is stored once; each observer gets a clone of the value
 //! (`T: Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
@@ -16,7 +18,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::deferred::{Consuming, Next};
+use crate::deferred::{Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Shares the outcome of one source Deferred with many observers, each of which gets its
@@ -60,7 +62,7 @@ struct State<T: 'static> {
     /// The source's outcome, once it has one; set before any observer is told.
     outcome: RefCell<Option<Result<T, Failure>>>,
     /// Observers waiting for the outcome.
-    observers: RefCell<Slab<Deferred<T>>>,
+    observers: RefCell<Slab<DeferredRef<T>>>,
 }
 
 impl<T: Clone + 'static> ObservableDeferred<T> {
@@ -108,7 +110,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 drop(removed);
             }
         });
-        entry.insert(d.clone());
+        entry.insert(d.to_ref());
         d
     }
 

@@ -26,8 +26,8 @@ use crate::{Deferred, Failure};
 ///
 /// Cancelling the result cancels every member without a result; the first member's
 /// `CancelledError` comes back wrapped in a `FirstError` (unwrap it with
-/// [`unwrap_first_error`]). The result owns the members until it settles, as a
-/// [`DeferredList`] does.
+/// [`unwrap_first_error`]). The result holds the members until it settles (or has no
+/// handle left), as a [`DeferredList`] does.
 #[must_use = "the gathered Deferred carries the values"]
 #[track_caller]
 pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: bool) -> Deferred<Vec<T>> {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::FirstError;
-use crate::deferred::{current_cancellation, Consuming, Next, SourceHandle};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -109,12 +109,10 @@ impl<T: 'static> DeferredList<T> {
     ///
     /// Each member's chain owns the list's Deferred until that member's outcome reaches
     /// it, so callbacks added to the list run even if no handle to it is kept. The list
-    /// owns the members that have a canceller (or wait on another Deferred) until it
-    /// fires, so cancelling the list reaches them even if nobody else holds them; the
-    /// two keep each other alive meanwhile, so a list whose cancellable members never
-    /// fire and that is never cancelled stays alive with them. A member with no
-    /// canceller is not owned: once nobody else holds it, it can never fire and is
-    /// freed, and a cancel of the list counts it as cancelled.
+    /// holds its members until it fires, so cancelling it reaches them even if nobody
+    /// else holds them. Once the list's Deferred has no handle left it lets go of them,
+    /// so a list whose members nobody can fire is freed with them (see the
+    /// [module docs](crate::combinators)).
     #[must_use = "the list's Deferred carries the outcomes"]
     #[track_caller]
     pub fn into_deferred(self) -> Deferred<ListResult<T>> {
@@ -126,18 +124,20 @@ impl<T: 'static> DeferredList<T> {
             fire_on_one_errback: self.fire_on_one_errback,
             consume_errors: self.consume_errors,
         });
-        let sources: Vec<SourceHandle<T>> = self.members.iter().map(Deferred::hold_as_source).collect();
+        let members: Vec<WeakDeferred<T>> = self.members.iter().map(Deferred::downgrade).collect();
         let st = state.clone();
-        // Dropped, with the members it owns, once the list fires.
         let out = Deferred::with_canceller(move |out: &Deferred<ListResult<T>>| {
-            for (index, source) in sources.iter().enumerate() {
-                match source.get() {
+            // Held here for the whole loop: the list may fire (and let go of them) after
+            // the first cancel, and the rest are still to be cancelled, as in Twisted.
+            let members: Vec<Option<Deferred<T>>> = members.iter().map(WeakDeferred::upgrade).collect();
+            for (index, member) in members.into_iter().enumerate() {
+                match member {
                     // A member that already has a result ignores the cancel.
                     Some(d) => d.cancel(),
                     None if !out.is_called() && st.results.borrow()[index].is_none() => {
                         // Freed unfired: it can never fire, so it counts as cancelled.
                         if let Some(cancelled) = current_cancellation() {
-                            let _ = st.deliver(out, index, Err(Failure::new(cancelled)));
+                            let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
                         }
                     }
                     None => {}
@@ -148,9 +148,14 @@ impl<T: 'static> DeferredList<T> {
             let _ = out.callback(ListResult::All(Vec::new()));
             return out;
         }
+        let target = out.to_ref();
         for (index, member) in self.members.iter().enumerate() {
-            let (st, out) = (state.clone(), out.clone());
+            let (st, out) = (state.clone(), target.clone());
             member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+        }
+        // The list holds its members until it fires, so its canceller reaches them.
+        for member in self.members {
+            out.add_source(member);
         }
         out
     }
@@ -159,7 +164,7 @@ impl<T: 'static> DeferredList<T> {
 impl<T: 'static> ListState<T> {
     /// Member `index`'s outcome reaches the list: records it and fires `out` when the
     /// options say so. Returns what the member's own chain goes on with.
-    fn deliver(&self, out: &Deferred<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
+    fn deliver(&self, out: &DeferredRef<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
         if out.is_called() {
             // The list already fired: the member keeps its result.
             return match r {

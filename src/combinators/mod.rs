@@ -5,14 +5,12 @@
 //!
 //! Each member's chain owns the combinator's state and Deferred until that member's
 //! outcome has reached it, so callbacks added to a combinator whose handle is dropped
-//! still run when the members fire, as in Twisted. The combinator's Deferred owns the
-//! members that have a canceller (or wait on another Deferred) until it fires, so such
-//! members handed over and never referred to again are still cancelled with it; the two
-//! keep each other alive meanwhile, so a combinator whose cancellable members never fire
-//! and that is never cancelled stays alive with them (a cycle Twisted's garbage
-//! collector would collect and `Rc` cannot): fire or cancel what you start. A member
-//! with no canceller is reached weakly: once nobody else holds it, it can never fire,
-//! so it is freed, and it counts as cancelled if the combinator is cancelled.
+//! still run when the members fire, as in Twisted (fire and forget). The combinator's
+//! Deferred holds every member until it fires, so members handed over and never
+//! referred to again are still cancelled with it (Twisted's `DeferredList` keeps its
+//! list). Once the combinator's Deferred has no handle left, nobody can cancel it, so it
+//! lets go of its members: a combinator whose members nobody can fire either is freed
+//! with them, fired or not (where Twisted waits for its garbage collector).
 //!
 //! # Cancellation
 //!

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::FailureGroup;
-use crate::deferred::{current_cancellation, Consuming, Next, SourceHandle};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
 use crate::{Deferred, Failure};
 
 /// Fires with `(index, value)` of the first member to succeed and cancels the others
@@ -32,41 +32,46 @@ use crate::{Deferred, Failure};
 ///
 /// # Ownership
 ///
-/// Each member's chain owns the race's Deferred until its outcome arrives. The race owns
-/// the members that have a canceller (or wait on another Deferred) until it settles, so
-/// they are cancelled with it even if nobody else holds them; a race that never settles
-/// and is never cancelled keeps itself and those members alive. A member with no
-/// canceller is not owned: once nobody else holds it, it can never fire, is freed, and
-/// counts as cancelled when the race is.
+/// Each member's chain owns the race's Deferred until its outcome arrives. The race holds
+/// its members until it settles, so they are cancelled with it even if nobody else holds
+/// them (Twisted's `race([Deferred(canceller), ...])`). Once the race's Deferred has no
+/// handle left it lets go of them, so a race whose members nobody can fire is freed with
+/// them.
 #[must_use = "the race's Deferred carries the winner"]
 #[track_caller]
 pub fn race<T: 'static>(members: Vec<Deferred<T>>) -> Deferred<(usize, T)> {
     let n = members.len();
     let state = Rc::new(RaceState {
-        sources: RefCell::new(members.iter().map(Deferred::hold_as_source).collect()),
+        members: members.iter().map(Deferred::downgrade).collect(),
         failures: RefCell::new(vec![None; n]),
         remaining: Cell::new(n),
         won: Cell::new(false),
     });
     let st = state.clone();
     let out: Deferred<(usize, T)> = Deferred::with_canceller(move |out: &Deferred<(usize, T)>| {
-        st.cancel_all(None, Some(out));
+        st.cancel_all(None, Some(&out.to_ref()));
     });
     if n == 0 {
         let _ = out.errback(FailureGroup { failures: Vec::new() });
         return out;
     }
+    let target = out.to_ref();
     for (index, member) in members.iter().enumerate() {
-        let (st, out) = (state.clone(), out.clone());
+        let (st, out) = (state.clone(), target.clone());
         member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+    }
+    // The race holds its members until it settles, so its canceller reaches them.
+    for member in members {
+        out.add_source(member);
     }
     out
 }
 
 /// What the members' chains and the race's canceller share.
 struct RaceState<T: 'static> {
-    /// The members, until the race settles (see the ownership rules above).
-    sources: RefCell<Vec<SourceHandle<T>>>,
+    /// The members, reached weakly: the race's Deferred holds them (see the ownership
+    /// rules above).
+    members: Vec<WeakDeferred<T>>,
     failures: RefCell<Vec<Option<Failure>>>,
     remaining: Cell<usize>,
     won: Cell<bool>,
@@ -75,7 +80,7 @@ struct RaceState<T: 'static> {
 impl<T: 'static> RaceState<T> {
     /// Member `index`'s outcome reaches the race. Returns what the member's own chain
     /// goes on with.
-    fn deliver(&self, out: &Deferred<(usize, T)>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
+    fn deliver(&self, out: &DeferredRef<(usize, T)>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
         if self.won.get() || out.is_called() {
             return match r {
                 Ok(v) => Ok(Next::Ready(Ok(v))),
@@ -92,7 +97,6 @@ impl<T: 'static> RaceState<T> {
             Err(f) => {
                 self.failures.borrow_mut()[index] = Some(f);
                 if self.remaining.get() == 0 {
-                    self.sources.borrow_mut().clear();
                     let all = std::mem::take(&mut *self.failures.borrow_mut());
                     let failures = all.into_iter().map(|f| f.expect("every member failed")).collect();
                     let _ = out.errback(FailureGroup { failures });
@@ -102,16 +106,16 @@ impl<T: 'static> RaceState<T> {
         Ok(Next::Consumed)
     }
 
-    /// Cancels every member but `except`, letting go of them all: the race has been won
-    /// or is being cancelled. While the race is cancelled (`out`), a member freed unfired
-    /// counts as cancelled.
-    fn cancel_all(&self, except: Option<usize>, out: Option<&Deferred<(usize, T)>>) {
-        let sources = std::mem::take(&mut *self.sources.borrow_mut());
-        for (index, source) in sources.iter().enumerate() {
+    /// Cancels every member but `except`: the race has been won or is being cancelled
+    /// (`out`). While the race is cancelled, a member freed unfired counts as cancelled.
+    fn cancel_all(&self, except: Option<usize>, out: Option<&DeferredRef<(usize, T)>>) {
+        // Held here for the whole loop, so that none is let go of before its turn.
+        let members: Vec<Option<Deferred<T>>> = self.members.iter().map(WeakDeferred::upgrade).collect();
+        for (index, member) in members.into_iter().enumerate() {
             if Some(index) == except {
                 continue;
             }
-            match (source.get(), out) {
+            match (member, out) {
                 (Some(d), _) => d.cancel(),
                 (None, Some(out)) if !self.won.get() && self.failures.borrow()[index].is_none() => {
                     if let Some(cancelled) = current_cancellation() {

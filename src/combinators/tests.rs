@@ -99,45 +99,49 @@ fn settled_race_frees_the_winner_and_the_cancelled_losers() {
 }
 
 #[test]
-fn a_list_that_never_settles_keeps_its_members_until_cancelled() {
+fn a_list_nobody_holds_is_freed_with_the_members_only_it_held() {
     let (ds, weak) = members::<u8>(2);
     let weak_list = DeferredList::new(ds).into_deferred().downgrade();
-    // No handle is left outside, yet the members and the list keep each other alive
-    // (as Twisted's garbage collector would keep such a cycle until it ran).
-    assert_eq!(alive(&weak), 2);
-    let list = weak_list.upgrade().expect("the members keep the list alive");
-    list.cancel();
-    match list.take_result().unwrap().unwrap() {
-        ListResult::All(r) => assert!(r.iter().all(|r| r.as_ref().unwrap_err().check::<CancelledError>())),
-        ListResult::One { .. } => unreachable!(),
-    }
-    drop(list);
+    // Nobody can fire the members or cancel the list any more: all of it is garbage.
     assert_eq!(alive(&weak), 0);
     assert!(weak_list.upgrade().is_none());
 }
 
 #[test]
-fn a_member_without_canceller_is_not_owned_and_counts_as_cancelled_once_freed() {
+fn a_list_held_by_the_caller_keeps_its_members_until_cancelled() {
+    let (ds, weak) = members::<u8>(2);
+    let list = DeferredList::new(ds).into_deferred();
+    assert_eq!(alive(&weak), 2, "a cancel of the list must reach them");
+    list.cancel();
+    assert_eq!(alive(&weak), 0, "settled, the list lets go of them");
+    match list.take_result().unwrap().unwrap() {
+        ListResult::All(r) => assert!(r.iter().all(|r| r.as_ref().unwrap_err().check::<CancelledError>())),
+        ListResult::One { .. } => unreachable!(),
+    }
+}
+
+#[test]
+fn a_member_freed_after_the_list_lost_its_handles_counts_as_cancelled() {
     let kept: Deferred<u8> = Deferred::new();
-    let weak_dropped = {
-        let dropped: Deferred<u8> = Deferred::new();
-        let weak = dropped.downgrade();
-        let list = DeferredList::new(vec![kept.clone(), dropped]).into_deferred();
-        assert!(weak.upgrade().is_none(), "nothing to stop, nobody to fire it: freed");
-        list.cancel();
-        match list.take_result().unwrap().unwrap() {
-            ListResult::All(r) => {
-                assert!(r.iter().all(|r| r.as_ref().unwrap_err().check::<CancelledError>()));
-                let ids: Vec<_> = r
-                    .iter()
-                    .map(|r| r.as_ref().unwrap_err().downcast_ref::<CancelledError>().unwrap().id())
-                    .collect();
-                assert_eq!(ids[0], ids[1], "one cancel, one id");
-            }
-            ListResult::One { .. } => unreachable!(),
-        }
-        weak
-    };
+    let dropped: Deferred<u8> = Deferred::new();
+    let weak_dropped = dropped.downgrade();
+    let weak_list = DeferredList::new(vec![kept.clone(), dropped]).into_deferred().downgrade();
+    // The list has no handle left: it let go of its members, and the one nobody else
+    // held is freed. `kept`'s chain still holds the list.
     assert!(weak_dropped.upgrade().is_none());
+    // A weak upgrade (as a timer holding the list weakly would do) cancels it.
+    let list = weak_list.upgrade().expect("kept's chain holds the list");
+    list.cancel();
+    match list.take_result().unwrap().unwrap() {
+        ListResult::All(r) => {
+            assert!(r.iter().all(|r| r.as_ref().unwrap_err().check::<CancelledError>()));
+            let ids: Vec<_> = r
+                .iter()
+                .map(|r| r.as_ref().unwrap_err().downcast_ref::<CancelledError>().unwrap().id())
+                .collect();
+            assert_eq!(ids[0], ids[1], "one cancel, one id");
+        }
+        ListResult::One { .. } => unreachable!(),
+    }
     let _ = kept.take_result();
 }

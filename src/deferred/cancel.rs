@@ -27,6 +27,9 @@ use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::Rc;
 
+use smallvec::SmallVec;
+
+use super::own::{Erased, Sources};
 use super::{Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 use crate::logcontext::Captured;
@@ -45,8 +48,15 @@ pub(super) struct Cold<T: 'static> {
     pub(super) handled: Option<Failure>,
     /// The creator's canceller (Twisted's `Deferred(canceller)`); dropped once fired.
     pub(super) canceller: Option<Canceller<T>>,
+    /// How many links were dropped from the front of the link list since this part was
+    /// allocated (see `Core::base`).
+    pub(super) base: u32,
     /// Layer cancellers with their positions, in the order added (positions ascend).
     layers: Vec<(u32, LayerCanceller)>,
+    /// The Deferreds this one was built on (`then`, combinators, a task's awaited
+    /// Deferred), held until it fires (see `own.rs`). Without a creator's canceller, a
+    /// cancel cancels them.
+    pub(super) sources: Sources,
     /// Set when `cancel()` made this Deferred fail: ignore the first late fire.
     pub(super) suppress_already_called: bool,
     /// The id of the cancellation that started with `cancel()` on this very Deferred.
@@ -59,15 +69,18 @@ impl<T: 'static> Cold<T> {
             fired_at: None,
             handled: None,
             canceller: None,
+            base: 0,
             layers: Vec::new(),
+            sources: Sources::new(),
             suppress_already_called: false,
             started_here: None,
         }
     }
 
-    /// True if a cancel would run something here: a creator or layer canceller.
-    pub(super) fn has_cancellers(&self) -> bool {
-        self.canceller.is_some() || !self.layers.is_empty()
+    /// What firing makes useless: the creator's canceller and the sources; for the
+    /// caller to drop outside its borrow.
+    pub(super) fn take_on_fire(&mut self) -> (Option<Canceller<T>>, Sources) {
+        (self.canceller.take(), mem::take(&mut self.sources))
     }
 
     /// Removes the layer cancellers whose callbacks have started; returns them so the
@@ -160,8 +173,9 @@ impl<T: 'static> Deferred<T> {
     {
         let mut core = self.inner.core.borrow_mut();
         let position = core.end();
-        let finished =
-            matches!(core.slot, Slot::Ready(_) | Slot::Consumed) && !core.running && !core.has_links_to_run();
+        let finished = matches!(core.slot, Slot::Ready(_) | Slot::Consumed)
+            && !core.running()
+            && !core.has_links_to_run();
         if finished {
             // The result is here and nothing will run before the layer's callbacks: the
             // layer can never be cancelled.
@@ -261,7 +275,8 @@ impl<T: 'static> Deferred<T> {
             let mut core = self.inner.core.borrow_mut();
             let target = match &core.slot {
                 Slot::Pending => Target::Creator,
-                Slot::Waiting(w) => Target::Inner(w.upgrade()),
+                Slot::Waiting(d) => Target::Inner(Some(d.0.clone())),
+                Slot::WaitingWeakly(w) => Target::Inner(w.upgrade()),
                 _ => return None,
             };
             let consumed = core.consumed();
@@ -281,17 +296,29 @@ impl<T: 'static> Deferred<T> {
         }
         match target {
             Target::Creator => {
-                let canceller = {
+                let (canceller, sources) = {
                     let mut core = self.inner.core.borrow_mut();
                     if core.is_called() {
                         return None;
                     }
-                    core.cold.as_mut().and_then(|c| c.canceller.take())
+                    match core.cold.as_mut() {
+                        Some(c) => match c.canceller.take() {
+                            Some(canceller) => (Some(canceller), SmallVec::new()),
+                            None => (None, c.sources.iter().filter_map(|s| s.upgrade()).collect()),
+                        },
+                        None => (None, SmallVec::<[Rc<dyn Erased>; 1]>::new()),
+                    }
                 };
                 if let Some(canceller) = canceller {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
                         log::error!("a canceller panicked: {}", Failure::from_panic(panic));
                     }
+                }
+                // With no canceller of its own, a Deferred built on others (`then`,
+                // `timeout_deferred`) cancels them; their failures come back through
+                // their links.
+                for source in sources {
+                    source.cancel_source();
                 }
                 let mut core = self.inner.core.borrow_mut();
                 if core.is_called() {
@@ -351,7 +378,7 @@ impl<T: 'static> Walk<T> {
 impl<T: 'static> super::Core<T> {
     /// True if a cancel can still change anything: no result has arrived.
     fn is_cancellable(&self) -> bool {
-        matches!(self.slot, Slot::Pending | Slot::Waiting(_))
+        matches!(self.slot, Slot::Pending) || self.slot.is_waiting()
     }
 }
 

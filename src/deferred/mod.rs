@@ -18,16 +18,18 @@
 //! `cancel.rs`).
 
 mod cancel;
+mod own;
 mod run;
 
 pub(crate) use cancel::current_cancellation;
+pub(crate) use own::{DeferredRef, WeakDeferred};
 
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::mem;
+use std::mem::{self, ManuallyDrop};
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,8 +258,15 @@ enum Slot<T: 'static> {
     /// Not fired. No link has run.
     Pending,
     /// Fired, and a callback returned a Deferred that has no result yet: the chain waits
-    /// for it. Weak, because that Deferred owns this one through its continuation link.
-    Waiting(Weak<Inner<T>>),
+    /// for it, holding it as one of its cancel handles (see `own.rs`), so that a cancel
+    /// of this one reaches it, as Twisted's `result.cancel()` does. That Deferred holds
+    /// this one through its continuation link: the cycle is broken when this one is
+    /// resumed, or loses its last cancel handle and becomes `WaitingWeakly`.
+    Waiting(own::Claim<T>),
+    /// Waiting as above, after this Deferred lost its last cancel handle (or it had none
+    /// when it began to wait): nothing can cancel through it, so it reaches the other
+    /// Deferred weakly.
+    WaitingWeakly(Weak<Inner<T>>),
     /// The current result, for the next link (or for whoever reads it).
     Ready(Result<T, Failure>),
     /// A link is running with the result taken out.
@@ -266,8 +275,32 @@ enum Slot<T: 'static> {
     Consumed,
 }
 
+impl<T: 'static> Slot<T> {
+    /// True while the chain waits on another Deferred.
+    fn is_waiting(&self) -> bool {
+        matches!(self, Slot::Waiting(_) | Slot::WaitingWeakly(_))
+    }
+
+    /// The Deferred the chain waits on, weakly, if it waits.
+    fn waited(&self) -> Option<Weak<Inner<T>>> {
+        match self {
+            Slot::Waiting(d) => Some(Rc::downgrade(&d.0)),
+            Slot::WaitingWeakly(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) struct Inner<T: 'static> {
-    core: RefCell<Core<T>>,
+    /// The state. `Inner`'s `Drop` takes out everything in it that owns anything (the
+    /// slot's value, the links, the cold part); what is left owns nothing, so it is not
+    /// dropped (`ManuallyDrop`), which saves calls to drop glue on every Deferred freed.
+    core: ManuallyDrop<RefCell<Core<T>>>,
+    /// How many cancel handles the Deferred has: public `Deferred` handles, a waiting
+    /// Deferred's `Slot::Waiting`, and sources held by a Deferred built on this one (see
+    /// `own.rs`). At zero nobody can cancel it any more, and a pending one lets go of what
+    /// it holds only to be able to cancel it.
+    handles: Cell<u32>,
 }
 
 struct Core<T: 'static> {
@@ -276,13 +309,11 @@ struct Core<T: 'static> {
     links: SmallVec<[Option<Link<T>>; 1]>,
     /// Index in `links` of the next link to run.
     head: u32,
-    /// How many links were dropped from the front of `links` when it was emptied; with
-    /// `head` it gives absolute positions, which cancellers are tagged with.
-    base: u32,
-    /// `pause()` calls not yet matched by `unpause()`.
-    paused: u32,
-    /// A callback loop is on the stack (or queued) for this Deferred.
-    running: bool,
+    /// Bit 0 ([`RUNNING`]): a callback loop is on the stack (or queued) for this
+    /// Deferred. The rest: `pause()` calls not yet matched by `unpause()` (in units of
+    /// [`PAUSE`]). One word for both keeps a Deferred within its size budget, and lets
+    /// `can_run` test both at once.
+    flags: u32,
     /// The rarely used part (cancellers, diagnostics), allocated only when used.
     cold: Option<Box<cancel::Cold<T>>>,
     /// Where the Deferred was created (the caller of `new`, `succeed`, `then`, a
@@ -290,19 +321,44 @@ struct Core<T: 'static> {
     created_at: &'static Location<'static>,
 }
 
+/// `Core::flags`: a callback loop is on the stack (or queued).
+const RUNNING: u32 = 1;
+/// `Core::flags`: one pause.
+const PAUSE: u32 = 2;
+
 impl<T: 'static> Core<T> {
     fn is_called(&self) -> bool {
         !matches!(self.slot, Slot::Pending)
     }
 
+    fn running(&self) -> bool {
+        self.flags & RUNNING != 0
+    }
+
+    fn set_running(&mut self, on: bool) {
+        self.flags = (self.flags & !RUNNING) | u32::from(on);
+    }
+
+    /// How many pauses are not yet undone.
+    fn paused(&self) -> u32 {
+        self.flags / PAUSE
+    }
+
+    /// How many links were dropped from the front of `links` when it was emptied
+    /// (counted only once the cold part exists, since only its layer cancellers are
+    /// tagged with positions); with `head` it gives absolute positions.
+    fn base(&self) -> u32 {
+        self.cold.as_ref().map_or(0, |c| c.base)
+    }
+
     /// Absolute position of the next link to run.
     fn consumed(&self) -> u32 {
-        self.base + self.head
+        self.base() + self.head
     }
 
     /// Absolute position the next added link will have.
     fn end(&self) -> u32 {
-        self.base + self.links.len() as u32
+        self.base() + self.links.len() as u32
     }
 
     fn has_links_to_run(&self) -> bool {
@@ -315,17 +371,26 @@ impl<T: 'static> Core<T> {
     #[inline]
     fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
         if !self.has_links_to_run() && !self.links.is_empty() {
-            self.base += self.links.len() as u32;
+            if let Some(c) = self.cold.as_mut() {
+                c.base += self.links.len() as u32;
+            }
             self.head = 0;
+            // Every entry is `None`: there is nothing to drop, so each is forgotten rather
+            // than dropped (which would cost a call per entry to the drop glue of `Link`).
+            // A spilled list goes back to inline storage, so the next link added costs no
+            // allocation.
             if self.links.spilled() {
-                self.links = SmallVec::new();
-            } else {
-                // Every entry is `None`: nothing to drop, only the length to reset.
-                self.links.clear();
+                for link in mem::take(&mut self.links) {
+                    debug_assert!(link.is_none(), "a link that ran is gone");
+                    mem::forget(link);
+                }
+            } else if let Some(link) = self.links.pop() {
+                debug_assert!(link.is_none(), "a link that ran is gone");
+                mem::forget(link);
             }
         }
         let cancel = self.cold.as_mut()?;
-        let consumed = self.base + self.head;
+        let consumed = cancel.base + self.head;
         Some(cancel.take_dead_layers(consumed))
     }
 
@@ -333,7 +398,7 @@ impl<T: 'static> Core<T> {
     /// run, and it is not paused (a paused chain may still get links that must run on
     /// that result first).
     fn has_final_result(&self) -> bool {
-        matches!(self.slot, Slot::Ready(_)) && self.paused == 0 && !self.has_links_to_run()
+        matches!(self.slot, Slot::Ready(_)) && self.paused() == 0 && !self.has_links_to_run()
     }
 
     /// The cold part, allocated on first use.
@@ -358,7 +423,7 @@ impl<T: 'static> Core<T> {
         if !self.can_run() {
             return None;
         }
-        self.running = true;
+        self.set_running(true);
         match mem::replace(&mut self.slot, Slot::Running) {
             Slot::Ready(r) => Some(Held::Result(r)),
             Slot::Consumed => Some(Held::Consumed),
@@ -366,13 +431,20 @@ impl<T: 'static> Core<T> {
         }
     }
 
+    /// Replaces a slot that holds nothing to drop (`Pending`, `Running`, `Consumed`)
+    /// without calling the drop glue of `Slot` (a call, which assigning would make).
+    #[inline]
+    fn set_slot(&mut self, slot: Slot<T>) {
+        let old = mem::replace(&mut self.slot, slot);
+        debug_assert!(matches!(old, Slot::Pending | Slot::Running | Slot::Consumed), "set_slot over a value");
+        mem::forget(old);
+    }
+
     /// True if a callback loop should start now.
     #[inline]
     fn can_run(&self) -> bool {
-        matches!(self.slot, Slot::Ready(_) | Slot::Consumed)
-            && !self.running
-            && self.paused == 0
-            && self.has_links_to_run()
+        // Not running and not paused: no flag set.
+        matches!(self.slot, Slot::Ready(_) | Slot::Consumed) && self.flags == 0 && self.has_links_to_run()
     }
 }
 
@@ -382,21 +454,22 @@ impl<T: 'static> Deferred<T> {
     pub fn new() -> Deferred<T> {
         Deferred {
             inner: Rc::new(Inner {
-                core: RefCell::new(Core {
+                core: ManuallyDrop::new(RefCell::new(Core {
                     slot: Slot::Pending,
                     links: SmallVec::new(),
                     head: 0,
-                    base: 0,
-                    paused: 0,
-                    running: false,
+                    flags: 0,
                     cold: None,
                     created_at: Location::caller(),
-                }),
+                })),
+                handles: Cell::new(1),
             }),
         }
     }
 
+    /// A new public handle (a cancel handle) to `inner`.
     fn from_inner(inner: Rc<Inner<T>>) -> Deferred<T> {
+        inner.retain();
         Deferred { inner }
     }
 
@@ -565,35 +638,13 @@ impl<T: 'static> Deferred<T> {
 
     /// [`fire`](Self::fire) from `at` (recorded as the first fire while debugging).
     pub(crate) fn fire_at(&self, next: Next<T>, at: &'static Location<'static>) -> Result<(), Next<T>> {
-        let _unused_canceller = {
-            let mut core = self.inner.core.borrow_mut();
-            if core.is_called() {
-                if let Some(c) = core.cold.as_mut() {
-                    if mem::take(&mut c.suppress_already_called) {
-                        return Ok(());
-                    }
-                }
-                return Err(next);
-            }
-            if is_debugging() {
-                core.cold_mut().fired_at = Some(at);
-            }
-            core.slot = Slot::Running;
-            // The creator's canceller is of no use once there is a result; it is dropped
-            // at the end of this function, outside the borrow.
-            core.cold.as_mut().and_then(|c| c.canceller.take())
-        };
-        self.inner.settle(next);
-        self.inner.kick();
-        Ok(())
+        self.inner.fire_at(next, at)
     }
 
-    /// The error for a fire from `again` of this already fired Deferred, with where it
-    /// was created and first fired if that was recorded (while debugging).
+    /// The error for a fire from `again` of this already fired Deferred (see
+    /// [`Inner::already_called`]).
     fn already_called<V>(&self, value: V, again: &'static Location<'static>) -> AlreadyCalledError<V> {
-        let core = self.inner.core.borrow();
-        let first = core.cold.as_ref().and_then(|c| c.fired_at).map(|fired| (core.created_at, fired));
-        AlreadyCalledError::at(value, first, again)
+        self.inner.already_called(value, again)
     }
 
     /// Pauses the chain: no further callback runs until [`unpause`](Self::unpause) is
@@ -601,8 +652,13 @@ impl<T: 'static> Deferred<T> {
     ///
     /// A paused Deferred dropped while it holds a failure reports it as unhandled (see
     /// the type's Drop section; Twisted stays silent there).
+    ///
+    /// # Panics
+    ///
+    /// If the Deferred is already paused 2^31 - 1 times.
     pub fn pause(&self) {
-        self.inner.core.borrow_mut().paused += 1;
+        let mut core = self.inner.core.borrow_mut();
+        core.flags = core.flags.checked_add(PAUSE).expect("a Deferred paused 2^31 times");
     }
 
     /// Undoes one [`pause`](Self::pause); the chain goes on when the last pause is undone.
@@ -611,18 +667,11 @@ impl<T: 'static> Deferred<T> {
     ///
     /// [`NotPausedError`] if the Deferred is not paused.
     pub fn unpause(&self) -> Result<(), NotPausedError> {
-        let run = {
-            let mut core = self.inner.core.borrow_mut();
-            if core.paused == 0 {
-                return Err(NotPausedError);
-            }
-            core.paused -= 1;
-            core.can_run()
-        };
-        if run {
-            self.inner.kick();
+        if self.inner.unpause() {
+            Ok(())
+        } else {
+            Err(NotPausedError)
         }
-        Ok(())
     }
 
     /// True once [`callback`](Self::callback) or [`errback`](Self::errback) was called
@@ -635,7 +684,7 @@ impl<T: 'static> Deferred<T> {
     /// Deferred a callback returned (Twisted's `paused`).
     pub fn is_paused(&self) -> bool {
         let core = self.inner.core.borrow();
-        core.paused > 0 || matches!(core.slot, Slot::Waiting(_))
+        core.paused() > 0 || core.slot.is_waiting()
     }
 
     /// True if the Deferred has a result that no link is waiting to process: it fired,
@@ -712,13 +761,14 @@ impl<T: 'static> Deferred<T> {
     /// Deferred cancels this one. The result is moved into `f`; steps added to this
     /// Deferred afterwards get a [`ResultConsumedError`].
     ///
+    /// # Ownership
+    ///
     /// This one's chain owns the new Deferred until this point is reached, so callbacks
-    /// added to the new one run even if no handle to it is kept. If this one has a
-    /// canceller (or waits on another Deferred), the new one owns it in turn until it
-    /// fires, so cancelling the new one reaches this one even if no other handle to it
-    /// is kept; such a pair, if neither ever fires nor is cancelled, keeps both alive.
-    /// A source with no canceller is not owned: if its last other handle goes, it can
-    /// never fire, and is freed (and cancelling the new Deferred then just fails it).
+    /// added to the new one run even if no handle to it is kept (fire and forget). The new
+    /// Deferred holds this one until it fires, so cancelling it reaches this one (and its
+    /// canceller) even if no other handle to this one is kept. Once the new Deferred has
+    /// no handle left, nobody can cancel it, so it lets go of this one: if nobody can fire
+    /// this one either, both are freed.
     ///
     /// ```
     /// let d = weft::Deferred::<u32>::new();
@@ -734,15 +784,9 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<U>,
     {
-        // The new Deferred owns a cancellable source until it fires (a fired Deferred
-        // drops its canceller), so a cancel reaches a source nobody else holds.
-        let source = self.hold_as_source();
-        let out = Deferred::<U>::with_canceller(move |_| {
-            if let Some(source) = source.get() {
-                source.cancel();
-            }
-        });
-        let target = out.clone();
+        let out = Deferred::<U>::new();
+        // A forward reference: it fires `out`, it cannot cancel it.
+        let target = out.to_ref();
         let at = Location::caller();
         self.push_call(
             Box::new(move |r| {
@@ -757,6 +801,8 @@ impl<T: 'static> Deferred<T> {
             }),
             at,
         );
+        // `out` has no canceller of its own: a cancel of it cancels its sources.
+        out.add_source(self);
         out
     }
 
@@ -809,10 +855,52 @@ impl<T: 'static> Held<T> {
 }
 
 impl<T: 'static> Inner<T> {
+    /// Fires the Deferred with whatever a callback could return, from `at` (recorded as
+    /// the first fire while debugging); hands `next` back if it was already fired.
+    fn fire_at(self: &Rc<Self>, next: Next<T>, at: &'static Location<'static>) -> Result<(), Next<T>> {
+        let unused = {
+            let mut core = self.core.borrow_mut();
+            if core.is_called() {
+                if let Some(c) = core.cold.as_mut() {
+                    if mem::take(&mut c.suppress_already_called) {
+                        return Ok(());
+                    }
+                }
+                return Err(next);
+            }
+            if is_debugging() {
+                core.cold_mut().fired_at = Some(at);
+            }
+            core.set_slot(Slot::Running);
+            // The creator's canceller and the sources held for a cancel are of no use once
+            // there is a result; they are dropped at the end of this function, outside the
+            // borrow.
+            core.cold.as_mut().map(|c| c.take_on_fire())
+        };
+        self.settle(next);
+        self.kick();
+        match unused {
+            // Skip the call to the drop glue of what there is not.
+            None => mem::forget(unused),
+            Some(unused) => drop(unused),
+        }
+        Ok(())
+    }
+
+    /// The error for a fire from `again` of this already fired Deferred, with where it
+    /// was created and first fired if that was recorded (while debugging).
+    fn already_called<V>(&self, value: V, again: &'static Location<'static>) -> AlreadyCalledError<V> {
+        let core = self.core.borrow();
+        let first = core.cold.as_ref().and_then(|c| c.fired_at).map(|fired| (core.created_at, fired));
+        AlreadyCalledError::at(value, first, again)
+    }
+}
+
+impl<T: 'static> Inner<T> {
     /// Stores what `fire` was given. The slot must be `Running`.
     fn settle(self: &Rc<Self>, next: Next<T>) {
         if let Some(held) = self.absorb(next) {
-            self.core.borrow_mut().slot = held.into_slot();
+            self.core.borrow_mut().set_slot(held.into_slot());
         }
     }
 
@@ -838,15 +926,15 @@ impl<T: 'static> Inner<T> {
             return Some(Held::Result(Err(Failure::new(ChainedToSelfError))));
         }
         let mut other = d.inner.core.borrow_mut();
-        let idle = !other.running && other.paused == 0 && !other.has_links_to_run();
+        let idle = other.flags == 0 && !other.has_links_to_run();
         match &other.slot {
             Slot::Ready(_) if idle => match mem::replace(&mut other.slot, Slot::Consumed) {
                 Slot::Ready(r) => return Some(Held::Result(r)),
                 _ => unreachable!("matched above"),
             },
             Slot::Consumed if idle => return Some(Held::Result(Err(Failure::new(ResultConsumedError)))),
-            Slot::Waiting(next) if self.has_waiter() => {
-                let next = next.clone();
+            Slot::Waiting(_) | Slot::WaitingWeakly(_) if self.has_waiter() => {
+                let next = other.slot.waited().expect("waiting");
                 drop(other);
                 if waits_on(next, self) {
                     return Some(Held::Result(Err(Failure::new(WaitCycleError))));
@@ -858,27 +946,34 @@ impl<T: 'static> Inner<T> {
         other.links.push(Some(Link::Continue(self.clone())));
         let run = other.can_run();
         drop(other);
+        let kick = if run { Some(d.inner.clone()) } else { None };
+        // This one holds `d` as a cancel handle while it has one itself (see `own.rs`);
+        // with none, nobody can cancel through it, and a weak reference does.
+        let (waiting, unheld) = if self.handles.get() > 0 {
+            (Slot::Waiting(own::Claim::from_handle(d)), None)
+        } else {
+            (Slot::WaitingWeakly(Rc::downgrade(&d.inner)), Some(d))
+        };
         // This one waits from now on, before any code runs: a slot says `Waiting(d)`
         // exactly while `d` holds its continuation, so that a ring closed by the loop
         // kicked below (its callback returning this one) is seen by the check above.
         let mut core = self.core.borrow_mut();
-        core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
-        if !run {
-            return None;
-        }
+        core.set_slot(waiting);
         drop(core);
-        d.inner.kick();
+        drop(unheld);
+        let d = kick?;
+        d.kick();
         // The other Deferred may have reached our continuation already and resumed us
         // (`resume` leaves the result in our slot); otherwise we wait.
         let mut core = self.core.borrow_mut();
         match mem::replace(&mut core.slot, Slot::Running) {
             Slot::Ready(r) => Some(Held::Result(r)),
-            waiting @ Slot::Waiting(_) => {
-                core.slot = waiting;
+            waiting @ (Slot::Waiting(_) | Slot::WaitingWeakly(_)) => {
+                core.set_slot(waiting);
                 None
             }
             other => {
-                core.slot = other;
+                core.set_slot(other);
                 unreachable!("only resume moves a waiting slot on")
             }
         }
@@ -890,6 +985,22 @@ impl<T: 'static> Inner<T> {
         core.links[core.head as usize..].iter().any(|l| matches!(l, Some(Link::Continue(_))))
     }
 
+    /// Undoes one pause; false if the Deferred was not paused.
+    fn unpause(self: &Rc<Self>) -> bool {
+        let run = {
+            let mut core = self.core.borrow_mut();
+            if core.paused() == 0 {
+                return false;
+            }
+            core.flags -= PAUSE;
+            core.can_run()
+        };
+        if run {
+            self.kick();
+        }
+        true
+    }
+
     /// Starts the callback loop if it can run and is not running already.
     fn kick(self: &Rc<Self>) {
         {
@@ -897,25 +1008,30 @@ impl<T: 'static> Inner<T> {
             if !core.can_run() {
                 return;
             }
-            core.running = true;
+            core.set_running(true);
         }
         run::run(self.clone());
     }
 
     /// Called through a continuation link: the Deferred this one waited on has `result`.
     fn resume(self: &Rc<Self>, result: Result<T, Failure>) {
-        {
+        let waited = {
             let mut core = self.core.borrow_mut();
             match core.slot {
-                Slot::Waiting(_) | Slot::Running => core.slot = Slot::Ready(result),
+                Slot::Waiting(_) | Slot::WaitingWeakly(_) | Slot::Running => {
+                    mem::replace(&mut core.slot, Slot::Ready(result))
+                }
                 _ => {
                     // Cancelled while waiting on a Deferred that had been dropped, then
                     // the result came anyway; keep the first outcome.
+                    drop(core);
                     log::debug!("resume: deferred no longer waiting; late result dropped");
                     return;
                 }
             }
-        }
+        };
+        // The hold on the Deferred waited on goes, outside the borrow.
+        drop(waited);
         self.kick();
     }
 }
@@ -962,9 +1078,9 @@ fn waits_on<T: 'static>(mut next: Weak<Inner<T>>, target: &Rc<Inner<T>>) -> bool
         }
         let Some(inner) = next.upgrade() else { return false };
         let core = inner.core.borrow();
-        match &core.slot {
-            Slot::Waiting(w) => next = w.clone(),
-            _ => return false,
+        match core.slot.waited() {
+            Some(w) => next = w,
+            None => return false,
         }
     }
 }
@@ -984,8 +1100,8 @@ impl<T: 'static> run::Runnable for Inner<T> {
                 Slot::Consumed => Held::Consumed,
                 other => {
                     // `kick` checked the slot; nothing can change it before we run.
-                    core.slot = other;
-                    core.running = false;
+                    core.set_slot(other);
+                    core.set_running(false);
                     return;
                 }
             }
@@ -1015,11 +1131,11 @@ impl<T: 'static> Inner<T> {
     #[inline(never)]
     fn after_panic(&self, failure: Failure) -> Option<Held<T>> {
         let mut core = self.core.borrow_mut();
-        if core.running && matches!(core.slot, Slot::Running) {
+        if core.running() && matches!(core.slot, Slot::Running) {
             return Some(Held::Result(Err(failure)));
         }
         if matches!(core.slot, Slot::Consumed) {
-            core.slot = Slot::Ready(Err(failure));
+            core.set_slot(Slot::Ready(Err(failure)));
         }
         core.take_back()
     }
@@ -1038,12 +1154,12 @@ impl<T: 'static> Inner<T> {
         loop {
             let link = {
                 let mut core = self.core.borrow_mut();
-                let (head, paused) = (core.head as usize, core.paused);
+                let (head, paused) = (core.head as usize, core.paused());
                 let next = match core.links.get_mut(head) {
                     Some(next) if paused == 0 => next.take(),
                     _ => {
-                        core.slot = held.into_slot();
-                        core.running = false;
+                        core.set_slot(held.into_slot());
+                        core.set_running(false);
                         let dead = core.compact();
                         drop(core);
                         drop(dead);
@@ -1062,7 +1178,7 @@ impl<T: 'static> Inner<T> {
                         None => {
                             // Waiting on another Deferred; its continuation resumes us.
                             let mut core = self.core.borrow_mut();
-                            core.running = false;
+                            core.set_running(false);
                             let dead = core.compact();
                             drop(core);
                             drop(dead);
@@ -1091,8 +1207,8 @@ impl<T: 'static> Inner<T> {
     fn hand_over(self: &Rc<Self>, outer: &Rc<Inner<T>>, held: Held<T>) -> Option<Held<T>> {
         let last = {
             let mut core = self.core.borrow_mut();
-            core.slot = Slot::Consumed;
-            core.running = false;
+            core.set_slot(Slot::Consumed);
+            core.set_running(false);
             !core.has_links_to_run()
         };
         // User code runs only in the loops this starts, which catch their own panics;
@@ -1152,20 +1268,22 @@ impl<T: 'static> Drop for Inner<T> {
                 log::error!("Unhandled error in Deferred created at {}: {f}", At(core.created_at));
             }
         }
+        // Everything that owns anything is taken out; what is left in `core` owns nothing
+        // and is not dropped (see `Inner::core`).
         let links = mem::take(&mut core.links);
         let cold = core.cold.take();
         let slot = mem::replace(&mut core.slot, Slot::Consumed);
         let holds_value = matches!(slot, Slot::Ready(Ok(_))) && mem::needs_drop::<T>();
-        if !links.is_empty() || cold.is_some() || holds_value {
+        if !links.is_empty() || links.spilled() || cold.is_some() || holds_value {
             run::drop_bounded((links, cold, slot));
+        } else if matches!(slot, Slot::Pending | Slot::Running | Slot::Consumed | Slot::Ready(Ok(_))) {
+            // Nothing to drop (a value here needs no drop, checked above): skip the calls
+            // to drop glue.
+            mem::forget((links, slot));
+        } else {
+            mem::forget(links);
+            drop(slot);
         }
-    }
-}
-
-impl<T: 'static> Clone for Deferred<T> {
-    /// Another handle to the same Deferred.
-    fn clone(&self) -> Self {
-        Deferred { inner: self.inner.clone() }
     }
 }
 
@@ -1184,7 +1302,7 @@ impl<T: 'static> fmt::Debug for Deferred<T> {
         };
         let state = match &core.slot {
             Slot::Pending => "pending",
-            Slot::Waiting(_) => "waiting",
+            Slot::Waiting(_) | Slot::WaitingWeakly(_) => "waiting",
             Slot::Ready(Ok(_)) => "ready(value)",
             Slot::Ready(Err(_)) => "ready(failure)",
             Slot::Running => "running",
@@ -1194,7 +1312,7 @@ impl<T: 'static> fmt::Debug for Deferred<T> {
             .field("created_at", &At(core.created_at))
             .field("state", &state)
             .field("links_to_run", &(core.links.len() - core.head as usize))
-            .field("paused", &core.paused)
+            .field("paused", &core.paused())
             .finish()
     }
 }
@@ -1203,7 +1321,7 @@ impl<T: 'static> fmt::Debug for Deferred<T> {
 #[track_caller]
 pub fn succeed<T: 'static>(value: T) -> Deferred<T> {
     let d = Deferred::new();
-    d.inner.core.borrow_mut().slot = Slot::Ready(Ok(value));
+    d.inner.core.borrow_mut().set_slot(Slot::Ready(Ok(value)));
     d
 }
 
@@ -1211,7 +1329,7 @@ pub fn succeed<T: 'static>(value: T) -> Deferred<T> {
 #[track_caller]
 pub fn fail<T: 'static>(failure: impl Into<Failure>) -> Deferred<T> {
     let d = Deferred::new();
-    d.inner.core.borrow_mut().slot = Slot::Ready(Err(failure.into()));
+    d.inner.core.borrow_mut().set_slot(Slot::Ready(Err(failure.into())));
     d
 }
 
@@ -1235,74 +1353,11 @@ where
     match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
         Ok(Next::Ready(r)) => {
             let d = Deferred::new();
-            d.inner.core.borrow_mut().slot = Slot::Ready(r);
+            d.inner.core.borrow_mut().set_slot(Slot::Ready(r));
             d
         }
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
         Err(panic) => fail(Failure::from_panic(panic)),
-    }
-}
-
-/// A weak handle to a Deferred, for crate-internal back-references (a canceller reaching
-/// the members of a list without keeping them alive).
-pub(crate) struct WeakDeferred<T: 'static>(Weak<Inner<T>>);
-
-impl<T: 'static> WeakDeferred<T> {
-    /// The Deferred, if a strong handle to it still exists.
-    pub(crate) fn upgrade(&self) -> Option<Deferred<T>> {
-        self.0.upgrade().map(Deferred::from_inner)
-    }
-}
-
-impl<T: 'static> Deferred<T> {
-    /// A weak handle to this Deferred.
-    pub(crate) fn downgrade(&self) -> WeakDeferred<T> {
-        WeakDeferred(Rc::downgrade(&self.inner))
-    }
-
-    /// How a Deferred built on this one (`then`, a combinator, a timeout) holds it for its
-    /// canceller: owned if cancelling it can do something beyond failing it (it has a
-    /// creator or layer canceller, or waits on another Deferred), reached weakly
-    /// otherwise.
-    ///
-    /// Owning is what lets a cancel reach a source nobody else holds (Twisted's
-    /// `DeferredList` keeps its list); the source's chain owns the new Deferred in turn,
-    /// so the two keep each other alive until the new one fires. A source with nothing
-    /// to stop is not owned: if every other handle to it goes, it can never fire and is
-    /// freed (with the new Deferred, if nothing else holds that), which is what lets an
-    /// orphaned chain (Synapse's log-context "garbage collection" case) free itself.
-    pub(crate) fn hold_as_source(&self) -> SourceHandle<T> {
-        let core = self.inner.core.borrow();
-        let cancellable = match &core.slot {
-            Slot::Pending => core.cold.as_ref().is_some_and(|c| c.has_cancellers()),
-            Slot::Waiting(_) => true,
-            _ => false,
-        };
-        drop(core);
-        if cancellable {
-            SourceHandle::Owned(self.clone())
-        } else {
-            SourceHandle::Reached(self.downgrade())
-        }
-    }
-}
-
-/// A source as a Deferred built on it holds it (see [`Deferred::hold_as_source`]).
-pub(crate) enum SourceHandle<T: 'static> {
-    /// Owned until the Deferred built on it fires (its canceller is dropped then).
-    Owned(Deferred<T>),
-    /// Reached only while someone else holds it.
-    Reached(WeakDeferred<T>),
-}
-
-impl<T: 'static> SourceHandle<T> {
-    /// The source, unless it was not owned and has been freed: then it can never fire,
-    /// and a canceller treats it as cancelled.
-    pub(crate) fn get(&self) -> Option<Deferred<T>> {
-        match self {
-            SourceHandle::Owned(d) => Some(d.clone()),
-            SourceHandle::Reached(w) => w.upgrade(),
-        }
     }
 }

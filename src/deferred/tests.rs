@@ -162,31 +162,61 @@ fn settled_then_pair_frees_both_and_an_unsettled_one_until_cancelled() {
     drop(mapped);
     assert!(weak_mapped.upgrade().is_none());
 
-    // Unsettled, with a cancellable source, the pair keeps itself alive; a cancel
-    // settles and frees it.
-    let source = Deferred::<u32>::with_canceller(|_| ());
-    let weak_source = source.downgrade();
-    let weak_mapped = source.map(|x| x + 1).downgrade();
-    let mapped = weak_mapped.upgrade().expect("the source's chain owns the mapped Deferred");
-    assert!(weak_source.upgrade().is_some(), "the mapped Deferred owns its source");
-    mapped.cancel();
-    assert!(mapped.take_result().unwrap().unwrap_err().check::<CancelledError>());
-    drop(mapped);
-    assert!(weak_source.upgrade().is_none() && weak_mapped.upgrade().is_none());
-}
-
-#[test]
-fn a_mapped_source_with_nothing_to_cancel_is_freed_with_its_last_other_handle() {
+    // Unsettled and held by the caller, the mapped Deferred holds its source, so a
+    // cancel reaches it; settled, it lets go.
     let source = Deferred::<u32>::new();
     let weak_source = source.downgrade();
-    let mapped = source.clone().map(|x| x + 1);
+    let mapped = source.map(|x| x + 1);
     let weak_mapped = mapped.downgrade();
-    drop(source);
-    assert!(weak_source.upgrade().is_none(), "nobody can fire it any more");
+    assert!(weak_source.upgrade().is_some(), "the mapped Deferred holds its source");
     mapped.cancel();
+    assert!(weak_source.upgrade().is_none(), "cancelled, it lets go of its source");
     assert!(mapped.take_result().unwrap().unwrap_err().check::<CancelledError>());
     drop(mapped);
     assert!(weak_mapped.upgrade().is_none());
+}
+
+#[test]
+fn an_unsettled_then_pair_nobody_holds_is_freed() {
+    let drops = Rc::new(Cell::new(0));
+    let source = Deferred::<u32>::with_canceller(|_| ());
+    let (weak_source, d) = (source.downgrade(), drops.clone());
+    let tracked = Tracked(drops.clone());
+    let weak_mapped = source
+        .map(move |x| {
+            let _keep = &tracked;
+            x + 1
+        })
+        .downgrade();
+    assert!(weak_source.upgrade().is_none() && weak_mapped.upgrade().is_none());
+    assert_eq!(d.get(), 1, "the callback and what it captured were dropped unrun");
+}
+
+#[test]
+fn a_waiting_deferred_holds_what_it_waits_on_while_it_has_a_handle() {
+    let cancelled = Rc::new(Cell::new(false));
+    let c = cancelled.clone();
+    let outer = Deferred::<u32>::new();
+    outer.add_callback(move |_| Deferred::<u32>::with_canceller(move |_| c.set(true)));
+    outer.callback(0).unwrap();
+    let weak_inner = match &outer.inner.core.borrow().slot {
+        Slot::Waiting(claim) => Rc::downgrade(&claim.0),
+        _ => panic!("outer waits"),
+    };
+    // Nobody else holds the inner Deferred, yet a cancel of the outer reaches its
+    // canceller (Twisted's `result.cancel()`).
+    outer.cancel();
+    assert!(cancelled.get());
+    assert!(outer.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    assert!(weak_inner.upgrade().is_none());
+
+    // Dropped while it waits, the outer Deferred lets go and both are freed.
+    let outer = Deferred::<u32>::new();
+    outer.add_callback(|_| Deferred::<u32>::with_canceller(|_| ()));
+    outer.callback(0).unwrap();
+    let weak_outer = outer.downgrade();
+    drop(outer);
+    assert!(weak_outer.upgrade().is_none());
 }
 
 /// `wait_on` refuses to make a ring of waiting Deferreds; if one existed anyway, a cancel
@@ -197,7 +227,7 @@ fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
     let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
     for i in 0..n {
         let (me, next) = (&ds[i], &ds[(i + 1) % n]);
-        me.inner.core.borrow_mut().slot = Slot::Waiting(Rc::downgrade(&next.inner));
+        me.inner.core.borrow_mut().slot = Slot::WaitingWeakly(Rc::downgrade(&next.inner));
         next.inner.core.borrow_mut().links.push(Some(Link::Continue(me.inner.clone())));
     }
     let outer = Deferred::<u32>::new();

@@ -13,6 +13,7 @@ mod deferred_deep;
 mod deferred_diagnostics;
 mod deferred_drop;
 mod deferred_model;
+mod deferred_ownership;
 mod deferred_pause;
 mod deferred_reentrancy;
 mod embed;
