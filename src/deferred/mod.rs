@@ -22,7 +22,7 @@ mod own;
 mod run;
 
 pub(crate) use cancel::current_cancellation;
-pub(crate) use own::{DeferredRef, WeakDeferred};
+pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 
 #[cfg(test)]
 mod tests;

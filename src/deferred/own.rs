@@ -36,6 +36,8 @@ use crate::failure::Failure;
 
 /// A Deferred of any type, as a Deferred built on it holds it.
 pub(super) trait Erased {
+    /// Takes one more cancel handle.
+    fn retain(&self);
     /// Gives back one cancel handle (see [`Inner::release_handle`]).
     fn release_handle(&self, last: bool);
     /// Cancels it, as part of the cancellation under way.
@@ -43,6 +45,10 @@ pub(super) trait Erased {
 }
 
 impl<T: 'static> Erased for Inner<T> {
+    fn retain(&self) {
+        Inner::retain(self)
+    }
+
     fn release_handle(&self, last: bool) {
         Inner::release_handle(self, last)
     }
@@ -98,6 +104,14 @@ impl Source {
         match self {
             Source::Held(c) => Some(c.0.clone()),
             Source::Released(w) => w.upgrade(),
+        }
+    }
+
+    /// True if this is the Deferred at `ptr`.
+    fn is(&self, ptr: *const ()) -> bool {
+        match self {
+            Source::Held(c) => std::ptr::eq(Rc::as_ptr(&c.0) as *const (), ptr),
+            Source::Released(w) => std::ptr::eq(w.as_ptr() as *const (), ptr),
         }
     }
 
@@ -160,22 +174,32 @@ impl<T: 'static> Inner<T> {
 
     /// Holds `source` until this Deferred fires: as a cancel handle if this one has a
     /// cancel handle itself, weakly otherwise. A fired Deferred does not hold it.
-    fn add_source<S: 'static>(&self, source: Deferred<S>) {
+    fn add_source(&self, source: Rc<dyn Erased>) {
         let mut core = self.core.borrow_mut();
         if !matches!(core.slot, Slot::Pending) {
-            drop(core);
             return;
         }
         let entry = if self.handles.get() > 0 {
-            source.inner.retain();
-            Source::Held(Counted(source.inner.clone()))
+            source.retain();
+            Source::Held(Counted(source))
         } else {
-            let weak: Weak<Inner<S>> = Rc::downgrade(&source.inner);
-            Source::Released(weak)
+            Source::Released(Rc::downgrade(&source))
         };
         core.cold_mut().sources.push(entry);
-        drop(core);
-        drop(source);
+    }
+
+    /// Stops holding the source at `ptr`, if this Deferred holds it.
+    fn remove_source(&self, ptr: *const ()) {
+        let removed = {
+            let mut core = self.core.borrow_mut();
+            let Some(cold) = core.cold.as_mut() else { return };
+            match cold.sources.iter().position(|s| s.is(ptr)) {
+                Some(i) => cold.sources.remove(i),
+                None => return,
+            }
+        };
+        // Outside the borrow: this may give back the source's last cancel handle.
+        drop(removed);
     }
 }
 
@@ -215,7 +239,13 @@ impl<T: 'static> Deferred<T> {
     /// of its own cancels its sources when cancelled; one with a canceller leaves that to
     /// the canceller.
     pub(crate) fn add_source<S: 'static>(&self, source: Deferred<S>) {
-        self.inner.add_source(source)
+        self.inner.add_source(source.inner.clone());
+    }
+
+    /// This Deferred, of any type, for crate code that holds it as a source without
+    /// knowing its type (a task's target holding what the task awaits).
+    pub(crate) fn erased(&self) -> AnyDeferred {
+        AnyDeferred(self.inner.clone())
     }
 }
 
@@ -258,7 +288,31 @@ impl<T: 'static> DeferredRef<T> {
     pub(crate) fn unpause(&self) -> bool {
         self.0.unpause()
     }
+
+    /// [`Deferred::add_source`] through a forward reference: held as a cancel handle
+    /// only while this Deferred has cancel handles of its own.
+    pub(crate) fn add_source(&self, source: &AnyDeferred) {
+        self.0.add_source(source.0.clone())
+    }
+
+    /// Stops holding `source`, if this Deferred holds it.
+    pub(crate) fn remove_source(&self, source: &WeakAnyDeferred) {
+        self.0.remove_source(source.0.as_ptr() as *const ())
+    }
 }
+
+/// A Deferred of any type, not counted as a cancel handle (see [`Deferred::erased`]).
+pub(crate) struct AnyDeferred(Rc<dyn Erased>);
+
+impl AnyDeferred {
+    /// A weak reference to it, which tells it apart among a Deferred's sources.
+    pub(crate) fn downgrade(&self) -> WeakAnyDeferred {
+        WeakAnyDeferred(Rc::downgrade(&self.0))
+    }
+}
+
+/// A weak [`AnyDeferred`].
+pub(crate) struct WeakAnyDeferred(Weak<dyn Erased>);
 
 impl<T: 'static> Clone for DeferredRef<T> {
     fn clone(&self) -> Self {

@@ -22,6 +22,7 @@ mod embed_epoll;
 mod embed_tokio;
 mod flow_control;
 mod future;
+mod future_ownership;
 mod leaks;
 mod line_receiver;
 mod listen;
