@@ -238,6 +238,11 @@ enum Link<T: 'static> {
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
+    /// The same, held weakly because the outer Deferred reaches this one through strong
+    /// links already (its own pending `chain_deferred` step feeds this one, say): the
+    /// continuation closes a ring, which would otherwise be a reference cycle. If the
+    /// outer Deferred is gone, the result stays here.
+    ContinueWeakly(Weak<Inner<T>>),
     /// `chain_deferred`: fire the target with the result; where `chain_deferred` was
     /// called.
     Chain(ChainTarget<T>, &'static Location<'static>),
@@ -605,11 +610,7 @@ impl<T: 'static> Deferred<T> {
     /// whenever the cancel ended in `CancelledError`).
     #[track_caller]
     pub fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
-        let at = Location::caller();
-        self.fire_at(Next::Ready(Ok(value)), at).map_err(|next| match next {
-            Next::Ready(Ok(v)) => self.already_called(v, at),
-            _ => unreachable!("fire hands back what it was given"),
-        })
+        self.inner.callback_at(value, Location::caller())
     }
 
     /// Fires the Deferred with a failure: its errbacks start to run.
@@ -623,11 +624,7 @@ impl<T: 'static> Deferred<T> {
     /// (with the same exception after a cancel as [`callback`](Self::callback)).
     #[track_caller]
     pub fn errback(&self, failure: impl Into<Failure>) -> Result<(), AlreadyCalledError<Failure>> {
-        let at = Location::caller();
-        self.fire_at(Next::Ready(Err(failure.into())), at).map_err(|next| match next {
-            Next::Ready(Err(f)) => self.already_called(f, at),
-            _ => unreachable!("fire hands back what it was given"),
-        })
+        self.inner.errback_at(failure.into(), Location::caller())
     }
 
     /// Fires with whatever a callback could return; hands `next` back if already fired.
@@ -639,12 +636,6 @@ impl<T: 'static> Deferred<T> {
     /// [`fire`](Self::fire) from `at` (recorded as the first fire while debugging).
     pub(crate) fn fire_at(&self, next: Next<T>, at: &'static Location<'static>) -> Result<(), Next<T>> {
         self.inner.fire_at(next, at)
-    }
-
-    /// The error for a fire from `again` of this already fired Deferred (see
-    /// [`Inner::already_called`]).
-    fn already_called<V>(&self, value: V, again: &'static Location<'static>) -> AlreadyCalledError<V> {
-        self.inner.already_called(value, again)
     }
 
     /// Pauses the chain: no further callback runs until [`unpause`](Self::unpause) is
@@ -887,6 +878,30 @@ impl<T: 'static> Inner<T> {
         Ok(())
     }
 
+    /// `callback(value)` from `at`.
+    fn callback_at(
+        self: &Rc<Self>,
+        value: T,
+        at: &'static Location<'static>,
+    ) -> Result<(), AlreadyCalledError<T>> {
+        self.fire_at(Next::Ready(Ok(value)), at).map_err(|next| match next {
+            Next::Ready(Ok(v)) => self.already_called(v, at),
+            _ => unreachable!("fire hands back what it was given"),
+        })
+    }
+
+    /// `errback(failure)` from `at`.
+    fn errback_at(
+        self: &Rc<Self>,
+        failure: Failure,
+        at: &'static Location<'static>,
+    ) -> Result<(), AlreadyCalledError<Failure>> {
+        self.fire_at(Next::Ready(Err(failure)), at).map_err(|next| match next {
+            Next::Ready(Err(f)) => self.already_called(f, at),
+            _ => unreachable!("fire hands back what it was given"),
+        })
+    }
+
     /// The error for a fire from `again` of this already fired Deferred, with where it
     /// was created and first fired if that was recorded (while debugging).
     fn already_called<V>(&self, value: V, again: &'static Location<'static>) -> AlreadyCalledError<V> {
@@ -943,7 +958,18 @@ impl<T: 'static> Inner<T> {
             }
             _ => {}
         }
-        other.links.push(Some(Link::Continue(self.clone())));
+        if self.has_forward_links() {
+            // Only a Deferred with pending `chain_deferred` steps or waiters can reach
+            // `d` through strong links, and close a ring with this continuation.
+            drop(other);
+            let ring = reaches(self, &d.inner);
+            other = d.inner.core.borrow_mut();
+            let link =
+                if ring { Link::ContinueWeakly(Rc::downgrade(self)) } else { Link::Continue(self.clone()) };
+            other.links.push(Some(link));
+        } else {
+            other.links.push(Some(Link::Continue(self.clone())));
+        }
         let run = other.can_run();
         drop(other);
         let kick = if run { Some(d.inner.clone()) } else { None };
@@ -982,7 +1008,18 @@ impl<T: 'static> Inner<T> {
     /// True if a Deferred waits on this one (a continuation link is still to run).
     fn has_waiter(&self) -> bool {
         let core = self.core.borrow();
-        core.links[core.head as usize..].iter().any(|l| matches!(l, Some(Link::Continue(_))))
+        core.links[core.head as usize..]
+            .iter()
+            .any(|l| matches!(l, Some(Link::Continue(_) | Link::ContinueWeakly(_))))
+    }
+
+    /// True if a step still to run holds another Deferred strongly (a continuation or a
+    /// `chain_deferred` step): only then can this one reach another through strong links.
+    fn has_forward_links(&self) -> bool {
+        let core = self.core.borrow();
+        core.links[core.head as usize..]
+            .iter()
+            .any(|l| matches!(l, Some(Link::Continue(_) | Link::Chain(ChainTarget::Owned(_), _))))
     }
 
     /// Undoes one pause; false if the Deferred was not paused.
@@ -1058,7 +1095,7 @@ fn reaches<T: 'static>(from: &Rc<Inner<T>>, to: &Rc<Inner<T>>) -> bool {
         for link in core.links[core.head as usize..].iter().flatten() {
             match link {
                 Link::Continue(next) | Link::Chain(ChainTarget::Owned(next), _) => stack.push(next.clone()),
-                Link::Call(..) | Link::Chain(ChainTarget::Reached(_), _) => {}
+                Link::Call(..) | Link::ContinueWeakly(_) | Link::Chain(ChainTarget::Reached(_), _) => {}
             }
         }
     }
@@ -1190,6 +1227,16 @@ impl<T: 'static> Inner<T> {
                     Some(h) => held = h,
                     None => return,
                 },
+                Some(Link::ContinueWeakly(outer)) => {
+                    // If the outer Deferred was freed, nobody can see its outcome: the
+                    // result stays here.
+                    if let Some(outer) = outer.upgrade() {
+                        match self.hand_over(&outer, held) {
+                            Some(h) => held = h,
+                            None => return,
+                        }
+                    }
+                }
                 Some(Link::Chain(target, at)) => held = chain_to(target, held.into_input(), at),
                 None => unreachable!("a link runs once"),
             }
@@ -1251,7 +1298,7 @@ fn chain_to<T: 'static>(
             None => return Held::Result(input),
         },
     };
-    let target = Deferred::from_inner(target);
+    // A forward reference: no cancel handle is made for the fire.
     match target.fire_at(Next::Ready(input), at) {
         Ok(()) => Held::Consumed,
         Err(Next::Ready(Ok(v))) => Held::Result(Err(Failure::new_at(target.already_called(v, at), at))),

@@ -32,7 +32,7 @@ use std::rc::{Rc, Weak};
 use smallvec::SmallVec;
 
 use super::{run, Deferred, Inner, Next, Slot};
-use crate::failure::Failure;
+use crate::failure::{AlreadyCalledError, Failure};
 
 /// A Deferred of any type, as a Deferred built on it holds it.
 pub(super) trait Erased {
@@ -267,16 +267,16 @@ impl<T: 'static> DeferredRef<T> {
         self.0.fire_at(next, at)
     }
 
-    /// Fires it with a value; false if it was already fired.
+    /// [`Deferred::callback`] through a forward reference.
     #[track_caller]
-    pub(crate) fn callback(&self, value: T) -> bool {
-        self.fire(Next::Ready(Ok(value))).is_ok()
+    pub(crate) fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
+        self.0.callback_at(value, Location::caller())
     }
 
-    /// Fires it with a failure; false if it was already fired.
+    /// [`Deferred::errback`] through a forward reference.
     #[track_caller]
-    pub(crate) fn errback(&self, failure: impl Into<Failure>) -> bool {
-        self.fire(Next::Ready(Err(failure.into()))).is_ok()
+    pub(crate) fn errback(&self, failure: impl Into<Failure>) -> Result<(), AlreadyCalledError<Failure>> {
+        self.0.errback_at(failure.into(), Location::caller())
     }
 
     /// True once it was fired.

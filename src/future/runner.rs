@@ -19,7 +19,7 @@ use crate::{CancelId, CancelledError, Deferred, Failure};
 
 thread_local! {
     /// The thread's pending tasks, by slab key (a task's `key`); see [`Entry`].
-    static TASKS: RefCell<Slab<Entry>> = const { RefCell::new(Slab::new()) };
+    static TASKS: RefCell<Table> = const { RefCell::new(Table(Slab::new())) };
     static CURRENT_TASK: RefCell<Option<Rc<Task>>> = const { RefCell::new(None) };
     static NEXT_TASK: Cell<u64> = const { Cell::new(1) };
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
@@ -45,6 +45,23 @@ impl Entry {
         match self {
             Entry::Strong(t) => Some(t.clone()),
             Entry::Weak(w) => w.upgrade(),
+        }
+    }
+}
+
+/// The thread's task table.
+struct Table(Slab<Entry>);
+
+impl Drop for Table {
+    /// The thread is ending: every pending task is dropped, as before a task could be
+    /// held weakly. A weakly held task's future may hold what resumes it (a lock its own
+    /// waiter is queued on, say): a cycle through user values that only this breaks.
+    fn drop(&mut self) {
+        let tasks: Vec<Rc<Task>> = self.0.drain().filter_map(|e| e.get()).collect();
+        for task in &tasks {
+            task.listed.set(false);
+            task.done.set(true);
+            task.drop_future();
         }
     }
 }
@@ -139,7 +156,7 @@ where
     });
     // During the thread's teardown the table is gone: the task is polled once and
     // dropped when it suspends.
-    let key = TASKS.try_with(|t| t.borrow().vacant_key()).unwrap_or(usize::MAX);
+    let key = TASKS.try_with(|t| t.borrow().0.vacant_key()).unwrap_or(usize::MAX);
     let target: Rc<Target<T>> = Rc::new(RefCell::new(None));
     let waker_arc = Arc::new(TaskWaker { key, id, thread: thread::current().id() });
     let task = Rc::new(Task {
@@ -163,7 +180,7 @@ where
     *target.borrow_mut() = Some(out.to_ref());
     *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
     let _ = TASKS.try_with(|t| {
-        let inserted = t.borrow_mut().insert(Entry::Strong(task.clone()));
+        let inserted = t.borrow_mut().0.insert(Entry::Strong(task.clone()));
         debug_assert_eq!(inserted, key);
         task.listed.set(true);
     });
@@ -178,7 +195,7 @@ pub(super) fn current_task() -> Option<Rc<Task>> {
 
 /// How many tasks on this thread have not finished.
 pub(super) fn pending_tasks() -> usize {
-    TASKS.try_with(|t| t.borrow().len()).unwrap_or(0)
+    TASKS.try_with(|t| t.borrow().0.len()).unwrap_or(0)
 }
 
 /// How many times a task suspended on a Deferred with no result yet (or on an
@@ -240,7 +257,7 @@ impl Task {
         if !self.listed.replace(false) {
             return None;
         }
-        TASKS.try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.try_remove(self.key))).ok().flatten()
+        TASKS.try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.0.try_remove(self.key))).ok().flatten()
     }
 
     /// After a poll left the task pending: held weakly by the table if only the await
@@ -253,7 +270,7 @@ impl Task {
         let weak = self.task_refs.get() > 0 && Arc::strong_count(&self.waker_arc) == 2;
         let old = TASKS.try_with(|t| {
             let mut t = t.borrow_mut();
-            let entry = t.get_mut(self.key)?;
+            let entry = t.0.get_mut(self.key)?;
             match (&*entry, weak) {
                 (Entry::Strong(_), true) => Some(std::mem::replace(entry, Entry::Weak(Rc::downgrade(self)))),
                 (Entry::Weak(_), false) => Some(std::mem::replace(entry, Entry::Strong(self.clone()))),
@@ -298,11 +315,13 @@ impl TaskRef {
         TaskRef(task)
     }
 
-    /// The awaited Deferred has its result: polls the task (as its waker would).
+    /// The awaited Deferred has its result: polls the task (as its waker would), unless
+    /// the thread's task table is gone (the thread is ending: nothing is polled then).
     pub(super) fn wake(self) {
+        // Held across the poll: this may have been the last reference.
         let task = self.0.clone();
         drop(self);
-        if !task.done.get() {
+        if !task.done.get() && TASKS.try_with(|_| ()).is_ok() {
             poll_task(&task);
         }
     }
@@ -345,7 +364,7 @@ fn wake_here(key: usize, id: u64) {
     // Once the thread's task table is destroyed (the thread is ending and its tasks are
     // being dropped), a wake finds nothing to poll.
     let task =
-        TASKS.try_with(|t| t.borrow().get(key).and_then(Entry::get).filter(|t| t.id == id)).ok().flatten();
+        TASKS.try_with(|t| t.borrow().0.get(key).and_then(Entry::get).filter(|t| t.id == id)).ok().flatten();
     if let Some(task) = task {
         poll_task(&task);
     }

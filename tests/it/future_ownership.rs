@@ -133,3 +133,47 @@ fn a_task_awaiting_a_foreign_future_stays_in_the_table() {
     assert_eq!(pending_tasks(), 1);
     // The other one is freed with the thread's task table.
 }
+
+/// A thread that ends with tasks pending frees them all, even those held only by the
+/// Deferreds they await, when their own futures hold what would resume them (a lock
+/// whose queue holds their waiters): a cycle only the thread's end breaks.
+#[test]
+fn a_thread_ending_frees_tasks_that_hold_what_would_resume_them() {
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let d = dropped.clone();
+    std::thread::spawn(move || {
+        let lock = weft::DeferredLock::new();
+        let held = lock.acquire().take_result().unwrap().unwrap();
+        let never: Deferred<()> = Deferred::new();
+        // The first task keeps the lock and waits on `never`, which only the others'
+        // futures hold; they wait in the lock's queue.
+        let (n, c) = (never.clone(), OnDrop(d.clone()));
+        drop(ensure_deferred(async move {
+            let _count = c;
+            let _permit = held;
+            n.await
+        }));
+        for _ in 0..3 {
+            let (lock, n, c) = (lock.clone(), never.clone(), OnDrop(d.clone()));
+            drop(ensure_deferred(async move {
+                let _count = c;
+                let _permit = lock.acquire().await?;
+                n.await
+            }));
+        }
+        assert_eq!(pending_tasks(), 4);
+        assert_eq!(d.load(std::sync::atomic::Ordering::SeqCst), 0);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+/// Counts its drop in a shared counter (the thread ends before the test reads it).
+struct OnDrop(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
