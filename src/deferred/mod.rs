@@ -436,6 +436,14 @@ impl<T: 'static> Core<T> {
         }
     }
 
+    /// True if a step still to run holds another Deferred strongly (a continuation or a
+    /// `chain_deferred` step): only then can this one reach another through strong links.
+    fn has_forward_links(&self) -> bool {
+        self.links[self.head as usize..]
+            .iter()
+            .any(|l| matches!(l, Some(Link::Continue(_) | Link::Chain(ChainTarget::Owned(_), _))))
+    }
+
     /// Replaces a slot that holds nothing to drop (`Pending`, `Running`, `Consumed`)
     /// without calling the drop glue of `Slot` (a call, which assigning would make).
     #[inline]
@@ -958,18 +966,23 @@ impl<T: 'static> Inner<T> {
             }
             _ => {}
         }
-        if self.has_forward_links() {
+        let mut core = self.core.borrow_mut();
+        let link = if core.has_forward_links() {
             // Only a Deferred with pending `chain_deferred` steps or waiters can reach
             // `d` through strong links, and close a ring with this continuation.
-            drop(other);
+            drop((core, other));
             let ring = reaches(self, &d.inner);
             other = d.inner.core.borrow_mut();
-            let link =
-                if ring { Link::ContinueWeakly(Rc::downgrade(self)) } else { Link::Continue(self.clone()) };
-            other.links.push(Some(link));
+            core = self.core.borrow_mut();
+            if ring {
+                Link::ContinueWeakly(Rc::downgrade(self))
+            } else {
+                Link::Continue(self.clone())
+            }
         } else {
-            other.links.push(Some(Link::Continue(self.clone())));
-        }
+            Link::Continue(self.clone())
+        };
+        other.links.push(Some(link));
         let run = other.can_run();
         drop(other);
         let kick = if run { Some(d.inner.clone()) } else { None };
@@ -983,7 +996,6 @@ impl<T: 'static> Inner<T> {
         // This one waits from now on, before any code runs: a slot says `Waiting(d)`
         // exactly while `d` holds its continuation, so that a ring closed by the loop
         // kicked below (its callback returning this one) is seen by the check above.
-        let mut core = self.core.borrow_mut();
         core.set_slot(waiting);
         drop(core);
         drop(unheld);
@@ -1011,15 +1023,6 @@ impl<T: 'static> Inner<T> {
         core.links[core.head as usize..]
             .iter()
             .any(|l| matches!(l, Some(Link::Continue(_) | Link::ContinueWeakly(_))))
-    }
-
-    /// True if a step still to run holds another Deferred strongly (a continuation or a
-    /// `chain_deferred` step): only then can this one reach another through strong links.
-    fn has_forward_links(&self) -> bool {
-        let core = self.core.borrow();
-        core.links[core.head as usize..]
-            .iter()
-            .any(|l| matches!(l, Some(Link::Continue(_) | Link::Chain(ChainTarget::Owned(_), _))))
     }
 
     /// Undoes one pause; false if the Deferred was not paused.
