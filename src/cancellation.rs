@@ -13,7 +13,7 @@ use std::panic::Location;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::deferred::{Next, WeakDeferred};
+use crate::deferred::{Consuming, Next, WeakDeferred};
 use crate::{CancelledError, Deferred, Failure, ReactorTime};
 
 /// A Deferred timed out (Twisted's `defer.TimeoutError`, Synapse's `DeferredTimeoutError`).
@@ -57,7 +57,9 @@ pub fn stop_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
 /// `delay_cancellation`): cancelling it never cancels `d`, and its `CancelledError` is
 /// delivered only once `d` has completed, so that work `d` stands for (and the log
 /// context it uses) is finished before the waiter moves on. `d`'s result is moved to the
-/// new Deferred unless the new one was cancelled, in which case `d` keeps it.
+/// new Deferred unless the new one was cancelled. In that case `d`'s outcome is consumed
+/// on the caller's behalf, as Synapse does: a value stays in `d`, and a failure stays
+/// too (later steps on `d` get it) but is never reported as unhandled.
 ///
 /// ```
 /// use weft::{delay_cancellation, CancelledError, Deferred};
@@ -72,6 +74,7 @@ pub fn stop_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
 /// assert_eq!(work.take_result().unwrap().unwrap(), 1); // `work` kept its result
 /// ```
 #[must_use = "the delayed Deferred is the one to wait on"]
+#[track_caller]
 pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
     let cancelled = Rc::new(Cell::new(false));
     let c = cancelled.clone();
@@ -81,14 +84,17 @@ pub fn delay_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
         c.set(true);
         w.pause();
     });
-    let w = waiter.clone();
-    d.add_both(move |r: Result<T, Failure>| -> Next<T> {
+    let w = waiter.to_ref();
+    d.add_both_consuming(move |r: Result<T, Failure>| -> Consuming<T> {
         if cancelled.get() {
             let _ = w.unpause();
-            Next::Ready(r)
+            match r {
+                Err(f) => Err(f),
+                ok => Ok(Next::Ready(ok)),
+            }
         } else {
             let _ = w.fire(Next::Ready(r));
-            Next::Consumed
+            Ok(Next::Consumed)
         }
     });
     waiter
@@ -189,7 +195,10 @@ fn add_timeout_at<T, F>(
 /// The new Deferred fails with `TimeoutError` when the time is up even if `d` ignores
 /// the cancel. Cancelling the new Deferred cancels `d`, and that stays a
 /// `CancelledError`. The timeout's `CancelledError` and `TimeoutError` name the line
-/// that called `timeout_deferred` (`#[track_caller]`).
+/// that called `timeout_deferred` (`#[track_caller]`). The new Deferred holds `d` until
+/// it fires (as [`then`](Deferred::then) holds its source), so `d` need not be kept
+/// elsewhere; once the new Deferred has no handle left it lets go of `d`, and the timer
+/// holds neither, so a pair nobody can fire or cancel is freed.
 ///
 /// ```
 /// use std::time::Duration;
@@ -209,12 +218,10 @@ pub fn timeout_deferred<T: 'static>(
     time: &dyn ReactorTime,
 ) -> Deferred<T> {
     let location = Location::caller();
-    let inner = d.downgrade();
-    let out: Deferred<T> = Deferred::with_canceller(move |_| {
-        if let Some(d) = inner.upgrade() {
-            d.cancel();
-        }
-    });
+    let out: Deferred<T> = Deferred::new();
+    // `out` holds `d` until it fires, and a cancel of `out` cancels it, even if nobody
+    // else holds it.
+    out.add_source(d.clone());
     let timed_out = Rc::new(Cell::new(false));
     let (t, target, o) = (timed_out.clone(), d.downgrade(), out.downgrade());
     let call = time.call_later(
@@ -231,7 +238,7 @@ pub fn timeout_deferred<T: 'static>(
             }
         }),
     );
-    let (o, this) = (out.clone(), d.downgrade());
+    let (o, this) = (out.to_ref(), d.downgrade());
     d.add_both(move |r: Result<T, Failure>| -> Next<T> {
         let _ = call.cancel();
         let r = if timed_out.get() { as_timeout(r, &this, timeout, location) } else { r };

@@ -78,6 +78,15 @@ impl Failure {
     /// [`PanicError`] with the panic's message.
     #[track_caller]
     pub fn from_panic(payload: Box<dyn Any + Send>) -> Failure {
+        Failure::from_panic_at(payload, Location::caller())
+    }
+
+    /// [`from_panic`](Self::from_panic) recording `location` (a panicking callback's:
+    /// where it was added).
+    pub(crate) fn from_panic_at(
+        payload: Box<dyn Any + Send>,
+        location: &'static Location<'static>,
+    ) -> Failure {
         let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
             (*s).to_string()
         } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -85,10 +94,17 @@ impl Failure {
         } else {
             "panic with a non-string payload".to_string()
         };
-        Failure::new(PanicError { message })
+        Failure::from_boxed_at(Box::new(PanicError { message }), location)
     }
 
-    /// Where this failure was created.
+    /// Wraps `error`, recording `location` instead of the caller's.
+    pub(crate) fn new_at<E: Error + 'static>(error: E, location: &'static Location<'static>) -> Failure {
+        Failure::from_boxed_at(Box::new(error), location)
+    }
+
+    /// Where this failure was created. For a panic in a callback, where that callback was
+    /// added; for a cancel, where `cancel()` was called. (`Display` shows it relative to
+    /// the crate, see [`Failure`].)
     pub fn location(&self) -> &'static Location<'static> {
         self.inner.location
     }
@@ -186,12 +202,15 @@ impl Error for SharedError {
 }
 
 impl fmt::Display for Failure {
+    /// The error, its sources, and where the failure was created, as a path relative to
+    /// the crate (or, for a dependency, to the registry or checkout it came from), never
+    /// an absolute path.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.inner.error)?;
         for s in self.sources() {
             write!(f, ": {s}")?;
         }
-        write!(f, " (failure created at {})", self.inner.location)
+        write!(f, " (failure created at {})", At(self.inner.location))
     }
 }
 
@@ -199,9 +218,69 @@ impl fmt::Debug for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Failure")
             .field("error", &self.inner.error)
-            .field("location", &format_args!("{}", self.inner.location))
+            .field("location", &format_args!("{}", At(self.inner.location)))
             .finish()
     }
+}
+
+/// Shows a source location as `path:line:column` with the path made relative (see
+/// [`short_path`]), for messages that must not leak the build machine's directories.
+#[derive(Clone, Copy)]
+pub(crate) struct At(pub(crate) &'static Location<'static>);
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", short_path(self.0.file()), self.0.line(), self.0.column())
+    }
+}
+
+impl fmt::Debug for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A source file path as messages show it: never absolute.
+///
+/// Cargo gives `#[track_caller]` locations relative to the workspace for the crates it
+/// builds there, and absolute for others (a path dependency outside the workspace, a
+/// crate from a registry or a git checkout). Those become: the part after the registry's
+/// or checkout's own directory (`weft-0.1.0/src/deferred/mod.rs`), the part after the
+/// current directory, the part under `/rustc/<hash>/` for the standard library, or the
+/// path from the directory that holds the last `src`, `tests`, `examples` or `benches`
+/// component (`peers/src/main.rs`); failing all those, the file name.
+pub(crate) fn short_path(file: &str) -> &str {
+    if !file.starts_with('/') {
+        return file;
+    }
+    for (marker, skip) in [("/registry/src/", 1), ("/git/checkouts/", 2)] {
+        if let Some(i) = file.find(marker) {
+            let mut rest = &file[i + marker.len()..];
+            for _ in 0..skip {
+                rest = rest.split_once('/').map_or(rest, |(_, r)| r);
+            }
+            return rest;
+        }
+    }
+    if let Some(rest) = file.strip_prefix("/rustc/") {
+        return rest.split_once('/').map_or(rest, |(_, r)| r);
+    }
+    if let Some(rest) = current_dir().and_then(|dir| file.strip_prefix(dir)?.strip_prefix('/')) {
+        return rest;
+    }
+    for dir in ["/src/", "/tests/", "/examples/", "/benches/"] {
+        if let Some(i) = file.rfind(dir) {
+            let start = file[..i].rfind('/').map_or(0, |k| k + 1);
+            return &file[start..];
+        }
+    }
+    file.rsplit('/').next().unwrap_or(file)
+}
+
+/// The process's current directory when first asked, if it is valid UTF-8.
+fn current_dir() -> Option<&'static str> {
+    static DIR: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| std::env::current_dir().ok().and_then(|d| d.to_str().map(str::to_owned))).as_deref()
 }
 
 /// Identifies one cancellation: the `cancel()` call that started it.
@@ -242,7 +321,7 @@ impl CancelledError {
 
 impl fmt::Display for CancelledError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "deferred cancelled (cancel #{} at {})", self.id.0, self.location)
+        write!(f, "deferred cancelled (cancel #{} at {})", self.id.0, At(self.location))
     }
 }
 
@@ -250,34 +329,92 @@ impl Error for CancelledError {}
 
 /// Returned when a Deferred that already has a result is fired again; it hands the
 /// value back so that nothing given to weft is lost.
+///
+/// It knows where the second fire came from ([`fired_again_at`](Self::fired_again_at)).
+/// With [`set_debugging`](crate::set_debugging) on when the Deferred was first fired, it
+/// also knows where that was and where the Deferred was created, and its message names
+/// all three (Twisted's `setDebugging`); otherwise the message is Twisted's plain one.
 pub struct AlreadyCalledError<V> {
     value: V,
+    /// Where the Deferred was created and first fired (recorded only while debugging).
+    first: Option<(&'static Location<'static>, &'static Location<'static>)>,
+    /// Where the fire that failed came from.
+    again: Option<&'static Location<'static>>,
 }
 
 impl<V> AlreadyCalledError<V> {
-    pub(crate) fn new(value: V) -> Self {
-        AlreadyCalledError { value }
+    /// The error for a fire at `again` of a Deferred created and first fired at `first`
+    /// (if recorded).
+    pub(crate) fn at(
+        value: V,
+        first: Option<(&'static Location<'static>, &'static Location<'static>)>,
+        again: &'static Location<'static>,
+    ) -> Self {
+        AlreadyCalledError { value, first, again: Some(again) }
     }
 
     /// The value (or failure) that could not be delivered.
     pub fn into_inner(self) -> V {
         self.value
     }
+
+    /// A reference to the value (or failure) that could not be delivered, for when the
+    /// error is inside a [`Failure`] (as after a
+    /// [`chain_deferred`](crate::Deferred::chain_deferred) into a fired target).
+    pub fn value(&self) -> &V {
+        &self.value
+    }
+
+    /// Where the fire that failed came from: the `callback`/`errback` call, or the
+    /// `chain_deferred` step that fired the Deferred again.
+    pub fn fired_again_at(&self) -> Option<&'static Location<'static>> {
+        self.again
+    }
+
+    /// Where the Deferred was first fired, if [`set_debugging`](crate::set_debugging)
+    /// was on then.
+    pub fn first_fired_at(&self) -> Option<&'static Location<'static>> {
+        self.first.map(|(_, fired)| fired)
+    }
+
+    /// Where the Deferred was created, recorded with [`first_fired_at`](Self::first_fired_at).
+    pub fn created_at(&self) -> Option<&'static Location<'static>> {
+        self.first.map(|(created, _)| created)
+    }
 }
 
 impl<V> fmt::Debug for AlreadyCalledError<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AlreadyCalledError")
+        f.debug_struct("AlreadyCalledError")
+            .field("created_at", &self.created_at().map(At))
+            .field("first_fired_at", &self.first_fired_at().map(At))
+            .field("fired_again_at", &self.again.map(At))
+            .finish_non_exhaustive()
     }
 }
 
 impl<V> fmt::Display for AlreadyCalledError<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("deferred already called")
+        f.write_str("deferred already called")?;
+        // Only with the debugging record: without it the message stays Twisted's plain
+        // one (the second fire's place is still there, from `fired_again_at`).
+        if let Some((created, first)) = self.first {
+            write!(f, " (created at {}, first fired at {}", At(created), At(first))?;
+            if let Some(again) = self.again {
+                write!(f, "; fired again at {}", At(again))?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
     }
 }
 
-impl<V> Error for AlreadyCalledError<V> {}
+impl<V: 'static> Error for AlreadyCalledError<V> {
+    /// The failure that could not be delivered, if that is what it holds.
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        (&self.value as &dyn Any).downcast_ref::<Failure>().map(Failure::as_error)
+    }
+}
 
 /// A panic inside a callback, caught and turned into a Failure.
 #[derive(Clone, Debug)]
@@ -329,6 +466,23 @@ impl fmt::Display for ChainedToSelfError {
 
 impl Error for ChainedToSelfError {}
 
+/// A callback returned a Deferred that waits, directly or through others, on the
+/// Deferred running the callback: each would wait for the other forever.
+///
+/// The callback's result becomes this failure, which then goes down the chain (and on to
+/// every Deferred waiting on it) as usual. Twisted has no such check: the chains hang,
+/// and cancelling one overflows the stack.
+#[derive(Clone, Debug)]
+pub struct WaitCycleError;
+
+impl fmt::Display for WaitCycleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a callback returned a deferred that waits on the deferred running it")
+    }
+}
+
+impl Error for WaitCycleError {}
+
 /// `unpause` called on a Deferred that is not paused.
 #[derive(Clone, Debug)]
 pub struct NotPausedError;
@@ -352,3 +506,28 @@ impl fmt::Display for StringError {
 }
 
 impl Error for StringError {}
+
+#[cfg(test)]
+mod tests {
+    use super::short_path;
+
+    #[test]
+    fn short_path_never_shows_an_absolute_path() {
+        for (file, shown) in [
+            ("src/deferred/mod.rs", "src/deferred/mod.rs"),
+            (
+                "/home/u/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/weft-0.1.0/src/deferred/mod.rs",
+                "weft-0.1.0/src/deferred/mod.rs",
+            ),
+            ("/home/u/.cargo/git/checkouts/weft-3f2a/9c1e2b4/src/failure.rs", "src/failure.rs"),
+            ("/rustc/59807616e1fa2540/library/core/src/ops/function.rs", "library/core/src/ops/function.rs"),
+            ("/srv/build/peers/src/main.rs", "peers/src/main.rs"),
+            ("/srv/build/weft/tests/it/main.rs", "weft/tests/it/main.rs"),
+            ("/generated.rs", "generated.rs"),
+        ] {
+            assert_eq!(short_path(file), shown, "{file}");
+        }
+        let inside = format!("{}/examples/tour.rs", std::env::current_dir().unwrap().display());
+        assert_eq!(short_path(&inside), "examples/tour.rs");
+    }
+}

@@ -3,7 +3,7 @@
 //! responder, on a single thread.
 //!
 //! weft is not a multi-threaded runtime and not a `Future` executor first: a `Deferred`
-//! is a value you add callbacks to and fire, exactly as in Twisted, and everything runs
+//! is a value you add callbacks to and fire, as in Twisted, and everything runs
 //! on the thread that owns it.
 //!
 //! # How to use it
@@ -60,10 +60,19 @@
 //! | `callback`, `errback`, `cancel` | [`Deferred::callback`], [`Deferred::errback`], [`Deferred::cancel`] |
 //! | `pause`, `unpause`, `chainDeferred` | [`Deferred::pause`], [`Deferred::unpause`], [`Deferred::chain_deferred`] |
 //! | `.called`, `.paused` | [`Deferred::is_called`], [`Deferred::is_paused`] |
+//! | `Deferred.setDebugging`, `getDebugging` | [`set_debugging`], [`is_debugging`] (records where each Deferred is first fired; creation sites are always recorded) |
 //! | `succeed`, `fail`, `maybeDeferred` | [`succeed`], [`fail`], [`maybe_deferred`] |
 //! | `Failure`, `.check`, `.trap` | [`Failure`], [`Failure::check`], [`Failure::trap`] |
 //! | `CancelledError`, `AlreadyCalledError` | [`CancelledError`], [`AlreadyCalledError`] |
 //! | a callback changing the result's type | [`Deferred::then`], [`Deferred::map`] |
+//! | a callback returning a Deferred that waits on the running one: hangs, `cancel` overflows | fails with [`WaitCycleError`] |
+//! | `chainDeferred` into a fired target: `AlreadyCalledError` in the source chain | the same, holding the undelivered result ([`AlreadyCalledError::value`]) |
+//! | `d.chainDeferred(d)`, a→b→a: reference cycles the garbage collector frees | the closing step holds its target weakly, so nothing leaks; fired, the same `AlreadyCalledError` |
+//! | a callback returning a Deferred that is mid-run takes its intermediate result | waits for that Deferred's chain as it stands (the value was moved into its running callback) |
+//! | a step added to a Deferred from the chain it handed its result to runs at once | the same |
+//! | a paused chainee stops the rest of the chain that handed it the result | only the paused Deferred waits |
+//! | a paused Deferred dropped holding a failure: silent | reported as unhandled |
+//! | `consumeErrors` leaves `None` in the member | the member keeps the failure, marked handled (never reported); later steps get it |
 //! | Synapse `LoggingContext`, `PreserveLoggingContext`, `run_in_background` | [`logcontext`] (see its porting table) |
 //! | `twisted.web` `Site`, Synapse's servlets and `@cancellable` | [`web::Site`], [`web::Router`], [`future::cancellable`] |
 //! | Synapse `ResponseCache` | [`ResponseCache`] |
@@ -102,10 +111,10 @@ pub mod reactor;
 pub mod sync;
 pub mod web;
 
-pub use deferred::{fail, maybe_deferred, succeed, CallbackResult, Deferred};
+pub use deferred::{fail, is_debugging, maybe_deferred, set_debugging, succeed, CallbackResult, Deferred};
 pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
-    ResultConsumedError, StringError,
+    ResultConsumedError, StringError, WaitCycleError,
 };
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 

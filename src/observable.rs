@@ -5,7 +5,9 @@
 //!
 //! The `ObservableDeferred` holds the source and an `Rc` to the shared state; the source's
 //! chain holds the state too, through the one link that records the outcome. The state
-//! owns the observers still waiting, in a `Slab`; each observer's canceller holds only a
+//! owns the observers still waiting, in a `Slab`, as forward references (they fire an
+//! observer and cannot cancel it, see `deferred/own.rs`): a source nobody can fire is
+//! freed with the state and the observers nobody holds. Each observer's canceller holds only a
 //! `Weak` to the state and its slab key, so cancelling an observer removes that one entry
 //! and nothing else. The outcome is stored once; each observer gets a clone of the value
 //! (`T: Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
@@ -16,7 +18,7 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::deferred::Next;
+use crate::deferred::{Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Shares the outcome of one source Deferred with many observers, each of which gets its
@@ -25,10 +27,11 @@ use crate::{Deferred, Failure};
 /// - Cancelling an observer fails that observer with `CancelledError` and detaches it;
 ///   the source and the other observers are not affected.
 /// - Observers added after the source fired get the outcome at once.
-/// - The source's own chain gets its result back unchanged, unless `consume_errors` is
-///   set and the result is a failure: then the failure is consumed there (it is not
-///   reported as unhandled by the source; steps added to the source later get a
-///   `ResultConsumedError`).
+/// - The source's own chain gets its result back unchanged. With `consume_errors`, a
+///   failure is consumed there on the caller's behalf: the source never reports it as
+///   unhandled (Synapse turns it into `None`; a typed chain has no value to give, so
+///   steps added to the source later get the failure itself). Each observer is a
+///   Deferred of its own and reports a failure nobody handled, as in Twisted.
 ///
 /// # Examples
 ///
@@ -59,7 +62,7 @@ struct State<T: 'static> {
     /// The source's outcome, once it has one; set before any observer is told.
     outcome: RefCell<Option<Result<T, Failure>>>,
     /// Observers waiting for the outcome.
-    observers: RefCell<Slab<Deferred<T>>>,
+    observers: RefCell<Slab<DeferredRef<T>>>,
 }
 
 impl<T: Clone + 'static> ObservableDeferred<T> {
@@ -67,7 +70,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     pub fn new(source: Deferred<T>, consume_errors: bool) -> ObservableDeferred<T> {
         let state = Rc::new(State { outcome: RefCell::new(None), observers: RefCell::new(Slab::new()) });
         let st = state.clone();
-        source.add_both(move |r: Result<T, Failure>| -> Next<T> {
+        source.add_both_consuming(move |r: Result<T, Failure>| -> Consuming<T> {
             *st.outcome.borrow_mut() = Some(r.clone());
             // The state is set first; then the observers are told from a taken list, so
             // an observer's callback may observe or cancel freely.
@@ -76,8 +79,8 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 let _ = d.fire(Next::Ready(r.clone()));
             }
             match r {
-                Err(_) if consume_errors => Next::Consumed,
-                r => Next::Ready(r),
+                Err(f) if consume_errors => Err(f),
+                r => Ok(Next::Ready(r)),
             }
         });
         ObservableDeferred { source, state }
@@ -89,6 +92,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     ///
     /// Cancelling the returned Deferred detaches it; the source is never cancelled.
     #[must_use = "observe returns a new Deferred for the outcome"]
+    #[track_caller]
     pub fn observe(&self) -> Deferred<T> {
         if let Some(r) = self.state.outcome.borrow().as_ref() {
             return match r {
@@ -106,7 +110,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 drop(removed);
             }
         });
-        entry.insert(d.clone());
+        entry.insert(d.to_ref());
         d
     }
 

@@ -217,10 +217,6 @@ const SHAPES: &[(&str, Shape)] = &[
 
 /// Graphs dropped before they settle: a caller that gave up, a responder that never
 /// answers. Nothing may keep them alive once the last handle is gone.
-///
-/// Not here: an `ensure_deferred` task whose awaited Deferred is dropped unfired. The
-/// task table (a thread-local) keeps the task, whose future keeps the Deferred, so
-/// such a task is never freed (about 640 bytes and 12 blocks each, measured here).
 fn abandoned(i: u64) {
     // Chains and nested waits.
     let (outer, inner) = (Deferred::<u64>::new(), Deferred::<u64>::new());
@@ -262,6 +258,25 @@ fn abandoned(i: u64) {
     let w2: Deferred<u64> = Deferred::new();
     let w3 = w2.clone();
     let _c = ctx.run::<u64, _, _>(move || w3);
+    // Members only a combinator holds, and an outer Deferred waiting on it.
+    let outer: Deferred<Vec<u64>> = Deferred::new();
+    let held: Vec<Deferred<u64>> = (0..2).map(|_| Deferred::with_canceller(|_| {})).collect();
+    outer.add_callback(move |_| gather_results(held, true));
+    outer.callback(Vec::new()).unwrap();
+    let _r2 = race(vec![Deferred::<u64>::with_canceller(|_| {}), Deferred::new()]);
+    // A timeout over a source nobody else holds.
+    CLOCK.with(|clock| {
+        let _t = timeout_deferred(&Deferred::<u64>::with_canceller(|_| {}), Duration::from_secs(1), clock);
+    });
+    // A task suspended on a Deferred nobody can fire, and one on a Deferred that then
+    // is dropped mid-way through its awaits.
+    let input: Deferred<u64> = Deferred::new();
+    let inp = input.clone();
+    let _task = ensure_deferred(async move { Ok::<_, Failure>(inp.await? + 1) });
+    let (first, second) = (Deferred::<u64>::new(), Deferred::<u64>::new());
+    let (f, s) = (first.clone(), second.clone());
+    let _task2 = ensure_deferred(async move { Ok::<_, Failure>(f.await? + s.await?) });
+    first.callback(i).unwrap();
 }
 
 #[track_caller]

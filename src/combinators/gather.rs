@@ -6,7 +6,8 @@ use crate::{Deferred, Failure};
 /// Waits for every Deferred in `members` and fires with their values in order, or fails
 /// with a [`FirstError`] naming the first member to fail (Twisted's `gatherResults`).
 ///
-/// With `consume_errors`, member failures are consumed in the members' own chains.
+/// With `consume_errors`, member failures are consumed on the caller's behalf: never
+/// reported as unhandled by the members (see [`DeferredList`]'s `consume_errors`).
 ///
 /// ```
 /// use weft::{gather_results, succeed, Deferred, FirstError, Failure};
@@ -25,8 +26,10 @@ use crate::{Deferred, Failure};
 ///
 /// Cancelling the result cancels every member without a result; the first member's
 /// `CancelledError` comes back wrapped in a `FirstError` (unwrap it with
-/// [`unwrap_first_error`]).
+/// [`unwrap_first_error`]). The result holds the members until it settles (or has no
+/// handle left), as a [`DeferredList`] does.
 #[must_use = "the gathered Deferred carries the values"]
+#[track_caller]
 pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: bool) -> Deferred<Vec<T>> {
     DeferredList::new(members).fire_on_one_errback(true).consume_errors(consume_errors).into_deferred().map(
         |r| -> Result<Vec<T>, Failure> {

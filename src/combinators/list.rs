@@ -1,11 +1,11 @@
 //! `DeferredList`: wait for many Deferreds of one type.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
 use super::FirstError;
-use crate::deferred::{Next, WeakDeferred};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -16,8 +16,11 @@ use crate::{Deferred, Failure};
 ///
 /// - `fire_on_one_callback`: fire with [`ListResult::One`] as soon as a member succeeds.
 /// - `fire_on_one_errback`: fail with a [`FirstError`] as soon as a member fails.
-/// - `consume_errors`: a member's failure is consumed in its own chain (not reported as
-///   unhandled there); otherwise the member keeps its failure, as in Twisted.
+/// - `consume_errors`: a member's failure is consumed on the caller's behalf: it is
+///   never reported as unhandled by the member. Twisted turns it into `None` in the
+///   member's chain; a typed chain has no value to give, so steps added to the member
+///   afterwards get the failure itself (marked handled). Without it the member keeps
+///   its failure, as in Twisted, and reports it if nothing handles it.
 ///
 /// A member's value is moved into the list: steps added to that member afterwards get a
 /// `ResultConsumedError`. Members that fire after the list has fired keep their results.
@@ -62,10 +65,13 @@ pub enum ListResult<T> {
     },
 }
 
+/// What the members' chains share: the outcomes so far and the options.
 struct ListState<T: 'static> {
     results: RefCell<Vec<Option<Result<T, Failure>>>>,
-    remaining: std::cell::Cell<usize>,
-    out: RefCell<Option<Deferred<ListResult<T>>>>,
+    remaining: Cell<usize>,
+    fire_on_one_callback: bool,
+    fire_on_one_errback: bool,
+    consume_errors: bool,
 }
 
 impl<T: 'static> DeferredList<T> {
@@ -91,32 +97,50 @@ impl<T: 'static> DeferredList<T> {
         self
     }
 
-    /// Consume member failures in the members' own chains.
+    /// Consume member failures on the caller's behalf (see the type's docs).
     pub fn consume_errors(mut self, on: bool) -> Self {
         self.consume_errors = on;
         self
     }
 
     /// Starts waiting; returns the list's Deferred.
+    ///
+    /// # Ownership
+    ///
+    /// Each member's chain owns the list's Deferred until that member's outcome reaches
+    /// it, so callbacks added to the list run even if no handle to it is kept. The list
+    /// holds its members until it fires, so cancelling it reaches them even if nobody
+    /// else holds them. Once the list's Deferred has no handle left it lets go of them,
+    /// so a list whose members nobody can fire is freed with them (see the
+    /// [module docs](crate::combinators)).
     #[must_use = "the list's Deferred carries the outcomes"]
+    #[track_caller]
     pub fn into_deferred(self) -> Deferred<ListResult<T>> {
         let n = self.members.len();
-        let weak: Vec<WeakDeferred<T>> = self.members.iter().map(Deferred::downgrade).collect();
         let state = Rc::new(ListState {
             results: RefCell::new((0..n).map(|_| None).collect()),
-            remaining: std::cell::Cell::new(n),
-            out: RefCell::new(None),
+            remaining: Cell::new(n),
+            fire_on_one_callback: self.fire_on_one_callback,
+            fire_on_one_errback: self.fire_on_one_errback,
+            consume_errors: self.consume_errors,
         });
-        let st = Rc::downgrade(&state);
-        let out = Deferred::with_canceller(move |_| {
-            for (i, w) in weak.iter().enumerate() {
-                let done =
-                    st.upgrade().map_or(true, |s| s.results.borrow().get(i).map_or(true, Option::is_some));
-                if done {
-                    continue;
-                }
-                if let Some(d) = w.upgrade() {
-                    d.cancel();
+        let members: Vec<WeakDeferred<T>> = self.members.iter().map(Deferred::downgrade).collect();
+        let st = state.clone();
+        let out = Deferred::with_canceller(move |out: &Deferred<ListResult<T>>| {
+            // Held here for the whole loop: the list may fire (and let go of them) after
+            // the first cancel, and the rest are still to be cancelled, as in Twisted.
+            let members: Vec<Option<Deferred<T>>> = members.iter().map(WeakDeferred::upgrade).collect();
+            for (index, member) in members.into_iter().enumerate() {
+                match member {
+                    // A member that already has a result ignores the cancel.
+                    Some(d) => d.cancel(),
+                    None if !out.is_called() && st.results.borrow()[index].is_none() => {
+                        // Freed unfired: it can never fire, so it counts as cancelled.
+                        if let Some(cancelled) = current_cancellation() {
+                            let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
+                        }
+                    }
+                    None => {}
                 }
             }
         });
@@ -124,51 +148,55 @@ impl<T: 'static> DeferredList<T> {
             let _ = out.callback(ListResult::All(Vec::new()));
             return out;
         }
-        *state.out.borrow_mut() = Some(out.clone());
-        let (on_cb, on_eb, consume) =
-            (self.fire_on_one_callback, self.fire_on_one_errback, self.consume_errors);
+        let target = out.to_ref();
         for (index, member) in self.members.iter().enumerate() {
-            let st = state.clone();
-            member.add_both(move |r: Result<T, Failure>| -> Next<T> {
-                let out = st.out.borrow().clone();
-                let Some(out) = out.filter(|o| !o.is_called()) else {
-                    // The list already fired: the member keeps its result.
-                    return match r {
-                        Err(_) if consume => Next::Consumed,
-                        r => Next::Ready(r),
-                    };
-                };
-                st.remaining.set(st.remaining.get() - 1);
-                let (stored, back) = match r {
-                    Ok(v) if on_cb => {
-                        st.results.borrow_mut()[index] = Some(Err(Failure::msg("moved to ListResult::One")));
-                        *st.out.borrow_mut() = None;
-                        let _ = out.callback(ListResult::One { index, value: v });
-                        return Next::Consumed;
-                    }
-                    Ok(v) => (Ok(v), Next::Consumed),
-                    Err(f) => {
-                        let back = if consume { Next::Consumed } else { Next::Ready(Err(f.clone())) };
-                        if on_eb {
-                            st.results.borrow_mut()[index] = Some(Err(f.clone()));
-                            *st.out.borrow_mut() = None;
-                            let _ = out.errback(FirstError { failure: f, index });
-                            return back;
-                        }
-                        (Err(f), back)
-                    }
-                };
-                st.results.borrow_mut()[index] = Some(stored);
-                if st.remaining.get() == 0 {
-                    *st.out.borrow_mut() = None;
-                    let all = std::mem::take(&mut *st.results.borrow_mut());
-                    let all = all.into_iter().map(|r| r.expect("every member has a result")).collect();
-                    let _ = out.callback(ListResult::All(all));
-                }
-                back
-            });
+            let (st, out) = (state.clone(), target.clone());
+            member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+        }
+        // The list holds its members until it fires, so its canceller reaches them.
+        for member in self.members {
+            out.add_source(member);
         }
         out
+    }
+}
+
+impl<T: 'static> ListState<T> {
+    /// Member `index`'s outcome reaches the list: records it and fires `out` when the
+    /// options say so. Returns what the member's own chain goes on with.
+    fn deliver(&self, out: &DeferredRef<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
+        if out.is_called() {
+            // The list already fired: the member keeps its result.
+            return match r {
+                Err(f) if self.consume_errors => Err(f),
+                r => Ok(Next::Ready(r)),
+            };
+        }
+        self.remaining.set(self.remaining.get() - 1);
+        let (stored, back) = match r {
+            Ok(value) if self.fire_on_one_callback => {
+                self.results.borrow_mut()[index] = Some(Err(Failure::msg("moved to ListResult::One")));
+                let _ = out.callback(ListResult::One { index, value });
+                return Ok(Next::Consumed);
+            }
+            Ok(v) => (Ok(v), Ok(Next::Consumed)),
+            Err(f) => {
+                let back = if self.consume_errors { Err(f.clone()) } else { Ok(Next::Ready(Err(f.clone()))) };
+                if self.fire_on_one_errback {
+                    self.results.borrow_mut()[index] = Some(Err(f.clone()));
+                    let _ = out.errback(FirstError { failure: f, index });
+                    return back;
+                }
+                (Err(f), back)
+            }
+        };
+        self.results.borrow_mut()[index] = Some(stored);
+        if self.remaining.get() == 0 {
+            let all = std::mem::take(&mut *self.results.borrow_mut());
+            let all = all.into_iter().map(|r| r.expect("every member has a result")).collect();
+            let _ = out.callback(ListResult::All(all));
+        }
+        back
     }
 }
 

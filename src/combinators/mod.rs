@@ -1,9 +1,16 @@
 //! Combinators over many Deferreds: [`DeferredList`], [`gather_results`], [`race`], and
 //! the errors they report ([`FirstError`], [`FailureGroup`]).
 //!
-//! Each combinator's own Deferred holds its members only weakly (through its canceller),
-//! and each member's chain holds the combinator's state, so the responders keep the whole
-//! thing alive, as in Twisted, and nothing forms a reference cycle.
+//! # Ownership
+//!
+//! Each member's chain owns the combinator's state and Deferred until that member's
+//! outcome has reached it, so callbacks added to a combinator whose handle is dropped
+//! still run when the members fire, as in Twisted (fire and forget). The combinator's
+//! Deferred holds every member until it fires, so members handed over and never
+//! referred to again are still cancelled with it (Twisted's `DeferredList` keeps its
+//! list). Once the combinator's Deferred has no handle left, nobody can cancel it, so it
+//! lets go of its members: a combinator whose members nobody can fire either is freed
+//! with them, fired or not (where Twisted waits for its garbage collector).
 //!
 //! # Cancellation
 //!
@@ -13,6 +20,9 @@
 mod gather;
 mod list;
 mod race;
+
+#[cfg(test)]
+mod tests;
 
 use std::error::Error;
 use std::fmt;

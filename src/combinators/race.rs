@@ -4,13 +4,15 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::FailureGroup;
-use crate::deferred::{Next, WeakDeferred};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
 use crate::{Deferred, Failure};
 
 /// Fires with `(index, value)` of the first member to succeed and cancels the others
 /// (Twisted's `race`). If every member fails, fails with a [`FailureGroup`].
 ///
-/// Failures of members cancelled because another won are consumed.
+/// Failures of members that come after the race is decided (those cancelled because
+/// another won, for instance) are consumed on the caller's behalf: never reported as
+/// unhandled by the members (later steps on a member still get them).
 ///
 /// ```
 /// use weft::{race, Deferred};
@@ -25,60 +27,103 @@ use crate::{Deferred, Failure};
 /// # Cancellation
 ///
 /// Cancelling the race cancels every member; it then fails with a `FailureGroup` of
-/// their `CancelledError`s.
+/// their `CancelledError`s (or, if a member's canceller supplies a value, that member
+/// wins).
+///
+/// # Ownership
+///
+/// Each member's chain owns the race's Deferred until its outcome arrives. The race holds
+/// its members until it settles, so they are cancelled with it even if nobody else holds
+/// them (Twisted's `race([Deferred(canceller), ...])`). Once the race's Deferred has no
+/// handle left it lets go of them, so a race whose members nobody can fire is freed with
+/// them.
 #[must_use = "the race's Deferred carries the winner"]
+#[track_caller]
 pub fn race<T: 'static>(members: Vec<Deferred<T>>) -> Deferred<(usize, T)> {
     let n = members.len();
-    let weak: Rc<Vec<WeakDeferred<T>>> = Rc::new(members.iter().map(Deferred::downgrade).collect());
-    let w = weak.clone();
-    let out: Deferred<(usize, T)> = Deferred::with_canceller(move |_| {
-        for m in w.iter() {
-            if let Some(d) = m.upgrade() {
-                d.cancel();
-            }
-        }
+    let state = Rc::new(RaceState {
+        members: members.iter().map(Deferred::downgrade).collect(),
+        failures: RefCell::new(vec![None; n]),
+        remaining: Cell::new(n),
+        won: Cell::new(false),
+    });
+    let st = state.clone();
+    let out: Deferred<(usize, T)> = Deferred::with_canceller(move |out: &Deferred<(usize, T)>| {
+        st.cancel_all(None, Some(&out.to_ref()));
     });
     if n == 0 {
         let _ = out.errback(FailureGroup { failures: Vec::new() });
         return out;
     }
-    let failures: Rc<RefCell<Vec<Option<Failure>>>> = Rc::new(RefCell::new(vec![None; n]));
-    let remaining = Rc::new(Cell::new(n));
-    let won = Rc::new(Cell::new(false));
+    let target = out.to_ref();
     for (index, member) in members.iter().enumerate() {
-        let (out, failures, remaining, won, weak) =
-            (out.clone(), failures.clone(), remaining.clone(), won.clone(), weak.clone());
-        member.add_both(move |r: Result<T, Failure>| -> Next<T> {
-            remaining.set(remaining.get() - 1);
-            if won.get() {
-                return match r {
-                    Ok(v) => Next::Ready(Ok(v)),
-                    Err(_) => Next::Consumed,
-                };
-            }
-            match r {
-                Ok(v) => {
-                    won.set(true);
-                    for (i, m) in weak.iter().enumerate() {
-                        if i != index {
-                            if let Some(d) = m.upgrade() {
-                                d.cancel();
-                            }
-                        }
-                    }
-                    let _ = out.callback((index, v));
-                }
-                Err(f) => {
-                    failures.borrow_mut()[index] = Some(f);
-                    if remaining.get() == 0 {
-                        let all = std::mem::take(&mut *failures.borrow_mut());
-                        let failures = all.into_iter().map(|f| f.expect("every member failed")).collect();
-                        let _ = out.errback(FailureGroup { failures });
-                    }
-                }
-            }
-            Next::Consumed
-        });
+        let (st, out) = (state.clone(), target.clone());
+        member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+    }
+    // The race holds its members until it settles, so its canceller reaches them.
+    for member in members {
+        out.add_source(member);
     }
     out
+}
+
+/// What the members' chains and the race's canceller share.
+struct RaceState<T: 'static> {
+    /// The members, reached weakly: the race's Deferred holds them (see the ownership
+    /// rules above).
+    members: Vec<WeakDeferred<T>>,
+    failures: RefCell<Vec<Option<Failure>>>,
+    remaining: Cell<usize>,
+    won: Cell<bool>,
+}
+
+impl<T: 'static> RaceState<T> {
+    /// Member `index`'s outcome reaches the race. Returns what the member's own chain
+    /// goes on with.
+    fn deliver(&self, out: &DeferredRef<(usize, T)>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
+        if self.won.get() || out.is_called() {
+            return match r {
+                Ok(v) => Ok(Next::Ready(Ok(v))),
+                Err(f) => Err(f),
+            };
+        }
+        self.remaining.set(self.remaining.get() - 1);
+        match r {
+            Ok(v) => {
+                self.won.set(true);
+                self.cancel_all(Some(index), None);
+                let _ = out.callback((index, v));
+            }
+            Err(f) => {
+                self.failures.borrow_mut()[index] = Some(f);
+                if self.remaining.get() == 0 {
+                    let all = std::mem::take(&mut *self.failures.borrow_mut());
+                    let failures = all.into_iter().map(|f| f.expect("every member failed")).collect();
+                    let _ = out.errback(FailureGroup { failures });
+                }
+            }
+        }
+        Ok(Next::Consumed)
+    }
+
+    /// Cancels every member but `except`: the race has been won or is being cancelled
+    /// (`out`). While the race is cancelled, a member freed unfired counts as cancelled.
+    fn cancel_all(&self, except: Option<usize>, out: Option<&DeferredRef<(usize, T)>>) {
+        // Held here for the whole loop, so that none is let go of before its turn.
+        let members: Vec<Option<Deferred<T>>> = self.members.iter().map(WeakDeferred::upgrade).collect();
+        for (index, member) in members.into_iter().enumerate() {
+            if Some(index) == except {
+                continue;
+            }
+            match (member, out) {
+                (Some(d), _) => d.cancel(),
+                (None, Some(out)) if !self.won.get() && self.failures.borrow()[index].is_none() => {
+                    if let Some(cancelled) = current_cancellation() {
+                        let _ = self.deliver(out, index, Err(Failure::new(cancelled)));
+                    }
+                }
+                (None, _) => {}
+            }
+        }
+    }
 }

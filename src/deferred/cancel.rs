@@ -11,7 +11,9 @@
 //!    arrived and is never lost to a cancel);
 //! 2. runs the live layer cancellers, newest first, dropping the dead ones;
 //! 3. passes the cancel on, as a missing callback passes a result on: to the Deferred this
-//!    one waits on if a callback returned one, otherwise to the creator's canceller;
+//!    one waits on if a callback returned one, otherwise to the creator's canceller (the
+//!    walk down waiting Deferreds cannot go round a ring: `wait_on` refuses to make one,
+//!    and a walk that comes back to a Deferred it passed fails that one instead);
 //! 4. if the Deferred still has no result, fails it with `CancelledError` and remembers to
 //!    ignore the responder's first late `callback`/`errback`.
 //!
@@ -25,6 +27,9 @@ use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::Rc;
 
+use smallvec::SmallVec;
+
+use super::own::{Erased, Sources};
 use super::{Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 use crate::logcontext::Captured;
@@ -32,26 +37,50 @@ use crate::logcontext::Captured;
 type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
-/// Cancellers and cancel bookkeeping of one Deferred; boxed and allocated on first use.
-pub(super) struct CancelState<T: 'static> {
+/// What few Deferreds need, boxed and allocated on first use: the cancellers and cancel
+/// bookkeeping (this file), a failure handled on the caller's behalf, and where the
+/// Deferred was first fired (recorded while debugging).
+pub(super) struct Cold<T: 'static> {
+    /// Where the Deferred was first fired, if [`super::set_debugging`] was on then.
+    pub(super) fired_at: Option<&'static Location<'static>>,
+    /// The failure weft consumed on the caller's behalf (`Consuming`); the Deferred
+    /// does not report it as unhandled if it is dropped holding it.
+    pub(super) handled: Option<Failure>,
     /// The creator's canceller (Twisted's `Deferred(canceller)`); dropped once fired.
     pub(super) canceller: Option<Canceller<T>>,
+    /// How many links were dropped from the front of the link list since this part was
+    /// allocated (see `Core::base`).
+    pub(super) base: u32,
     /// Layer cancellers with their positions, in the order added (positions ascend).
     layers: Vec<(u32, LayerCanceller)>,
+    /// The Deferreds this one was built on (`then`, combinators, a task's awaited
+    /// Deferred), held until it fires (see `own.rs`). Without a creator's canceller, a
+    /// cancel cancels them.
+    pub(super) sources: Sources,
     /// Set when `cancel()` made this Deferred fail: ignore the first late fire.
     pub(super) suppress_already_called: bool,
     /// The id of the cancellation that started with `cancel()` on this very Deferred.
     started_here: Option<CancelId>,
 }
 
-impl<T: 'static> CancelState<T> {
-    fn new() -> Self {
-        CancelState {
+impl<T: 'static> Cold<T> {
+    pub(super) fn new() -> Self {
+        Cold {
+            fired_at: None,
+            handled: None,
             canceller: None,
+            base: 0,
             layers: Vec::new(),
+            sources: Sources::new(),
             suppress_already_called: false,
             started_here: None,
         }
+    }
+
+    /// What firing makes useless: the creator's canceller and the sources; for the
+    /// caller to drop outside its borrow.
+    pub(super) fn take_on_fire(&mut self) -> (Option<Canceller<T>>, Sources) {
+        (self.canceller.take(), mem::take(&mut self.sources))
     }
 
     /// Removes the layer cancellers whose callbacks have started; returns them so the
@@ -107,16 +136,17 @@ impl<T: 'static> Deferred<T> {
     /// assert!(stopped.get());
     /// assert!(d.take_result().unwrap().unwrap_err().check::<CancelledError>());
     /// ```
+    #[track_caller]
     pub fn with_canceller<F>(canceller: F) -> Deferred<T>
     where
         F: FnOnce(&Deferred<T>) + 'static,
     {
         let d = Deferred::new();
-        let mut state = Box::new(CancelState::new());
+        let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
         state.canceller = Some(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d))));
-        d.inner.core.borrow_mut().cancel = Some(state);
+        d.inner.core.borrow_mut().cold = Some(state);
         d
     }
 
@@ -143,8 +173,9 @@ impl<T: 'static> Deferred<T> {
     {
         let mut core = self.inner.core.borrow_mut();
         let position = core.end();
-        let finished =
-            matches!(core.slot, Slot::Ready(_) | Slot::Consumed) && !core.running && !core.has_links_to_run();
+        let finished = matches!(core.slot, Slot::Ready(_) | Slot::Consumed)
+            && !core.running()
+            && !core.has_links_to_run();
         if finished {
             // The result is here and nothing will run before the layer's callbacks: the
             // layer can never be cancelled.
@@ -152,8 +183,7 @@ impl<T: 'static> Deferred<T> {
         }
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        core.cancel
-            .get_or_insert_with(|| Box::new(CancelState::new()))
+        core.cold_mut()
             .layers
             .push((position, Box::new(move |e: &CancelledError| captured.run(|| canceller(e)))));
         self
@@ -201,7 +231,7 @@ impl<T: 'static> Deferred<T> {
                     if !core.is_cancellable() {
                         return;
                     }
-                    core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).started_here = Some(id);
+                    core.cold_mut().started_here = Some(id);
                 }
                 let previous = CURRENT.with(|c| c.replace(Some((id, location))));
                 (CancelledError { id, location }, Some(CurrentGuard(previous)))
@@ -225,7 +255,15 @@ impl<T: 'static> Deferred<T> {
         // Going down a chain of Deferreds that wait on one another is a loop, not
         // recursion: a cancel reaches the innermost one at any depth in constant stack.
         let mut current = self.clone();
+        let mut walk = Walk::new();
         while let Some(inner) = current.cancel_step(&err) {
+            if walk.revisits(&inner) {
+                // A ring of waiting Deferreds (which `wait_on` refuses to make): the walk
+                // would go round for ever. Fail this one, as if what it waits on were
+                // gone; its failure then comes back round the ring.
+                inner.inner.resume(Err(Failure::new_at(err.clone(), err.location)));
+                return;
+            }
             current = inner;
         }
     }
@@ -237,11 +275,12 @@ impl<T: 'static> Deferred<T> {
             let mut core = self.inner.core.borrow_mut();
             let target = match &core.slot {
                 Slot::Pending => Target::Creator,
-                Slot::Waiting(w) => Target::Inner(w.upgrade()),
+                Slot::Waiting(d) => Target::Inner(Some(d.0.clone())),
+                Slot::WaitingWeakly(w) => Target::Inner(w.upgrade()),
                 _ => return None,
             };
             let consumed = core.consumed();
-            match core.cancel.as_mut() {
+            match core.cold.as_mut() {
                 Some(c) => {
                     let dead = c.take_dead_layers(consumed);
                     (target, mem::take(&mut c.layers), dead)
@@ -257,31 +296,43 @@ impl<T: 'static> Deferred<T> {
         }
         match target {
             Target::Creator => {
-                let canceller = {
+                let (canceller, sources) = {
                     let mut core = self.inner.core.borrow_mut();
                     if core.is_called() {
                         return None;
                     }
-                    core.cancel.as_mut().and_then(|c| c.canceller.take())
+                    match core.cold.as_mut() {
+                        Some(c) => match c.canceller.take() {
+                            Some(canceller) => (Some(canceller), SmallVec::new()),
+                            None => (None, c.sources.iter().filter_map(|s| s.upgrade()).collect()),
+                        },
+                        None => (None, SmallVec::<[Rc<dyn Erased>; 1]>::new()),
+                    }
                 };
                 if let Some(canceller) = canceller {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
                         log::error!("a canceller panicked: {}", Failure::from_panic(panic));
                     }
                 }
+                // With no canceller of its own, a Deferred built on others (`then`,
+                // `timeout_deferred`) cancels them; their failures come back through
+                // their links.
+                for source in sources {
+                    source.cancel_source();
+                }
                 let mut core = self.inner.core.borrow_mut();
                 if core.is_called() {
                     return None;
                 }
-                core.cancel.get_or_insert_with(|| Box::new(CancelState::new())).suppress_already_called =
-                    true;
+                core.cold_mut().suppress_already_called = true;
                 drop(core);
-                let _ = self.fire(Next::Ready(Err(Failure::new(err.clone()))));
+                let _ =
+                    self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
             }
             Target::Inner(Some(inner)) => return Some(Deferred::from_inner(inner)),
             Target::Inner(None) => {
                 // What we waited on is gone and can never fire: fail here instead.
-                self.inner.resume(Err(Failure::new(err.clone())));
+                self.inner.resume(Err(Failure::new_at(err.clone(), err.location)));
             }
         }
         None
@@ -289,14 +340,45 @@ impl<T: 'static> Deferred<T> {
 
     /// The id of the cancellation started by `cancel()` on this Deferred, if any.
     pub(crate) fn cancel_started_here(&self) -> Option<CancelId> {
-        self.inner.core.borrow().cancel.as_ref().and_then(|c| c.started_here)
+        self.inner.core.borrow().cold.as_ref().and_then(|c| c.started_here)
+    }
+}
+
+/// Brent's cycle finding over a cancel walk, so that it can never go round a ring: the
+/// walk keeps one Deferred it passed, replaced at steps 1, 2, 4, 8, ...; in a ring of
+/// length λ it meets the kept one again within a few times λ steps. It costs a compare
+/// and a count per step, and a handle clone per doubling; nothing is hashed or allocated.
+struct Walk<T: 'static> {
+    kept: Option<Deferred<T>>,
+    since: u32,
+    power: u32,
+}
+
+impl<T: 'static> Walk<T> {
+    fn new() -> Self {
+        Walk { kept: None, since: 0, power: 1 }
+    }
+
+    /// Records a step to `d`; true if `d` is the Deferred kept from before (the walk has
+    /// come round).
+    fn revisits(&mut self, d: &Deferred<T>) -> bool {
+        if self.kept.as_ref().is_some_and(|k| Deferred::ptr_eq(k, d)) {
+            return true;
+        }
+        self.since += 1;
+        if self.since == self.power {
+            self.kept = Some(d.clone());
+            self.since = 0;
+            self.power = self.power.saturating_mul(2);
+        }
+        false
     }
 }
 
 impl<T: 'static> super::Core<T> {
     /// True if a cancel can still change anything: no result has arrived.
     fn is_cancellable(&self) -> bool {
-        matches!(self.slot, Slot::Pending | Slot::Waiting(_))
+        matches!(self.slot, Slot::Pending) || self.slot.is_waiting()
     }
 }
 

@@ -18,22 +18,27 @@
 //! `cancel.rs`).
 
 mod cancel;
+mod own;
 mod run;
 
 pub(crate) use cancel::current_cancellation;
+pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::mem;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::mem::{self, ManuallyDrop};
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use smallvec::SmallVec;
 
-use crate::failure::{AlreadyCalledError, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError};
+use crate::failure::{
+    AlreadyCalledError, At, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError, WaitCycleError,
+};
 use crate::logcontext::{Captured, Switcher};
 
 /// A single-threaded handle to a result that arrives later (Twisted's `Deferred`).
@@ -46,7 +51,10 @@ use crate::logcontext::{Captured, Switcher};
 /// the next errback. An errback can recover by returning a value; a callback can fail by
 /// returning `Err(failure)` (or by panicking: the panic becomes a Failure). A callback
 /// may also return another `Deferred<T>`: the chain then waits for it and goes on with
-/// its outcome. Callbacks added after the Deferred fired run at once.
+/// its outcome. Returning the Deferred the callback runs on fails the chain with
+/// [`ChainedToSelfError`](crate::ChainedToSelfError), and returning one that waits on it
+/// through others (a ring) with [`WaitCycleError`](crate::WaitCycleError), where Twisted
+/// would wait for ever. Callbacks added after the Deferred fired run at once.
 ///
 /// The value type stays `T` along one Deferred; [`then`](Self::then) and
 /// [`map`](Self::map) continue the chain in a new `Deferred<U>` linked to this one, so
@@ -91,10 +99,67 @@ use crate::logcontext::{Captured, Switcher};
 ///
 /// Dropping the last handle drops the callbacks that have not run. A Deferred dropped
 /// while it holds a Failure that no errback handled logs it once with `log::error!`
-/// ("Unhandled error in Deferred"), as Twisted does at garbage collection.
+/// ("Unhandled error in Deferred"), as Twisted does at garbage collection, except a
+/// [`ResultConsumedError`] and a failure a combinator or helper consumed on the caller's
+/// behalf (`consume_errors`). Unlike Twisted, a paused Deferred holding a failure
+/// reports it too: nothing handled it, and nothing ever will.
+///
+/// # Differences from Twisted
+///
+/// Below the trampoline's depth (see `ARCHITECTURE.md`), callbacks run in Twisted's
+/// order, re-entrant cases included: a step added to a Deferred from inside the chain
+/// it handed its result to runs at once. The differences:
+///
+/// - A callback returning a Deferred that is in the middle of running its own callbacks
+///   (it fired this one from inside a callback): Twisted takes that Deferred's current
+///   intermediate result at once. Here that value has been moved into the running
+///   callback and cannot be shared, so the chain waits for the other Deferred's chain as
+///   it stands and takes the result there.
+/// - A Deferred waiting on another that is paused when the result is handed over: in
+///   Twisted the pause also stops the rest of the other Deferred's chain; here only the
+///   paused Deferred waits.
+/// - Returning a Deferred that waits on the running one fails with
+///   [`WaitCycleError`](crate::WaitCycleError) instead of hanging.
+/// - Values are typed: where Twisted leaves `None` behind a moved result, later steps get
+///   a [`ResultConsumedError`] (or, after `consume_errors`, the consumed failure).
+/// - A paused Deferred dropped holding a failure reports it (see Drop).
 #[must_use = "a Deferred does nothing unless callbacks are added to it or it is fired"]
 pub struct Deferred<T: 'static> {
     inner: Rc<Inner<T>>,
+}
+
+/// Whether Deferreds record where they are first fired (see [`set_debugging`]).
+static DEBUGGING: AtomicBool = AtomicBool::new(false);
+
+/// Turns debugging of Deferreds on or off, for the whole process (Twisted's
+/// `Deferred.setDebugging`).
+///
+/// While it is on, every Deferred fired records where (one more small allocation per
+/// fire), so that an [`AlreadyCalledError`] names where the Deferred was created, where
+/// it was first fired and where the second fire came from. Off, which is the default,
+/// it costs one relaxed atomic load per fire; an `AlreadyCalledError` then knows only the
+/// second fire's place ([`AlreadyCalledError::fired_again_at`]). Deferreds created at any
+/// time are covered: what matters is whether it was on when the first fire happened.
+///
+/// ```
+/// use weft::{set_debugging, Deferred};
+///
+/// set_debugging(true);
+/// let d: Deferred<u8> = Deferred::new();
+/// d.callback(1).unwrap();
+/// let err = d.callback(2).unwrap_err();
+/// assert!(err.first_fired_at().is_some() && err.fired_again_at().is_some());
+/// println!("{err}"); // deferred already called (created at ..., first fired at ...; fired again at ...)
+/// set_debugging(false);
+/// ```
+pub fn set_debugging(on: bool) {
+    DEBUGGING.store(on, Ordering::Relaxed);
+}
+
+/// True if [`set_debugging`] turned debugging on (Twisted's `Deferred.getDebugging`).
+#[inline]
+pub fn is_debugging() -> bool {
+    DEBUGGING.load(Ordering::Relaxed)
 }
 
 /// What a callback or errback may return: a value `T`, a `Result<T, Failure>`, or a
@@ -122,6 +187,13 @@ pub enum Next<T: 'static> {
     /// The result was moved somewhere else (`then`, `chain_deferred`).
     Consumed,
 }
+
+/// What a step added with [`Deferred::add_both_consuming`] returns: `Ok(next)` to go on
+/// with `next`, or `Err(failure)` to go on with a failure that weft consumed on the
+/// caller's behalf (a combinator's or `ObservableDeferred`'s `consume_errors`,
+/// `delay_cancellation`): later steps get it as usual, but the Deferred does not report
+/// it as unhandled.
+pub(crate) type Consuming<T> = Result<Next<T>, Failure>;
 
 impl<T: 'static> sealed::Sealed<T> for T {}
 impl<T: 'static> CallbackResult<T> for T {
@@ -160,11 +232,30 @@ type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
 /// One step of the chain.
 enum Link<T: 'static> {
     /// A callback/errback pair (either may be a pass-through), with the log context
-    /// that was current when it was added: it runs in that context.
-    Call(Call<T>, Captured),
+    /// that was current when it was added (it runs in that context) and where it was
+    /// added (for diagnostics).
+    Call(Call<T>, Captured, &'static Location<'static>),
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
+    /// The same, held weakly because the outer Deferred reaches this one through strong
+    /// links already (its own pending `chain_deferred` step feeds this one, say): the
+    /// continuation closes a ring, which would otherwise be a reference cycle. If the
+    /// outer Deferred is gone, the result stays here.
+    ContinueWeakly(Weak<Inner<T>>),
+    /// `chain_deferred`: fire the target with the result; where `chain_deferred` was
+    /// called.
+    Chain(ChainTarget<T>, &'static Location<'static>),
+}
+
+/// How a `chain_deferred` step holds its target.
+enum ChainTarget<T: 'static> {
+    /// Strongly, so a target nobody else holds still gets the result.
+    Owned(Rc<Inner<T>>),
+    /// Weakly: the target reaches this Deferred through strong links already (the step
+    /// closes a ring, or chains a Deferred to itself), so holding it would make a
+    /// reference cycle.
+    Reached(Weak<Inner<T>>),
 }
 
 /// Where the result is. One state at a time; comments say what cannot coexist with it.
@@ -172,8 +263,15 @@ enum Slot<T: 'static> {
     /// Not fired. No link has run.
     Pending,
     /// Fired, and a callback returned a Deferred that has no result yet: the chain waits
-    /// for it. Weak, because that Deferred owns this one through its continuation link.
-    Waiting(Weak<Inner<T>>),
+    /// for it, holding it as one of its cancel handles (see `own.rs`), so that a cancel
+    /// of this one reaches it, as Twisted's `result.cancel()` does. That Deferred holds
+    /// this one through its continuation link: the cycle is broken when this one is
+    /// resumed, or loses its last cancel handle and becomes `WaitingWeakly`.
+    Waiting(own::Claim<T>),
+    /// Waiting as above, after this Deferred lost its last cancel handle (or it had none
+    /// when it began to wait): nothing can cancel through it, so it reaches the other
+    /// Deferred weakly.
+    WaitingWeakly(Weak<Inner<T>>),
     /// The current result, for the next link (or for whoever reads it).
     Ready(Result<T, Failure>),
     /// A link is running with the result taken out.
@@ -182,8 +280,32 @@ enum Slot<T: 'static> {
     Consumed,
 }
 
+impl<T: 'static> Slot<T> {
+    /// True while the chain waits on another Deferred.
+    fn is_waiting(&self) -> bool {
+        matches!(self, Slot::Waiting(_) | Slot::WaitingWeakly(_))
+    }
+
+    /// The Deferred the chain waits on, weakly, if it waits.
+    fn waited(&self) -> Option<Weak<Inner<T>>> {
+        match self {
+            Slot::Waiting(d) => Some(Rc::downgrade(&d.0)),
+            Slot::WaitingWeakly(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) struct Inner<T: 'static> {
-    core: RefCell<Core<T>>,
+    /// The state. `Inner`'s `Drop` takes out everything in it that owns anything (the
+    /// slot's value, the links, the cold part); what is left owns nothing, so it is not
+    /// dropped (`ManuallyDrop`), which saves calls to drop glue on every Deferred freed.
+    core: ManuallyDrop<RefCell<Core<T>>>,
+    /// How many cancel handles the Deferred has: public `Deferred` handles, a waiting
+    /// Deferred's `Slot::Waiting`, and sources held by a Deferred built on this one (see
+    /// `own.rs`). At zero nobody can cancel it any more, and a pending one lets go of what
+    /// it holds only to be able to cancel it.
+    handles: Cell<u32>,
 }
 
 struct Core<T: 'static> {
@@ -192,30 +314,56 @@ struct Core<T: 'static> {
     links: SmallVec<[Option<Link<T>>; 1]>,
     /// Index in `links` of the next link to run.
     head: u32,
-    /// How many links were dropped from the front of `links` when it was emptied; with
-    /// `head` it gives absolute positions, which cancellers are tagged with.
-    base: u32,
-    /// `pause()` calls not yet matched by `unpause()`.
-    paused: u32,
-    /// A callback loop is on the stack (or queued) for this Deferred.
-    running: bool,
-    /// Cancellers and cancel bookkeeping, allocated only when used.
-    cancel: Option<Box<cancel::CancelState<T>>>,
+    /// Bit 0 ([`RUNNING`]): a callback loop is on the stack (or queued) for this
+    /// Deferred. The rest: `pause()` calls not yet matched by `unpause()` (in units of
+    /// [`PAUSE`]). One word for both keeps a Deferred within its size budget, and lets
+    /// `can_run` test both at once.
+    flags: u32,
+    /// The rarely used part (cancellers, diagnostics), allocated only when used.
+    cold: Option<Box<cancel::Cold<T>>>,
+    /// Where the Deferred was created (the caller of `new`, `succeed`, `then`, a
+    /// combinator, ...), for diagnostics.
+    created_at: &'static Location<'static>,
 }
+
+/// `Core::flags`: a callback loop is on the stack (or queued).
+const RUNNING: u32 = 1;
+/// `Core::flags`: one pause.
+const PAUSE: u32 = 2;
 
 impl<T: 'static> Core<T> {
     fn is_called(&self) -> bool {
         !matches!(self.slot, Slot::Pending)
     }
 
+    fn running(&self) -> bool {
+        self.flags & RUNNING != 0
+    }
+
+    fn set_running(&mut self, on: bool) {
+        self.flags = (self.flags & !RUNNING) | u32::from(on);
+    }
+
+    /// How many pauses are not yet undone.
+    fn paused(&self) -> u32 {
+        self.flags / PAUSE
+    }
+
+    /// How many links were dropped from the front of `links` when it was emptied
+    /// (counted only once the cold part exists, since only its layer cancellers are
+    /// tagged with positions); with `head` it gives absolute positions.
+    fn base(&self) -> u32 {
+        self.cold.as_ref().map_or(0, |c| c.base)
+    }
+
     /// Absolute position of the next link to run.
     fn consumed(&self) -> u32 {
-        self.base + self.head
+        self.base() + self.head
     }
 
     /// Absolute position the next added link will have.
     fn end(&self) -> u32 {
-        self.base + self.links.len() as u32
+        self.base() + self.links.len() as u32
     }
 
     fn has_links_to_run(&self) -> bool {
@@ -228,17 +376,26 @@ impl<T: 'static> Core<T> {
     #[inline]
     fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
         if !self.has_links_to_run() && !self.links.is_empty() {
-            self.base += self.links.len() as u32;
+            if let Some(c) = self.cold.as_mut() {
+                c.base += self.links.len() as u32;
+            }
             self.head = 0;
+            // Every entry is `None`: there is nothing to drop, so each is forgotten rather
+            // than dropped (which would cost a call per entry to the drop glue of `Link`).
+            // A spilled list goes back to inline storage, so the next link added costs no
+            // allocation.
             if self.links.spilled() {
-                self.links = SmallVec::new();
-            } else {
-                // Every entry is `None`: nothing to drop, only the length to reset.
-                self.links.clear();
+                for link in mem::take(&mut self.links) {
+                    debug_assert!(link.is_none(), "a link that ran is gone");
+                    mem::forget(link);
+                }
+            } else if let Some(link) = self.links.pop() {
+                debug_assert!(link.is_none(), "a link that ran is gone");
+                mem::forget(link);
             }
         }
-        let cancel = self.cancel.as_mut()?;
-        let consumed = self.base + self.head;
+        let cancel = self.cold.as_mut()?;
+        let consumed = cancel.base + self.head;
         Some(cancel.take_dead_layers(consumed))
     }
 
@@ -246,38 +403,86 @@ impl<T: 'static> Core<T> {
     /// run, and it is not paused (a paused chain may still get links that must run on
     /// that result first).
     fn has_final_result(&self) -> bool {
-        matches!(self.slot, Slot::Ready(_)) && self.paused == 0 && !self.has_links_to_run()
+        matches!(self.slot, Slot::Ready(_)) && self.paused() == 0 && !self.has_links_to_run()
+    }
+
+    /// The cold part, allocated on first use.
+    fn cold_mut(&mut self) -> &mut cancel::Cold<T> {
+        self.cold.get_or_insert_with(|| Box::new(cancel::Cold::new()))
+    }
+
+    /// True if `f`, the failure this Deferred ends with, is to be reported when it is
+    /// dropped: not a `ResultConsumedError` (the result it stands for went somewhere that
+    /// handles it), and not a failure weft consumed on the caller's behalf here.
+    fn is_unhandled(&self, f: &Failure) -> bool {
+        if f.check::<ResultConsumedError>() {
+            return false;
+        }
+        let handled = self.cold.as_ref().and_then(|c| c.handled.as_ref());
+        !handled.is_some_and(|h| Failure::ptr_eq(h, f))
+    }
+
+    /// For a loop that let go of the Deferred: if it may go on, marks it running again
+    /// and takes the result for it.
+    fn take_back(&mut self) -> Option<Held<T>> {
+        if !self.can_run() {
+            return None;
+        }
+        self.set_running(true);
+        match mem::replace(&mut self.slot, Slot::Running) {
+            Slot::Ready(r) => Some(Held::Result(r)),
+            Slot::Consumed => Some(Held::Consumed),
+            _ => unreachable!("can_run checked the slot"),
+        }
+    }
+
+    /// True if a step still to run holds another Deferred strongly (a continuation or a
+    /// `chain_deferred` step): only then can this one reach another through strong links.
+    fn has_forward_links(&self) -> bool {
+        self.links[self.head as usize..]
+            .iter()
+            .any(|l| matches!(l, Some(Link::Continue(_) | Link::Chain(ChainTarget::Owned(_), _))))
+    }
+
+    /// Replaces a slot that holds nothing to drop (`Pending`, `Running`, `Consumed`)
+    /// without calling the drop glue of `Slot` (a call, which assigning would make).
+    #[inline]
+    fn set_slot(&mut self, slot: Slot<T>) {
+        let old = mem::replace(&mut self.slot, slot);
+        debug_assert!(matches!(old, Slot::Pending | Slot::Running | Slot::Consumed), "set_slot over a value");
+        mem::forget(old);
     }
 
     /// True if a callback loop should start now.
     #[inline]
     fn can_run(&self) -> bool {
-        matches!(self.slot, Slot::Ready(_) | Slot::Consumed)
-            && !self.running
-            && self.paused == 0
-            && self.has_links_to_run()
+        // Not running and not paused: no flag set.
+        matches!(self.slot, Slot::Ready(_) | Slot::Consumed) && self.flags == 0 && self.has_links_to_run()
     }
 }
 
 impl<T: 'static> Deferred<T> {
     /// A new Deferred with no result and no canceller.
+    #[track_caller]
     pub fn new() -> Deferred<T> {
         Deferred {
             inner: Rc::new(Inner {
-                core: RefCell::new(Core {
+                core: ManuallyDrop::new(RefCell::new(Core {
                     slot: Slot::Pending,
                     links: SmallVec::new(),
                     head: 0,
-                    base: 0,
-                    paused: 0,
-                    running: false,
-                    cancel: None,
-                }),
+                    flags: 0,
+                    cold: None,
+                    created_at: Location::caller(),
+                })),
+                handles: Cell::new(1),
             }),
         }
     }
 
+    /// A new public handle (a cancel handle) to `inner`.
     fn from_inner(inner: Rc<Inner<T>>) -> Deferred<T> {
+        inner.retain();
         Deferred { inner }
     }
 
@@ -285,6 +490,7 @@ impl<T: 'static> Deferred<T> {
     /// Failure; whichever runs, what it returns goes on to the next step.
     ///
     /// Returns `self` so that calls can be chained.
+    #[track_caller]
     pub fn add_callbacks<F, G, R, S>(&self, callback: F, errback: G) -> &Self
     where
         F: FnOnce(T) -> R + 'static,
@@ -292,10 +498,13 @@ impl<T: 'static> Deferred<T> {
         R: CallbackResult<T>,
         S: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
-            Ok(v) => callback(v).into_next(),
-            Err(f) => errback(f).into_next(),
-        }));
+        self.push_call(
+            Box::new(move |r: Result<T, Failure>| match r {
+                Ok(v) => callback(v).into_next(),
+                Err(f) => errback(f).into_next(),
+            }),
+            Location::caller(),
+        );
         self
     }
 
@@ -306,46 +515,85 @@ impl<T: 'static> Deferred<T> {
     /// d.add_callback(|x| x + 1);
     /// assert_eq!(d.result().unwrap().unwrap(), 2);
     /// ```
+    #[track_caller]
     pub fn add_callback<F, R>(&self, callback: F) -> &Self
     where
         F: FnOnce(T) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
-            Ok(v) => callback(v).into_next(),
-            Err(f) => Next::Ready(Err(f)),
-        }));
+        self.push_call(
+            Box::new(move |r: Result<T, Failure>| match r {
+                Ok(v) => callback(v).into_next(),
+                Err(f) => Next::Ready(Err(f)),
+            }),
+            Location::caller(),
+        );
         self
     }
 
     /// Adds an errback; a value passes it by.
+    #[track_caller]
     pub fn add_errback<G, S>(&self, errback: G) -> &Self
     where
         G: FnOnce(Failure) -> S + 'static,
         S: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r: Result<T, Failure>| match r {
-            Ok(v) => Next::Ready(Ok(v)),
-            Err(f) => errback(f).into_next(),
-        }));
+        self.push_call(
+            Box::new(move |r: Result<T, Failure>| match r {
+                Ok(v) => Next::Ready(Ok(v)),
+                Err(f) => errback(f).into_next(),
+            }),
+            Location::caller(),
+        );
         self
     }
 
     /// Adds one function that gets the outcome either way (Twisted's `addBoth`).
+    #[track_caller]
     pub fn add_both<F, R>(&self, f: F) -> &Self
     where
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r| f(r).into_next()));
+        self.push_call(Box::new(move |r| f(r).into_next()), Location::caller());
         self
     }
 
+    /// Crate-internal [`add_both`](Self::add_both) for a step that may consume a failure
+    /// on the caller's behalf (see [`Consuming`]): the Deferred remembers that failure as
+    /// handled and does not report it if dropped holding it.
+    #[track_caller]
+    pub(crate) fn add_both_consuming<F>(&self, f: F) -> &Self
+    where
+        F: FnOnce(Result<T, Failure>) -> Consuming<T> + 'static,
+    {
+        let me = self.downgrade();
+        self.push_call(
+            Box::new(move |r| match f(r) {
+                Ok(next) => next,
+                Err(failure) => {
+                    if let Some(me) = me.upgrade() {
+                        me.mark_handled(&failure);
+                    }
+                    Next::Ready(Err(failure))
+                }
+            }),
+            Location::caller(),
+        );
+        self
+    }
+
+    /// Remembers `failure` as handled here (see [`Consuming`]).
+    fn mark_handled(&self, failure: &Failure) {
+        let previous = self.inner.core.borrow_mut().cold_mut().handled.replace(failure.clone());
+        drop(previous);
+    }
+
     /// Adds a call link, capturing the current log context for it (the capture point of
-    /// the log-context invariant, see `ARCHITECTURE.md`).
+    /// the log-context invariant, see `ARCHITECTURE.md`), with `at`, where it was added.
     #[inline]
-    fn push_call(&self, call: Call<T>) {
-        self.push(Link::Call(call, Captured::capture()));
+    fn push_call(&self, call: Call<T>, at: &'static Location<'static>) {
+        self.push(Link::Call(call, Captured::capture(), at));
     }
 
     fn push(&self, link: Link<T>) {
@@ -364,14 +612,13 @@ impl<T: 'static> Deferred<T> {
     /// # Errors
     ///
     /// [`AlreadyCalledError`] holding `value` if the Deferred was already fired. One
-    /// exception, as in Twisted: after [`cancel`](Self::cancel) made it fail with
-    /// `CancelledError`, the first late `callback` or `errback` from the responder is
-    /// ignored and returns `Ok(())`.
+    /// exception: after [`cancel`](Self::cancel) made it fail with `CancelledError`, the
+    /// first late `callback` or `errback` from the responder is ignored and returns
+    /// `Ok(())` (Twisted does this only when the Deferred has no canceller; weft does it
+    /// whenever the cancel ended in `CancelledError`).
+    #[track_caller]
     pub fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
-        self.fire(Next::Ready(Ok(value))).map_err(|next| match next {
-            Next::Ready(Ok(v)) => AlreadyCalledError::new(v),
-            _ => unreachable!("fire hands back what it was given"),
-        })
+        self.inner.callback_at(value, Location::caller())
     }
 
     /// Fires the Deferred with a failure: its errbacks start to run.
@@ -385,38 +632,32 @@ impl<T: 'static> Deferred<T> {
     /// (with the same exception after a cancel as [`callback`](Self::callback)).
     #[track_caller]
     pub fn errback(&self, failure: impl Into<Failure>) -> Result<(), AlreadyCalledError<Failure>> {
-        self.fire(Next::Ready(Err(failure.into()))).map_err(|next| match next {
-            Next::Ready(Err(f)) => AlreadyCalledError::new(f),
-            _ => unreachable!("fire hands back what it was given"),
-        })
+        self.inner.errback_at(failure.into(), Location::caller())
     }
 
     /// Fires with whatever a callback could return; hands `next` back if already fired.
+    #[track_caller]
     pub(crate) fn fire(&self, next: Next<T>) -> Result<(), Next<T>> {
-        let _unused_canceller = {
-            let mut core = self.inner.core.borrow_mut();
-            if core.is_called() {
-                if let Some(c) = core.cancel.as_mut() {
-                    if mem::take(&mut c.suppress_already_called) {
-                        return Ok(());
-                    }
-                }
-                return Err(next);
-            }
-            core.slot = Slot::Running;
-            // The creator's canceller is of no use once there is a result; it is dropped
-            // at the end of this function, outside the borrow.
-            core.cancel.as_mut().and_then(|c| c.canceller.take())
-        };
-        self.inner.settle(next);
-        self.inner.kick();
-        Ok(())
+        self.fire_at(next, Location::caller())
+    }
+
+    /// [`fire`](Self::fire) from `at` (recorded as the first fire while debugging).
+    pub(crate) fn fire_at(&self, next: Next<T>, at: &'static Location<'static>) -> Result<(), Next<T>> {
+        self.inner.fire_at(next, at)
     }
 
     /// Pauses the chain: no further callback runs until [`unpause`](Self::unpause) is
     /// called as many times as `pause` was.
+    ///
+    /// A paused Deferred dropped while it holds a failure reports it as unhandled (see
+    /// the type's Drop section; Twisted stays silent there).
+    ///
+    /// # Panics
+    ///
+    /// If the Deferred is already paused 2^31 - 1 times.
     pub fn pause(&self) {
-        self.inner.core.borrow_mut().paused += 1;
+        let mut core = self.inner.core.borrow_mut();
+        core.flags = core.flags.checked_add(PAUSE).expect("a Deferred paused 2^31 times");
     }
 
     /// Undoes one [`pause`](Self::pause); the chain goes on when the last pause is undone.
@@ -425,18 +666,11 @@ impl<T: 'static> Deferred<T> {
     ///
     /// [`NotPausedError`] if the Deferred is not paused.
     pub fn unpause(&self) -> Result<(), NotPausedError> {
-        let run = {
-            let mut core = self.inner.core.borrow_mut();
-            if core.paused == 0 {
-                return Err(NotPausedError);
-            }
-            core.paused -= 1;
-            core.can_run()
-        };
-        if run {
-            self.inner.kick();
+        if self.inner.unpause() {
+            Ok(())
+        } else {
+            Err(NotPausedError)
         }
-        Ok(())
     }
 
     /// True once [`callback`](Self::callback) or [`errback`](Self::errback) was called
@@ -449,7 +683,7 @@ impl<T: 'static> Deferred<T> {
     /// Deferred a callback returned (Twisted's `paused`).
     pub fn is_paused(&self) -> bool {
         let core = self.inner.core.borrow();
-        core.paused > 0 || matches!(core.slot, Slot::Waiting(_))
+        core.paused() > 0 || core.slot.is_waiting()
     }
 
     /// True if the Deferred has a result that no link is waiting to process: it fired,
@@ -489,18 +723,35 @@ impl<T: 'static> Deferred<T> {
     /// Sends this Deferred's outcome on to `other` (Twisted's `chainDeferred`): when this
     /// one reaches this point of its chain, `other` is fired with the result, which is
     /// moved there. Cancelling `other` does not cancel this Deferred, as in Twisted.
+    ///
+    /// If `other` has already fired by then, this chain fails with
+    /// [`AlreadyCalledError`] holding what could not be delivered (an
+    /// `AlreadyCalledError<T>` for a value, `AlreadyCalledError<Failure>` for a failure;
+    /// see [`AlreadyCalledError::value`]), as in Twisted, where `other.callback` raises
+    /// inside this chain. The one exception is the first fire after `other` was
+    /// cancelled, which is ignored (see [`callback`](Self::callback)).
+    ///
+    /// # Ownership and rings
+    ///
+    /// This Deferred's chain owns `other` until the step runs, so callbacks added to
+    /// `other` run even if no handle to it is kept. If `other` already reaches this
+    /// Deferred through such steps or through Deferreds waiting on one another (a ring:
+    /// `d.chain_deferred(&d)`, or `a.chain_deferred(&b)` after `b.chain_deferred(&a)`),
+    /// the step holds `other` weakly instead, so the ring is no reference cycle: once
+    /// nothing outside holds them, its Deferreds are freed (and a failure one of them
+    /// holds is reported as unhandled). Such a step whose target was freed leaves the
+    /// result here. Fired, a ring behaves as in Twisted: `d.chain_deferred(&d)` fails
+    /// `d`'s chain with `AlreadyCalledError`. The ring check looks at most 64 Deferreds
+    /// deep; a ring longer than that made only of `chain_deferred` steps and waiting
+    /// Deferreds keeps itself alive until it fires.
+    #[track_caller]
     pub fn chain_deferred(&self, other: &Deferred<T>) -> &Self {
-        let other = other.clone();
-        self.push_call(Box::new(move |r| {
-            if let Err(next) = other.fire(Next::Ready(r)) {
-                if let Next::Ready(Err(f)) = next {
-                    log::error!("chain_deferred: target already called; dropping failure: {f}");
-                } else {
-                    log::error!("chain_deferred: target already called; dropping its value");
-                }
-            }
-            Next::Consumed
-        }));
+        let target = if reaches(&other.inner, &self.inner) {
+            ChainTarget::Reached(Rc::downgrade(&other.inner))
+        } else {
+            ChainTarget::Owned(other.inner.clone())
+        };
+        self.push(Link::Chain(target, Location::caller()));
         self
     }
 
@@ -509,6 +760,15 @@ impl<T: 'static> Deferred<T> {
     /// Deferred cancels this one. The result is moved into `f`; steps added to this
     /// Deferred afterwards get a [`ResultConsumedError`].
     ///
+    /// # Ownership
+    ///
+    /// This one's chain owns the new Deferred until this point is reached, so callbacks
+    /// added to the new one run even if no handle to it is kept (fire and forget). The new
+    /// Deferred holds this one until it fires, so cancelling it reaches this one (and its
+    /// canceller) even if no other handle to this one is kept. Once the new Deferred has
+    /// no handle left, nobody can cancel it, so it lets go of this one: if nobody can fire
+    /// this one either, both are freed.
+    ///
     /// ```
     /// let d = weft::Deferred::<u32>::new();
     /// // A closure returning a `Result` could mean `Deferred<Result<..>>` too: name the type.
@@ -516,29 +776,32 @@ impl<T: 'static> Deferred<T> {
     /// d.callback(7).unwrap();
     /// assert_eq!(s.result().unwrap().unwrap(), "got 7");
     /// ```
+    #[track_caller]
     pub fn then<U, F, R>(self, f: F) -> Deferred<U>
     where
         U: 'static,
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<U>,
     {
-        let source = Rc::downgrade(&self.inner);
-        let out = Deferred::<U>::with_canceller(move |_| {
-            if let Some(source) = source.upgrade() {
-                Deferred::from_inner(source).cancel();
-            }
-        });
-        let target = out.clone();
-        self.push_call(Box::new(move |r| {
-            let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
-                Ok(next) => next,
-                Err(panic) => Next::Ready(Err(Failure::from_panic(panic))),
-            };
-            if target.fire(next).is_err() {
-                log::debug!("then: the linked deferred was already called; result dropped");
-            }
-            Next::Consumed
-        }));
+        let out = Deferred::<U>::new();
+        // A forward reference: it fires `out`, it cannot cancel it.
+        let target = out.to_ref();
+        let at = Location::caller();
+        self.push_call(
+            Box::new(move |r| {
+                let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
+                    Ok(next) => next,
+                    Err(panic) => Next::Ready(Err(Failure::from_panic_at(panic, at))),
+                };
+                if target.fire_at(next, at).is_err() {
+                    log::debug!("then: the linked deferred was already called; result dropped");
+                }
+                Next::Consumed
+            }),
+            at,
+        );
+        // `out` has no canceller of its own: a cancel of it cancels its sources.
+        out.add_source(self);
         out
     }
 
@@ -549,6 +812,7 @@ impl<T: 'static> Deferred<T> {
     /// let lengths = weft::succeed("four").map(str::len);
     /// assert_eq!(lengths.result().unwrap().unwrap(), 4);
     /// ```
+    #[track_caller]
     pub fn map<U, F, R>(self, f: F) -> Deferred<U>
     where
         U: 'static,
@@ -590,10 +854,76 @@ impl<T: 'static> Held<T> {
 }
 
 impl<T: 'static> Inner<T> {
+    /// Fires the Deferred with whatever a callback could return, from `at` (recorded as
+    /// the first fire while debugging); hands `next` back if it was already fired.
+    fn fire_at(self: &Rc<Self>, next: Next<T>, at: &'static Location<'static>) -> Result<(), Next<T>> {
+        let unused = {
+            let mut core = self.core.borrow_mut();
+            if core.is_called() {
+                if let Some(c) = core.cold.as_mut() {
+                    if mem::take(&mut c.suppress_already_called) {
+                        return Ok(());
+                    }
+                }
+                return Err(next);
+            }
+            if is_debugging() {
+                core.cold_mut().fired_at = Some(at);
+            }
+            core.set_slot(Slot::Running);
+            // The creator's canceller and the sources held for a cancel are of no use once
+            // there is a result; they are dropped at the end of this function, outside the
+            // borrow.
+            core.cold.as_mut().map(|c| c.take_on_fire())
+        };
+        self.settle(next);
+        self.kick();
+        match unused {
+            // Skip the call to the drop glue of what there is not.
+            None => mem::forget(unused),
+            Some(unused) => drop(unused),
+        }
+        Ok(())
+    }
+
+    /// `callback(value)` from `at`.
+    fn callback_at(
+        self: &Rc<Self>,
+        value: T,
+        at: &'static Location<'static>,
+    ) -> Result<(), AlreadyCalledError<T>> {
+        self.fire_at(Next::Ready(Ok(value)), at).map_err(|next| match next {
+            Next::Ready(Ok(v)) => self.already_called(v, at),
+            _ => unreachable!("fire hands back what it was given"),
+        })
+    }
+
+    /// `errback(failure)` from `at`.
+    fn errback_at(
+        self: &Rc<Self>,
+        failure: Failure,
+        at: &'static Location<'static>,
+    ) -> Result<(), AlreadyCalledError<Failure>> {
+        self.fire_at(Next::Ready(Err(failure)), at).map_err(|next| match next {
+            Next::Ready(Err(f)) => self.already_called(f, at),
+            _ => unreachable!("fire hands back what it was given"),
+        })
+    }
+
+    /// The error for a fire from `again` of this already fired Deferred, with where it
+    /// was created and first fired if that was recorded (while debugging).
+    fn already_called<V>(&self, value: V, again: &'static Location<'static>) -> AlreadyCalledError<V> {
+        let core = self.core.borrow();
+        let first = core.cold.as_ref().and_then(|c| c.fired_at).map(|fired| (core.created_at, fired));
+        AlreadyCalledError::at(value, first, again)
+    }
+}
+
+impl<T: 'static> Inner<T> {
     /// Stores what `fire` was given. The slot must be `Running`.
     fn settle(self: &Rc<Self>, next: Next<T>) {
         if let Some(held) = self.absorb(next) {
-            self.core.borrow_mut().slot = held.into_slot();
+            self.core.borrow_mut().set_slot(held.into_slot());
         }
     }
 
@@ -619,35 +949,96 @@ impl<T: 'static> Inner<T> {
             return Some(Held::Result(Err(Failure::new(ChainedToSelfError))));
         }
         let mut other = d.inner.core.borrow_mut();
-        let idle = !other.running && other.paused == 0 && !other.has_links_to_run();
+        let idle = other.flags == 0 && !other.has_links_to_run();
         match &other.slot {
             Slot::Ready(_) if idle => match mem::replace(&mut other.slot, Slot::Consumed) {
                 Slot::Ready(r) => return Some(Held::Result(r)),
                 _ => unreachable!("matched above"),
             },
             Slot::Consumed if idle => return Some(Held::Result(Err(Failure::new(ResultConsumedError)))),
+            Slot::Waiting(_) | Slot::WaitingWeakly(_) if self.has_waiter() => {
+                let next = other.slot.waited().expect("waiting");
+                drop(other);
+                if waits_on(next, self) {
+                    return Some(Held::Result(Err(Failure::new(WaitCycleError))));
+                }
+                other = d.inner.core.borrow_mut();
+            }
             _ => {}
         }
-        other.links.push(Some(Link::Continue(self.clone())));
+        let mut core = self.core.borrow_mut();
+        let link = if core.has_forward_links() {
+            // Only a Deferred with pending `chain_deferred` steps or waiters can reach
+            // `d` through strong links, and close a ring with this continuation.
+            drop((core, other));
+            let ring = reaches(self, &d.inner);
+            other = d.inner.core.borrow_mut();
+            core = self.core.borrow_mut();
+            if ring {
+                Link::ContinueWeakly(Rc::downgrade(self))
+            } else {
+                Link::Continue(self.clone())
+            }
+        } else {
+            Link::Continue(self.clone())
+        };
+        other.links.push(Some(link));
         let run = other.can_run();
         drop(other);
-        if run {
-            d.inner.kick();
-        }
-        // If the other Deferred could run, it may have reached our continuation already
-        // and resumed us (`resume` leaves the result in our slot); otherwise we wait.
+        let kick = if run { Some(d.inner.clone()) } else { None };
+        // This one holds `d` as a cancel handle while it has one itself (see `own.rs`);
+        // with none, nobody can cancel through it, and a weak reference does.
+        let (waiting, unheld) = if self.handles.get() > 0 {
+            (Slot::Waiting(own::Claim::from_handle(d)), None)
+        } else {
+            (Slot::WaitingWeakly(Rc::downgrade(&d.inner)), Some(d))
+        };
+        // This one waits from now on, before any code runs: a slot says `Waiting(d)`
+        // exactly while `d` holds its continuation, so that a ring closed by the loop
+        // kicked below (its callback returning this one) is seen by the check above.
+        core.set_slot(waiting);
+        drop(core);
+        drop(unheld);
+        let d = kick?;
+        d.kick();
+        // The other Deferred may have reached our continuation already and resumed us
+        // (`resume` leaves the result in our slot); otherwise we wait.
         let mut core = self.core.borrow_mut();
         match mem::replace(&mut core.slot, Slot::Running) {
             Slot::Ready(r) => Some(Held::Result(r)),
-            Slot::Running => {
-                core.slot = Slot::Waiting(Rc::downgrade(&d.inner));
+            waiting @ (Slot::Waiting(_) | Slot::WaitingWeakly(_)) => {
+                core.set_slot(waiting);
                 None
             }
             other => {
-                core.slot = other;
-                unreachable!("only resume touches a running slot")
+                core.set_slot(other);
+                unreachable!("only resume moves a waiting slot on")
             }
         }
+    }
+
+    /// True if a Deferred waits on this one (a continuation link is still to run).
+    fn has_waiter(&self) -> bool {
+        let core = self.core.borrow();
+        core.links[core.head as usize..]
+            .iter()
+            .any(|l| matches!(l, Some(Link::Continue(_) | Link::ContinueWeakly(_))))
+    }
+
+    /// Undoes one pause; false if the Deferred was not paused.
+    fn unpause(self: &Rc<Self>) -> bool {
+        let run = {
+            let mut core = self.core.borrow_mut();
+            if core.paused() == 0 {
+                return false;
+            }
+            core.flags -= PAUSE;
+            core.can_run()
+        };
+        if run {
+            self.kick();
+        }
+        true
     }
 
     /// Starts the callback loop if it can run and is not running already.
@@ -657,26 +1048,80 @@ impl<T: 'static> Inner<T> {
             if !core.can_run() {
                 return;
             }
-            core.running = true;
+            core.set_running(true);
         }
         run::run(self.clone());
     }
 
     /// Called through a continuation link: the Deferred this one waited on has `result`.
     fn resume(self: &Rc<Self>, result: Result<T, Failure>) {
-        {
+        let waited = {
             let mut core = self.core.borrow_mut();
             match core.slot {
-                Slot::Waiting(_) | Slot::Running => core.slot = Slot::Ready(result),
+                Slot::Waiting(_) | Slot::WaitingWeakly(_) | Slot::Running => {
+                    mem::replace(&mut core.slot, Slot::Ready(result))
+                }
                 _ => {
                     // Cancelled while waiting on a Deferred that had been dropped, then
                     // the result came anyway; keep the first outcome.
+                    drop(core);
                     log::debug!("resume: deferred no longer waiting; late result dropped");
                     return;
                 }
             }
-        }
+        };
+        // The hold on the Deferred waited on goes, outside the borrow.
+        drop(waited);
         self.kick();
+    }
+}
+
+/// How many Deferreds [`reaches`] looks at before it gives up (and answers no).
+const RING_CHECK_LIMIT: usize = 64;
+
+/// True if `from` reaches `to` through the strong links of pending steps
+/// (`chain_deferred` targets and waiting Deferreds), looking at most
+/// [`RING_CHECK_LIMIT`] Deferreds deep.
+fn reaches<T: 'static>(from: &Rc<Inner<T>>, to: &Rc<Inner<T>>) -> bool {
+    let mut stack: SmallVec<[Rc<Inner<T>>; 4]> = SmallVec::new();
+    stack.push(from.clone());
+    let mut looked = 0;
+    while let Some(d) = stack.pop() {
+        if Rc::ptr_eq(&d, to) {
+            return true;
+        }
+        looked += 1;
+        if looked > RING_CHECK_LIMIT {
+            return false;
+        }
+        let core = d.core.borrow();
+        for link in core.links[core.head as usize..].iter().flatten() {
+            match link {
+                Link::Continue(next) | Link::Chain(ChainTarget::Owned(next), _) => stack.push(next.clone()),
+                Link::Call(..) | Link::ContinueWeakly(_) | Link::Chain(ChainTarget::Reached(_), _) => {}
+            }
+        }
+    }
+    false
+}
+
+/// True if following `Waiting` slots from the Deferred `next` reaches `target`.
+///
+/// Only a Deferred that has a waiter can close a cycle, and a running one is not
+/// `Waiting` itself, so [`Inner::wait_on`] calls this only when the Deferred a callback
+/// returned is waiting and the running one has a waiter: the walk costs one step per
+/// Deferred in the returned one's wait chain, and common chains never take it.
+fn waits_on<T: 'static>(mut next: Weak<Inner<T>>, target: &Rc<Inner<T>>) -> bool {
+    loop {
+        if std::ptr::eq(next.as_ptr(), Rc::as_ptr(target)) {
+            return true;
+        }
+        let Some(inner) = next.upgrade() else { return false };
+        let core = inner.core.borrow();
+        match core.slot.waited() {
+            Some(w) => next = w,
+            None => return false,
+        }
     }
 }
 
@@ -685,6 +1130,9 @@ impl<T: 'static> run::Runnable for Inner<T> {
     /// its panic becomes the Failure the next link gets: one `catch_unwind` per loop, not
     /// per callback.
     fn run_loop(self: Rc<Self>) {
+        // Where the link running now was added: a panic there becomes a Failure created
+        // at that place.
+        let mut at: &'static Location<'static> = Location::caller();
         let mut held = {
             let mut core = self.core.borrow_mut();
             match mem::replace(&mut core.slot, Slot::Running) {
@@ -692,8 +1140,8 @@ impl<T: 'static> run::Runnable for Inner<T> {
                 Slot::Consumed => Held::Consumed,
                 other => {
                     // `kick` checked the slot; nothing can change it before we run.
-                    core.slot = other;
-                    core.running = false;
+                    core.set_slot(other);
+                    core.set_running(false);
                     return;
                 }
             }
@@ -702,11 +1150,34 @@ impl<T: 'static> run::Runnable for Inner<T> {
         // current now is restored when the loop returns, panics included.
         let mut logcontext = Switcher::new();
         loop {
-            match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext))) {
+            match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext, &mut at))) {
                 Ok(()) => return,
-                Err(panic) => held = Held::Result(Err(Failure::from_panic(panic))),
+                Err(panic) => match self.after_panic(Failure::from_panic_at(panic, at)) {
+                    Some(h) => held = h,
+                    None => return,
+                },
             }
         }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// A panic reached the loop. Normally a link panicked while the loop held the
+    /// Deferred: its failure goes to the next link. If it came while the loop had let go
+    /// of the Deferred (from weft's own code or a destructor during a hand-over), the
+    /// failure takes the place of a result that moved on, and the loop goes on only if
+    /// it may, as after a hand-over.
+    #[cold]
+    #[inline(never)]
+    fn after_panic(&self, failure: Failure) -> Option<Held<T>> {
+        let mut core = self.core.borrow_mut();
+        if core.running() && matches!(core.slot, Slot::Running) {
+            return Some(Held::Result(Err(failure)));
+        }
+        if matches!(core.slot, Slot::Consumed) {
+            core.set_slot(Slot::Ready(Err(failure)));
+        }
+        core.take_back()
     }
 }
 
@@ -714,31 +1185,40 @@ impl<T: 'static> Inner<T> {
     /// Runs links until the chain finishes, pauses or waits, holding the result in a
     /// local between links, so each link costs one borrow: take the link (or stop),
     /// release, call. On return the slot and `running` are up to date.
-    fn run_links(self: &Rc<Self>, mut held: Held<T>, logcontext: &mut Switcher) {
+    fn run_links(
+        self: &Rc<Self>,
+        mut held: Held<T>,
+        logcontext: &mut Switcher,
+        running_at: &mut &'static Location<'static>,
+    ) {
         loop {
             let link = {
                 let mut core = self.core.borrow_mut();
-                if core.paused > 0 || !core.has_links_to_run() {
-                    core.slot = held.into_slot();
-                    core.running = false;
-                    let dead = core.compact();
-                    drop(core);
-                    drop(dead);
-                    return;
-                }
-                let head = core.head as usize;
+                let (head, paused) = (core.head as usize, core.paused());
+                let next = match core.links.get_mut(head) {
+                    Some(next) if paused == 0 => next.take(),
+                    _ => {
+                        core.set_slot(held.into_slot());
+                        core.set_running(false);
+                        let dead = core.compact();
+                        drop(core);
+                        drop(dead);
+                        return;
+                    }
+                };
                 core.head += 1;
-                core.links[head].take()
+                next
             };
             match link {
-                Some(Link::Call(f, captured)) => {
-                    logcontext.enter(&captured);
+                Some(Link::Call(f, captured, at)) => {
+                    *running_at = at;
+                    logcontext.enter(&captured, at);
                     match self.absorb(f(held.into_input())) {
                         Some(h) => held = h,
                         None => {
                             // Waiting on another Deferred; its continuation resumes us.
                             let mut core = self.core.borrow_mut();
-                            core.running = false;
+                            core.set_running(false);
                             let dead = core.compact();
                             drop(core);
                             drop(dead);
@@ -746,13 +1226,87 @@ impl<T: 'static> Inner<T> {
                         }
                     }
                 }
-                Some(Link::Continue(outer)) => {
-                    outer.resume(held.into_input());
-                    held = Held::Consumed;
+                Some(Link::Continue(outer)) => match self.hand_over(&outer, held) {
+                    Some(h) => held = h,
+                    None => return,
+                },
+                Some(Link::ContinueWeakly(outer)) => {
+                    // If the outer Deferred was freed, nobody can see its outcome: the
+                    // result stays here.
+                    if let Some(outer) = outer.upgrade() {
+                        match self.hand_over(&outer, held) {
+                            Some(h) => held = h,
+                            None => return,
+                        }
+                    }
                 }
+                Some(Link::Chain(target, at)) => held = chain_to(target, held.into_input(), at),
                 None => unreachable!("a link runs once"),
             }
         }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// A continuation link: hands the result to `outer`, which waited on this Deferred,
+    /// and runs `outer`'s chain. As in Twisted, this loop lets go of this Deferred while
+    /// it does (the result is gone, the slot says `Consumed`), so a step that `outer`'s
+    /// chain adds here runs at once in a loop of its own rather than after `outer`'s
+    /// chain. Returns what this loop goes on with, or `None` if it is to stop (nothing
+    /// left to run, paused, or another loop took over).
+    fn hand_over(self: &Rc<Self>, outer: &Rc<Inner<T>>, held: Held<T>) -> Option<Held<T>> {
+        let last = {
+            let mut core = self.core.borrow_mut();
+            core.set_slot(Slot::Consumed);
+            core.set_running(false);
+            !core.has_links_to_run()
+        };
+        // User code runs only in the loops this starts, which catch their own panics;
+        // anything else that unwinds from here is handled by `after_panic`.
+        outer.resume(held.into_input());
+        if last {
+            // Whatever was added meanwhile was run by a loop of its own (every change
+            // that lets a Deferred run starts its loop), so this loop has nothing left.
+            let mut core = self.core.borrow_mut();
+            let dead = core.compact();
+            drop(core);
+            drop(dead);
+            return None;
+        }
+        // Loops started meanwhile (for steps added here) may have moved the slot on: it
+        // may hold a result, or wait on another Deferred. Take it from there.
+        let mut core = self.core.borrow_mut();
+        let held = core.take_back();
+        if held.is_none() {
+            let dead = core.compact();
+            drop(core);
+            drop(dead);
+        }
+        held
+    }
+}
+
+/// A `chain_deferred` step (added at `at`): fires the target with `input`; what this
+/// chain goes on with.
+fn chain_to<T: 'static>(
+    target: ChainTarget<T>,
+    input: Result<T, Failure>,
+    at: &'static Location<'static>,
+) -> Held<T> {
+    let target = match target {
+        ChainTarget::Owned(t) => t,
+        ChainTarget::Reached(w) => match w.upgrade() {
+            Some(t) => t,
+            // Freed: nobody can see the target's outcome, so the result stays here.
+            None => return Held::Result(input),
+        },
+    };
+    // A forward reference: no cancel handle is made for the fire.
+    match target.fire_at(Next::Ready(input), at) {
+        Ok(()) => Held::Consumed,
+        Err(Next::Ready(Ok(v))) => Held::Result(Err(Failure::new_at(target.already_called(v, at), at))),
+        Err(Next::Ready(Err(f))) => Held::Result(Err(Failure::new_at(target.already_called(f, at), at))),
+        Err(_) => unreachable!("fire hands back what it was given"),
     }
 }
 
@@ -760,26 +1314,31 @@ impl<T: 'static> Drop for Inner<T> {
     fn drop(&mut self) {
         let core = self.core.get_mut();
         if let Slot::Ready(Err(f)) = &core.slot {
-            log::error!("Unhandled error in Deferred: {f}");
+            if core.is_unhandled(f) {
+                log::error!("Unhandled error in Deferred created at {}: {f}", At(core.created_at));
+            }
         }
+        // Everything that owns anything is taken out; what is left in `core` owns nothing
+        // and is not dropped (see `Inner::core`).
         let links = mem::take(&mut core.links);
-        let cancel = core.cancel.take();
+        let cold = core.cold.take();
         let slot = mem::replace(&mut core.slot, Slot::Consumed);
         let holds_value = matches!(slot, Slot::Ready(Ok(_))) && mem::needs_drop::<T>();
-        if !links.is_empty() || cancel.is_some() || holds_value {
-            run::drop_bounded((links, cancel, slot));
+        if !links.is_empty() || links.spilled() || cold.is_some() || holds_value {
+            run::drop_bounded((links, cold, slot));
+        } else if matches!(slot, Slot::Pending | Slot::Running | Slot::Consumed | Slot::Ready(Ok(_))) {
+            // Nothing to drop (a value here needs no drop, checked above): skip the calls
+            // to drop glue.
+            mem::forget((links, slot));
+        } else {
+            mem::forget(links);
+            drop(slot);
         }
-    }
-}
-
-impl<T: 'static> Clone for Deferred<T> {
-    /// Another handle to the same Deferred.
-    fn clone(&self) -> Self {
-        Deferred { inner: self.inner.clone() }
     }
 }
 
 impl<T: 'static> Default for Deferred<T> {
+    #[track_caller]
     fn default() -> Self {
         Deferred::new()
     }
@@ -793,24 +1352,26 @@ impl<T: 'static> fmt::Debug for Deferred<T> {
         };
         let state = match &core.slot {
             Slot::Pending => "pending",
-            Slot::Waiting(_) => "waiting",
+            Slot::Waiting(_) | Slot::WaitingWeakly(_) => "waiting",
             Slot::Ready(Ok(_)) => "ready(value)",
             Slot::Ready(Err(_)) => "ready(failure)",
             Slot::Running => "running",
             Slot::Consumed => "consumed",
         };
         f.debug_struct("Deferred")
+            .field("created_at", &At(core.created_at))
             .field("state", &state)
             .field("links_to_run", &(core.links.len() - core.head as usize))
-            .field("paused", &core.paused)
+            .field("paused", &core.paused())
             .finish()
     }
 }
 
 /// A Deferred that already has `value` (Twisted's `succeed`).
+#[track_caller]
 pub fn succeed<T: 'static>(value: T) -> Deferred<T> {
     let d = Deferred::new();
-    d.inner.core.borrow_mut().slot = Slot::Ready(Ok(value));
+    d.inner.core.borrow_mut().set_slot(Slot::Ready(Ok(value)));
     d
 }
 
@@ -818,7 +1379,7 @@ pub fn succeed<T: 'static>(value: T) -> Deferred<T> {
 #[track_caller]
 pub fn fail<T: 'static>(failure: impl Into<Failure>) -> Deferred<T> {
     let d = Deferred::new();
-    d.inner.core.borrow_mut().slot = Slot::Ready(Err(failure.into()));
+    d.inner.core.borrow_mut().set_slot(Slot::Ready(Err(failure.into())));
     d
 }
 
@@ -832,6 +1393,7 @@ pub fn fail<T: 'static>(failure: impl Into<Failure>) -> Deferred<T> {
 /// let p: weft::Deferred<u8> = weft::maybe_deferred(|| -> u8 { panic!("boom") });
 /// assert!(p.take_result().unwrap().unwrap_err().check::<weft::PanicError>());
 /// ```
+#[track_caller]
 pub fn maybe_deferred<T, F, R>(f: F) -> Deferred<T>
 where
     T: 'static,
@@ -841,29 +1403,11 @@ where
     match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
         Ok(Next::Ready(r)) => {
             let d = Deferred::new();
-            d.inner.core.borrow_mut().slot = Slot::Ready(r);
+            d.inner.core.borrow_mut().set_slot(Slot::Ready(r));
             d
         }
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
         Err(panic) => fail(Failure::from_panic(panic)),
-    }
-}
-
-/// A weak handle to a Deferred, for crate-internal back-references (a canceller reaching
-/// the members of a list without keeping them alive).
-pub(crate) struct WeakDeferred<T: 'static>(Weak<Inner<T>>);
-
-impl<T: 'static> WeakDeferred<T> {
-    /// The Deferred, if a strong handle to it still exists.
-    pub(crate) fn upgrade(&self) -> Option<Deferred<T>> {
-        self.0.upgrade().map(Deferred::from_inner)
-    }
-}
-
-impl<T: 'static> Deferred<T> {
-    /// A weak handle to this Deferred.
-    pub(crate) fn downgrade(&self) -> WeakDeferred<T> {
-        WeakDeferred(Rc::downgrade(&self.inner))
     }
 }

@@ -1,5 +1,5 @@
 //! State-machine tests of the Deferred internals; behaviour through the public API is
-//! tested in `tests/it/deferred.rs`.
+//! tested in `tests/it/deferred_*.rs`.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -127,4 +127,120 @@ fn cancel_reaches_the_innermost_of_100_000_nested_deferreds_without_overflow() {
     ds[0].cancel();
     assert!(reached.get());
     assert!(ds[0].take_result().unwrap().unwrap_err().check::<CancelledError>());
+}
+
+/// Counts its drops.
+struct Tracked(Rc<Cell<u32>>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn fired_chain_deferred_pair_frees_both() {
+    let drops = Rc::new(Cell::new(0));
+    let (a, b) = (Deferred::<Tracked>::new(), Deferred::<Tracked>::new());
+    a.chain_deferred(&b);
+    let (weak_a, weak_b) = (a.downgrade(), b.downgrade());
+    a.callback(Tracked(drops.clone())).unwrap();
+    drop((a, b));
+    assert!(weak_a.upgrade().is_none() && weak_b.upgrade().is_none());
+    assert_eq!(drops.get(), 1);
+}
+
+#[test]
+fn settled_then_pair_frees_both_and_an_unsettled_one_until_cancelled() {
+    let source = Deferred::<u32>::new();
+    let mapped = source.clone().map(|x| x + 1);
+    let (weak_source, weak_mapped) = (source.downgrade(), mapped.downgrade());
+    source.callback(1).unwrap();
+    drop(source);
+    assert!(weak_source.upgrade().is_none(), "a fired mapped Deferred lets go of its source");
+    assert_eq!(mapped.take_result().unwrap().unwrap(), 2);
+    drop(mapped);
+    assert!(weak_mapped.upgrade().is_none());
+
+    // Unsettled and held by the caller, the mapped Deferred holds its source, so a
+    // cancel reaches it; settled, it lets go.
+    let source = Deferred::<u32>::new();
+    let weak_source = source.downgrade();
+    let mapped = source.map(|x| x + 1);
+    let weak_mapped = mapped.downgrade();
+    assert!(weak_source.upgrade().is_some(), "the mapped Deferred holds its source");
+    mapped.cancel();
+    assert!(weak_source.upgrade().is_none(), "cancelled, it lets go of its source");
+    assert!(mapped.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    drop(mapped);
+    assert!(weak_mapped.upgrade().is_none());
+}
+
+#[test]
+fn an_unsettled_then_pair_nobody_holds_is_freed() {
+    let drops = Rc::new(Cell::new(0));
+    let source = Deferred::<u32>::with_canceller(|_| ());
+    let (weak_source, d) = (source.downgrade(), drops.clone());
+    let tracked = Tracked(drops.clone());
+    let weak_mapped = source
+        .map(move |x| {
+            let _keep = &tracked;
+            x + 1
+        })
+        .downgrade();
+    assert!(weak_source.upgrade().is_none() && weak_mapped.upgrade().is_none());
+    assert_eq!(d.get(), 1, "the callback and what it captured were dropped unrun");
+}
+
+#[test]
+fn a_waiting_deferred_holds_what_it_waits_on_while_it_has_a_handle() {
+    let cancelled = Rc::new(Cell::new(false));
+    let c = cancelled.clone();
+    let outer = Deferred::<u32>::new();
+    outer.add_callback(move |_| Deferred::<u32>::with_canceller(move |_| c.set(true)));
+    outer.callback(0).unwrap();
+    let weak_inner = match &outer.inner.core.borrow().slot {
+        Slot::Waiting(claim) => Rc::downgrade(&claim.0),
+        _ => panic!("outer waits"),
+    };
+    // Nobody else holds the inner Deferred, yet a cancel of the outer reaches its
+    // canceller (Twisted's `result.cancel()`).
+    outer.cancel();
+    assert!(cancelled.get());
+    assert!(outer.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    assert!(weak_inner.upgrade().is_none());
+
+    // Dropped while it waits, the outer Deferred lets go and both are freed.
+    let outer = Deferred::<u32>::new();
+    outer.add_callback(|_| Deferred::<u32>::with_canceller(|_| ()));
+    outer.callback(0).unwrap();
+    let weak_outer = outer.downgrade();
+    drop(outer);
+    assert!(weak_outer.upgrade().is_none());
+}
+
+/// `wait_on` refuses to make a ring of waiting Deferreds; if one existed anyway, a cancel
+/// walk must still end. Build the ring by hand and cancel into it.
+#[test]
+fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
+    let n = 3;
+    let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in 0..n {
+        let (me, next) = (&ds[i], &ds[(i + 1) % n]);
+        me.inner.core.borrow_mut().slot = Slot::WaitingWeakly(Rc::downgrade(&next.inner));
+        next.inner.core.borrow_mut().links.push(Some(Link::Continue(me.inner.clone())));
+    }
+    let outer = Deferred::<u32>::new();
+    let d0 = ds[0].clone();
+    outer.add_callback(move |_| d0);
+    outer.callback(0).unwrap();
+    outer.cancel();
+    // The ring member where the walk noticed the loop failed with the CancelledError,
+    // which went round the ring; `d0` handed it to the ring before its continuation to
+    // `outer`, which therefore gets a ResultConsumedError. What matters: it ended.
+    let f = outer.take_result().unwrap().unwrap_err();
+    assert!(f.check::<CancelledError>() || f.check::<ResultConsumedError>(), "{f}");
+    for d in &ds {
+        assert!(d.is_called() && !d.is_paused());
+    }
 }

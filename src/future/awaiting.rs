@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
-use super::runner::{current_task, CancelAwaited, Task};
-use crate::deferred::Next;
+use super::runner::{current_task, CancelAwaited, Task, TaskRef};
+use crate::deferred::{AnyDeferred, Next, WeakAnyDeferred, WeakDeferred};
 use crate::{CancelledError, Deferred, Failure};
 
 /// The future that awaits a [`Deferred`]: `Deferred<T>` implements `IntoFuture` with
@@ -28,11 +28,38 @@ use crate::{CancelledError, Deferred, Failure};
 ///
 /// Dropping the future does not cancel the Deferred; its result, when it comes, is
 /// dropped.
+///
+/// # Ownership
+///
+/// Suspended inside [`ensure_deferred`](super::ensure_deferred), the future keeps the
+/// Deferred only weakly: the Deferred's chain holds the task until the result comes,
+/// and the task's own Deferred holds the awaited one while someone can cancel it. So a
+/// task waiting on a Deferred nobody can fire, whose own Deferred nobody holds, is
+/// freed (its future dropped), as Python collects such a coroutine.
 #[must_use = "futures do nothing unless awaited"]
 pub struct DeferredFuture<T: 'static> {
-    d: Deferred<T>,
+    d: Awaited<T>,
     slot: Option<Rc<AwaitSlot<T>>>,
     registered: Option<Registration>,
+    /// The Deferred's await link wakes (and holds) the task this future runs in.
+    links_task: bool,
+}
+
+/// How a [`DeferredFuture`] holds its Deferred.
+enum Awaited<T: 'static> {
+    /// Until it suspends inside a task (and always outside one).
+    Strong(Deferred<T>),
+    /// Suspended inside a task (see the ownership rules above).
+    Weak(WeakDeferred<T>),
+}
+
+impl<T: 'static> Awaited<T> {
+    fn get(&self) -> Option<Deferred<T>> {
+        match self {
+            Awaited::Strong(d) => Some(d.clone()),
+            Awaited::Weak(w) => w.upgrade(),
+        }
+    }
 }
 
 /// Makes a future that a task's cancel cannot otherwise reach (a channel, a timer of
@@ -78,10 +105,13 @@ struct InterruptState {
     waker: RefCell<Option<Waker>>,
 }
 
-/// An entry in the running task's `awaiting` slot, removed when the await ends.
+/// An entry in the running task's `awaiting` slot, removed when the await ends, with
+/// (weakly: the task must not hold it) the Deferred awaited, held meanwhile by the task's
+/// Deferred.
 struct Registration {
     task: Weak<Task>,
     token: u64,
+    held: Option<WeakAnyDeferred>,
 }
 
 struct AwaitSlot<T> {
@@ -94,7 +124,7 @@ impl<T: 'static> IntoFuture for Deferred<T> {
     type IntoFuture = DeferredFuture<T>;
 
     fn into_future(self) -> DeferredFuture<T> {
-        DeferredFuture { d: self, slot: None, registered: None }
+        DeferredFuture { d: Awaited::Strong(self), slot: None, registered: None, links_task: false }
     }
 }
 
@@ -104,18 +134,26 @@ impl<T: 'static> Future for DeferredFuture<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, Failure>> {
         let this = self.get_mut();
         if this.slot.is_none() {
-            if !this.d.is_paused() {
-                if let Some(r) = this.d.take_result() {
+            let Awaited::Strong(d) = &this.d else { unreachable!("weak only once suspended") };
+            if !d.is_paused() {
+                if let Some(r) = d.take_result() {
                     return Poll::Ready(r);
                 }
             }
+            // Inside a task whose own waker is the one given, the Deferred's chain wakes
+            // the task itself and holds it meanwhile (see `runner::Entry`).
+            let task = current_task().filter(|t| cx.waker().will_wake(t.waker())).map(TaskRef::new);
+            this.links_task = task.is_some();
             let slot = Rc::new(AwaitSlot { result: RefCell::new(None), waker: RefCell::new(None) });
             let s = slot.clone();
-            this.d.add_both(move |r: Result<T, Failure>| -> Next<T> {
+            d.add_both(move |r: Result<T, Failure>| -> Next<T> {
                 *s.result.borrow_mut() = Some(r);
                 let waker = s.waker.borrow_mut().take();
                 if let Some(w) = waker {
                     w.wake();
+                }
+                if let Some(task) = task {
+                    task.wake();
                 }
                 Next::Consumed
             });
@@ -127,10 +165,26 @@ impl<T: 'static> Future for DeferredFuture<T> {
             this.registered.take();
             return Poll::Ready(r);
         }
-        *slot.waker.borrow_mut() = Some(cx.waker().clone());
+        let own_waker = this.links_task && current_task().is_some_and(|t| cx.waker().will_wake(t.waker()));
+        if !own_waker {
+            *slot.waker.borrow_mut() = Some(cx.waker().clone());
+        }
         if this.registered.is_none() {
-            let d = this.d.clone();
-            this.registered = Registration::new(Rc::new(move |e: &CancelledError| d.cancel_as(e)));
+            let d = this.d.get().expect("strong until registered");
+            let weak = d.downgrade();
+            this.registered = Registration::new(
+                Rc::new(move |e: &CancelledError| {
+                    if let Some(d) = weak.upgrade() {
+                        d.cancel_as(e);
+                    }
+                }),
+                Some(d.erased()),
+            );
+            if this.registered.is_some() && own_waker {
+                // The chain holds the task, the task's Deferred holds this one: keeping it
+                // here too would make a cycle no cancel handle breaks.
+                this.d = Awaited::Weak(d.downgrade());
+            }
         }
         Poll::Pending
     }
@@ -138,7 +192,7 @@ impl<T: 'static> Future for DeferredFuture<T> {
 
 impl<T: 'static> fmt::Debug for DeferredFuture<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeferredFuture").field("deferred", &self.d).finish()
+        f.debug_struct("DeferredFuture").field("deferred", &self.d.get()).finish()
     }
 }
 
@@ -168,13 +222,16 @@ impl<F: Future> Future for Interruptible<F> {
         *state.waker.borrow_mut() = Some(cx.waker().clone());
         if this.registered.is_none() {
             let s = state.clone();
-            this.registered = Registration::new(Rc::new(move |e: &CancelledError| {
-                *s.cancelled.borrow_mut() = Some(e.clone());
-                let waker = s.waker.borrow_mut().take();
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            }));
+            this.registered = Registration::new(
+                Rc::new(move |e: &CancelledError| {
+                    *s.cancelled.borrow_mut() = Some(e.clone());
+                    let waker = s.waker.borrow_mut().take();
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                }),
+                None,
+            );
         }
         Poll::Pending
     }
@@ -187,11 +244,19 @@ impl<F> fmt::Debug for Interruptible<F> {
 }
 
 impl Registration {
-    /// Registers `cancel` with the task being polled now, if any.
-    fn new(cancel: CancelAwaited) -> Option<Registration> {
+    /// Registers `cancel` with the task being polled now, if any, and has the task's
+    /// Deferred hold `awaited` meanwhile.
+    fn new(cancel: CancelAwaited, awaited: Option<AnyDeferred>) -> Option<Registration> {
         let task = current_task()?;
         let token = task.register(cancel);
-        Some(Registration { task: Rc::downgrade(&task), token })
+        if let Some(d) = &awaited {
+            task.target().hold(d);
+        }
+        Some(Registration {
+            task: Rc::downgrade(&task),
+            token,
+            held: awaited.as_ref().map(AnyDeferred::downgrade),
+        })
     }
 }
 
@@ -199,6 +264,9 @@ impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(task) = self.task.upgrade() {
             task.unregister(self.token);
+            if let Some(d) = &self.held {
+                task.target().unhold(d);
+            }
         }
     }
 }

@@ -18,6 +18,17 @@
 //! A thread that ends with tasks pending drops them (their futures' destructors run);
 //! nothing is polled after the thread's task table is gone.
 //!
+//! # Which tasks are kept
+//!
+//! A task suspended only on Deferreds (and whose waker has no clone anywhere else) is
+//! held by those Deferreds' chains, and by the task table only weakly, as Python's
+//! coroutine is held only by the callbacks of the Deferred it waits on. Its own
+//! Deferred holds the awaited Deferred while someone can cancel the task (a handle, a
+//! combinator holding it). So a task that nobody can resume (the awaited Deferreds are
+//! unreachable) and nobody can cancel (no handle to its Deferred) is garbage, and is
+//! freed: its future is dropped, in its own log context, and its Deferred with it. A task
+//! suspended on any other future stays in the table: another thread may wake it.
+//!
 //! # Log context
 //!
 //! A task has its own log context, as a Python coroutine run by Synapse keeps its own:

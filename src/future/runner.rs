@@ -13,17 +13,57 @@ use std::thread::{self, ThreadId};
 
 use slab::Slab;
 
-use crate::deferred::{current_cancellation, Next};
+use crate::deferred::{current_cancellation, AnyDeferred, DeferredRef, Next, WeakAnyDeferred};
 use crate::logcontext::{Captured, Restore};
 use crate::{CancelId, CancelledError, Deferred, Failure};
 
 thread_local! {
-    /// The thread's pending tasks, by slab key (a task's `key`).
-    static TASKS: RefCell<Slab<Rc<Task>>> = const { RefCell::new(Slab::new()) };
+    /// The thread's pending tasks, by slab key (a task's `key`); see [`Entry`].
+    static TASKS: RefCell<Table> = const { RefCell::new(Table(Slab::new())) };
     static CURRENT_TASK: RefCell<Option<Rc<Task>>> = const { RefCell::new(None) };
     static NEXT_TASK: Cell<u64> = const { Cell::new(1) };
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
     static AWAIT_POINTS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How the task table holds a pending task.
+///
+/// A task suspended only on Deferreds (each of which holds it through its await link, a
+/// [`TaskRef`]) with no clone of its waker anywhere is held weakly, as Python's
+/// generator is held only by the callbacks of the Deferred it waits on: if those
+/// Deferreds become unreachable, nobody can ever resume the task, and it is freed with
+/// them (its future dropped in its own log context). Any other pending task (suspended
+/// on a foreign future, which another thread may wake through a waker clone, or on
+/// nothing that could wake it) is held strongly.
+enum Entry {
+    Strong(Rc<Task>),
+    Weak(Weak<Task>),
+}
+
+impl Entry {
+    fn get(&self) -> Option<Rc<Task>> {
+        match self {
+            Entry::Strong(t) => Some(t.clone()),
+            Entry::Weak(w) => w.upgrade(),
+        }
+    }
+}
+
+/// The thread's task table.
+struct Table(Slab<Entry>);
+
+impl Drop for Table {
+    /// The thread is ending: every pending task is dropped, as before a task could be
+    /// held weakly. A weakly held task's future may hold what resumes it (a lock its own
+    /// waiter is queued on, say): a cycle through user values that only this breaks.
+    fn drop(&mut self) {
+        let tasks: Vec<Rc<Task>> = self.0.drain().filter_map(|e| e.get()).collect();
+        for task in &tasks {
+            task.listed.set(false);
+            task.done.set(true);
+            task.drop_future();
+        }
+    }
 }
 
 /// How to pass a cancel on to what a task awaits now (a Deferred, or an
@@ -39,6 +79,14 @@ pub(super) struct Task {
     key: usize,
     future: RefCell<Option<Pin<Box<dyn Future<Output = ()>>>>>,
     waker: Waker,
+    /// The waker's own `Arc`: its strong count tells whether a clone of the waker exists
+    /// outside the task (see [`Entry`]).
+    waker_arc: Arc<TaskWaker>,
+    /// How many [`TaskRef`]s (await links of pending Deferreds) hold the task.
+    task_refs: Cell<u32>,
+    /// The task is in the table (its entry is removed when it finishes, and when it is
+    /// freed).
+    listed: Cell<bool>,
     /// The task's own log context: the one current at `ensure_deferred`, then whatever
     /// the task left current when it last suspended. Each poll runs in it.
     context: RefCell<Captured>,
@@ -58,19 +106,39 @@ pub(super) struct Task {
 }
 
 /// The typed slot holding the Deferred a task delivers to, seen without its type.
-trait FailTarget {
+pub(super) trait FailTarget {
     fn fail(&self, failure: Failure);
+    /// The task is suspended on `awaited`: the task's Deferred holds it as a source, so
+    /// that while someone can cancel the task's Deferred, the cancel can reach it.
+    fn hold(&self, awaited: &AnyDeferred);
+    /// The await on `awaited` is over.
+    fn unhold(&self, awaited: &WeakAnyDeferred);
 }
 
-/// The slot of the Deferred a task delivers its outcome to. A cancel that lets the task
-/// go on replaces it with a fresh Deferred (see the module docs).
-type Target<T> = RefCell<Option<Deferred<T>>>;
+/// The slot of the Deferred a task delivers its outcome to: a forward reference (the
+/// task fires it; it cannot cancel it). A cancel that lets the task go on replaces it
+/// with a fresh Deferred (see the module docs).
+type Target<T> = RefCell<Option<DeferredRef<T>>>;
 
 impl<T: 'static> FailTarget for Target<T> {
     fn fail(&self, failure: Failure) {
         let target = self.borrow_mut().take();
         if let Some(d) = target {
             let _ = d.fire(Next::Ready(Err(failure)));
+        }
+    }
+
+    fn hold(&self, awaited: &AnyDeferred) {
+        let target = self.borrow().clone();
+        if let Some(d) = target {
+            d.add_source(awaited);
+        }
+    }
+
+    fn unhold(&self, awaited: &WeakAnyDeferred) {
+        let target = self.borrow().clone();
+        if let Some(d) = target {
+            d.remove_source(awaited);
         }
     }
 }
@@ -88,13 +156,17 @@ where
     });
     // During the thread's teardown the table is gone: the task is polled once and
     // dropped when it suspends.
-    let key = TASKS.try_with(|t| t.borrow().vacant_key()).unwrap_or(usize::MAX);
+    let key = TASKS.try_with(|t| t.borrow().0.vacant_key()).unwrap_or(usize::MAX);
     let target: Rc<Target<T>> = Rc::new(RefCell::new(None));
+    let waker_arc = Arc::new(TaskWaker { key, id, thread: thread::current().id() });
     let task = Rc::new(Task {
         id,
         key,
         future: RefCell::new(None),
-        waker: Waker::from(Arc::new(TaskWaker { key, id, thread: thread::current().id() })),
+        waker: Waker::from(waker_arc.clone()),
+        waker_arc,
+        task_refs: Cell::new(0),
+        listed: Cell::new(false),
         context: RefCell::new(Captured::capture()),
         target: target.clone(),
         polling: Cell::new(false),
@@ -105,11 +177,12 @@ where
         awaiting: RefCell::new(None),
     });
     let out = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
-    *target.borrow_mut() = Some(out.clone());
+    *target.borrow_mut() = Some(out.to_ref());
     *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
     let _ = TASKS.try_with(|t| {
-        let inserted = t.borrow_mut().insert(task.clone());
+        let inserted = t.borrow_mut().0.insert(Entry::Strong(task.clone()));
         debug_assert_eq!(inserted, key);
+        task.listed.set(true);
     });
     poll_task(&task);
     out
@@ -122,7 +195,7 @@ pub(super) fn current_task() -> Option<Rc<Task>> {
 
 /// How many tasks on this thread have not finished.
 pub(super) fn pending_tasks() -> usize {
-    TASKS.try_with(|t| t.borrow().len()).unwrap_or(0)
+    TASKS.try_with(|t| t.borrow().0.len()).unwrap_or(0)
 }
 
 /// How many times a task suspended on a Deferred with no result yet (or on an
@@ -168,9 +241,44 @@ impl Task {
         drop(stale);
     }
 
-    /// Takes the task out of the thread's table (it finished or was aborted).
-    fn unlist(&self) -> Option<Rc<Task>> {
-        TASKS.try_with(|t| t.borrow_mut().try_remove(self.key)).ok().flatten()
+    /// The task's waker, to tell it from another one (`Waker::will_wake`).
+    pub(super) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+
+    /// The task's Deferred, to hold what the task awaits (see [`FailTarget::hold`]).
+    pub(super) fn target(&self) -> &dyn FailTarget {
+        &*self.target
+    }
+
+    /// Takes the task out of the thread's table (it finished, was aborted or is freed);
+    /// returns the entry for the caller to drop outside the table's borrow.
+    fn unlist(&self) -> Option<Entry> {
+        if !self.listed.replace(false) {
+            return None;
+        }
+        TASKS.try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.0.try_remove(self.key))).ok().flatten()
+    }
+
+    /// After a poll left the task pending: held weakly by the table if only the await
+    /// links of Deferreds can resume it, strongly otherwise (see [`Entry`]).
+    fn relist(self: &Rc<Self>) {
+        if !self.listed.get() {
+            return;
+        }
+        // The task's own `Waker` and `waker_arc`: no clone exists elsewhere.
+        let weak = self.task_refs.get() > 0 && Arc::strong_count(&self.waker_arc) == 2;
+        let old = TASKS.try_with(|t| {
+            let mut t = t.borrow_mut();
+            let entry = t.0.get_mut(self.key)?;
+            match (&*entry, weak) {
+                (Entry::Strong(_), true) => Some(std::mem::replace(entry, Entry::Weak(Rc::downgrade(self)))),
+                (Entry::Weak(_), false) => Some(std::mem::replace(entry, Entry::Strong(self.clone()))),
+                _ => None,
+            }
+        });
+        // Outside the borrow (it is not the last reference: `self` is one).
+        drop(old);
     }
 
     /// Drops the task's future (if it has not completed) in the task's own log context,
@@ -188,9 +296,40 @@ impl Task {
 
 impl Drop for Task {
     fn drop(&mut self) {
-        // A task still pending when the last handle goes (the thread is ending and its
-        // task table is being dropped).
+        // A task still pending when the last reference goes: the thread is ending and
+        // its task table is being dropped, or the task was held weakly and the Deferreds
+        // it awaited became unreachable, so nothing can resume it.
+        let entry = self.unlist();
         self.drop_future();
+        drop(entry);
+    }
+}
+
+/// A strong reference to a task from the await link of a pending Deferred the task
+/// awaits (see [`Entry`]).
+pub(super) struct TaskRef(Rc<Task>);
+
+impl TaskRef {
+    pub(super) fn new(task: Rc<Task>) -> TaskRef {
+        task.task_refs.set(task.task_refs.get() + 1);
+        TaskRef(task)
+    }
+
+    /// The awaited Deferred has its result: polls the task (as its waker would), unless
+    /// the thread's task table is gone (the thread is ending: nothing is polled then).
+    pub(super) fn wake(self) {
+        // Held across the poll: this may have been the last reference.
+        let task = self.0.clone();
+        drop(self);
+        if !task.done.get() && TASKS.try_with(|_| ()).is_ok() {
+            poll_task(&task);
+        }
+    }
+}
+
+impl Drop for TaskRef {
+    fn drop(&mut self) {
+        self.0.task_refs.set(self.0.task_refs.get() - 1);
     }
 }
 
@@ -224,7 +363,8 @@ impl Wake for TaskWaker {
 fn wake_here(key: usize, id: u64) {
     // Once the thread's task table is destroyed (the thread is ending and its tasks are
     // being dropped), a wake finds nothing to poll.
-    let task = TASKS.try_with(|t| t.borrow().get(key).filter(|t| t.id == id).cloned()).ok().flatten();
+    let task =
+        TASKS.try_with(|t| t.borrow().0.get(key).and_then(Entry::get).filter(|t| t.id == id)).ok().flatten();
     if let Some(task) = task {
         poll_task(&task);
     }
@@ -275,7 +415,7 @@ fn target_deferred<T: 'static>(task: Weak<Task>, target: Weak<Target<T>>) -> Def
         // it off.
         let Some(target) = target.upgrade() else { return };
         let next = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
-        *target.borrow_mut() = Some(next.clone());
+        *target.borrow_mut() = Some(next.to_ref());
         let _ = me.fire(Next::Wait(next));
     })
 }
@@ -338,6 +478,9 @@ fn poll_task(task: &Rc<Task>) {
         if !task.repoll.get() || task.done.get() {
             break;
         }
+    }
+    if !task.done.get() {
+        task.relist();
     }
 }
 

@@ -4,10 +4,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::panic::Location;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::accounting::{ContextStats, CpuClock};
+use crate::failure::At;
 
 /// A named log context (Synapse's `LoggingContext`), or the sentinel meaning "no
 /// context".
@@ -480,7 +482,7 @@ impl Captured {
             Restore(Some(switch(self.0.clone())))
         };
         if let Some(c) = &self.0 {
-            c.count_callback();
+            c.count_callback(None);
         }
         restore
     }
@@ -509,14 +511,15 @@ impl Switcher {
         Switcher { saved: None }
     }
 
-    /// Makes `captured` current for the next callback; counts one callback.
+    /// Makes `captured` current for the next callback, which was added at `added_at`
+    /// (named if the context has finished); counts one callback.
     #[inline]
-    pub(crate) fn enter(&mut self, captured: &Captured) {
+    pub(crate) fn enter(&mut self, captured: &Captured, added_at: &'static Location<'static>) {
         if id_of(&captured.0) != current_id() {
             self.switch_slow(captured);
         }
         if let Some(c) = &captured.0 {
-            c.count_callback();
+            c.count_callback(Some(added_at));
         }
     }
 
@@ -612,22 +615,31 @@ pub(crate) fn bind(f: Box<dyn FnOnce()>) -> Box<dyn FnOnce()> {
 }
 
 impl ContextInner {
+    /// Counts one callback, added at `added_at` if it is a Deferred's.
     #[inline]
-    fn count_callback(&self) {
+    fn count_callback(&self, added_at: Option<&'static Location<'static>>) {
         self.callbacks.set(self.callbacks.get() + 1);
         if self.finished.get() {
-            self.late_work();
+            self.late_work(added_at);
         }
     }
 
-    /// A callback ran in this finished context: warn once, and pass the count on.
+    /// A callback ran in this finished context: warn once (naming the callback, if it
+    /// is a Deferred's), and pass the count on.
     #[cold]
-    fn late_work(&self) {
+    fn late_work(&self, added_at: Option<&'static Location<'static>>) {
         if !self.warned_late.replace(true) {
-            log::warn!(
-                "log context '{}' is used after it finished; its work is charged to its parent",
-                self.name
-            );
+            match added_at {
+                Some(at) => log::warn!(
+                    "log context '{}' is used after it finished, by the callback added at {}; its work is charged to its parent",
+                    self.name,
+                    At(at)
+                ),
+                None => log::warn!(
+                    "log context '{}' is used after it finished; its work is charged to its parent",
+                    self.name
+                ),
+            }
         }
         if let Some(parent) = &self.parent {
             parent.charge(&ContextStats { callbacks: 1, ..Default::default() });

@@ -177,7 +177,7 @@ where
             let _ = call.cancel();
         }
     });
-    let target = d.clone();
+    let target = d.to_ref();
     let call = time.call_later(
         delay,
         Box::new(move || {

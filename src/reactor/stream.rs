@@ -143,7 +143,7 @@ impl ReactorHandle {
                 conn.fail_connect(Some(Failure::new(ConnectTimeoutError)));
             }
         });
-        let target = d.clone();
+        let target = d.to_ref();
         *conn.on_connect.borrow_mut() = Some(Box::new(move |conn: &Rc<Conn>, r: Result<(), Failure>| {
             let _ = timer.cancel();
             match r {

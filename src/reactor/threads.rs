@@ -379,7 +379,7 @@ impl ReactorThreads {
                 }
             }
         });
-        let target = d.clone();
+        let target = d.to_ref();
         let complete: Completer = Box::new(move |r: Result<Payload, Failure>| {
             let outcome = match r {
                 Ok(b) => match b.downcast::<T>() {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::Waiters;
+use crate::deferred::DeferredRef;
 use crate::Deferred;
 
 /// A FIFO queue whose [`get`](Self::get) waits for an item and whose
@@ -42,8 +43,8 @@ struct QueueInner<T: 'static> {
     size: Option<usize>,
     backlog: Option<usize>,
     items: RefCell<VecDeque<T>>,
-    getters: RefCell<Waiters<Deferred<T>>>,
-    putters: RefCell<Waiters<(T, Deferred<()>)>>,
+    getters: RefCell<Waiters<DeferredRef<T>>>,
+    putters: RefCell<Waiters<(T, DeferredRef<()>)>>,
 }
 
 /// [`DeferredQueue::try_put`] found the queue full; the item is handed back.
@@ -127,7 +128,7 @@ impl<T: 'static> DeferredQueue<T> {
                         drop(removed);
                     }
                 });
-                self.inner.putters.borrow_mut().insert(id, (item, d.clone()));
+                self.inner.putters.borrow_mut().insert(id, (item, d.to_ref()));
                 d
             }
         }
@@ -196,7 +197,7 @@ impl<T: 'static> DeferredQueue<T> {
                 drop(removed);
             }
         });
-        self.inner.getters.borrow_mut().insert(id, d.clone());
+        self.inner.getters.borrow_mut().insert(id, d.to_ref());
         d
     }
 

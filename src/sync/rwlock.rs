@@ -7,6 +7,7 @@ use std::hash::Hash;
 use std::rc::{Rc, Weak};
 
 use super::Waiters;
+use crate::deferred::DeferredRef;
 use crate::Deferred;
 
 /// A per-key readers-writer lock (Synapse's `ReadWriteLock`): any number of readers, or
@@ -52,7 +53,7 @@ struct KeyState<K: 'static> {
     map: Weak<RefCell<HashMap<K, Rc<KeyState<K>>>>>,
     readers: Cell<usize>,
     writer: Cell<bool>,
-    waiters: RefCell<Waiters<(bool, Deferred<RwGuard>)>>,
+    waiters: RefCell<Waiters<(bool, DeferredRef<RwGuard>)>>,
 }
 
 impl<K: Eq + Hash + Clone + 'static> ReadWriteLock<K> {
@@ -111,7 +112,7 @@ impl<K: Eq + Hash + Clone + 'static> KeyState<K> {
                 st.wake();
             }
         });
-        self.waiters.borrow_mut().insert(id, (write, d.clone()));
+        self.waiters.borrow_mut().insert(id, (write, d.to_ref()));
         d
     }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::Waiters;
+use crate::deferred::DeferredRef;
 use crate::{CallbackResult, Deferred, Failure};
 
 /// A semaphore whose waiters are Deferreds (Twisted's `DeferredSemaphore`).
@@ -36,7 +37,7 @@ pub struct DeferredSemaphore {
 pub(super) struct SemInner {
     limit: usize,
     tokens: Cell<usize>,
-    waiters: RefCell<Waiters<Deferred<Permit>>>,
+    waiters: RefCell<Waiters<DeferredRef<Permit>>>,
     /// Called when the last token comes back with nobody waiting (Linearizer cleanup).
     pub(super) on_idle: RefCell<Option<Box<dyn Fn()>>>,
 }
@@ -123,7 +124,7 @@ impl SemInner {
                 sem.check_idle();
             }
         });
-        self.waiters.borrow_mut().insert(id, d.clone());
+        self.waiters.borrow_mut().insert(id, d.to_ref());
         d
     }
 

@@ -245,3 +245,35 @@ fn cancel_seen_at(d: &Deferred<u8>) -> Rc<Cell<Option<(&'static str, u32)>>> {
     });
     seen
 }
+
+/// `timeout_deferred` owns its source until it settles: a cancel reaches a source the
+/// caller did not keep.
+#[test]
+fn timeout_deferred_cancel_reaches_a_source_the_caller_did_not_keep() {
+    let clock = Clock::new();
+    let d = timeout_deferred(
+        &Deferred::with_canceller(|d| d.callback(5u8).unwrap()),
+        Duration::from_secs(1),
+        &clock,
+    );
+    d.cancel();
+    assert_eq!(d.take_result().unwrap().unwrap(), 5);
+}
+
+/// SY test_async_helpers.py DelayCancellationTests.test_cancellation: once the wrapper is
+/// cancelled, the original's failure is consumed ("otherwise unwanted tracebacks will be
+/// printed when GC happens"): it is marked handled, so dropping the original reports
+/// nothing, and the wrapper still fails with `CancelledError`.
+#[test]
+fn delay_cancellation_consumes_the_original_failure_once_cancelled() {
+    let ((), errors) = crate::support::logs::errors_during(|| {
+        let original: Deferred<u8> = Deferred::new();
+        let wrapper = delay_cancellation(&original);
+        wrapper.cancel();
+        assert!(!original.is_called(), "the original is not cancelled");
+        original.errback(Failure::msg("abc")).unwrap();
+        assert!(wrapper.take_result().unwrap().unwrap_err().check::<CancelledError>());
+        drop(original);
+    });
+    assert!(errors.is_empty(), "{errors:?}");
+}

@@ -4,13 +4,25 @@
 mod async_helpers;
 mod cancellation;
 mod combinators;
-mod deferred;
+mod deferred_callbacks;
+mod deferred_cancel;
+mod deferred_canceller_chain;
+mod deferred_chaining;
+mod deferred_cycles;
+mod deferred_deep;
+mod deferred_diagnostics;
+mod deferred_drop;
+mod deferred_model;
+mod deferred_ownership;
+mod deferred_pause;
+mod deferred_reentrancy;
 mod embed;
 mod embed_context;
 mod embed_epoll;
 mod embed_tokio;
 mod flow_control;
 mod future;
+mod future_ownership;
 #[cfg(feature = "futures")]
 mod futures_interop;
 mod leaks;

@@ -1,6 +1,9 @@
 //! Ports of Synapse's `ObservableDeferredTest`.
 
+use weft::logcontext::LoggingContext;
 use weft::{CancelledError, Deferred, Failure, ObservableDeferred};
+
+use crate::support::logs;
 
 /// SY test_async_helpers.py ObservableDeferredTest.test_succeed
 #[test]
@@ -46,14 +49,54 @@ fn cancelling_one_observer_leaves_source_and_others() {
     assert_eq!(c.result().unwrap().unwrap(), 1);
 }
 
+/// SY test_async_helpers.py ObservableDeferredTest.test_failure (consumeErrors=True):
+/// the source's failure is consumed on the caller's behalf. Synapse turns it into
+/// `None`; a typed chain has no value to give, so later steps on the source get the
+/// failure itself, marked handled, and it is never reported as unhandled.
 #[test]
 fn consume_errors_consumes_the_source_failure() {
-    let origin: Deferred<u32> = Deferred::new();
-    let obs = ObservableDeferred::new(origin.clone(), true);
-    let a = obs.observe();
-    origin.errback(Failure::msg("x")).unwrap();
-    assert!(a.take_result().unwrap().is_err());
-    assert!(origin.result().is_none()); // consumed on the source's chain
+    let (later, errors) = logs::errors_during(|| {
+        let origin: Deferred<u32> = Deferred::new();
+        let obs = ObservableDeferred::new(origin.clone(), true);
+        let a = obs.observe();
+        origin.errback(Failure::msg("x")).unwrap();
+        assert!(a.take_result().unwrap().is_err());
+        let later = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let l = later.clone();
+        origin.add_errback(move |f: Failure| -> Result<u32, Failure> {
+            *l.borrow_mut() = Some(f.to_string());
+            Err(f)
+        });
+        drop((origin, obs));
+        later.take()
+    });
+    assert!(later.unwrap().starts_with('x'), "later errbacks see the failure, not a ResultConsumedError");
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// The case: an `ObservableDeferred` with `consume_errors` whose source is run
+/// in a log context (`LoggingContext::run` adds its own step after the observer's) must
+/// not report "already moved elsewhere" when the source fails; an observer that does not
+/// handle the failure is still reported, once.
+#[test]
+fn consume_errors_inside_logging_context_run_reports_only_the_unhandled_observer() {
+    let ((), errors) = logs::errors_during(|| {
+        let origin: Deferred<u32> = Deferred::new();
+        let (o, keep) = (origin.clone(), std::rc::Rc::new(std::cell::RefCell::new(None)));
+        let k = keep.clone();
+        let source: Deferred<u32> = LoggingContext::new("request").run(move || {
+            let obs = ObservableDeferred::new(o.clone(), true);
+            *k.borrow_mut() = Some((obs.observe(), obs.observe()));
+            o
+        });
+        origin.errback(Failure::msg("source failed")).unwrap();
+        let (handled, unhandled) = keep.take().unwrap();
+        handled.add_errback(|_| 0);
+        drop((origin, source, handled, unhandled));
+    });
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("source failed"), "{errors:?}");
+    assert!(!errors[0].contains("moved elsewhere"), "{errors:?}");
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! Helpers shared by the test modules.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::error::Error;
+use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use weft::Reactor;
+use weft::{CancelledError, Deferred, Failure, Reactor};
 
 pub(crate) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -492,4 +494,93 @@ pub(crate) mod graceful {
         let refused = std::net::TcpStream::connect(s.server).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deferred helpers (Twisted trial's `successResultOf` and friends)
+// ---------------------------------------------------------------------------------------
+
+/// The error most tests fail with (Twisted's `GenericError`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct GenericError(pub(crate) &'static str);
+
+impl fmt::Display for GenericError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "generic error: {}", self.0)
+    }
+}
+
+impl Error for GenericError {}
+
+/// A shared, ordered record of what ran.
+#[derive(Clone, Default)]
+pub(crate) struct Trace(Rc<RefCell<Vec<String>>>);
+
+impl Trace {
+    pub(crate) fn new() -> Trace {
+        Trace::default()
+    }
+
+    pub(crate) fn push(&self, event: impl Into<String>) {
+        self.0.borrow_mut().push(event.into());
+    }
+
+    pub(crate) fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+}
+
+/// Counts how many times it is dropped, to prove captured values are freed.
+pub(crate) struct DropCount(pub(crate) Rc<Cell<u32>>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+/// The finished value of `d`, taken out (Twisted's `successResultOf`).
+#[track_caller]
+pub(crate) fn success_result_of<T: fmt::Debug>(d: &Deferred<T>) -> T {
+    match d.take_result() {
+        Some(Ok(v)) => v,
+        Some(Err(f)) => panic!("expected a value, got failure {f}"),
+        None => panic!("expected a result, deferred has none: {d:?}"),
+    }
+}
+
+/// The finished failure of `d`, taken out and checked to hold an `E` (Twisted's
+/// `failureResultOf`).
+#[track_caller]
+pub(crate) fn failure_result_of<E: Error + 'static, T: fmt::Debug>(d: &Deferred<T>) -> Failure {
+    match d.take_result() {
+        Some(Err(f)) => {
+            assert!(f.check::<E>(), "expected a {} failure, got {f}", std::any::type_name::<E>());
+            f
+        }
+        Some(Ok(v)) => panic!("expected a failure, got value {v:?}"),
+        None => panic!("expected a result, deferred has none: {d:?}"),
+    }
+}
+
+/// The `CancelledError` inside a failure.
+#[track_caller]
+pub(crate) fn cancelled(f: &Failure) -> CancelledError {
+    f.downcast_ref::<CancelledError>().unwrap_or_else(|| panic!("not a CancelledError: {f}")).clone()
+}
+
+/// `d` has no result yet (Twisted's `assertNoResult`).
+#[track_caller]
+pub(crate) fn assert_no_result<T>(d: &Deferred<T>) {
+    assert!(!d.has_result(), "expected no result: {d:?}");
+}
+
+/// A canceller that records `name` in `trace`.
+pub(crate) fn record(trace: &Trace, name: &'static str) -> impl FnOnce(&CancelledError) + 'static {
+    let t = trace.clone();
+    move |_| t.push(name)
 }
