@@ -393,7 +393,7 @@ impl Drop for Driving<'_> {
             // The host saw its edge for those events already: give it a fresh one.
             alarm.kick();
         } else {
-            alarm.sync(self.handle.next_time());
+            alarm.sync(self.handle.next_wake());
         }
     }
 }
@@ -416,7 +416,7 @@ impl AsFd for Reactor {
         // driven by `run` alone never pays for it.
         if let Some(alarm) = self.handle.inner.timers.alarm() {
             if alarm.enable() && !alarm.is_held() {
-                alarm.sync(self.handle.next_time());
+                alarm.sync(self.handle.next_wake());
             }
         }
         self.handle.inner.poller.as_fd()
@@ -502,7 +502,7 @@ impl ReactorHandle {
     /// Schedules `f` to run after `delay`; the generic form of
     /// [`ReactorTime::call_later`].
     pub fn call_later<F: FnOnce() + 'static>(&self, delay: Duration, f: F) -> DelayedCall {
-        self.inner.timers.schedule(delay, Box::new(f))
+        self.inner.timers.schedule(delay, f)
     }
 
     /// The timers scheduled with [`call_later`](Self::call_later) and not yet run or
@@ -541,22 +541,36 @@ impl ReactorHandle {
 
     /// The time (on the timers' clock) the reactor next has work: zero if it has some now.
     fn next_time(&self) -> Option<Duration> {
+        if self.has_work_now() {
+            return Some(Duration::ZERO);
+        }
+        self.inner.timers.next_deadline()
+    }
+
+    /// As `next_time`, but possibly early after a cancel (the timers' `wake_hint`): for
+    /// the alarm and the status, where waking once for nothing is cheaper than finding
+    /// the exact deadline.
+    fn next_wake(&self) -> Option<Duration> {
+        if self.has_work_now() {
+            return Some(Duration::ZERO);
+        }
+        self.inner.timers.wake_hint()
+    }
+
+    /// True if something other than a timer is ready now.
+    fn has_work_now(&self) -> bool {
         let inner = &*self.inner;
-        if !inner.soon.borrow().is_empty()
+        !inner.soon.borrow().is_empty()
             || inner.events_left.get()
             || inner.lifecycle.needs_step()
             || inner.threads.has_pending()
-        {
-            return Some(Duration::ZERO);
-        }
-        inner.timers.next_deadline()
     }
 
     /// What the last turn left: see [`IterateStatus`].
     fn status(&self) -> IterateStatus {
         if self.is_stopped() {
             IterateStatus::Stopped
-        } else if self.next_time().is_some_and(|at| at <= self.inner.timers.now()) {
+        } else if self.next_wake().is_some_and(|at| at <= self.inner.timers.now()) {
             IterateStatus::Pending
         } else {
             IterateStatus::Idle
@@ -670,7 +684,7 @@ impl ReactorHandle {
         let timeout = if !inner.soon.borrow().is_empty() || inner.lifecycle.needs_step() {
             Some(Duration::ZERO)
         } else {
-            let next = inner.timers.next_deadline().map(|d| d.saturating_sub(inner.timers.now()));
+            let next = inner.timers.wake_hint().map(|d| d.saturating_sub(inner.timers.now()));
             match (next, max_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -679,7 +693,7 @@ impl ReactorHandle {
         self.poll_and_dispatch(timeout)?;
         let now = inner.timers.now();
         while let Some(call) = inner.timers.pop_due(now) {
-            guarded("timer", call);
+            guarded("timer", move || call.run());
         }
         inner.timers.shrink_if_sparse(now);
         if inner.dispatching.get() == 0 {
