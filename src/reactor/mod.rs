@@ -706,6 +706,8 @@ impl ReactorHandle {
         if inner.lifecycle.stage() == Stage::Stopping {
             self.advance_shutdown();
         }
+        // One read of the thread's CPU clock for the contexts that ran in this turn.
+        logcontext::settle_turn();
         Ok(())
     }
 

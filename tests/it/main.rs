@@ -4,6 +4,7 @@
 mod async_helpers;
 mod cancellation;
 mod combinators;
+mod cpu_accounting;
 mod deferred;
 mod embed;
 mod embed_context;
