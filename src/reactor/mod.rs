@@ -691,9 +691,13 @@ impl ReactorHandle {
             }
         };
         self.poll_and_dispatch(timeout)?;
-        let now = inner.timers.now();
-        while let Some(call) = inner.timers.pop_due(now) {
-            guarded("timer", move || call.run());
+        // The time after polling, read once, and only if something needs it.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(|| inner.timers.now());
+        if !inner.timers.is_empty() {
+            while let Some(call) = inner.timers.pop_due(now()) {
+                guarded("timer", move || call.run());
+            }
         }
         inner.timers.shrink_if_sparse(now);
         if inner.dispatching.get() == 0 {
@@ -815,7 +819,7 @@ impl ReactorHandle {
     /// a quarter full for a second (`timers::Sparse`), moves the live sources to the
     /// lowest slots (re-registering each fd under its new key, which keeps the
     /// generation) and shrinks the table.
-    fn shrink_sources_if_sparse(&self, now: Duration) {
+    fn shrink_sources_if_sparse(&self, now: impl FnOnce() -> Duration) {
         let mut sources = self.inner.sources.borrow_mut();
         let (len, capacity) = (sources.len(), sources.capacity());
         if !self.inner.sources_sparse.should_shrink(len, capacity, SOURCES_SHRINK_FLOOR, now) {

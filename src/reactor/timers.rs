@@ -217,8 +217,14 @@ impl Timers {
         self.wheel.borrow().live
     }
 
+    /// True if the wheel holds nothing at all (no call, no tombstone): `pop_due` would
+    /// find nothing, whatever the time.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.wheel.borrow().stored == 0
+    }
+
     /// Gives memory back after a spike ([`Sparse`]); the reactor calls it once a turn.
-    pub(crate) fn shrink_if_sparse(&self, now: Duration) {
+    pub(crate) fn shrink_if_sparse(&self, now: impl FnOnce() -> Duration) {
         let mut wheel = self.wheel.borrow_mut();
         if wheel.sparse.should_shrink(wheel.stored, wheel.peak, SHRINK_FLOOR, now) {
             wheel.shrink();
@@ -943,11 +949,19 @@ impl Sparse {
     /// True if a table of `len` entries in `capacity` slots has been sparse for
     /// [`SHRINK_AFTER`] at `now`; the caller then compacts it. Checked once a turn, so
     /// the cost of compacting is paid at most once per spike, O(n) for a table of n.
-    pub(crate) fn should_shrink(&self, len: usize, capacity: usize, floor: usize, now: Duration) -> bool {
+    /// `now` is read only when the table is sparse.
+    pub(crate) fn should_shrink(
+        &self,
+        len: usize,
+        capacity: usize,
+        floor: usize,
+        now: impl FnOnce() -> Duration,
+    ) -> bool {
         if capacity <= floor || len >= capacity / 4 {
             self.since.set(None);
             return false;
         }
+        let now = now();
         match self.since.get() {
             None => {
                 self.since.set(Some(now));
@@ -998,11 +1012,11 @@ mod tests {
         // stays until the wheel has been sparse for a while.
         let kept = timers.wheel.borrow().capacity();
         assert!(kept < peak);
-        timers.shrink_if_sparse(ms(0));
+        timers.shrink_if_sparse(|| ms(0));
         assert_eq!(timers.wheel.borrow().capacity(), kept);
-        timers.shrink_if_sparse(ms(1));
+        timers.shrink_if_sparse(|| ms(1));
         assert_eq!(timers.wheel.borrow().capacity(), kept);
-        timers.shrink_if_sparse(ms(1) + SHRINK_AFTER);
+        timers.shrink_if_sparse(|| ms(1) + SHRINK_AFTER);
         let entries = timers.wheel.borrow().capacity();
         assert!(entries <= SHRINK_FLOOR, "room for {entries} entries after the spike");
         assert_eq!(timers.len(), 5);
@@ -1028,9 +1042,9 @@ mod tests {
         };
         burst(&timers);
         let peak = timers.wheel.borrow().capacity();
-        timers.shrink_if_sparse(ms(0));
+        timers.shrink_if_sparse(|| ms(0));
         burst(&timers);
-        timers.shrink_if_sparse(SHRINK_AFTER / 2);
+        timers.shrink_if_sparse(|| SHRINK_AFTER / 2);
         burst(&timers);
         assert_eq!(timers.wheel.borrow().capacity(), peak);
     }
