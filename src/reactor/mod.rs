@@ -54,6 +54,7 @@ pub(crate) use threads::handle_for_thread;
 mod listen;
 mod looping_call;
 mod memory;
+mod per_core;
 mod protocol;
 mod stream;
 #[cfg(test)]
@@ -80,6 +81,7 @@ pub use lifecycle::{Phase, TriggerResult};
 pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
 pub use memory::MemoryTransport;
+pub use per_core::{ReactorGroup, ReactorGroupError};
 pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };

@@ -18,6 +18,7 @@ mod listen;
 mod logcontext;
 mod memory_transport;
 mod observable;
+mod per_core;
 mod protocols_tcp;
 mod reactor;
 mod string_receivers;
