@@ -48,7 +48,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
@@ -419,6 +419,11 @@ const LEVELS: usize = 6;
 /// `SPARE_MAX_CAPACITY` entries.
 const SPARES: usize = 64;
 const SPARE_MAX_CAPACITY: usize = 16;
+/// A level-0 slot of more entries than this becomes `ready`'s sorted run; fewer go into
+/// its heap, where they cost less than a run's setting up.
+const RUN_MIN: usize = 8;
+/// The room `ready`'s heap is made with, and brought back to when the wheel empties.
+const READY_HEAP_FIRST: usize = 4;
 /// Tombstones are purged once there are more of them than live calls, and this many.
 const PURGE_FLOOR: usize = 64;
 
@@ -543,7 +548,7 @@ pub(crate) struct TimerWheel {
     elapsed: u64,
     /// Entries of ticks up to `elapsed`, by (deadline, sequence number), tombstones
     /// included (they leave with the next `pop_due` that reaches them).
-    ready: BinaryHeap<Entry>,
+    ready: Ready,
     /// `LEVELS * SLOTS` slots, level by level; allocated with the first call.
     slots: Vec<Slot>,
     /// Per level, bit s is set while slot s holds entries.
@@ -571,6 +576,7 @@ impl TimerWheel {
     fn insert(&mut self, call: Rc<DynCall>) {
         if self.slots.is_empty() {
             self.slots.resize_with(LEVELS * SLOTS, Slot::default);
+            self.ready.heap.reserve_exact(READY_HEAP_FIRST);
         }
         let info = call.state();
         let seq = self.next_seq;
@@ -605,13 +611,31 @@ impl TimerWheel {
         self.live -= 1;
         self.remove(info.key.get(), info.index.get());
         self.purge_if_mostly_tombstones();
+        self.release_if_empty();
         self.debug_check();
+    }
+
+    /// Once the wheel holds nothing, frees the spare vectors and the run's buffer and
+    /// brings the heap back to its first size: what an empty wheel holds does not depend
+    /// on its past (the slots' vectors are all empty and given back already).
+    #[inline]
+    fn release_if_empty(&mut self) {
+        if self.stored == 0 {
+            self.release();
+        }
+    }
+
+    #[cold]
+    fn release(&mut self) {
+        self.spare = Vec::new();
+        self.ready.run = VecDeque::new();
+        self.ready.heap.shrink_to(READY_HEAP_FIRST);
     }
 
     /// Puts a live entry where it belongs given `elapsed`.
     fn place(&mut self, entry: Entry) {
         match self.place_of(entry.deadline) {
-            Place::Ready => self.ready.push(entry),
+            Place::Ready => self.ready.heap.push(entry),
             Place::Far => {
                 let time = entry.call.state().time.get();
                 self.overflow.push(Far { deadline: time, seq: entry.seq, call: entry.call });
@@ -707,6 +731,16 @@ impl TimerWheel {
         }
     }
 
+    /// Gives an emptied run's buffer back to the pool (so what the wheel holds between
+    /// calls does not depend on when the run emptied).
+    #[inline]
+    fn recycle_run(&mut self) {
+        if self.ready.run.is_empty() && self.ready.run.capacity() != 0 {
+            let emptied = Vec::from(std::mem::take(&mut self.ready.run));
+            self.recycle(emptied);
+        }
+    }
+
     /// Moves `elapsed` forward to `tick` and brings the overflow entries now in reach into
     /// the wheel; true if it brought any.
     fn set_elapsed(&mut self, tick: u64) -> bool {
@@ -733,6 +767,12 @@ impl TimerWheel {
             if start <= target {
                 self.set_elapsed(start);
                 let mut entries = self.take_slot(level, s);
+                if level == 0 && entries.len() > RUN_MIN {
+                    // All of one tick, and `ready` is empty: they become its sorted run.
+                    let emptied = self.ready.start_run(entries);
+                    self.recycle(emptied);
+                    return true;
+                }
                 for entry in entries.drain(..) {
                     debug_assert!(entry.is_live(), "slots hold no tombstones");
                     self.place(entry);
@@ -751,13 +791,17 @@ impl TimerWheel {
         let now = key(now_time);
         let target = tick_of(now);
         loop {
-            if let Some(top) = live_top(&mut self.ready, &mut self.stored) {
-                if top.deadline > now {
+            if let Some((deadline, run)) = self.ready.live_first(&mut self.stored) {
+                if deadline > now {
                     return None; // Everything else is later still.
                 }
-                let entry = self.ready.pop().expect("peeked");
+                let entry = self.ready.pop_from(run);
+                if run {
+                    self.recycle_run();
+                }
                 return Some(self.called(entry.call));
             }
+            self.recycle_run();
             if !self.cascade_next(target) {
                 return self.pop_due_far(now_time);
             }
@@ -769,6 +813,7 @@ impl TimerWheel {
         self.stored -= 1;
         self.live -= 1;
         call.state().state.set(CallState::Called);
+        self.release_if_empty();
         self.debug_check();
         call
     }
@@ -786,8 +831,9 @@ impl TimerWheel {
 
     /// The earliest deadline, exact or a lower bound (see [`Exactness`]).
     fn earliest(&mut self, exactness: Exactness) -> Option<Duration> {
-        if let Some(top) = live_top(&mut self.ready, &mut self.stored) {
-            return Some(top.call.state().time.get());
+        if let Some((_, run)) = self.ready.live_first(&mut self.stored) {
+            let top = if run { self.ready.run.front() } else { self.ready.heap.peek() };
+            return top.map(|top| top.call.state().time.get());
         }
         if let Some((level, s)) = self.first_slot() {
             if self.dirty[level] & (1 << s) != 0 && exactness == Exactness::Exact {
@@ -817,15 +863,18 @@ impl TimerWheel {
     /// Drops every tombstone (they are all in `ready` and `overflow`), O(entries there).
     fn purge(&mut self) {
         let before = self.ready.len() + self.overflow.len();
-        self.ready.retain(Entry::is_live);
+        self.ready.run.retain(Entry::is_live);
+        self.ready.heap.retain(Entry::is_live);
         self.overflow.retain(Far::is_live);
         self.stored -= before - (self.ready.len() + self.overflow.len());
+        self.release_if_empty();
     }
 
     /// Drops the tombstones and shrinks every vector to what it holds.
     fn shrink(&mut self) {
         self.purge();
-        self.ready.shrink_to_fit();
+        self.ready.run.shrink_to_fit();
+        self.ready.heap.shrink_to_fit();
         self.overflow.shrink_to_fit();
         self.spare = Vec::new();
         for slot in &mut self.slots {
@@ -852,7 +901,7 @@ impl TimerWheel {
     fn capacity(&self) -> usize {
         let slots: usize = self.slots.iter().map(|s| s.entries.capacity()).sum();
         let spare: usize = self.spare.iter().map(Vec::capacity).sum();
-        slots + spare + self.ready.capacity() + self.overflow.capacity()
+        slots + spare + self.ready.run.capacity() + self.ready.heap.capacity() + self.overflow.capacity()
     }
 
     /// Checks the placement invariants when the wheel is small (debug builds).
@@ -905,6 +954,66 @@ fn live_top<'a, At: Deadline>(
     heap.peek()
 }
 
+/// The entries of ticks up to the wheel's `elapsed`: a sorted run (the entries of the
+/// level-0 slot the wheel reached last, sorted once as they arrive, often in order
+/// already) and a heap for those placed there afterwards (scheduled for a tick the
+/// wheel has reached), both by (deadline, sequence number). The next entry is the
+/// earlier of their fronts: popping the run is O(1), where a heap of one tick's calls
+/// (thousands, for a burst of `call_later(0)`) would sift through its depth each time.
+#[derive(Default)]
+struct Ready {
+    run: VecDeque<Entry>,
+    heap: BinaryHeap<Entry>,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.run.len() + self.heap.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.run.iter().chain(self.heap.iter())
+    }
+
+    /// Makes `entries` (while both parts are empty) the sorted run; returns the old
+    /// run's emptied buffer, for reuse.
+    fn start_run(&mut self, mut entries: Vec<Entry>) -> Vec<Entry> {
+        debug_assert!(self.run.is_empty() && self.heap.is_empty());
+        entries.sort_unstable_by_key(|e| (e.deadline, e.seq));
+        Vec::from(std::mem::replace(&mut self.run, VecDeque::from(entries)))
+    }
+
+    /// The entry due first, and whether it is the run's (else the heap's).
+    #[inline(always)]
+    fn first(&self) -> Option<(&Entry, bool)> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(a), Some(b)) if (b.deadline, b.seq) < (a.deadline, a.seq) => Some((b, false)),
+            (Some(a), _) => Some((a, true)),
+            (None, b) => b.map(|b| (b, false)),
+        }
+    }
+
+    /// Removes the first entry of the run (`true`) or of the heap.
+    #[inline]
+    fn pop_from(&mut self, run: bool) -> Entry {
+        if run { self.run.pop_front() } else { self.heap.pop() }.expect("not empty")
+    }
+
+    /// The first live entry (its deadline, call and part), after dropping the tombstones
+    /// before it (counted out of `stored`).
+    #[inline(always)]
+    fn live_first(&mut self, stored: &mut usize) -> Option<(u64, bool)> {
+        loop {
+            let (top, run) = self.first()?;
+            if top.is_live() {
+                return Some((top.deadline, run));
+            }
+            self.pop_from(run);
+            *stored -= 1;
+        }
+    }
+}
+
 /// Where an entry goes: see [`TimerWheel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
@@ -920,7 +1029,8 @@ impl Drop for TimerWheel {
     fn drop(&mut self) {
         let slots = self.slots.iter_mut().flat_map(|s| s.entries.drain(..));
         let far = self.overflow.drain().map(|f| f.call);
-        let calls: Vec<_> = self.ready.drain().chain(slots).map(|e| e.call).chain(far).collect();
+        let ready = self.ready.run.drain(..).chain(self.ready.heap.drain());
+        let calls: Vec<_> = ready.chain(slots).map(|e| e.call).chain(far).collect();
         for call in &calls {
             if call.state().state.get() == CallState::Pending {
                 call.state().state.set(CallState::Cancelled);
@@ -1062,15 +1172,19 @@ mod model {
 
     use super::{DelayedCall, DelayedCallError, TimeSource, Timers};
 
-    struct Rng(u64);
+    struct Rng {
+        state: u64,
+        /// Delays of a few ticks only, so level-0 slots fill up (`ready`'s sorted run).
+        burst: bool,
+    }
 
     impl Rng {
         fn next(&mut self) -> u64 {
             // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
 
         fn below(&mut self, n: u64) -> u64 {
@@ -1079,6 +1193,9 @@ mod model {
 
         /// A delay whose size is spread over every scale: 0 ns up to about 3,000 years.
         fn delay(&mut self) -> Duration {
+            if self.burst {
+                return Duration::from_nanos(self.below(4 << 20));
+            }
             match self.below(10) {
                 0 => Duration::ZERO,
                 1 => Duration::from_nanos(self.below(1 << 20)),
@@ -1091,8 +1208,8 @@ mod model {
         }
     }
 
-    fn check(seed: u64, steps: usize) {
-        let mut rng = Rng(seed);
+    fn check(seed: u64, steps: usize, burst: bool) {
+        let mut rng = Rng { state: seed, burst };
         let timers = Timers::new(TimeSource::Manual(Default::default()));
         let fired = Rc::new(RefCell::new(Vec::new()));
         // id -> (handle, deadline, order), for the pending ones.
@@ -1144,11 +1261,9 @@ mod model {
                 }
                 _ => {
                     // Advance, sometimes a little, sometimes past everything.
-                    let step = if rng.below(4) == 0 {
-                        rng.delay()
-                    } else {
-                        Duration::from_nanos(rng.below(1 << 24))
-                    };
+                    let small = if rng.burst { 1 << 18 } else { 1 << 24 };
+                    let step =
+                        if rng.below(4) == 0 { rng.delay() } else { Duration::from_nanos(rng.below(small)) };
                     let TimeSource::Manual(clock) = &timers.source else { unreachable!() };
                     let to = clock.get().saturating_add(step);
                     clock.set(to);
@@ -1182,11 +1297,15 @@ mod model {
     #[test]
     fn the_wheel_runs_calls_as_a_sorted_queue_would() {
         for seed in 1..=20u64 {
-            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3_000);
+            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3_000, false);
         }
         // Small queues, where the debug checks of the placement run after every change.
         for seed in 21..=220u64 {
-            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 120);
+            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 120, false);
+        }
+        // Many calls a few ticks away: full level-0 slots, a sorted run and a heap.
+        for seed in 221..=240u64 {
+            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3_000, true);
         }
     }
 
