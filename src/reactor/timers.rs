@@ -419,8 +419,8 @@ const LEVELS: usize = 6;
 /// `SPARE_MAX_CAPACITY` entries.
 const SPARES: usize = 64;
 const SPARE_MAX_CAPACITY: usize = 16;
-/// A level-0 slot of more entries than this becomes `ready`'s sorted run; fewer go into
-/// its heap, where they cost less than a run's setting up.
+/// A slot of more entries than this that falls due whole becomes `ready`'s sorted run;
+/// fewer go into its heap, where they cost less than a run's setting up.
 const RUN_MIN: usize = 8;
 /// The room `ready`'s heap is made with, and brought back to when the wheel empties.
 const READY_HEAP_FIRST: usize = 4;
@@ -758,21 +758,30 @@ impl TimerWheel {
         moved
     }
 
-    /// Moves the next slot due by tick `target` one step closer to `ready` (its entries
-    /// go down a level, or into `ready`); with none, moves `elapsed` to `target`. True
-    /// if it moved any entry.
+    /// Moves the next slot due by tick `target` closer to `ready`: all of it into `ready`
+    /// if its whole span is due (a level-0 slot always; a higher one when time jumped past
+    /// it, as `Clock::advance` over everything does), else its entries down a level; with
+    /// none, moves `elapsed` to `target`. True if it moved any entry.
     fn cascade_next(&mut self, target: u64) -> bool {
         if let Some((level, s)) = self.first_slot() {
             let start = self.slot_start(level, s);
+            let last = start + ((1u64 << (SLOT_BITS * level as u32)) - 1);
+            if last <= target {
+                // Every entry is due by `target`'s tick, and `ready` is empty: a large slot
+                // becomes its sorted run, a small one goes into its heap.
+                self.set_elapsed(last);
+                let mut entries = self.take_slot(level, s);
+                if entries.len() > RUN_MIN {
+                    entries = self.ready.start_run(entries);
+                } else {
+                    self.ready.heap.extend(entries.drain(..));
+                }
+                self.recycle(entries);
+                return true;
+            }
             if start <= target {
                 self.set_elapsed(start);
                 let mut entries = self.take_slot(level, s);
-                if level == 0 && entries.len() > RUN_MIN {
-                    // All of one tick, and `ready` is empty: they become its sorted run.
-                    let emptied = self.ready.start_run(entries);
-                    self.recycle(emptied);
-                    return true;
-                }
                 for entry in entries.drain(..) {
                     debug_assert!(entry.is_live(), "slots hold no tombstones");
                     self.place(entry);
@@ -975,10 +984,10 @@ impl Ready {
         self.run.iter().chain(self.heap.iter())
     }
 
-    /// Makes `entries` (while both parts are empty) the sorted run; returns the old
-    /// run's emptied buffer, for reuse.
+    /// Makes `entries` (while the run is empty) the sorted run; returns the old run's
+    /// emptied buffer, for reuse.
     fn start_run(&mut self, mut entries: Vec<Entry>) -> Vec<Entry> {
-        debug_assert!(self.run.is_empty() && self.heap.is_empty());
+        debug_assert!(self.run.is_empty());
         entries.sort_unstable_by_key(|e| (e.deadline, e.seq));
         Vec::from(std::mem::replace(&mut self.run, VecDeque::from(entries)))
     }
