@@ -6,6 +6,9 @@
 //! - `timers/schedule_cancel.(100000)`: 100,000 `call_later`s, then cancel each.
 //! - `timers/reactor_call_later0.(100000)`: 100,000 `call_later(0)` on the real loop, run
 //!   until the last fired.
+//! - `timers_by_size/schedule_fire.(N)`: as `schedule_fire` at 1,000, 100,000 and
+//!   1,000,000 timers, per timer (`Throughput::Elements`): issue 15's "flat to a million"
+//!   (at most 80 ns per timer at every size).
 //! - `threads/call_from_thread.(10000)`: another thread queues 10,000 calls; the reactor
 //!   runs until it has run them all.
 //! - `echo/round_trips.(1000)`: 1,000 sequential 64-byte round trips over loopback, client
@@ -62,6 +65,29 @@ fn timers(c: &mut Criterion) {
             }
         })
     });
+    g.finish();
+}
+
+fn timers_by_size(c: &mut Criterion) {
+    let mut g = c.benchmark_group("timers_by_size");
+    for n in [1_000u64, 100_000, 1_000_000] {
+        g.throughput(criterion::Throughput::Elements(n));
+        if n >= 1_000_000 {
+            g.sample_size(10);
+        }
+        g.bench_function(format!("schedule_fire.({n})"), |b| {
+            b.iter(|| {
+                let clock = Clock::new();
+                let count = Rc::new(Cell::new(0u64));
+                for i in 0..n {
+                    let c = count.clone();
+                    clock.call_later(Duration::from_millis(i + 1), move || c.set(c.get() + 1));
+                }
+                clock.advance(Duration::from_millis(n + 1));
+                assert_eq!(count.get(), n);
+            })
+        });
+    }
     g.finish();
 }
 
@@ -169,5 +195,5 @@ fn echo(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, timers, threads, echo);
+criterion_group!(benches, timers, timers_by_size, threads, echo);
 criterion_main!(benches);

@@ -23,7 +23,15 @@ impl Protocol for Echo {
     }
 }
 
+impl Echo {
+    /// An echo protocol, for a factory: `|_: &Address| Echo::new()`.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Echo {
+        Echo { transport: None }
+    }
+}
+
 /// Starts weft's echo server on `addr`.
 pub fn serve_echo(reactor: &Reactor, addr: SocketAddr) -> io::Result<ListeningPort> {
-    reactor.listen_tcp(addr, |_: &Address| Echo { transport: None }, false)
+    reactor.listen_tcp(addr, |_: &Address| Echo::new(), false)
 }

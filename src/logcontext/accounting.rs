@@ -1,14 +1,43 @@
-//! Per-context accounting: what a context has used ([`ContextStats`]) and the clock that
-//! charges time at each switch ([`CpuClock`]).
+//! Per-context accounting: what a context has used ([`ContextStats`]), the clock that
+//! charges time to contexts ([`CpuClock`]), and the settlement that turns those charges
+//! into thread CPU time.
+//!
+//! # How CPU time is charged (the default, [`CpuClock::Thread`])
+//!
+//! Reading the thread's CPU clock is a system call (about 1 µs on a virtual machine), too
+//! dear for every switch: a server interleaving requests switches on nearly every
+//! callback. So a switch reads the CPU's time-stamp counter instead (through `quanta`,
+//! about 10 ns, no system call; the monotonic clock where there is no usable counter) and
+//! charges the ticks since the previous switch to the context being left, as *pending*
+//! time; the first charge after a settlement also puts the context on the thread's list
+//! of contexts to settle.
+//!
+//! A *settlement* reads the thread's CPU clock once and turns every listed context's
+//! pending time into CPU time: if the thread used less CPU since the previous settlement
+//! than the time pending (it was preempted, or a callback blocked in a system call), each
+//! context's pending time is scaled down by that ratio; otherwise it is charged as it is.
+//! Settlements happen at the end of each reactor turn in which a context was charged,
+//! when a context finishes, and when a context's stats are read (so what `stats()`
+//! reports never goes down).
+//!
+//! So `cpu_time` is never more than the time the context was current, and over each
+//! settlement the total charged to contexts is never less than the CPU the thread used
+//! while they were current (the thread CPU clock also counts the sentinel's work between
+//! them, which can only raise the ratio). Time is shared among the contexts of one
+//! settlement by how long each was current.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a context has used: thread CPU time and callbacks run in it, and counters the
 /// application bumps (Synapse's `ContextResourceUsage`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContextStats {
-    /// Thread CPU time spent while this context was current.
+    /// CPU time spent while this context was current, as the [`CpuClock`] measures it:
+    /// by default the time it was current, read from the CPU's time-stamp counter at each
+    /// switch and settled against the thread's CPU clock once per reactor turn (see
+    /// [CPU time](crate::logcontext#cpu-time)): never more than the time it was current,
+    /// scaled down when the thread was preempted or blocked meanwhile.
     pub cpu_time: Duration,
     /// Callbacks, cancellers and scheduled calls run in this context.
     pub callbacks: u64,
@@ -34,37 +63,97 @@ impl ContextStats {
     }
 }
 
-/// Which clock charges time to contexts at each switch; see [`set_cpu_clock`].
+/// How time is charged to contexts; see [`set_cpu_clock`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuClock {
-    /// The thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`): exact CPU time, a system call
-    /// per switch. The default.
+    /// Thread CPU time, estimated: the time-stamp counter at each switch (a few
+    /// nanoseconds), settled against the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`,
+    /// one system call) at the end of each reactor turn in which a context ran, when a
+    /// context finishes and when its stats are read. The default.
     #[default]
     Thread,
-    /// The monotonic clock (`Instant`): wall time while the context was current, which is
-    /// CPU time as long as callbacks do not block; no system call.
+    /// The time-stamp counter alone: wall time while the context was current, which is
+    /// CPU time as long as callbacks do not block and the thread is not preempted; no
+    /// system call at all.
     Monotonic,
     /// No clock: `cpu_time` stays zero and switches read no clock.
     Off,
 }
 
-/// Chooses the clock that charges time to contexts at switches on this thread
-/// ([`CpuClock::Thread`] by default).
+/// Chooses how time is charged to contexts on this thread ([`CpuClock::Thread`] by
+/// default). What was charged before is settled first.
 pub fn set_cpu_clock(clock: CpuClock) {
     super::context::set_clock(clock)
 }
 
-impl CpuClock {
-    /// The clock's reading, or `None` when off.
-    pub(super) fn now(self) -> Option<Duration> {
-        static START: OnceLock<Instant> = OnceLock::new();
-        match self {
-            CpuClock::Thread => {
-                Some(cpu_time::ThreadTime::try_now().map(|t| t.as_duration()).unwrap_or_default())
-            }
-            CpuClock::Monotonic => Some(START.get_or_init(Instant::now).elapsed()),
-            CpuClock::Off => None,
+/// The time-stamp counter (`quanta`'s raw reading; the monotonic clock in nanoseconds
+/// where the CPU has no usable counter), calibrated once per process.
+fn counter() -> &'static quanta::Clock {
+    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
+    COUNTER.get_or_init(quanta::Clock::new)
+}
+
+/// Ticks of the time-stamp counter now.
+#[inline]
+pub(super) fn ticks() -> u64 {
+    counter().raw()
+}
+
+/// How long `ticks` ticks of the time-stamp counter last.
+pub(super) fn ticks_to_duration(ticks: u64) -> Duration {
+    counter().delta(0, ticks)
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): one system call.
+pub(super) fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.try_into().unwrap_or(0), t.tv_nsec.try_into().unwrap_or(0))
+}
+
+/// The scale a settlement applies to pending time: the thread CPU used since the
+/// previous settlement over the time pending, at most one.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Scale {
+    cpu: Duration,
+    pending: Duration,
+}
+
+impl Scale {
+    /// Charges pending time as it is.
+    pub(super) const ONE: Scale = Scale { cpu: Duration::ZERO, pending: Duration::ZERO };
+
+    /// The scale for `pending` time charged to contexts while the thread used `cpu`.
+    pub(super) fn new(cpu: Duration, pending: Duration) -> Scale {
+        if cpu >= pending {
+            Scale::ONE
+        } else {
+            Scale { cpu, pending }
         }
+    }
+
+    /// `time` scaled.
+    pub(super) fn apply(self, time: Duration) -> Duration {
+        if self.pending.is_zero() {
+            return time;
+        }
+        let scaled = time.as_nanos() * self.cpu.as_nanos() / self.pending.as_nanos();
+        Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Scale;
+
+    #[test]
+    fn a_settlement_scales_down_only() {
+        let ms = Duration::from_millis;
+        assert_eq!(Scale::new(ms(10), ms(5)).apply(ms(3)), ms(3), "more CPU than pending: as it is");
+        assert_eq!(Scale::new(ms(5), ms(10)).apply(ms(4)), ms(2), "preempted half the time: halved");
+        assert_eq!(Scale::new(Duration::ZERO, ms(10)).apply(ms(4)), Duration::ZERO);
+        assert_eq!(Scale::ONE.apply(ms(7)), ms(7));
     }
 }
 

@@ -5,10 +5,10 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::panic::Location;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use super::accounting::{ContextStats, CpuClock};
+use super::accounting::{self, ContextStats, CpuClock, Scale};
 use crate::failure::At;
 
 /// A named log context (Synapse's `LoggingContext`), or the sentinel meaning "no
@@ -71,6 +71,10 @@ struct ContextInner {
     /// The context's `tracing` span, entered while the context is current.
     #[cfg(feature = "tracing")]
     span: tracing::Span,
+    /// Time-stamp counter ticks charged since the last settlement (see `accounting`).
+    pending: Cell<u64>,
+    /// On the thread's list of contexts to settle.
+    listed: Cell<bool>,
 }
 
 /// The thread's switch bookkeeping. Nothing in it needs dropping, so reading it is a
@@ -80,15 +84,29 @@ struct State {
     /// The address of the current context (0 for the sentinel), to compare without
     /// touching the `Rc` in `CURRENT`.
     id: Cell<usize>,
-    /// Thread CPU time at the last switch.
-    cpu_mark: Cell<Duration>,
+    /// The time-stamp counter at the last switch.
+    mark: Cell<u64>,
     cpu_clock: Cell<CpuClock>,
+    /// Contexts are listed in `TO_SETTLE`.
+    unsettled: Cell<bool>,
+    /// The thread's CPU time at the last settlement (zero, the thread's start, before
+    /// the first).
+    settled_cpu: Cell<Duration>,
 }
 
 thread_local! {
     static STATE: State = const {
-        State { id: Cell::new(0), cpu_mark: Cell::new(Duration::ZERO), cpu_clock: Cell::new(CpuClock::Thread) }
+        State {
+            id: Cell::new(0),
+            mark: Cell::new(0),
+            cpu_clock: Cell::new(CpuClock::Thread),
+            unsettled: Cell::new(false),
+            settled_cpu: Cell::new(Duration::ZERO),
+        }
     };
+    /// The contexts charged since the last settlement (weakly: a context dropped
+    /// meanwhile settles itself as it finishes).
+    static TO_SETTLE: RefCell<Vec<Weak<ContextInner>>> = const { RefCell::new(Vec::new()) };
     /// The current context; `None` is the sentinel. Its address is `STATE.id`.
     static CURRENT: Current = const { Current(Cell::new(None)) };
 }
@@ -156,6 +174,8 @@ impl LoggingContext {
                 metrics_name: Cell::new(None),
                 #[cfg(feature = "tracing")]
                 span,
+                pending: Cell::new(0),
+                listed: Cell::new(false),
             })),
         }
     }
@@ -268,15 +288,11 @@ impl LoggingContext {
     /// now is included. All zero for the sentinel.
     pub fn stats(&self) -> ContextStats {
         let Some(c) = &self.inner else { return ContextStats::default() };
-        let mut stats = c.snapshot();
         if id_of(&self.inner) == current_id() {
-            STATE.with(|cur| {
-                if let Some(now) = cur.cpu_clock.get().now() {
-                    stats.cpu_time += now.saturating_sub(cur.cpu_mark.get());
-                }
-            });
+            charge_running(c);
         }
-        stats
+        settle(Some(c));
+        c.snapshot()
     }
 
     /// Records a database transaction that took `duration` (Synapse's
@@ -657,6 +673,16 @@ impl ContextInner {
         }
     }
 
+    /// Turns the pending time into CPU time, scaled by a settlement.
+    fn commit(&self, scale: Scale) {
+        let ticks = self.pending.replace(0);
+        self.listed.set(false);
+        if ticks > 0 {
+            let cpu_time = scale.apply(accounting::ticks_to_duration(ticks));
+            self.charge(&ContextStats { cpu_time, ..Default::default() });
+        }
+    }
+
     fn charge(&self, d: &ContextStats) {
         self.cpu_time.set(self.cpu_time.get() + d.cpu_time);
         self.callbacks.set(self.callbacks.get() + d.callbacks);
@@ -673,6 +699,9 @@ impl ContextInner {
     }
 
     fn finish(&self) {
+        // Settle first, so the totals include this context's CPU (and, for a context
+        // finished earlier, late work reaches the parent before the context is gone).
+        settle(Some(self));
         if self.finished.replace(true) {
             return;
         }
@@ -728,10 +757,11 @@ fn current_rc() -> Option<Rc<ContextInner>> {
         .flatten()
 }
 
-/// Makes `new` current and returns the previous context; charges the CPU time since the
-/// last switch to the previous context. Every switch goes through here. It does not warn
-/// about finished contexts: restoring one (a guard going out of scope after the context
-/// it had saved finished) is not new work in it. Entering points warn instead.
+/// Makes `new` current and returns the previous context; charges the time since the
+/// last switch to the previous context (pending until settled, see `accounting`). Every
+/// switch goes through here. It does not warn about finished contexts: restoring one (a
+/// guard going out of scope after the context it had saved finished) is not new work in
+/// it. Entering points warn instead.
 fn switch(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
     // A handle on the context being entered, to enter its span once the switch is done.
     #[cfg(feature = "tracing")]
@@ -758,17 +788,96 @@ fn switch_state(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
             return None;
         };
         cur.id.set(id);
-        if let Some(now) = cur.cpu_clock.get().now() {
+        let clock = cur.cpu_clock.get();
+        if clock != CpuClock::Off {
+            let now = accounting::ticks();
             if let Some(p) = &previous {
-                p.charge(&ContextStats {
-                    cpu_time: now.saturating_sub(cur.cpu_mark.get()),
-                    ..Default::default()
-                });
+                p.pending.set(p.pending.get() + now.saturating_sub(cur.mark.get()));
+                if clock == CpuClock::Thread && !p.listed.get() {
+                    list_to_settle(p);
+                }
             }
-            cur.cpu_mark.set(now);
+            cur.mark.set(now);
         }
         previous
     })
+}
+
+/// Charges the current context `c` the time since the last switch, as a switch would.
+fn charge_running(c: &Rc<ContextInner>) {
+    STATE.with(|cur| {
+        let clock = cur.cpu_clock.get();
+        if clock == CpuClock::Off {
+            return;
+        }
+        let now = accounting::ticks();
+        c.pending.set(c.pending.get() + now.saturating_sub(cur.mark.get()));
+        cur.mark.set(now);
+        if clock == CpuClock::Thread && !c.listed.get() {
+            list_to_settle(c);
+        }
+    })
+}
+
+/// Puts `c` on the thread's list of contexts to settle (once per settlement).
+#[cold]
+fn list_to_settle(c: &Rc<ContextInner>) {
+    if TO_SETTLE.try_with(|l| l.borrow_mut().push(Rc::downgrade(c))).is_ok() {
+        c.listed.set(true);
+        STATE.with(|cur| cur.unsettled.set(true));
+    }
+}
+
+/// Settles the contexts charged since the last settlement (see `accounting`): one read
+/// of the thread's CPU clock, and their pending time becomes CPU time. The reactor calls
+/// this at the end of each turn; it does nothing if no context was charged.
+pub(crate) fn settle_turn() {
+    if STATE.with(|cur| cur.unsettled.get()) {
+        settle(None);
+    }
+}
+
+/// Settles the listed contexts, and `also` (a context finishing, or whose stats are
+/// read; it may be listed, or being dropped and so no longer reachable from the list).
+/// With the monotonic clock there is no list: `also`'s pending time is charged as it is.
+fn settle(also: Option<&ContextInner>) {
+    let also = also.filter(|c| c.pending.get() > 0);
+    let clock = STATE.with(|cur| cur.cpu_clock.get());
+    if clock != CpuClock::Thread || !STATE.with(|cur| cur.unsettled.get()) {
+        if let Some(c) = also {
+            c.commit(Scale::ONE);
+        }
+        return;
+    }
+    // Take the list out, so that dropping the last handle on a listed context below (its
+    // `finish` settles again) finds it empty.
+    let Ok(mut listed) = TO_SETTLE.try_with(|l| std::mem::take(&mut *l.borrow_mut())) else {
+        if let Some(c) = also {
+            c.commit(Scale::ONE);
+        }
+        return;
+    };
+    STATE.with(|cur| cur.unsettled.set(false));
+    // The listed contexts still alive, but `also` (counted once, below). None of them is
+    // dropped here: each upgrade is not the last handle, and committing runs no user code.
+    let also_ptr = also.map_or(std::ptr::null(), |c| c as *const ContextInner);
+    let others = || listed.iter().filter_map(Weak::upgrade).filter(|c| !std::ptr::eq(&**c, also_ptr));
+    let pending = others().map(|c| c.pending.get()).sum::<u64>() + also.map_or(0, |c| c.pending.get());
+    let cpu = accounting::thread_cpu_time();
+    let used = cpu.saturating_sub(STATE.with(|cur| cur.settled_cpu.replace(cpu)));
+    let scale = Scale::new(used, accounting::ticks_to_duration(pending));
+    others().for_each(|c| c.commit(scale));
+    if let Some(c) = also {
+        c.commit(scale);
+    }
+    listed.clear();
+    // Give the list's allocation back for the next settlement.
+    let _ = TO_SETTLE.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if l.is_empty() {
+            *l = listed;
+        }
+    });
 }
 
 /// Restores a context saved by a guard; the context being left is dropped after the
@@ -793,10 +902,17 @@ fn warn_if_finished(ctx: &Option<Rc<ContextInner>>) {
     }
 }
 
-/// Sets this thread's clock for charging time at switches ([`super::set_cpu_clock`]).
+/// Sets this thread's clock for charging time at switches ([`super::set_cpu_clock`]),
+/// after settling what the previous clock charged.
 pub(super) fn set_clock(clock: CpuClock) {
+    if let Some(c) = current_rc() {
+        charge_running(&c);
+        settle(Some(&c));
+    } else {
+        settle(None);
+    }
     STATE.with(|cur| {
         cur.cpu_clock.set(clock);
-        cur.cpu_mark.set(clock.now().unwrap_or_default());
+        cur.mark.set(if clock == CpuClock::Off { 0 } else { accounting::ticks() });
     })
 }

@@ -71,10 +71,28 @@
 //! The current context is an `Option<Rc<_>>` in a thread-local `Cell`: capturing it is a
 //! reference-count increment, switching is a pointer move, and neither allocates. The
 //! callback loop switches only when a callback's context differs from the current one,
-//! and restores once when it returns. Thread CPU time is read only on an actual switch
-//! (a `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` system call: about 200 to 400 ns on a
-//! virtual machine); [`set_cpu_clock`] can make it the cheaper monotonic clock (wall time
-//! spent in the context, the same thing while callbacks do not block) or turn it off.
+//! and restores once when it returns.
+//!
+//! # CPU time
+//!
+//! A switch charges the context it leaves the time since the previous switch, read from
+//! the CPU's time-stamp counter (through `quanta`: about 5 to 10 ns, no system call; the
+//! monotonic clock where the CPU has no usable counter). That time is *pending* until a
+//! settlement reads the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`, a system call of
+//! about 1 µs on a virtual machine) and turns the pending time of every context charged
+//! since the previous settlement into CPU time: scaled down by the ratio of the CPU the
+//! thread used to the time pending if the thread used less (it was preempted, or a
+//! callback blocked), as it is otherwise. The reactor settles at the end of each turn in
+//! which a context was charged; a context also settles when it finishes and when its
+//! [`stats`](LoggingContext::stats) are read.
+//!
+//! So [`ContextStats::cpu_time`] is never more than the time the context was current,
+//! a callback that sleeps is not charged its sleep, and over each settlement the contexts
+//! together are charged at least the CPU the thread used while they were current (the
+//! thread's clock also counts the sentinel's work between them, which can only raise the
+//! ratio); within a settlement, time is shared by how long each context was current.
+//! [`set_cpu_clock`] can charge the counter's time unsettled ([`CpuClock::Monotonic`]:
+//! wall time while current, no system call at all) or turn charging off.
 
 mod accounting;
 pub(crate) mod context;
@@ -95,4 +113,4 @@ pub use helpers::{
 pub use instrument::{InContext, InContextExt};
 pub use logger::ContextLogger;
 
-pub(crate) use context::{bind, Captured, RemoteContext, Restore, Switcher};
+pub(crate) use context::{bind, settle_turn, Captured, RemoteContext, Restore, Switcher};

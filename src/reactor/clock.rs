@@ -77,7 +77,7 @@ impl Clock {
             // Due calls run in the sentinel, as in the reactor; `Timers::schedule`
             // wrapped those scheduled in a log context to run in it.
             let _sentinel = PreserveLoggingContext::sentinel();
-            call();
+            call.run();
         }
     }
 
@@ -91,7 +91,7 @@ impl Clock {
     /// Schedules `f` to run `delay` from now; the generic form of
     /// [`ReactorTime::call_later`].
     pub fn call_later<F: FnOnce() + 'static>(&self, delay: Duration, f: F) -> DelayedCall {
-        self.timers.schedule(delay, Box::new(f))
+        self.timers.schedule(delay, f)
     }
 
     /// How many calls are scheduled and not yet run or cancelled (Twisted's

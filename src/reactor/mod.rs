@@ -55,6 +55,7 @@ mod listen;
 mod looping_call;
 mod memory;
 mod metrics;
+mod per_core;
 mod protocol;
 mod stream;
 #[cfg(test)]
@@ -84,6 +85,7 @@ pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
 pub use memory::MemoryTransport;
 pub use metrics::{Histogram, ReactorMetrics, ThreadPoolMetrics, TurnMetrics};
+pub use per_core::{ReactorGroup, ReactorGroupError};
 pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
@@ -404,7 +406,7 @@ impl Drop for Driving<'_> {
             // The host saw its edge for those events already: give it a fresh one.
             alarm.kick();
         } else {
-            alarm.sync(self.handle.next_time());
+            alarm.sync(self.handle.next_wake());
         }
     }
 }
@@ -427,7 +429,7 @@ impl AsFd for Reactor {
         // driven by `run` alone never pays for it.
         if let Some(alarm) = self.handle.inner.timers.alarm() {
             if alarm.enable() && !alarm.is_held() {
-                alarm.sync(self.handle.next_time());
+                alarm.sync(self.handle.next_wake());
             }
         }
         self.handle.inner.poller.as_fd()
@@ -513,7 +515,7 @@ impl ReactorHandle {
     /// Schedules `f` to run after `delay`; the generic form of
     /// [`ReactorTime::call_later`].
     pub fn call_later<F: FnOnce() + 'static>(&self, delay: Duration, f: F) -> DelayedCall {
-        self.inner.timers.schedule(delay, Box::new(f))
+        self.inner.timers.schedule(delay, f)
     }
 
     /// The timers scheduled with [`call_later`](Self::call_later) and not yet run or
@@ -552,23 +554,37 @@ impl ReactorHandle {
 
     /// The time (on the timers' clock) the reactor next has work: zero if it has some now.
     fn next_time(&self) -> Option<Duration> {
+        if self.has_work_now() {
+            return Some(Duration::ZERO);
+        }
+        self.inner.timers.next_deadline()
+    }
+
+    /// As `next_time`, but possibly early after a cancel (the timers' `wake_hint`): for
+    /// the alarm and the status, where waking once for nothing is cheaper than finding
+    /// the exact deadline.
+    fn next_wake(&self) -> Option<Duration> {
+        if self.has_work_now() {
+            return Some(Duration::ZERO);
+        }
+        self.inner.timers.wake_hint()
+    }
+
+    /// True if something other than a timer is ready now.
+    fn has_work_now(&self) -> bool {
         let inner = &*self.inner;
-        if !inner.soon.borrow().is_empty()
+        !inner.soon.borrow().is_empty()
             || self.has_starting()
             || inner.events_left.get()
             || inner.lifecycle.needs_step()
             || inner.threads.has_pending()
-        {
-            return Some(Duration::ZERO);
-        }
-        inner.timers.next_deadline()
     }
 
     /// What the last turn left: see [`IterateStatus`].
     fn status(&self) -> IterateStatus {
         if self.is_stopped() {
             IterateStatus::Stopped
-        } else if self.next_time().is_some_and(|at| at <= self.inner.timers.now()) {
+        } else if self.next_wake().is_some_and(|at| at <= self.inner.timers.now()) {
             IterateStatus::Pending
         } else {
             IterateStatus::Idle
@@ -713,19 +729,24 @@ impl ReactorHandle {
         let timeout = if !inner.soon.borrow().is_empty() || inner.lifecycle.needs_step() {
             Some(Duration::ZERO)
         } else {
-            let next = inner.timers.next_deadline().map(|d| d.saturating_sub(inner.timers.now()));
+            let next = inner.timers.wake_hint().map(|d| d.saturating_sub(inner.timers.now()));
             match (next, max_wait) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
         };
         let (woke, ready) = self.poll_and_dispatch(timeout)?;
-        let now = inner.timers.now();
-        let late = inner.timers.next_deadline().filter(|at| *at <= now).map(|at| now - at);
+        // The time after polling, read once, and only if something needs it.
+        let now = std::cell::OnceCell::new();
+        let now = || *now.get_or_init(|| inner.timers.now());
         let mut calls = 0;
-        while let Some(call) = inner.timers.pop_due(now) {
-            guarded("timer", call);
-            calls += 1;
+        let mut late = None;
+        if !inner.timers.is_empty() {
+            late = inner.timers.next_deadline().filter(|at| *at <= now()).map(|at| now() - at);
+            while let Some(call) = inner.timers.pop_due(now()) {
+                guarded("timer", move || call.run());
+                calls += 1;
+            }
         }
         inner.timers.shrink_if_sparse(now);
         if inner.dispatching.get() == 0 {
@@ -740,6 +761,8 @@ impl ReactorHandle {
             self.advance_shutdown();
         }
         inner.metrics.end_turn(woke, ready, calls, late);
+        // One read of the thread's CPU clock for the contexts that ran in this turn.
+        logcontext::settle_turn();
         Ok(())
     }
 
@@ -851,7 +874,7 @@ impl ReactorHandle {
     /// a quarter full for a second (`timers::Sparse`), moves the live sources to the
     /// lowest slots (re-registering each fd under its new key, which keeps the
     /// generation) and shrinks the table.
-    fn shrink_sources_if_sparse(&self, now: Duration) {
+    fn shrink_sources_if_sparse(&self, now: impl FnOnce() -> Duration) {
         let mut sources = self.inner.sources.borrow_mut();
         let (len, capacity) = (sources.len(), sources.capacity());
         if !self.inner.sources_sparse.should_shrink(len, capacity, SOURCES_SHRINK_FLOOR, now) {

@@ -220,6 +220,13 @@ impl Alarm {
         }
     }
 
+    /// True if [`request`](Self::request) would act: the descriptor was lent out and no
+    /// driver holds the alarm. Lets a caller skip working out a deadline.
+    #[inline]
+    pub(crate) fn takes_requests(&self) -> bool {
+        self.enabled.get() && !self.held.get()
+    }
+
     /// As `request`, whoever holds the alarm (the driver's own sync after a turn).
     #[inline]
     pub(crate) fn sync(&self, at: Option<Duration>) {

@@ -1063,7 +1063,9 @@ impl Source for Conn {
         }
         #[cfg(feature = "tls")]
         super::tls::ready(&self);
-        if r.writable || r.error {
+        // Every event reports the socket writable (epoll reports all the interests that
+        // hold): flush only if something is buffered.
+        if (r.writable || r.error) && self.buffered() > 0 {
             self.flush();
         }
         if r.readable || r.read_closed || r.error {

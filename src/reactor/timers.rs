@@ -1,29 +1,60 @@
-//! `DelayedCall` and the timer queue (`TimerHeap`) that both the reactor and the test
+//! `DelayedCall` and the timer queue (`TimerWheel`) that both the reactor and the test
 //! [`Clock`](super::Clock) keep their timers in.
 //!
-//! The heap is an indexed binary min-heap over `(deadline, sequence number)`: deadline
-//! order, first-in first-out among equal deadlines. Entries live in a `Slab`; each entry
-//! knows its index in the heap, so cancelling or resetting a timer removes or moves it in
-//! O(log n) and frees its callback at once. A daemon that schedules and cancels millions
-//! of timeouts keeps only the live ones, and gives the memory back: once fewer than a
-//! quarter of the slab's slots have been in use for a second, the reactor's turn moves
-//! the live entries down (their handles find them through the shared cell) and the slab
-//! and heap shrink.
+//! # The wheel
+//!
+//! A hierarchical timing wheel, as tokio's and the Linux kernel's, with exact deadlines.
+//! Time is cut into ticks of 2^20 ns (about a millisecond). Level 0 has 64 slots of one
+//! tick, level 1 64 slots of 64 ticks, and so on for six levels (about two years); a
+//! call further away waits in an overflow heap. A call sits at the lowest level whose
+//! slots still tell it apart from the wheel's current tick (`elapsed`), in the slot its
+//! deadline falls in, so every call at level L is due before every call at level L + 1,
+//! and slots within a level are in time order. When `elapsed` reaches a slot, its calls
+//! move down a level (each call moves at most six times in its life, by a push onto a
+//! vector), and the calls of the current tick go into `ready`, a small binary heap
+//! ordered by (exact deadline, sequence number). So calls run in deadline order,
+//! first-in first-out among equal deadlines, exactly as a heap over all of them would
+//! run them, but no operation touches more than one tick's worth of calls at a time:
+//! the cost per timer stays flat from a thousand to a million pending.
+//!
+//! # Cancel and reset
+//!
+//! A call is one allocation (`Call<F>`: its state, deadline and the callback), shared by
+//! the wheel's entry and the `DelayedCall` handles. Cancelling marks it cancelled and
+//! drops the callback at once, O(1); its entry stays in the wheel as a tombstone,
+//! dropped when the wheel reaches it, or by a purge once tombstones outnumber the
+//! live calls (O(n) for n entries, so O(1) amortized per cancel, and the wheel never
+//! holds more than about twice the live calls). A reset or delay is a cancel of the old
+//! entry and an insert of a new one for the same call, which keeps its sequence number
+//! (its place among equal deadlines).
+//!
+//! Each slot keeps the earliest deadline put in it, so the earliest deadline of the
+//! whole queue is found in O(levels). A cancel can leave that value early (the slot's
+//! earliest call is gone): the reactor's turn and alarm use it as it is (waking at worst
+//! once for nothing, then the wheel has moved past it); the exact `next_deadline` scans
+//! that one slot again.
+//!
+//! Memory: the slots' vectors are given back to a small pool of spares when emptied,
+//! and once the queue has stayed under a quarter of its peak for a second (past 1,024
+//! entries), checked once a turn (`Sparse`), tombstones are purged and every vector is
+//! shrunk, so a spike gives its memory back and a burst that repeats keeps it.
 //!
 //! The reactor's queue also keeps its [`Alarm`] (a `timerfd` in the readiness queue) no
 //! later than the earliest deadline: `schedule`, `reset` and `delay` ask the alarm for
-//! the heap's earliest deadline after each change (a `Cell` compare unless it moved
-//! earlier; the alarm itself skips the system call while a driver turns the loop). A
-//! cancel leaves the alarm early: the loop may wake once for nothing.
+//! the earliest deadline after each change, if someone waits on the descriptor (a
+//! `Cell` compare unless it moved earlier; the alarm itself skips the system call while
+//! a driver turns the loop). A cancel leaves the alarm early: the loop may wake once for
+//! nothing.
 
 use std::cell::{Cell, RefCell};
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use slab::Slab;
-
 use super::poll::Alarm;
+use crate::logcontext::Captured;
 
 /// A scheduled call (Twisted's `IDelayedCall`), returned by `call_later`.
 ///
@@ -32,14 +63,17 @@ use super::poll::Alarm;
 #[derive(Clone)]
 pub struct DelayedCall {
     timers: Weak<Timers>,
-    key: TimerKey,
+    call: Rc<DynCall>,
 }
 
-/// Where a scheduled call is in its life; shared by the entry and its handle.
+/// Where a scheduled call is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CallState {
+    /// In the wheel, with its callback.
     Pending,
+    /// Taken out of the wheel to run; its callback is gone or running.
     Called,
+    /// Cancelled (or dropped with its queue); its callback was dropped at once.
     Cancelled,
 }
 
@@ -63,18 +97,6 @@ impl fmt::Display for DelayedCallError {
 
 impl std::error::Error for DelayedCallError {}
 
-/// The cell a call's handle shares with its entry: while the state is `Pending`, `index`
-/// is the entry's slot (kept up to date when the slab is compacted), so a stale handle
-/// never reaches a reused slot.
-#[derive(Debug)]
-struct KeyCell {
-    state: Cell<CallState>,
-    index: Cell<usize>,
-}
-
-#[derive(Clone, Debug)]
-struct TimerKey(Rc<KeyCell>);
-
 /// How the owner of a timer queue tells the time.
 pub(crate) enum TimeSource {
     /// Time since `start`, read from the OS monotonic clock.
@@ -86,14 +108,25 @@ pub(crate) enum TimeSource {
 /// A timer queue and the clock it runs on; shared by `Rc` with the `DelayedCall`s.
 pub(crate) struct Timers {
     pub(crate) source: TimeSource,
-    heap: RefCell<TimerHeap>,
+    wheel: RefCell<TimerWheel>,
     /// The reactor's alarm, kept no later than the earliest deadline; `None` for a `Clock`.
     alarm: Option<Alarm>,
 }
 
+/// A call taken out of the queue because it is due; the owner runs it outside every
+/// borrow, in the sentinel.
+pub(crate) struct Due(Rc<DynCall>);
+
+impl Due {
+    /// Runs the call's callback (its log context, if any, is bound inside it).
+    pub(crate) fn run(self) {
+        self.0.run();
+    }
+}
+
 impl Timers {
     pub(crate) fn new(source: TimeSource) -> Rc<Timers> {
-        Rc::new(Timers { source, heap: RefCell::new(TimerHeap::default()), alarm: None })
+        Rc::new(Timers { source, wheel: RefCell::new(TimerWheel::default()), alarm: None })
     }
 
     /// A queue on the real clock started at `start`, whose earliest deadline `alarm`
@@ -101,7 +134,7 @@ impl Timers {
     pub(crate) fn with_alarm(start: Instant, alarm: Alarm) -> Rc<Timers> {
         Rc::new(Timers {
             source: TimeSource::Real(start),
-            heap: RefCell::new(TimerHeap::default()),
+            wheel: RefCell::new(TimerWheel::default()),
             alarm: Some(alarm),
         })
     }
@@ -119,12 +152,15 @@ impl Timers {
         }
     }
 
-    /// Asks the alarm for the earliest deadline, after the heap changed.
+    /// Asks the alarm for the earliest deadline, after the queue changed, if someone
+    /// may be waiting on the reactor's descriptor.
     #[inline]
     fn follow_earliest(&self) {
         if let Some(alarm) = &self.alarm {
-            if let Some(at) = self.heap.borrow().peek_deadline() {
-                alarm.request(at);
+            if alarm.takes_requests() {
+                if let Some(at) = self.wake_hint() {
+                    alarm.request(at);
+                }
             }
         }
     }
@@ -137,63 +173,69 @@ impl Timers {
         }
     }
 
-    pub(crate) fn schedule(self: &Rc<Self>, delay: Duration, f: Box<dyn FnOnce()>) -> DelayedCall {
-        let deadline = self.now().saturating_add(delay);
-        // The call runs in the log context current now (unwrapped in the sentinel: the
-        // owner of the queue runs due calls in the sentinel).
-        let f = crate::logcontext::bind(f);
-        let key = self.heap.borrow_mut().insert(deadline, f);
+    /// Schedules `f` to run `delay` from now, in the log context current now (the owner
+    /// of the queue runs due calls in the sentinel). One allocation: the call.
+    pub(crate) fn schedule<F: FnOnce() + 'static>(self: &Rc<Self>, delay: Duration, f: F) -> DelayedCall {
+        let time = self.now().saturating_add(delay);
+        let captured = Captured::capture();
+        let call: Rc<DynCall> = if captured.is_sentinel() {
+            Rc::new(Call::new(time, f))
+        } else {
+            Rc::new(Call::new(time, move || captured.run(f)))
+        };
+        self.wheel.borrow_mut().insert(call.clone());
         self.follow_earliest();
-        DelayedCall { timers: Rc::downgrade(self), key }
+        DelayedCall { timers: Rc::downgrade(self), call }
     }
 
     /// Removes and returns the earliest call due at `now`, if any. The caller runs it
     /// outside every borrow.
-    pub(crate) fn pop_due(&self, now: Duration) -> Option<Box<dyn FnOnce()>> {
-        self.heap.borrow_mut().pop_due(now)
+    pub(crate) fn pop_due(&self, now: Duration) -> Option<Due> {
+        self.wheel.borrow_mut().pop_due(now).map(Due)
     }
 
-    /// The earliest deadline, if any call is pending.
+    /// The earliest deadline, exactly, if any call is pending.
     pub(crate) fn next_deadline(&self) -> Option<Duration> {
-        self.heap.borrow().peek_deadline()
+        self.wheel.borrow_mut().earliest(Exactness::Exact)
+    }
+
+    /// A time no later than the earliest deadline, and equal to it unless a cancel left
+    /// it early; cheap, for the reactor's wait and its alarm.
+    pub(crate) fn wake_hint(&self) -> Option<Duration> {
+        self.wheel.borrow_mut().earliest(Exactness::LowerBound)
     }
 
     /// Handles to every pending call, in the order they will run (Twisted's
     /// `getDelayedCalls`).
     pub(crate) fn delayed_calls(self: &Rc<Self>) -> Vec<DelayedCall> {
-        let heap = self.heap.borrow();
-        let mut calls: Vec<_> = heap.entries.iter().map(|(index, e)| (e.deadline, e.seq, index)).collect();
-        calls.sort_unstable();
-        calls
-            .into_iter()
-            .map(|(_, _, index)| DelayedCall {
-                timers: Rc::downgrade(self),
-                key: heap.entries[index].key.clone(),
-            })
-            .collect()
+        let calls = self.wheel.borrow().pending_in_order();
+        calls.into_iter().map(|call| DelayedCall { timers: Rc::downgrade(self), call }).collect()
     }
 
     /// How many calls are pending.
     pub(crate) fn len(&self) -> usize {
-        self.heap.borrow().entries.len()
+        self.wheel.borrow().live
+    }
+
+    /// True if the wheel holds nothing at all (no call, no tombstone): `pop_due` would
+    /// find nothing, whatever the time.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.wheel.borrow().stored == 0
     }
 
     /// Gives memory back after a spike ([`Sparse`]); the reactor calls it once a turn.
-    pub(crate) fn shrink_if_sparse(&self, now: Duration) {
-        let mut heap = self.heap.borrow_mut();
-        if heap.sparse.should_shrink(heap.entries.len(), heap.entries.capacity(), SHRINK_FLOOR, now) {
-            heap.compact();
+    pub(crate) fn shrink_if_sparse(&self, now: impl FnOnce() -> Duration) {
+        let mut wheel = self.wheel.borrow_mut();
+        if wheel.sparse.should_shrink(wheel.stored, wheel.peak, SHRINK_FLOOR, now) {
+            wheel.shrink();
         }
     }
 
     /// Drops every pending call (at shutdown), outside the borrow; their handles then
     /// report `AlreadyCancelled`.
     pub(crate) fn clear(&self) {
-        let old = std::mem::take(&mut *self.heap.borrow_mut());
-        for (_, e) in old.entries.iter() {
-            e.key.0.state.set(CallState::Cancelled);
-        }
-        drop(old);
+        let old = std::mem::take(&mut *self.wheel.borrow_mut());
+        drop(old); // `TimerWheel::drop` cancels what was pending.
     }
 }
 
@@ -205,14 +247,14 @@ impl DelayedCall {
     /// [`DelayedCallError`] if it already ran or was cancelled.
     pub fn cancel(&self) -> Result<(), DelayedCallError> {
         let timers = self.timers.upgrade().ok_or(DelayedCallError::AlreadyCancelled)?;
-        let removed = timers.heap.borrow_mut().remove(&self.key);
-        match removed {
-            Ok(callback) => {
-                drop(callback);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        let state = self.call.state();
+        state.check()?;
+        state.state.set(CallState::Cancelled);
+        timers.wheel.borrow_mut().forget(state);
+        // Outside the borrow: the callback's captures may schedule or cancel timers as
+        // they drop.
+        self.call.discard();
+        Ok(())
     }
 
     /// Reschedules the call to run `delay` from now.
@@ -222,10 +264,11 @@ impl DelayedCall {
     /// [`DelayedCallError`] if it already ran or was cancelled.
     pub fn reset(&self, delay: Duration) -> Result<(), DelayedCallError> {
         let timers = self.timers.upgrade().ok_or(DelayedCallError::AlreadyCancelled)?;
-        let deadline = timers.now().saturating_add(delay);
-        let result = timers.heap.borrow_mut().set_deadline(&self.key, |_| deadline);
+        self.call.state().check()?;
+        let time = timers.now().saturating_add(delay);
+        timers.wheel.borrow_mut().reschedule(&self.call, time);
         timers.follow_earliest();
-        result
+        Ok(())
     }
 
     /// Postpones the call by `extra` (Twisted's `delay`).
@@ -235,30 +278,33 @@ impl DelayedCall {
     /// [`DelayedCallError`] if it already ran or was cancelled.
     pub fn delay(&self, extra: Duration) -> Result<(), DelayedCallError> {
         let timers = self.timers.upgrade().ok_or(DelayedCallError::AlreadyCancelled)?;
-        let result = timers.heap.borrow_mut().set_deadline(&self.key, |old| old.saturating_add(extra));
+        let state = self.call.state();
+        state.check()?;
+        let time = state.time.get().saturating_add(extra);
+        timers.wheel.borrow_mut().reschedule(&self.call, time);
         timers.follow_earliest();
-        result
+        Ok(())
     }
 
     /// True while the call has neither run nor been cancelled (Twisted's `active()`).
     #[doc(alias = "active")]
     pub fn is_active(&self) -> bool {
-        self.key.0.state.get() == CallState::Pending && self.timers.upgrade().is_some()
+        self.call.state().state.get() == CallState::Pending && self.timers.upgrade().is_some()
     }
 
     /// When the call is due, as time since its clock's start (Twisted's `getTime`);
     /// `None` once it ran or was cancelled.
     pub fn get_time(&self) -> Option<Duration> {
-        let timers = self.timers.upgrade()?;
-        let heap = timers.heap.borrow();
-        heap.index(&self.key).ok().map(|i| heap.entries[i].deadline)
+        self.timers.upgrade()?;
+        let state = self.call.state();
+        (state.state.get() == CallState::Pending).then(|| state.time.get())
     }
 }
 
 impl PartialEq for DelayedCall {
     /// True for two handles to the same scheduled call.
     fn eq(&self, other: &DelayedCall) -> bool {
-        Rc::ptr_eq(&self.key.0, &other.key.0)
+        Rc::ptr_eq(&self.call, &other.call)
     }
 }
 
@@ -270,15 +316,740 @@ impl fmt::Debug for DelayedCall {
     }
 }
 
-struct Entry {
-    deadline: Duration,
-    seq: u64,
-    heap_pos: usize,
-    key: TimerKey,
-    callback: Box<dyn FnOnce()>,
+/// A call's state, shared by its wheel entries and its handles.
+struct CallInfo {
+    state: Cell<CallState>,
+    /// The deadline as a wheel key (`key(time)`): an entry whose deadline differs is
+    /// a tombstone left by a reset.
+    key: Cell<u64>,
+    /// The exact deadline, for `get_time`.
+    time: Cell<Duration>,
+    /// The order among equal deadlines, given when the call is first scheduled.
+    seq: Cell<u64>,
+    /// The entry's index in its slot's vector, while it is in a slot.
+    index: Cell<u32>,
 }
 
-/// Below this many slots the timer slab is never compacted.
+impl CallInfo {
+    /// `Ok` while pending, else the error `cancel`, `reset` and `delay` report.
+    fn check(&self) -> Result<(), DelayedCallError> {
+        match self.state.get() {
+            CallState::Pending => Ok(()),
+            CallState::Called => Err(DelayedCallError::AlreadyCalled),
+            CallState::Cancelled => Err(DelayedCallError::AlreadyCancelled),
+        }
+    }
+}
+
+/// A call and its callback, in one allocation; `Call<dyn Callback>` (a `DynCall`)
+/// whatever the callback's type, with `info` at a fixed offset (no virtual call to
+/// reach it).
+struct Call<C: ?Sized> {
+    info: CallInfo,
+    callback: C,
+}
+
+type DynCall = Call<dyn Callback>;
+
+impl<F: FnOnce()> Call<Cell<Option<F>>> {
+    fn new(time: Duration, f: F) -> Self {
+        Call {
+            info: CallInfo {
+                state: Cell::new(CallState::Pending),
+                key: Cell::new(key(time)),
+                time: Cell::new(time),
+                seq: Cell::new(0),
+                index: Cell::new(0),
+            },
+            callback: Cell::new(Some(f)),
+        }
+    }
+}
+
+impl DynCall {
+    #[inline]
+    fn state(&self) -> &CallInfo {
+        &self.info
+    }
+
+    /// Takes the callback out and runs it.
+    fn run(&self) {
+        self.callback.run();
+    }
+
+    /// Takes the callback out and drops it.
+    fn discard(&self) {
+        self.callback.discard();
+    }
+}
+
+/// A callback that runs once, from a shared reference.
+trait Callback {
+    fn run(&self);
+    fn discard(&self);
+}
+
+impl<F: FnOnce()> Callback for Cell<Option<F>> {
+    fn run(&self) {
+        if let Some(f) = self.take() {
+            f();
+        }
+    }
+
+    fn discard(&self) {
+        drop(self.take());
+    }
+}
+
+/// A deadline as the wheel orders it: nanoseconds since the clock's start, saturating
+/// after about 584 years (calls due later than that run in the order they were made).
+#[inline]
+fn key(time: Duration) -> u64 {
+    u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// log2 of a tick in nanoseconds: a tick is 2^20 ns, about a millisecond.
+const TICK_SHIFT: u32 = 20;
+/// log2 of the slots per level.
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
+/// Levels of the wheel: 64^6 ticks, about 2.3 years; later calls wait in the overflow.
+const LEVELS: usize = 6;
+/// At most this many empty slot vectors are kept for reuse, each of at most
+/// `SPARE_MAX_CAPACITY` entries.
+const SPARES: usize = 64;
+const SPARE_MAX_CAPACITY: usize = 16;
+/// A slot of more entries than this that falls due whole becomes `ready`'s sorted run;
+/// fewer go into its heap, where they cost less than a run's setting up.
+const RUN_MIN: usize = 8;
+/// The room `ready`'s heap is made with, and brought back to when the wheel empties.
+const READY_HEAP_FIRST: usize = 4;
+/// Tombstones are purged once there are more of them than live calls, and this many.
+const PURGE_FLOOR: usize = 64;
+
+#[inline]
+fn tick_of(deadline: u64) -> u64 {
+    deadline >> TICK_SHIFT
+}
+
+/// The level a call due at tick `when` sits at while the wheel is at tick `elapsed`
+/// (`when > elapsed`): the level of the highest bit in which they differ.
+#[inline]
+fn level_for(elapsed: u64, when: u64) -> usize {
+    let masked = (elapsed ^ when) | (SLOTS as u64 - 1);
+    let significant = 63 - masked.leading_zeros();
+    (significant / SLOT_BITS) as usize
+}
+
+#[inline]
+fn slot_for(when: u64, level: usize) -> usize {
+    ((when >> (SLOT_BITS * level as u32)) & (SLOTS as u64 - 1)) as usize
+}
+
+/// A call's place in a queue: its deadline (`u64` key or exact `Duration`), its order
+/// among equal deadlines, and the call.
+struct Queued<At> {
+    deadline: At,
+    seq: u64,
+    call: Rc<DynCall>,
+}
+
+/// An entry of `ready` or of a slot, by key.
+type Entry = Queued<u64>;
+
+/// An entry of the overflow heap, beyond the wheel's reach: by exact deadline, since
+/// keys saturate (calls due after about 584 years keep their order).
+type Far = Queued<Duration>;
+
+/// A deadline an entry can be ordered by, and compared with its call's.
+trait Deadline: Ord + Copy {
+    fn of(info: &CallInfo) -> Self;
+}
+
+impl Deadline for u64 {
+    #[inline]
+    fn of(info: &CallInfo) -> u64 {
+        info.key.get()
+    }
+}
+
+impl Deadline for Duration {
+    #[inline]
+    fn of(info: &CallInfo) -> Duration {
+        info.time.get()
+    }
+}
+
+impl<At: Deadline> Queued<At> {
+    /// False for a tombstone: the call ran, was cancelled, or was moved by a reset.
+    #[inline]
+    fn is_live(&self) -> bool {
+        let info = self.call.state();
+        info.state.get() == CallState::Pending && At::of(info) == self.deadline
+    }
+}
+
+// `BinaryHeap` is a max-heap: the entry due first is the greatest.
+impl<At: Deadline> Ord for Queued<At> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.deadline, other.seq).cmp(&(self.deadline, self.seq))
+    }
+}
+
+impl<At: Deadline> PartialOrd for Queued<At> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<At: Deadline> PartialEq for Queued<At> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deadline, self.seq) == (other.deadline, other.seq)
+    }
+}
+
+impl<At: Deadline> Eq for Queued<At> {}
+
+/// One slot: the entries due within its span (in no order), and the earliest deadline
+/// put in it (`u64::MAX` when empty), which a removal may leave early (the level's
+/// `dirty` bit says so).
+struct Slot {
+    entries: Vec<Entry>,
+    min: u64,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot { entries: Vec::new(), min: u64::MAX }
+    }
+}
+
+/// Which earliest deadline a caller needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Exactness {
+    /// Exact: a slot whose earliest call was removed is scanned again.
+    Exact,
+    /// No later than the exact one.
+    LowerBound,
+}
+
+/// The timing wheel; see the module docs.
+///
+/// Where an entry is: `ready` if its tick is at most `elapsed`; else, if its key is not
+/// saturated and `level_for(elapsed, tick) < LEVELS`, in that level's slot for its tick,
+/// at the index its call records; else in `overflow`. An entry stays where it is put
+/// until the wheel reaches its slot, so the place of a pending call's entry follows from
+/// its deadline and `elapsed` alone: a cancel or reset finds it in O(1).
+#[derive(Default)]
+pub(crate) struct TimerWheel {
+    /// The tick the wheel has reached: every entry due at or before it is in `ready`,
+    /// every later one in a slot or in `overflow`. Never past the time of the last
+    /// `pop_due`.
+    elapsed: u64,
+    /// Entries of ticks up to `elapsed`, by (deadline, sequence number), tombstones
+    /// included (they leave with the next `pop_due` that reaches them).
+    ready: Ready,
+    /// `LEVELS * SLOTS` slots, level by level; allocated with the first call.
+    slots: Vec<Slot>,
+    /// Per level, bit s is set while slot s holds entries.
+    occupied: [u64; LEVELS],
+    /// Per level, bit s is set when slot s's `min` may be early.
+    dirty: [u64; LEVELS],
+    /// Entries beyond the last level's reach, and every entry whose key saturated, by
+    /// (exact deadline, sequence number), tombstones included.
+    overflow: BinaryHeap<Far>,
+    /// Empty slot vectors kept for reuse, so a slot that fills and empties each tick does
+    /// not allocate each time.
+    spare: Vec<Vec<Entry>>,
+    next_seq: u64,
+    /// Calls pending.
+    live: usize,
+    /// Entries held, tombstones included.
+    stored: usize,
+    /// The most entries held since the last shrink, for `Sparse`.
+    peak: usize,
+    sparse: Sparse,
+}
+
+impl TimerWheel {
+    /// Adds a newly scheduled call.
+    fn insert(&mut self, call: Rc<DynCall>) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(LEVELS * SLOTS, Slot::default);
+            self.ready.heap.reserve_exact(READY_HEAP_FIRST);
+        }
+        let info = call.state();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        info.seq.set(seq);
+        let deadline = info.key.get();
+        self.live += 1;
+        self.stored += 1;
+        self.peak = self.peak.max(self.stored);
+        self.place(Entry { deadline, seq, call });
+        self.debug_check();
+    }
+
+    /// Moves a pending call to `time`: its old entry is removed (or left as a tombstone
+    /// in `ready` or `overflow`) and a new one placed, with the call's sequence number.
+    fn reschedule(&mut self, call: &Rc<DynCall>, time: Duration) {
+        let info = call.state();
+        if info.time.replace(time) == time {
+            return;
+        }
+        self.remove(info.key.get(), info.index.get());
+        info.key.set(key(time));
+        self.stored += 1;
+        self.peak = self.peak.max(self.stored);
+        self.place(Entry { deadline: key(time), seq: info.seq.get(), call: call.clone() });
+        self.purge_if_mostly_tombstones();
+        self.debug_check();
+    }
+
+    /// A pending call was cancelled (its state says so already).
+    fn forget(&mut self, info: &CallInfo) {
+        self.live -= 1;
+        self.remove(info.key.get(), info.index.get());
+        self.purge_if_mostly_tombstones();
+        self.release_if_empty();
+        self.debug_check();
+    }
+
+    /// Once the wheel holds nothing, frees the spare vectors and the run's buffer and
+    /// brings the heap back to its first size: what an empty wheel holds does not depend
+    /// on its past (the slots' vectors are all empty and given back already).
+    #[inline]
+    fn release_if_empty(&mut self) {
+        if self.stored == 0 {
+            self.release();
+        }
+    }
+
+    #[cold]
+    fn release(&mut self) {
+        self.spare = Vec::new();
+        self.ready.run = VecDeque::new();
+        self.ready.heap.shrink_to(READY_HEAP_FIRST);
+    }
+
+    /// Puts a live entry where it belongs given `elapsed`.
+    fn place(&mut self, entry: Entry) {
+        match self.place_of(entry.deadline) {
+            Place::Ready => self.ready.heap.push(entry),
+            Place::Far => {
+                let time = entry.call.state().time.get();
+                self.overflow.push(Far { deadline: time, seq: entry.seq, call: entry.call });
+            }
+            Place::Slot(level, s) => {
+                let slot = &mut self.slots[level * SLOTS + s];
+                if slot.entries.capacity() == 0 {
+                    if let Some(spare) = self.spare.pop() {
+                        slot.entries = spare;
+                    }
+                }
+                slot.min = slot.min.min(entry.deadline);
+                entry.call.state().index.set(slot.entries.len() as u32);
+                slot.entries.push(entry);
+                self.occupied[level] |= 1 << s;
+            }
+        }
+    }
+
+    /// Where an entry due at `deadline` goes, or is, given `elapsed`.
+    #[inline]
+    fn place_of(&self, deadline: u64) -> Place {
+        let when = tick_of(deadline);
+        if deadline == u64::MAX {
+            return Place::Far;
+        }
+        if when <= self.elapsed {
+            return Place::Ready;
+        }
+        match level_for(self.elapsed, when) {
+            level if level < LEVELS => Place::Slot(level, slot_for(when, level)),
+            _ => Place::Far,
+        }
+    }
+
+    /// Takes the entry of a pending call due at `deadline` out of its slot (O(1): the
+    /// last entry moves into its place); in `ready` or `overflow` it stays, a tombstone.
+    fn remove(&mut self, deadline: u64, index: u32) {
+        let Place::Slot(level, s) = self.place_of(deadline) else { return };
+        let slot = &mut self.slots[level * SLOTS + s];
+        let removed = slot.entries.swap_remove(index as usize);
+        debug_assert_eq!(removed.deadline, deadline, "the call's index points at another entry");
+        if let Some(moved) = slot.entries.get(index as usize) {
+            moved.call.state().index.set(index);
+        }
+        self.stored -= 1;
+        if slot.entries.is_empty() {
+            self.empty_slot(level, s);
+        } else if slot.min == deadline {
+            self.dirty[level] |= 1 << s;
+        }
+        // Dropping the entry drops a reference to the call, never its last: the caller
+        // holds one.
+        drop(removed);
+    }
+
+    /// The lowest level's first occupied slot: the one holding the earliest entries.
+    #[inline]
+    fn first_slot(&self) -> Option<(usize, usize)> {
+        let level = self.occupied.iter().position(|&o| o != 0)?;
+        Some((level, self.occupied[level].trailing_zeros() as usize))
+    }
+
+    /// The first tick slot `s` of `level` covers (its entries share the bits above the
+    /// level with `elapsed`).
+    #[inline]
+    fn slot_start(&self, level: usize, s: usize) -> u64 {
+        let above = SLOT_BITS * (level as u32 + 1);
+        let high = if above >= 64 { 0 } else { self.elapsed >> above << above };
+        high | ((s as u64) << (SLOT_BITS * level as u32))
+    }
+
+    /// Marks slot `s` of `level` empty and keeps its vector for reuse.
+    fn empty_slot(&mut self, level: usize, s: usize) {
+        let v = self.take_slot(level, s);
+        self.recycle(v);
+    }
+
+    /// Empties slot `s` of `level`, returning its entries.
+    fn take_slot(&mut self, level: usize, s: usize) -> Vec<Entry> {
+        self.occupied[level] &= !(1 << s);
+        self.dirty[level] &= !(1 << s);
+        let slot = &mut self.slots[level * SLOTS + s];
+        slot.min = u64::MAX;
+        std::mem::take(&mut slot.entries)
+    }
+
+    /// Keeps an emptied vector for reuse, if it is small and the pool is not full.
+    fn recycle(&mut self, v: Vec<Entry>) {
+        debug_assert!(v.is_empty());
+        if self.spare.len() < SPARES && v.capacity() <= SPARE_MAX_CAPACITY && v.capacity() > 0 {
+            self.spare.push(v);
+        }
+    }
+
+    /// Gives an emptied run's buffer back to the pool (so what the wheel holds between
+    /// calls does not depend on when the run emptied).
+    #[inline]
+    fn recycle_run(&mut self) {
+        if self.ready.run.is_empty() && self.ready.run.capacity() != 0 {
+            let emptied = Vec::from(std::mem::take(&mut self.ready.run));
+            self.recycle(emptied);
+        }
+    }
+
+    /// Moves `elapsed` forward to `tick` and brings the overflow entries now in reach into
+    /// the wheel; true if it brought any.
+    fn set_elapsed(&mut self, tick: u64) -> bool {
+        self.elapsed = tick;
+        let mut moved = false;
+        while let Some(top) = live_top(&mut self.overflow, &mut self.stored) {
+            let deadline = key(top.deadline);
+            if self.place_of(deadline) == Place::Far {
+                break;
+            }
+            let Far { seq, call, .. } = self.overflow.pop().expect("peeked");
+            self.place(Entry { deadline, seq, call });
+            moved = true;
+        }
+        moved
+    }
+
+    /// Moves the next slot due by tick `target` closer to `ready`: all of it into `ready`
+    /// if its whole span is due (a level-0 slot always; a higher one when time jumped past
+    /// it, as `Clock::advance` over everything does), else its entries down a level; with
+    /// none, moves `elapsed` to `target`. True if it moved any entry.
+    fn cascade_next(&mut self, target: u64) -> bool {
+        if let Some((level, s)) = self.first_slot() {
+            let start = self.slot_start(level, s);
+            let last = start + ((1u64 << (SLOT_BITS * level as u32)) - 1);
+            if last <= target {
+                // Every entry is due by `target`'s tick, and `ready` is empty: a large slot
+                // becomes its sorted run, a small one goes into its heap.
+                self.set_elapsed(last);
+                let mut entries = self.take_slot(level, s);
+                if entries.len() > RUN_MIN {
+                    entries = self.ready.start_run(entries);
+                } else {
+                    self.ready.heap.extend(entries.drain(..));
+                }
+                self.recycle(entries);
+                return true;
+            }
+            if start <= target {
+                self.set_elapsed(start);
+                let mut entries = self.take_slot(level, s);
+                for entry in entries.drain(..) {
+                    debug_assert!(entry.is_live(), "slots hold no tombstones");
+                    self.place(entry);
+                }
+                self.recycle(entries);
+                return true;
+            }
+        }
+        // Nothing in the slots is due by `target` (all of it is later than `target`),
+        // so the wheel may move there.
+        self.elapsed < target && self.set_elapsed(target)
+    }
+
+    /// Removes the earliest call due at `now`, marked as called.
+    fn pop_due(&mut self, now_time: Duration) -> Option<Rc<DynCall>> {
+        let now = key(now_time);
+        let target = tick_of(now);
+        loop {
+            if let Some((deadline, run)) = self.ready.live_first(&mut self.stored) {
+                if deadline > now {
+                    return None; // Everything else is later still.
+                }
+                let entry = self.ready.pop_from(run);
+                if run {
+                    self.recycle_run();
+                }
+                return Some(self.called(entry.call));
+            }
+            self.recycle_run();
+            if !self.cascade_next(target) {
+                return self.pop_due_far(now_time);
+            }
+        }
+    }
+
+    /// A live entry was taken out to run: its call is marked called.
+    fn called(&mut self, call: Rc<DynCall>) -> Rc<DynCall> {
+        self.stored -= 1;
+        self.live -= 1;
+        call.state().state.set(CallState::Called);
+        self.release_if_empty();
+        self.debug_check();
+        call
+    }
+
+    /// Removes the earliest call whose key saturated, if it is due at `now` (the wheel
+    /// has nothing due: these are later than anything it holds).
+    fn pop_due_far(&mut self, now: Duration) -> Option<Rc<DynCall>> {
+        let top = live_top(&mut self.overflow, &mut self.stored)?;
+        if key(top.deadline) != u64::MAX || top.deadline > now {
+            return None;
+        }
+        let Far { call, .. } = self.overflow.pop().expect("peeked");
+        Some(self.called(call))
+    }
+
+    /// The earliest deadline, exact or a lower bound (see [`Exactness`]).
+    fn earliest(&mut self, exactness: Exactness) -> Option<Duration> {
+        if let Some((_, run)) = self.ready.live_first(&mut self.stored) {
+            let top = if run { self.ready.run.front() } else { self.ready.heap.peek() };
+            return top.map(|top| top.call.state().time.get());
+        }
+        if let Some((level, s)) = self.first_slot() {
+            if self.dirty[level] & (1 << s) != 0 && exactness == Exactness::Exact {
+                self.rescan(level, s);
+            }
+            return Some(Duration::from_nanos(self.slots[level * SLOTS + s].min));
+        }
+        live_top(&mut self.overflow, &mut self.stored).map(|top| top.deadline)
+    }
+
+    /// Finds a slot's exact earliest deadline again, O(entries in the slot).
+    fn rescan(&mut self, level: usize, s: usize) {
+        let slot = &mut self.slots[level * SLOTS + s];
+        slot.min = slot.entries.iter().map(|e| e.deadline).min().unwrap_or(u64::MAX);
+        self.dirty[level] &= !(1 << s);
+    }
+
+    /// Purges the tombstones once they outnumber the live calls (and `PURGE_FLOOR`).
+    #[inline]
+    fn purge_if_mostly_tombstones(&mut self) {
+        let tombstones = self.stored - self.live;
+        if tombstones > PURGE_FLOOR && tombstones > self.live {
+            self.purge();
+        }
+    }
+
+    /// Drops every tombstone (they are all in `ready` and `overflow`), O(entries there).
+    fn purge(&mut self) {
+        let before = self.ready.len() + self.overflow.len();
+        self.ready.run.retain(Entry::is_live);
+        self.ready.heap.retain(Entry::is_live);
+        self.overflow.retain(Far::is_live);
+        self.stored -= before - (self.ready.len() + self.overflow.len());
+        self.release_if_empty();
+    }
+
+    /// Drops the tombstones and shrinks every vector to what it holds.
+    fn shrink(&mut self) {
+        self.purge();
+        self.ready.run.shrink_to_fit();
+        self.ready.heap.shrink_to_fit();
+        self.overflow.shrink_to_fit();
+        self.spare = Vec::new();
+        for slot in &mut self.slots {
+            slot.entries.shrink_to_fit();
+        }
+        self.peak = self.stored;
+    }
+
+    /// Every pending call, in the order they will run.
+    fn pending_in_order(&self) -> Vec<Rc<DynCall>> {
+        let slots = self.slots.iter().flat_map(|s| s.entries.iter());
+        let near = self.ready.iter().filter(|e| e.is_live()).chain(slots).map(|e| &e.call);
+        let far = self.overflow.iter().filter(|e| e.is_live()).map(|e| &e.call);
+        let mut live: Vec<(Duration, u64, &Rc<DynCall>)> =
+            near.chain(far).map(|c| (c.state().time.get(), c.state().seq.get(), c)).collect();
+        live.sort_unstable_by_key(|e| (e.0, e.1));
+        // A call reset back to a deadline it had can have two live-looking entries.
+        live.dedup_by_key(|e| e.1);
+        live.into_iter().map(|e| e.2.clone()).collect()
+    }
+
+    /// Every entry's vector capacity, for tests.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        let slots: usize = self.slots.iter().map(|s| s.entries.capacity()).sum();
+        let spare: usize = self.spare.iter().map(Vec::capacity).sum();
+        slots + spare + self.ready.run.capacity() + self.ready.heap.capacity() + self.overflow.capacity()
+    }
+
+    /// Checks the placement invariants when the wheel is small (debug builds).
+    #[inline]
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        if self.stored <= 64 {
+            let mut count = self.ready.len() + self.overflow.len();
+            for e in self.ready.iter() {
+                debug_assert!(tick_of(e.deadline) <= self.elapsed, "a later entry in ready");
+            }
+            for e in self.overflow.iter() {
+                debug_assert!(self.place_of(key(e.deadline)) == Place::Far, "overflow in reach");
+            }
+            for (i, slot) in self.slots.iter().enumerate() {
+                let (level, s) = (i / SLOTS, i % SLOTS);
+                debug_assert_eq!(self.occupied[level] & (1 << s) != 0, !slot.entries.is_empty());
+                let dirty = self.dirty[level] & (1 << s) != 0;
+                for (index, e) in slot.entries.iter().enumerate() {
+                    debug_assert!(e.is_live(), "a tombstone in a slot");
+                    debug_assert!(self.place_of(e.deadline) == Place::Slot(level, s), "entry misplaced");
+                    debug_assert_eq!(e.call.state().index.get() as usize, index, "stale index");
+                    debug_assert!(slot.min <= e.deadline, "slot min above an entry");
+                }
+                if !dirty && !slot.entries.is_empty() {
+                    debug_assert!(
+                        slot.entries.iter().any(|e| e.deadline == slot.min),
+                        "a clean min is exact"
+                    );
+                }
+                count += slot.entries.len();
+            }
+            debug_assert_eq!(count, self.stored);
+            debug_assert!(self.live <= self.stored);
+        }
+    }
+}
+
+/// The first live entry of `heap`, after dropping the tombstones above it (counted out
+/// of `stored`).
+#[inline]
+fn live_top<'a, At: Deadline>(
+    heap: &'a mut BinaryHeap<Queued<At>>,
+    stored: &mut usize,
+) -> Option<&'a Queued<At>> {
+    while !heap.peek()?.is_live() {
+        heap.pop();
+        *stored -= 1;
+    }
+    heap.peek()
+}
+
+/// The entries of ticks up to the wheel's `elapsed`: a sorted run (the entries of the
+/// level-0 slot the wheel reached last, sorted once as they arrive, often in order
+/// already) and a heap for those placed there afterwards (scheduled for a tick the
+/// wheel has reached), both by (deadline, sequence number). The next entry is the
+/// earlier of their fronts: popping the run is O(1), where a heap of one tick's calls
+/// (thousands, for a burst of `call_later(0)`) would sift through its depth each time.
+#[derive(Default)]
+struct Ready {
+    run: VecDeque<Entry>,
+    heap: BinaryHeap<Entry>,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.run.len() + self.heap.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.run.iter().chain(self.heap.iter())
+    }
+
+    /// Makes `entries` (while the run is empty) the sorted run; returns the old run's
+    /// emptied buffer, for reuse.
+    fn start_run(&mut self, mut entries: Vec<Entry>) -> Vec<Entry> {
+        debug_assert!(self.run.is_empty());
+        entries.sort_unstable_by_key(|e| (e.deadline, e.seq));
+        Vec::from(std::mem::replace(&mut self.run, VecDeque::from(entries)))
+    }
+
+    /// The entry due first, and whether it is the run's (else the heap's).
+    #[inline(always)]
+    fn first(&self) -> Option<(&Entry, bool)> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(a), Some(b)) if (b.deadline, b.seq) < (a.deadline, a.seq) => Some((b, false)),
+            (Some(a), _) => Some((a, true)),
+            (None, b) => b.map(|b| (b, false)),
+        }
+    }
+
+    /// Removes the first entry of the run (`true`) or of the heap.
+    #[inline]
+    fn pop_from(&mut self, run: bool) -> Entry {
+        if run { self.run.pop_front() } else { self.heap.pop() }.expect("not empty")
+    }
+
+    /// The first live entry (its deadline, call and part), after dropping the tombstones
+    /// before it (counted out of `stored`).
+    #[inline(always)]
+    fn live_first(&mut self, stored: &mut usize) -> Option<(u64, bool)> {
+        loop {
+            let (top, run) = self.first()?;
+            if top.is_live() {
+                return Some((top.deadline, run));
+            }
+            self.pop_from(run);
+            *stored -= 1;
+        }
+    }
+}
+
+/// Where an entry goes: see [`TimerWheel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Ready,
+    Slot(usize, usize),
+    Far,
+}
+
+impl Drop for TimerWheel {
+    /// The queue is gone (its clock or reactor dropped, or cleared at shutdown): the
+    /// pending calls are cancelled and their callbacks dropped, so a callback holding its
+    /// own handle does not keep itself alive.
+    fn drop(&mut self) {
+        let slots = self.slots.iter_mut().flat_map(|s| s.entries.drain(..));
+        let far = self.overflow.drain().map(|f| f.call);
+        let ready = self.ready.run.drain(..).chain(self.ready.heap.drain());
+        let calls: Vec<_> = ready.chain(slots).map(|e| e.call).chain(far).collect();
+        for call in &calls {
+            if call.state().state.get() == CallState::Pending {
+                call.state().state.set(CallState::Cancelled);
+                call.discard();
+            }
+        }
+    }
+}
+
+/// Below this many entries the timer wheel is never shrunk.
 const SHRINK_FLOOR: usize = 1024;
 
 /// How long a table must stay under a quarter full before it is compacted: a spike that
@@ -286,7 +1057,7 @@ const SHRINK_FLOOR: usize = 1024;
 /// for shrinking and growing again each time. (Short in unit tests.)
 const SHRINK_AFTER: Duration = if cfg!(test) { Duration::from_millis(20) } else { Duration::from_secs(1) };
 
-/// Since when a table (the timer slab, the reactor's source table) has been sparse:
+/// Since when a table (the timer wheel, the reactor's source table) has been sparse:
 /// under a quarter full, past its floor.
 #[derive(Debug, Default)]
 pub(crate) struct Sparse {
@@ -297,11 +1068,19 @@ impl Sparse {
     /// True if a table of `len` entries in `capacity` slots has been sparse for
     /// [`SHRINK_AFTER`] at `now`; the caller then compacts it. Checked once a turn, so
     /// the cost of compacting is paid at most once per spike, O(n) for a table of n.
-    pub(crate) fn should_shrink(&self, len: usize, capacity: usize, floor: usize, now: Duration) -> bool {
+    /// `now` is read only when the table is sparse.
+    pub(crate) fn should_shrink(
+        &self,
+        len: usize,
+        capacity: usize,
+        floor: usize,
+        now: impl FnOnce() -> Duration,
+    ) -> bool {
         if capacity <= floor || len >= capacity / 4 {
             self.since.set(None);
             return false;
         }
+        let now = now();
         match self.since.get() {
             None => {
                 self.since.set(Some(now));
@@ -311,171 +1090,6 @@ impl Sparse {
             Some(_) => {
                 self.since.set(None);
                 true
-            }
-        }
-    }
-}
-
-/// The indexed min-heap; see the module docs.
-#[derive(Default)]
-pub(crate) struct TimerHeap {
-    entries: Slab<Entry>,
-    /// Slab indexes, heap-ordered by `(deadline, seq)`.
-    heap: Vec<usize>,
-    /// Sequence numbers order calls with equal deadlines first-in first-out.
-    next_seq: u64,
-    sparse: Sparse,
-}
-
-impl TimerHeap {
-    fn insert(&mut self, deadline: Duration, callback: Box<dyn FnOnce()>) -> TimerKey {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let pos = self.heap.len();
-        let vacant = self.entries.vacant_entry();
-        let index = vacant.key();
-        let key =
-            TimerKey(Rc::new(KeyCell { state: Cell::new(CallState::Pending), index: Cell::new(index) }));
-        vacant.insert(Entry { deadline, seq, heap_pos: pos, key: key.clone(), callback });
-        self.heap.push(index);
-        self.sift_up(pos);
-        self.debug_check();
-        key
-    }
-
-    /// The slab index of `key`'s entry, or why it has none.
-    fn index(&self, key: &TimerKey) -> Result<usize, DelayedCallError> {
-        match key.0.state.get() {
-            CallState::Pending => Ok(key.0.index.get()),
-            CallState::Called => Err(DelayedCallError::AlreadyCalled),
-            CallState::Cancelled => Err(DelayedCallError::AlreadyCancelled),
-        }
-    }
-
-    fn remove(&mut self, key: &TimerKey) -> Result<Box<dyn FnOnce()>, DelayedCallError> {
-        let index = self.index(key)?;
-        let pos = self.entries[index].heap_pos;
-        let entry = self.remove_at(pos);
-        entry.key.0.state.set(CallState::Cancelled);
-        self.debug_check();
-        Ok(entry.callback)
-    }
-
-    fn set_deadline(
-        &mut self,
-        key: &TimerKey,
-        f: impl FnOnce(Duration) -> Duration,
-    ) -> Result<(), DelayedCallError> {
-        let index = self.index(key)?;
-        let entry = &mut self.entries[index];
-        let old = entry.deadline;
-        entry.deadline = f(old);
-        let pos = entry.heap_pos;
-        if entry.deadline < old {
-            self.sift_up(pos);
-        } else {
-            self.sift_down(pos);
-        }
-        self.debug_check();
-        Ok(())
-    }
-
-    fn peek_deadline(&self) -> Option<Duration> {
-        self.heap.first().map(|&i| self.entries[i].deadline)
-    }
-
-    fn pop_due(&mut self, now: Duration) -> Option<Box<dyn FnOnce()>> {
-        let &top = self.heap.first()?;
-        if self.entries[top].deadline > now {
-            return None;
-        }
-        let entry = self.remove_at(0);
-        entry.key.0.state.set(CallState::Called);
-        self.debug_check();
-        Some(entry.callback)
-    }
-
-    fn remove_at(&mut self, pos: usize) -> Entry {
-        let last = self.heap.len() - 1;
-        self.heap.swap(pos, last);
-        let index = self.heap.pop().expect("heap is not empty");
-        if pos < self.heap.len() {
-            let moved = self.heap[pos];
-            self.entries[moved].heap_pos = pos;
-            self.sift_down(pos);
-            self.sift_up(pos);
-        }
-        self.entries.remove(index)
-    }
-
-    /// Moves the live entries to the lowest slots (updating their heap positions and
-    /// their handles' cells) and shrinks the slab and the heap to fit.
-    fn compact(&mut self) {
-        let heap = &mut self.heap;
-        self.entries.compact(|entry, _from, to| {
-            heap[entry.heap_pos] = to;
-            entry.key.0.index.set(to);
-            true
-        });
-        self.heap.shrink_to_fit();
-    }
-
-    /// The slab's and the heap's capacities, for tests.
-    #[cfg(test)]
-    fn capacities(&self) -> (usize, usize) {
-        (self.entries.capacity(), self.heap.capacity())
-    }
-
-    fn less(&self, a: usize, b: usize) -> bool {
-        let (ea, eb) = (&self.entries[self.heap[a]], &self.entries[self.heap[b]]);
-        (ea.deadline, ea.seq) < (eb.deadline, eb.seq)
-    }
-
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        let (ia, ib) = (self.heap[a], self.heap[b]);
-        self.entries[ia].heap_pos = a;
-        self.entries[ib].heap_pos = b;
-    }
-
-    fn sift_up(&mut self, mut pos: usize) {
-        while pos > 0 {
-            let parent = (pos - 1) / 2;
-            if !self.less(pos, parent) {
-                break;
-            }
-            self.swap(pos, parent);
-            pos = parent;
-        }
-    }
-
-    fn sift_down(&mut self, mut pos: usize) {
-        loop {
-            let (l, r) = (2 * pos + 1, 2 * pos + 2);
-            let mut smallest = pos;
-            if l < self.heap.len() && self.less(l, smallest) {
-                smallest = l;
-            }
-            if r < self.heap.len() && self.less(r, smallest) {
-                smallest = r;
-            }
-            if smallest == pos {
-                break;
-            }
-            self.swap(pos, smallest);
-            pos = smallest;
-        }
-    }
-
-    #[inline]
-    fn debug_check(&self) {
-        #[cfg(debug_assertions)]
-        if self.heap.len() <= 64 {
-            for (pos, &i) in self.heap.iter().enumerate() {
-                debug_assert_eq!(self.entries[i].heap_pos, pos);
-                if pos > 0 {
-                    debug_assert!(!self.less(pos, (pos - 1) / 2), "heap order broken");
-                }
             }
         }
     }
@@ -496,16 +1110,16 @@ mod tests {
     /// After a spike of 100,000 timers, cancelling all but a few scattered ones gives the
     /// memory back; the survivors' handles still cancel, reset and fire them, in order.
     #[test]
-    fn the_timer_heap_shrinks_after_a_spike_and_keeps_its_survivors() {
+    fn the_timer_wheel_shrinks_after_a_spike_and_keeps_its_survivors() {
         let timers = Timers::new(TimeSource::Manual(Default::default()));
         let fired = Rc::new(RefCell::new(Vec::new()));
         let handles: Vec<_> = (0..100_000u64)
             .map(|i| {
                 let f = fired.clone();
-                timers.schedule(ms(100_000 - i), Box::new(move || f.borrow_mut().push(i)))
+                timers.schedule(ms(100_000 - i), move || f.borrow_mut().push(i))
             })
             .collect();
-        let (peak, _) = timers.heap.borrow().capacities();
+        let peak = timers.wheel.borrow().capacity();
         assert!(peak >= 100_000);
         let survivors = [7u64, 20_000, 50_001, 77_777, 99_999];
         for (i, h) in handles.iter().enumerate() {
@@ -513,17 +1127,17 @@ mod tests {
                 h.cancel().unwrap();
             }
         }
-        // Nothing moves until the heap has been sparse for a while.
-        timers.shrink_if_sparse(ms(0));
-        assert_eq!(timers.heap.borrow().capacities().0, peak);
-        timers.shrink_if_sparse(ms(1));
-        assert_eq!(timers.heap.borrow().capacities().0, peak);
-        timers.shrink_if_sparse(ms(1) + SHRINK_AFTER);
-        let (entries, heap) = timers.heap.borrow().capacities();
-        assert!(
-            entries <= SHRINK_FLOOR && heap <= SHRINK_FLOOR,
-            "slab {entries}, heap {heap} slots after the spike"
-        );
+        // Purging the tombstones on the way gave back the slots it emptied; the rest
+        // stays until the wheel has been sparse for a while.
+        let kept = timers.wheel.borrow().capacity();
+        assert!(kept < peak);
+        timers.shrink_if_sparse(|| ms(0));
+        assert_eq!(timers.wheel.borrow().capacity(), kept);
+        timers.shrink_if_sparse(|| ms(1));
+        assert_eq!(timers.wheel.borrow().capacity(), kept);
+        timers.shrink_if_sparse(|| ms(1) + SHRINK_AFTER);
+        let entries = timers.wheel.borrow().capacity();
+        assert!(entries <= SHRINK_FLOOR, "room for {entries} entries after the spike");
         assert_eq!(timers.len(), 5);
         // The handles reach their moved entries.
         handles[20_000].cancel().unwrap();
@@ -531,7 +1145,7 @@ mod tests {
         assert_eq!(handles[99_999].get_time(), Some(ms(1)));
         assert_eq!(handles[7].get_time(), Some(ms(1)));
         while let Some(call) = timers.pop_due(ms(200_000)) {
-            call();
+            call.run();
         }
         assert_eq!(*fired.borrow(), [7, 99_999, 77_777, 50_001]);
     }
@@ -542,15 +1156,185 @@ mod tests {
     fn a_spike_that_comes_back_soon_keeps_its_memory() {
         let timers = Timers::new(TimeSource::Manual(Default::default()));
         let burst = |timers: &std::rc::Rc<Timers>| {
-            let handles: Vec<_> = (0..10_000).map(|_| timers.schedule(ms(5), Box::new(|| {}))).collect();
+            let handles: Vec<_> = (0..10_000).map(|_| timers.schedule(ms(5), || {})).collect();
             handles.iter().for_each(|h| h.cancel().unwrap());
         };
         burst(&timers);
-        let peak = timers.heap.borrow().capacities().0;
-        timers.shrink_if_sparse(ms(0));
+        let peak = timers.wheel.borrow().capacity();
+        timers.shrink_if_sparse(|| ms(0));
         burst(&timers);
-        timers.shrink_if_sparse(SHRINK_AFTER / 2);
+        timers.shrink_if_sparse(|| SHRINK_AFTER / 2);
         burst(&timers);
-        assert_eq!(timers.heap.borrow().capacities().0, peak);
+        assert_eq!(timers.wheel.borrow().capacity(), peak);
+    }
+}
+
+/// The wheel against a model (a sorted map of (deadline, order)) under random schedules,
+/// cancels, resets, delays and advances, with delays from nanoseconds to centuries so
+/// every level and the overflow are used.
+#[cfg(test)]
+mod model {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::{DelayedCall, DelayedCallError, TimeSource, Timers};
+
+    struct Rng {
+        state: u64,
+        /// Delays of a few ticks only, so level-0 slots fill up (`ready`'s sorted run).
+        burst: bool,
+    }
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.state ^= self.state >> 12;
+            self.state ^= self.state << 25;
+            self.state ^= self.state >> 27;
+            self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        /// A delay whose size is spread over every scale: 0 ns up to about 3,000 years.
+        fn delay(&mut self) -> Duration {
+            if self.burst {
+                return Duration::from_nanos(self.below(4 << 20));
+            }
+            match self.below(10) {
+                0 => Duration::ZERO,
+                1 => Duration::from_nanos(self.below(1 << 20)),
+                _ => {
+                    let bits = self.below(57) as u32 + 5;
+                    Duration::from_nanos(self.below(1 << bits))
+                        .saturating_add(Duration::from_secs(if bits > 60 { self.below(1 << 36) } else { 0 }))
+                }
+            }
+        }
+    }
+
+    fn check(seed: u64, steps: usize, burst: bool) {
+        let mut rng = Rng { state: seed, burst };
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let fired = Rc::new(RefCell::new(Vec::new()));
+        // id -> (handle, deadline, order), for the pending ones.
+        let mut model: BTreeMap<u64, (DelayedCall, Duration, u64)> = BTreeMap::new();
+        let mut done: Vec<(DelayedCall, DelayedCallError)> = Vec::new();
+        let mut next_id = 0u64;
+        let now = |t: &Rc<Timers>| t.now();
+        for _ in 0..steps {
+            match rng.below(12) {
+                0..=4 => {
+                    let id = next_id;
+                    next_id += 1;
+                    let delay = rng.delay();
+                    let f = fired.clone();
+                    let h = timers.schedule(delay, move || f.borrow_mut().push(id));
+                    model.insert(id, (h, now(&timers).saturating_add(delay), id));
+                }
+                5 | 6 if !model.is_empty() => {
+                    let &id = model.keys().nth(rng.below(model.len() as u64) as usize).unwrap();
+                    let (h, _, _) = model.remove(&id).unwrap();
+                    h.cancel().unwrap();
+                    done.push((h, DelayedCallError::AlreadyCancelled));
+                }
+                7 if !model.is_empty() => {
+                    let &id = model.keys().nth(rng.below(model.len() as u64) as usize).unwrap();
+                    let delay = rng.delay();
+                    let entry = model.get_mut(&id).unwrap();
+                    if rng.below(2) == 0 {
+                        entry.0.reset(delay).unwrap();
+                        entry.1 = now(&timers).saturating_add(delay);
+                    } else {
+                        entry.0.delay(delay).unwrap();
+                        entry.1 = entry.1.saturating_add(delay);
+                    }
+                }
+                8 => {
+                    let got = timers.next_deadline();
+                    let want = model.values().map(|e| e.1).min();
+                    assert_eq!(got, want, "exact earliest deadline");
+                    if let (Some(hint), Some(want)) = (timers.wake_hint(), want) {
+                        assert!(hint <= want, "the hint is never late");
+                    }
+                }
+                9 if rng.below(8) == 0 => {
+                    let mut want: Vec<_> = model.values().map(|e| (e.1, e.2, e.0.clone())).collect();
+                    want.sort_by_key(|e| (e.0, e.1));
+                    let want: Vec<DelayedCall> = want.into_iter().map(|e| e.2).collect();
+                    assert_eq!(timers.delayed_calls(), want, "pending calls in run order");
+                }
+                _ => {
+                    // Advance, sometimes a little, sometimes past everything.
+                    let small = if rng.burst { 1 << 18 } else { 1 << 24 };
+                    let step =
+                        if rng.below(4) == 0 { rng.delay() } else { Duration::from_nanos(rng.below(small)) };
+                    let TimeSource::Manual(clock) = &timers.source else { unreachable!() };
+                    let to = clock.get().saturating_add(step);
+                    clock.set(to);
+                    let mut due: Vec<_> =
+                        model.iter().filter(|(_, e)| e.1 <= to).map(|(&id, e)| (e.1, e.2, id)).collect();
+                    due.sort();
+                    while let Some(call) = timers.pop_due(to) {
+                        call.run();
+                    }
+                    let want: Vec<u64> = due.iter().map(|d| d.2).collect();
+                    assert_eq!(*fired.borrow(), want, "calls run in (deadline, order)");
+                    fired.borrow_mut().clear();
+                    for id in want {
+                        let (h, _, _) = model.remove(&id).unwrap();
+                        done.push((h, DelayedCallError::AlreadyCalled));
+                    }
+                }
+            }
+            assert_eq!(timers.len(), model.len());
+            for (h, time, _) in model.values().take(4) {
+                assert_eq!(h.get_time(), Some(*time));
+                assert!(h.is_active());
+            }
+            if let Some((h, e)) = done.last() {
+                assert_eq!(h.cancel(), Err(*e));
+                assert!(!h.is_active());
+            }
+        }
+    }
+
+    #[test]
+    fn the_wheel_runs_calls_as_a_sorted_queue_would() {
+        for seed in 1..=20u64 {
+            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3_000, false);
+        }
+        // Small queues, where the debug checks of the placement run after every change.
+        for seed in 21..=220u64 {
+            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 120, false);
+        }
+        // Many calls a few ticks away: full level-0 slots, a sorted run and a heap.
+        for seed in 221..=240u64 {
+            check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3_000, true);
+        }
+    }
+
+    /// Resetting a call back to a deadline it had leaves two entries that both look
+    /// live; it still runs once, and is listed once.
+    #[test]
+    fn a_call_reset_back_to_an_old_deadline_runs_once() {
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let runs = Rc::new(RefCell::new(0));
+        let r = runs.clone();
+        let h = timers.schedule(Duration::from_secs(5), move || *r.borrow_mut() += 1);
+        h.reset(Duration::from_secs(7)).unwrap();
+        h.reset(Duration::from_secs(5)).unwrap();
+        assert_eq!(timers.delayed_calls(), std::slice::from_ref(&h));
+        assert_eq!(timers.len(), 1);
+        while let Some(call) = timers.pop_due(Duration::from_secs(10)) {
+            call.run();
+        }
+        assert_eq!(*runs.borrow(), 1);
+        assert_eq!(timers.len(), 0);
+        assert_eq!(timers.next_deadline(), None);
     }
 }

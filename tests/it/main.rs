@@ -4,6 +4,7 @@
 mod async_helpers;
 mod cancellation;
 mod combinators;
+mod cpu_accounting;
 mod deferred_callbacks;
 mod deferred_cancel;
 mod deferred_canceller_chain;
@@ -32,6 +33,7 @@ mod logcontext;
 mod memory_transport;
 mod metrics;
 mod observable;
+mod per_core;
 mod protocols_tcp;
 mod reactor;
 mod response_cache;

@@ -1,0 +1,113 @@
+//! What `ContextStats::cpu_time` measures with each `CpuClock`: the time a context was
+//! current (the time-stamp counter at each switch), settled against the thread's CPU
+//! clock by default, so a callback that blocks is not charged its sleep, and CPU goes to
+//! the context that used it even when several share a reactor turn.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use weft::logcontext::{set_cpu_clock, CpuClock, LoggingContext, PreserveLoggingContext};
+use weft::Reactor;
+
+use crate::support::{ms, run_until, secs};
+
+/// Spins until this thread has used `cpu` of CPU time.
+fn burn(cpu: Duration) {
+    let start = cpu_time::ThreadTime::now();
+    let mut x = 1u64;
+    while start.elapsed() < cpu {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread (its own clock setting and settlement history).
+fn on_a_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    std::thread::spawn(f).join().expect("the test thread panicked")
+}
+
+/// A callback that blocks (here in `sleep`) is charged the CPU it used, not the time it
+/// slept, by the default clock; the monotonic clock charges the time it was current.
+#[test]
+fn a_blocking_callback_is_charged_its_cpu_not_its_sleep() {
+    let thread = on_a_thread(|| {
+        let ctx = LoggingContext::new("sleepy");
+        {
+            let _s = ctx.enter();
+            std::thread::sleep(ms(60));
+        }
+        ctx.stats().cpu_time
+    });
+    assert!(thread < ms(30), "charged {thread:?} for a 60 ms sleep");
+    let monotonic = on_a_thread(|| {
+        set_cpu_clock(CpuClock::Monotonic);
+        let ctx = LoggingContext::new("sleepy");
+        {
+            let _s = ctx.enter();
+            std::thread::sleep(ms(60));
+        }
+        ctx.stats().cpu_time
+    });
+    assert!(monotonic >= ms(60), "the monotonic clock charges the time current: {monotonic:?}");
+    let off = on_a_thread(|| {
+        set_cpu_clock(CpuClock::Off);
+        let ctx = LoggingContext::new("sleepy");
+        {
+            let _s = ctx.enter();
+            burn(ms(5));
+        }
+        ctx.stats().cpu_time
+    });
+    assert_eq!(off, Duration::ZERO);
+}
+
+/// CPU burned in a context is charged in full, and never more than the time the context
+/// was current; reading the stats while it runs never shows more than the final total.
+#[test]
+fn cpu_burned_in_a_context_is_charged_and_bounded_by_its_wall_time() {
+    let (running, total, wall) = on_a_thread(|| {
+        let ctx = LoggingContext::new("busy");
+        let started = Instant::now();
+        let running = {
+            let _s = ctx.enter();
+            burn(ms(10));
+            let running = ctx.stats().cpu_time;
+            burn(ms(10));
+            running
+        };
+        let wall = started.elapsed();
+        (running, ctx.stats().cpu_time, wall)
+    });
+    assert!(running >= ms(10), "{running:?} after burning 10 ms");
+    assert!(total >= ms(20) && total >= running, "{total:?} after burning 20 ms ({running:?} midway)");
+    assert!(total <= wall, "{total:?} charged in {wall:?}");
+}
+
+/// Two requests share reactor turns, one burning CPU in its callbacks and one doing
+/// nothing: the CPU goes to the one that used it (time is shared by how long each was
+/// current, not by how many callbacks each ran).
+#[test]
+fn contexts_sharing_a_turn_are_charged_what_each_used() {
+    let reactor = Reactor::new().unwrap();
+    let heavy = LoggingContext::new("heavy");
+    let light = LoggingContext::new("light");
+    let ran = Rc::new(RefCell::new(0));
+    for _ in 0..3 {
+        for (ctx, cost) in [(&heavy, ms(8)), (&light, Duration::ZERO)] {
+            let _in = PreserveLoggingContext::new(ctx.clone());
+            let r = ran.clone();
+            reactor.call_later(Duration::ZERO, move || {
+                burn(cost);
+                *r.borrow_mut() += 1;
+            });
+        }
+    }
+    let r = ran.clone();
+    run_until(&reactor, secs(30), move || *r.borrow() == 6);
+    let (heavy, light) = (heavy.stats(), light.stats());
+    assert_eq!((heavy.callbacks, light.callbacks), (3, 3));
+    assert!(heavy.cpu_time >= ms(18), "heavy: {heavy:?}");
+    assert!(light.cpu_time * 4 < heavy.cpu_time, "light: {light:?}, heavy: {heavy:?}");
+}
