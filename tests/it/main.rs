@@ -2,6 +2,7 @@
 //! through the public API only (unit tests of internals live beside the code).
 
 mod async_helpers;
+mod bounded_stack;
 mod cancel_scope;
 mod cancellation;
 mod combinators;
