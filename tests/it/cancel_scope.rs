@@ -475,3 +475,32 @@ fn a_task_started_in_a_scope_is_freed_when_the_scope_cancels_it() {
     assert_eq!(freed.get(), 1);
     assert_eq!(scope.pending(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Time: the real reactor, and where a deadline's cancel says it started
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_deadline_on_the_real_reactor_ends_the_work() {
+    let reactor = weft::Reactor::new().unwrap();
+    let scope = CancelScope::move_on_after(crate::support::ms(10), &reactor.handle());
+    let never: Deferred<u8> = Deferred::new();
+    let out = scope.run(async move { never.await });
+    let o = out.clone();
+    crate::support::run_until(&reactor, secs(10), move || o.is_called());
+    assert_eq!(success_result_of(&out), None);
+    assert!(scope.cancelled_caught());
+}
+
+#[test]
+fn a_deadlines_cancel_names_the_line_that_set_it() {
+    let clock = Clock::new();
+    let scope = CancelScope::new();
+    let line = line!() + 1;
+    scope.set_timeout(secs(1), &clock);
+    let d: Deferred<u8> = Deferred::new();
+    scope.add(&d);
+    clock.advance(secs(1));
+    let err = cancelled(&failure_result_of::<CancelledError, _>(&d));
+    assert_eq!((err.location().file(), err.location().line()), (file!(), line));
+}
