@@ -11,6 +11,7 @@
 //! deadline still counts).
 
 use std::cell::Cell;
+use std::future::IntoFuture;
 use std::rc::Rc;
 
 use weft::future::ensure_deferred;
@@ -363,6 +364,23 @@ fn one_scope_cancel_is_one_cancellation_started_by_no_deferred() {
     assert_eq!(ea.id(), eb.id());
     assert!(!ea.cancelled_by(&a) && !eb.cancelled_by(&b));
     assert!(scope.cancelled_caught());
+    assert_eq!(scope.pending(), 0);
+}
+
+#[test]
+fn one_cancel_ends_every_task_and_deferred_in_the_scope() {
+    let scope = CancelScope::new();
+    let gates = gates(3);
+    let tasks: Vec<_> = gates.iter().map(|g| scope.run(g.clone().into_future())).collect();
+    let plain: Deferred<()> = Deferred::new();
+    let wrapped = scope.wrap(plain.clone());
+    assert_eq!(scope.pending(), 4);
+    scope.cancel();
+    for t in &tasks {
+        assert_eq!(success_result_of(t), None);
+    }
+    assert_eq!(success_result_of(&wrapped), None);
+    assert!(gates.iter().all(Deferred::is_called) && plain.is_called());
     assert_eq!(scope.pending(), 0);
 }
 
