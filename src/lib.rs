@@ -83,6 +83,7 @@
 //! | `task.LoopingCall`, `.withCount`, `.reset`, `.interval = x` | [`reactor::LoopingCall`], [`LoopingCall::with_count`](reactor::LoopingCall::with_count), [`reset`](reactor::LoopingCall::reset), [`set_interval`](reactor::LoopingCall::set_interval); `start`'s Deferred fires with `()`, not the loop |
 //! | `task.Clock`, `.getDelayedCalls()`, `task.deferLater` | [`Clock`], [`Clock::get_delayed_calls`] (also [`ReactorHandle::get_delayed_calls`]), [`reactor::defer_later`] |
 //! | `d.addTimeout(t, clock, onTimeoutCancel)` | [`add_timeout`]`(&d, t, &clock)`, [`add_timeout_with`] |
+//! | Trio's `CancelScope`, `move_on_after`, `fail_after` (cancel a set of Deferreds and tasks by hand or by deadline, with shields) | [`CancelScope`], [`scope::fail_after`] |
 //! | `DeferredLock`, `DeferredSemaphore` | [`DeferredLock`], [`DeferredSemaphore`] (the lock is a [`Permit`] value, released on drop) |
 //! | `DeferredQueue(size, backlog)`, `QueueOverflow`, `QueueUnderflow` | [`DeferredQueue::new`]; `put` waits for room, [`DeferredQueue::try_put`] fails with [`sync::QueueOverflow`]; `get` past the backlog fails with [`sync::QueueUnderflow`] |
 //! | `threads.deferToThread` | [`ReactorHandle::defer_to_thread`], [`ReactorHandle::defer_to_thread_with_token`] (errors and a cancellation token) |
@@ -108,6 +109,7 @@ mod observable;
 pub mod porting {}
 pub mod protocols;
 pub mod reactor;
+pub mod scope;
 pub mod sync;
 pub mod web;
 
@@ -128,6 +130,7 @@ pub use combinators::{
 };
 pub use future::{ensure_deferred, DeferredFuture};
 pub use observable::ObservableDeferred;
+pub use scope::CancelScope;
 pub use sync::{DeferredLock, DeferredQueue, DeferredSemaphore, Linearizer, Permit, ReadWriteLock, RwGuard};
 
 /// The old name of [`future`], kept so that code written against it compiles.

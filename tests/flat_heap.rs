@@ -28,9 +28,9 @@ use weft::logcontext::{run_in_background, LoggingContext};
 use weft::reactor::{Address, DatagramProtocol, ListeningPort, Protocol, Reactor, UdpTransport};
 use weft::{
     add_timeout, delay_cancellation, ensure_deferred, gather_results, race, stop_cancellation,
-    timeout_deferred, CancelledError, Clock, Deferred, DeferredList, DeferredLock, DeferredQueue,
-    DeferredSemaphore, Failure, Linearizer, ListResult, ObservableDeferred, ReactorTime, ReadWriteLock,
-    StringError, TimeoutError,
+    timeout_deferred, CancelScope, CancelledError, Clock, Deferred, DeferredList, DeferredLock,
+    DeferredQueue, DeferredSemaphore, Failure, Linearizer, ListResult, ObservableDeferred, ReactorTime,
+    ReadWriteLock, StringError, TimeoutError,
 };
 
 /// The integration tests' helpers: `localhost`, `run_bounded` and the `Closer` protocol.
@@ -212,6 +212,7 @@ const SHAPES: &[(&str, Shape)] = &[
     ("timeout_deferred", timeouts),
     ("stop/delay_cancellation", shields),
     ("LoggingContext::run", logcontext),
+    ("CancelScope", cancel_scope),
     ("graphs dropped before they settle", abandoned),
 ];
 
@@ -507,6 +508,34 @@ fn logcontext(i: u64) {
     reply.callback(i).unwrap();
     assert!(ctx.is_finished());
     assert_eq!(value(&request), i);
+}
+
+fn cancel_scope(i: u64) {
+    CLOCK.with(|clock| {
+        // A deadline that ends a task, a nested scope's Deferred cancelled with it.
+        let scope = CancelScope::move_on_after(Duration::from_secs(1), clock);
+        let inner = scope.child();
+        let (never, plain): (Deferred<u64>, Deferred<u64>) = (Deferred::new(), Deferred::new());
+        let out = scope.run(async move { never.await });
+        inner.add(&plain);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(value(&out), None);
+        assert!(failure(&plain).check::<CancelledError>());
+        // Work that finishes in time, and a shielded scope's.
+        let shielded = scope.child();
+        shielded.set_shield(true);
+        let quick: Deferred<u64> = Deferred::new();
+        let wrapped = shielded.wrap(quick.clone());
+        quick.callback(i).unwrap();
+        assert_eq!(value(&wrapped), Some(i));
+        // Abandoned: a scope with a deadline and work nobody will fire.
+        {
+            let gone = CancelScope::move_on_after(Duration::from_secs(5), clock);
+            let _w = gone.wrap(Deferred::<u64>::new());
+            let _r = gone.child().run(async move { Deferred::<u64>::new().await });
+        }
+        assert_eq!(clock.pending_calls(), 0, "the abandoned scope's timer went with it");
+    });
 }
 
 fn deferreds(n: usize) -> Flat {

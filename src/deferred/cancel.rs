@@ -387,3 +387,15 @@ impl<T: 'static> super::Core<T> {
 pub(crate) fn current_cancellation() -> Option<CancelledError> {
     CURRENT.with(Cell::get).map(|(id, location)| CancelledError { id, location })
 }
+
+/// A new cancellation that starts at `location` without a `cancel()` of any one
+/// Deferred (a cancel scope's cancel or deadline): its `CancelledError`, for
+/// `cancel_as` on each Deferred it reaches.
+pub(crate) fn new_cancellation(location: &'static Location<'static>) -> CancelledError {
+    let id = CancelId(NEXT_ID.with(|n| {
+        let id = n.get();
+        n.set(id + 1);
+        id
+    }));
+    CancelledError { id, location }
+}

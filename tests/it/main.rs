@@ -2,6 +2,8 @@
 //! through the public API only (unit tests of internals live beside the code).
 
 mod async_helpers;
+mod bounded_stack;
+mod cancel_scope;
 mod cancellation;
 mod combinators;
 mod cpu_accounting;

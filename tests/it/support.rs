@@ -584,3 +584,15 @@ pub(crate) fn record(trace: &Trace, name: &'static str) -> impl FnOnce(&Cancelle
     let t = trace.clone();
     move |_| t.push(name)
 }
+
+/// Adds to `d` a step that passes its result on and owns a drop counter; returns the
+/// counter, which reads 1 once the step is freed (run, or dropped with the chain).
+pub(crate) fn count_drop_of_step<T: 'static>(d: &Deferred<T>) -> Rc<Cell<u32>> {
+    let freed = Rc::new(Cell::new(0));
+    let token = DropCount(freed.clone());
+    d.add_both(move |r: Result<T, Failure>| {
+        let _keep = &token;
+        r
+    });
+    freed
+}
