@@ -25,7 +25,7 @@
 use std::cell::Cell;
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use smallvec::SmallVec;
 
@@ -34,7 +34,40 @@ use super::{Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 use crate::logcontext::Captured;
 
-type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
+/// A creator's canceller given as a closure.
+type CancelFn<T> = Box<dyn FnOnce(&Deferred<T>)>;
+
+/// The creator's canceller (Twisted's `Deferred(canceller)`).
+pub(super) enum Canceller<T: 'static> {
+    /// A closure ([`Deferred::with_canceller`]), run in the log context current when it
+    /// was given.
+    Call(CancelFn<T>),
+    /// Crate-internal ([`Deferred::with_forget_canceller`]): tells `list` to forget its
+    /// entry `key`, in the log context `captured`. The same as a closure capturing the
+    /// three, without the box: an `ObservableDeferred` makes one per observer, and the
+    /// allocation was a quarter of an observer's.
+    Forget(Weak<dyn Forget>, usize, Captured),
+}
+
+/// A list of Deferreds waiting to be fired that forgets one of them, by key, when it is
+/// cancelled (an `ObservableDeferred`'s observers).
+pub(crate) trait Forget {
+    /// Drops entry `key`, if it is still there.
+    fn forget(&self, key: usize);
+}
+
+impl<T: 'static> Canceller<T> {
+    fn run(self, d: &Deferred<T>) {
+        match self {
+            Canceller::Call(f) => f(d),
+            Canceller::Forget(list, key, captured) => captured.run(|| {
+                if let Some(list) = list.upgrade() {
+                    list.forget(key);
+                }
+            }),
+        }
+    }
+}
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
 /// What few Deferreds need, boxed and allocated on first use: the cancellers and cancel
@@ -145,7 +178,19 @@ impl<T: 'static> Deferred<T> {
         let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        state.canceller = Some(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d))));
+        state.canceller =
+            Some(Canceller::Call(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))));
+        d.inner.core.borrow_mut().cold = Some(state);
+        d
+    }
+
+    /// [`with_canceller`](Self::with_canceller) whose canceller tells `list` to forget
+    /// its entry `key` (see [`Canceller::Forget`]).
+    #[track_caller]
+    pub(crate) fn with_forget_canceller(list: Weak<dyn Forget>, key: usize) -> Deferred<T> {
+        let d = Deferred::new();
+        let mut state = Box::new(Cold::new());
+        state.canceller = Some(Canceller::Forget(list, key, Captured::capture()));
         d.inner.core.borrow_mut().cold = Some(state);
         d
     }
@@ -310,7 +355,7 @@ impl<T: 'static> Deferred<T> {
                     }
                 };
                 if let Some(canceller) = canceller {
-                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller.run(self))) {
                         log::error!("a canceller panicked: {}", Failure::from_panic(panic));
                     }
                 }
