@@ -14,11 +14,11 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use slab::Slab;
 
-use crate::deferred::{Consuming, DeferredRef, Next};
+use crate::deferred::{Consuming, DeferredRef, Forget, Next};
 use crate::{Deferred, Failure};
 
 /// Shares the outcome of one source Deferred with many observers, each of which gets its
@@ -100,16 +100,12 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 Err(f) => crate::fail(f.clone()),
             };
         }
-        let weak = Rc::downgrade(&self.state);
+        let weak: Weak<dyn Forget> = Rc::downgrade(&self.state) as Weak<State<T>>;
         let mut observers = self.state.observers.borrow_mut();
         let entry = observers.vacant_entry();
         let key = entry.key();
-        let d = Deferred::with_canceller(move |_| {
-            if let Some(st) = weak.upgrade() {
-                let removed = st.observers.borrow_mut().try_remove(key);
-                drop(removed);
-            }
-        });
+        // Its canceller removes the entry (`State::forget`).
+        let d = Deferred::with_forget_canceller(weak, key);
         entry.insert(d.to_ref());
         d
     }
@@ -137,6 +133,14 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     /// The source Deferred.
     pub fn source(&self) -> &Deferred<T> {
         &self.source
+    }
+}
+
+impl<T: 'static> Forget for State<T> {
+    /// An observer was cancelled: it is no longer told the outcome.
+    fn forget(&self, key: usize) {
+        let removed = self.observers.borrow_mut().try_remove(key);
+        drop(removed);
     }
 }
 

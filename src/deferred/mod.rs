@@ -21,7 +21,7 @@ mod cancel;
 mod own;
 mod run;
 
-pub(crate) use cancel::{current_cancellation, new_cancellation};
+pub(crate) use cancel::{current_cancellation, new_cancellation, Forget};
 pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 
 #[cfg(test)]

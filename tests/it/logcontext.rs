@@ -2,7 +2,6 @@
 //! (named `/// SY test_logcontext.py <name>`) and the seed's garbage-collection case.
 
 use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -421,7 +420,7 @@ fn call_later_runs_in_scheduling_context() {
 fn assert_sentinel_catches_a_leak() {
     assert_sentinel();
     let previous = set_current_context(LoggingContext::new("leaky"));
-    let caught = catch_unwind(AssertUnwindSafe(assert_sentinel));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(assert_sentinel));
     set_current_context(previous);
     let msg = caught.unwrap_err().downcast::<String>().unwrap();
     assert!(msg.contains("leaky"), "{msg}");
