@@ -110,6 +110,8 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 drop(removed);
             }
         });
+        // The source is never cancelled: a cancel stops at the observer.
+        d.mark_shield();
         entry.insert(d.to_ref());
         d
     }

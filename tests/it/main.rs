@@ -2,6 +2,8 @@
 //! through the public API only (unit tests of internals live beside the code).
 
 mod async_helpers;
+mod cancel_outcome;
+mod cancel_provenance;
 mod cancellation;
 mod combinators;
 mod cpu_accounting;
@@ -30,6 +32,7 @@ mod leaks;
 mod line_receiver;
 mod listen;
 mod logcontext;
+mod lost_result;
 mod memory_transport;
 mod metrics;
 mod observable;
@@ -37,6 +40,7 @@ mod per_core;
 mod protocols_tcp;
 mod reactor;
 mod response_cache;
+mod seed_pitfalls;
 mod string_receivers;
 mod support;
 mod sync;
