@@ -94,10 +94,10 @@ impl fmt::Display for LostResult {
             Err(failure) => write!(f, "a failure ({failure})")?,
         }
         write!(f, " given at {} to the deferred created at {}", At(self.fired_at), At(self.created_at))?;
-        if let Some(c) = &self.cancel {
-            write!(f, " after cancel #{} (at {})", c.id.0, At(c.location))?;
+        match &self.cancel {
+            Some(c) => write!(f, " after cancel #{} (at {}) failed it", c.id.0, At(c.location)),
+            None => write!(f, " after a cancel failed it"),
         }
-        write!(f, " is dropped")
     }
 }
 
@@ -207,9 +207,13 @@ impl<T: 'static> Lost<T> {
                     cancel: self.cancel,
                 };
                 let hook = THREAD_HOOK.with(|h| h.borrow().clone());
-                catch_unwind(AssertUnwindSafe(|| match hook {
+                catch_unwind(AssertUnwindSafe(|| {
+                    match hook {
                     Some(hook) => hook(lost),
-                    None => log::warn!("lost result: {lost}"),
+                    None => log::warn!(
+                        "lost result: {lost}; it is dropped (Deferred::on_lost_result or set_lost_result_hook can take it back)"
+                    ),
+                }
                 }))
             }
         };

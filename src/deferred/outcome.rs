@@ -52,6 +52,8 @@ pub enum CancelOutcome {
     /// A canceller (the creator's, a layer's) or a task that caught the cancel gave the
     /// last Deferred a result other than this cancel's failure: a value, or a more
     /// specific failure (a `TimeoutError`, say). That result travels down the chain.
+    /// A [`DeferredList`](crate::DeferredList) without `fire_on_one_errback` lands here
+    /// too: it answers a cancel with the list of its members' outcomes.
     FiredByCanceller,
     /// The invoker's Deferred failed with `CancelledError` at once, but the cancel
     /// stopped at a shield ([`stop_cancellation`](crate::stop_cancellation), an

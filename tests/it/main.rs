@@ -4,6 +4,7 @@
 mod async_helpers;
 mod cancel_outcome;
 mod cancel_provenance;
+mod cancel_reports;
 mod cancellation;
 mod combinators;
 mod cpu_accounting;
