@@ -63,17 +63,26 @@ pub(super) struct Cold<T: 'static> {
     pub(super) suppress_already_called: bool,
     /// The id of the cancellation that started with `cancel()` on this very Deferred.
     started_here: Option<CancelId>,
-    /// What a late fire after the cancel brings goes here (see `lost.rs`).
-    pub(super) on_lost: Option<LostHook<T>>,
-    /// The cancel that failed this Deferred, for the lost-result report.
-    cancelled_with: Option<CancelledError>,
     /// How the Deferred was fired while a cancel ran its cancellers (for the outcome).
     cancel_fire: CancelFire,
     /// A shield (`stop_cancellation`, an observer): a cancel stops here.
     shield: bool,
-    /// While debugging: the last cancel that passed through this Deferred, so that an
-    /// errback here recovering from it can be reported.
-    pub(super) passed: Option<CancelId>,
+    /// The lost-result hook and debugging records, allocated when first needed (a
+    /// Deferred without them pays one word, and `Cold` stays small enough to be built
+    /// in place).
+    pub(super) extra: Option<Box<Extra<T>>>,
+}
+
+/// The rarest part of a Deferred: its lost-result hook and what debugging records.
+pub(super) struct Extra<T: 'static> {
+    /// What a late fire after the cancel brings goes here (see `lost.rs`).
+    pub(super) on_lost: Option<LostHook<T>>,
+    /// The id and place of the cancel that failed this Deferred, for the lost-result
+    /// report; recorded when this part exists (debugging, or a hook was set).
+    cancelled_with: Option<(CancelId, &'static Location<'static>)>,
+    /// While debugging: the id of the last cancel that passed through this Deferred (0:
+    /// none), so that an errback here recovering from it can be reported.
+    pub(super) passed: u64,
 }
 
 impl<T: 'static> Cold<T> {
@@ -87,12 +96,15 @@ impl<T: 'static> Cold<T> {
             sources: Sources::new(),
             suppress_already_called: false,
             started_here: None,
-            on_lost: None,
-            cancelled_with: None,
             cancel_fire: CancelFire::Off,
             shield: false,
-            passed: None,
+            extra: None,
         }
+    }
+
+    /// The rarest part, allocated on first use.
+    pub(super) fn extra_mut(&mut self) -> &mut Extra<T> {
+        self.extra.get_or_insert_with(|| Box::new(Extra { on_lost: None, cancelled_with: None, passed: 0 }))
     }
 
     /// What firing (with `next`) makes useless: the creator's canceller and the
@@ -356,9 +368,9 @@ impl<T: 'static> Deferred<T> {
                     return Err(CancelOutcome::AlreadyFired);
                 }
             };
-            outcome::record(CancelStep::Entered(created_at));
             if is_debugging() {
-                core.cold_mut().passed = Some(err.id);
+                outcome::record(CancelStep::Entered(created_at));
+                core.cold_mut().extra_mut().passed = err.id.0;
             }
             let consumed = core.consumed();
             if matches!(target, Target::Creator) {
@@ -428,7 +440,9 @@ impl<T: 'static> Deferred<T> {
         let cold = core.cold_mut();
         cold.cancel_fire = CancelFire::Off;
         cold.suppress_already_called = true;
-        cold.cancelled_with = Some(err.clone());
+        if let Some(extra) = cold.extra.as_mut() {
+            extra.cancelled_with = Some((err.id, err.location));
+        }
         let shield = cold.shield;
         drop(core);
         let _ = self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
@@ -533,7 +547,12 @@ impl<T: 'static> super::Core<T> {
         if !mem::take(&mut c.suppress_already_called) {
             return None;
         }
-        Some(Lost { hook: c.on_lost.take(), cancel: c.cancelled_with.take(), created_at })
+        let (hook, cancel) = match c.extra.as_mut() {
+            Some(x) => (x.on_lost.take(), x.cancelled_with.take()),
+            None => (None, None),
+        };
+        let cancel = cancel.map(|(id, location)| CancelledError { id, location, trace: None });
+        Some(Lost { hook, cancel, created_at })
     }
 }
 

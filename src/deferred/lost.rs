@@ -81,7 +81,8 @@ impl LostResult {
         self.fired_at
     }
 
-    /// The cancel that failed the Deferred before the result came.
+    /// The cancel that failed the Deferred before the result came; known while
+    /// [`set_debugging`](crate::set_debugging) was on when it was cancelled.
     pub fn cancel(&self) -> Option<&CancelledError> {
         self.cancel.as_ref()
     }
@@ -173,7 +174,7 @@ impl<T: 'static> Deferred<T> {
     pub fn on_lost_result(&self, hook: impl FnOnce(Result<T, Failure>) + 'static) -> &Self {
         let captured = Captured::capture();
         let hook: LostHook<T> = Box::new(move |r| captured.run(|| hook(r)));
-        let old = self.inner.core.borrow_mut().cold_mut().on_lost.replace(hook);
+        let old = self.inner.core.borrow_mut().cold_mut().extra_mut().on_lost.replace(hook);
         drop(old);
         self
     }

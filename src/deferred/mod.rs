@@ -1281,7 +1281,7 @@ impl<T: 'static> Inner<T> {
         at: &'static Location<'static>,
         swallowed: &mut Option<(&'static Location<'static>, crate::CancelledError)>,
     ) -> Next<T> {
-        let passed = self.core.borrow().cold.as_ref().and_then(|c| c.passed);
+        let passed = self.core.borrow().cold.as_ref().and_then(|c| c.extra.as_ref()).map_or(0, |x| x.passed);
         let cancel = outcome::invoker_cancel(&input, passed);
         let next = f(input);
         match &next {

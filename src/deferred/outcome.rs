@@ -199,13 +199,10 @@ impl CancelFire {
 /// cancel passed through this Deferred (`passed`), so that an errback turning it into a
 /// value can be reported.
 #[cold]
-pub(super) fn invoker_cancel<T>(
-    input: &Result<T, Failure>,
-    passed: Option<CancelId>,
-) -> Option<CancelledError> {
+pub(super) fn invoker_cancel<T>(input: &Result<T, Failure>, passed: u64) -> Option<CancelledError> {
     let Err(f) = input else { return None };
     let c = cancel_in(f)?;
-    (Some(c.id) == passed).then(|| c.clone())
+    (c.id.0 == passed).then(|| c.clone())
 }
 
 /// While debugging, after a callback added at `at` returned: warns if it left a log

@@ -12,7 +12,7 @@ use weft::{
     Failure, LostResult,
 };
 
-use crate::support::{logs, Rng};
+use crate::support::{debugging, logs, Rng};
 
 #[test]
 fn late_callback_after_cancel_goes_to_the_deferreds_hook() {
@@ -65,18 +65,25 @@ fn without_a_hook_a_late_result_is_logged_at_warn() {
 #[test]
 fn thread_hook_can_take_the_value_back_and_reset_restores_the_warning() {
     let pool: Rc<RefCell<Vec<u32>>> = Rc::default();
-    let p = pool.clone();
+    let cancelled_at = Rc::new(Cell::new(None));
+    let (p, c) = (pool.clone(), cancelled_at.clone());
     set_lost_result_hook(move |lost: LostResult| {
-        assert!(lost.cancel().is_some());
+        c.set(lost.cancel().map(|c| c.location().line()));
         match lost.downcast::<u32>() {
             Ok(conn) => p.borrow_mut().push(conn),
             Err(other) => panic!("unexpected {other}"),
         }
     });
     let d: Deferred<u32> = Deferred::new();
-    d.cancel();
+    {
+        // While debugging, the hook also learns which cancel it was.
+        let _on = debugging(true);
+        d.cancel();
+    }
+    let cancel_line = line!() - 2;
     d.callback(11).unwrap();
     assert_eq!(*pool.borrow(), [11]);
+    assert_eq!(cancelled_at.get(), Some(cancel_line));
     reset_lost_result_hook();
     logs::capture();
     let d: Deferred<u32> = Deferred::new();
