@@ -25,7 +25,7 @@ mod run;
 
 pub(crate) use cancel::current_cancellation;
 pub use lost::{reset_lost_result_hook, set_lost_result_hook, LostResult};
-pub(crate) use outcome::TraceLog;
+pub(crate) use outcome::{report_task_swallowed, TraceLog};
 pub use outcome::{CancelOutcome, CancelStep};
 pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 

@@ -230,3 +230,20 @@ pub(super) fn report_swallowed(at: &'static Location<'static>, cancel: &Cancelle
         At(cancel.location)
     );
 }
+
+/// While debugging, when a task started (by `ensure_deferred`) at `spawned_at` finishes
+/// with a value although its Deferred was cancelled (cancel `id`, started at `at`): its
+/// code caught the cancel.
+#[cold]
+pub(crate) fn report_task_swallowed(
+    spawned_at: &'static Location<'static>,
+    id: CancelId,
+    at: &'static Location<'static>,
+) {
+    log::warn!(
+        "the task started at {} swallowed cancel #{} (started at {}): it finished with a value although its invoker cancelled it; let the CancelledError through (match on other errors only)",
+        At(spawned_at),
+        id.0,
+        At(at)
+    );
+}

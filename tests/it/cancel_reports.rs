@@ -2,6 +2,7 @@
 //! (the chain then succeeds), and a callback that leaks a log context, each named by
 //! file:line. Off, nothing is reported.
 
+use weft::future::ensure_deferred;
 use weft::logcontext::{current_request_id, set_current_context, LoggingContext};
 use weft::{race, CancelledError, Deferred, Failure};
 
@@ -129,4 +130,44 @@ fn context_leaked_by_a_callback_is_reported_with_its_line() {
         "{}",
         w[0]
     );
+}
+
+/// Synapse's `try: await ... except Exception:` in `async` code: a task that catches its
+/// own cancel and finishes with a value is reported, naming where it was started and
+/// where the cancel came from.
+#[test]
+fn task_swallowing_its_cancel_is_reported() {
+    let _on = debugging(true);
+    logs::capture();
+    let awaited: Deferred<u8> = Deferred::new();
+    let a = awaited.clone();
+    let task = ensure_deferred(async move { Ok::<u8, Failure>(a.await.unwrap_or(0)) });
+    let spawn_line = line!() - 1;
+    task.cancel();
+    let cancel_line = line!() - 1;
+    assert_eq!(task.take_result().unwrap().unwrap(), 0);
+    let w = warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains(&format!("task started at tests/it/cancel_reports.rs:{spawn_line}")), "{}", w[0]);
+    assert!(w[0].contains(&format!("cancel_reports.rs:{cancel_line}")), "{}", w[0]);
+}
+
+/// A task that lets its cancel through, or recovers from a cancel of something it awaits
+/// that someone else started, is not reported.
+#[test]
+fn task_letting_its_cancel_through_or_recovering_from_a_foreign_one_is_not_reported() {
+    let _on = debugging(true);
+    logs::capture();
+    let awaited: Deferred<u8> = Deferred::new();
+    let a = awaited.clone();
+    let task = ensure_deferred(async move { a.await });
+    task.cancel();
+    assert!(task.take_result().unwrap().is_err());
+
+    let awaited: Deferred<u8> = Deferred::new();
+    let a = awaited.clone();
+    let task = ensure_deferred(async move { Ok::<u8, Failure>(a.await.unwrap_or(0)) });
+    awaited.cancel(); // not the task's invoker
+    assert_eq!(task.take_result().unwrap().unwrap(), 0);
+    assert!(warnings().is_empty(), "{:?}", warnings());
 }
