@@ -15,7 +15,9 @@
 //!    walk down waiting Deferreds cannot go round a ring: `wait_on` refuses to make one,
 //!    and a walk that comes back to a Deferred it passed fails that one instead);
 //! 4. if the Deferred still has no result, fails it with `CancelledError` and remembers to
-//!    ignore the responder's first late `callback`/`errback`.
+//!    ignore the responder's first late `callback`/`errback` (whose result goes to the
+//!    lost-result hook, see `lost.rs`);
+//! 5. returns a [`CancelOutcome`] read off the last Deferred it reached (see `outcome.rs`).
 //!
 //! Every `CancelledError` that one `cancel()` produces, on this Deferred or on any the
 //! cancel reaches, carries that call's [`CancelId`]: a thread-local holds it while

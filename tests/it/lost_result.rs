@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use weft::{
     reset_lost_result_hook, set_lost_result_hook, CancelledError, Deferred, DeferredQueue, DeferredSemaphore,
-    Failure, LostResult,
+    Failure, Linearizer, LostResult, Permit, ReadWriteLock, RwGuard,
 };
 
 use crate::support::{debugging, logs, Rng};
@@ -208,4 +208,67 @@ fn random_cancels_against_a_semaphore_lose_no_permit() {
         drop(held);
         assert_eq!(sem.tokens(), 2, "seed {seed}");
     }
+}
+
+/// Random reads, writes, releases and cancels against a read-write lock and a
+/// linearizer: no guard or permit is lost into a cancelled waiter, so once every guard
+/// is dropped and every waiter cancelled, the key is free.
+#[test]
+fn random_cancels_against_a_rwlock_and_a_linearizer_lose_no_guard() {
+    for seed in 1..=100u64 {
+        let mut rng = Rng::new(seed);
+        let lock: ReadWriteLock<u8> = ReadWriteLock::new();
+        let lin: Linearizer<u8> = Linearizer::new(2);
+        let mut waiting: Vec<Deferred<RwGuard>> = Vec::new();
+        let mut lin_waiting: Vec<Deferred<Permit>> = Vec::new();
+        let mut held: Vec<RwGuard> = Vec::new();
+        let mut lin_held: Vec<Permit> = Vec::new();
+        for _ in 0..50 {
+            match rng.below(6) {
+                0 => waiting.push(lock.read(1)),
+                1 => waiting.push(lock.write(1)),
+                2 => lin_waiting.push(lin.queue(1)),
+                3 if !held.is_empty() => drop(held.swap_remove(rng.below(held.len()))),
+                3 if !lin_held.is_empty() => drop(lin_held.swap_remove(rng.below(lin_held.len()))),
+                4 if !waiting.is_empty() => {
+                    let i = rng.below(waiting.len());
+                    waiting[i].cancel();
+                }
+                _ if !lin_waiting.is_empty() => {
+                    let i = rng.below(lin_waiting.len());
+                    lin_waiting[i].cancel();
+                }
+                _ => {}
+            }
+            take_granted(&mut waiting, &mut held);
+            take_granted(&mut lin_waiting, &mut lin_held);
+        }
+        for d in &waiting {
+            d.cancel();
+        }
+        for d in &lin_waiting {
+            d.cancel();
+        }
+        take_granted(&mut waiting, &mut held);
+        take_granted(&mut lin_waiting, &mut lin_held);
+        assert!(waiting.is_empty() && lin_waiting.is_empty(), "seed {seed}: every waiter has an outcome");
+        drop((held, lin_held));
+        assert!(!lock.is_locked(&1), "seed {seed}: the lock is free");
+        assert!(!lin.is_held(&1) && !lin.is_queued(&1), "seed {seed}: the linearizer is free");
+    }
+}
+
+/// Moves each granted guard out of `waiting` into `held`, and drops the cancelled waiters.
+fn take_granted<G: std::fmt::Debug>(waiting: &mut Vec<Deferred<G>>, held: &mut Vec<G>) {
+    waiting.retain(|d| match d.take_result() {
+        Some(Ok(g)) => {
+            held.push(g);
+            false
+        }
+        Some(Err(f)) => {
+            assert!(f.check::<CancelledError>(), "{f}");
+            false
+        }
+        None => true,
+    });
 }
