@@ -49,6 +49,7 @@ impl Error for TimeoutError {}
 #[must_use = "the shielded Deferred is the one to wait on"]
 pub fn stop_cancellation<T: 'static>(d: &Deferred<T>) -> Deferred<T> {
     let shielded = Deferred::new();
+    shielded.mark_shield();
     d.chain_deferred(&shielded);
     shielded
 }

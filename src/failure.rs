@@ -295,10 +295,16 @@ pub struct CancelId(pub(crate) u64);
 /// It records which `cancel()` call started it (its [`CancelId`] and source location), so
 /// a layer can tell "my deferred was cancelled" ([`CancelledError::cancelled_by`] is true
 /// for the deferred it is on) from "something I waited on was cancelled by someone else".
-#[derive(Clone, Debug)]
+///
+/// While [`set_debugging`](crate::set_debugging) is on, it also records the path the
+/// cancel took ([`trace`](Self::trace)), which `{:#?}` prints.
+#[derive(Clone)]
 pub struct CancelledError {
     pub(crate) id: CancelId,
     pub(crate) location: &'static Location<'static>,
+    /// The cancel's path, shared by every error of the same cancel; recorded only while
+    /// debugging.
+    pub(crate) trace: Option<crate::deferred::TraceLog>,
 }
 
 impl CancelledError {
@@ -316,6 +322,38 @@ impl CancelledError {
     /// than on something that `d` waited on, or on an unrelated deferred.
     pub fn cancelled_by<T: 'static>(&self, d: &crate::Deferred<T>) -> bool {
         d.cancel_started_here() == Some(self.id)
+    }
+
+    /// The path this cancellation took, in order: each Deferred it passed into, each
+    /// canceller it ran (with where it was added), and where it stopped. Recorded only
+    /// while [`set_debugging`](crate::set_debugging) was on when the cancel started;
+    /// empty otherwise. Every `CancelledError` of one cancel shares the same record, so
+    /// this shows the whole path even on an error made half way along it.
+    ///
+    /// ```
+    /// use weft::{set_debugging, CancelStep, CancelledError, Deferred};
+    ///
+    /// set_debugging(true);
+    /// let d: Deferred<u8> = Deferred::with_canceller(|_| ());
+    /// d.cancel();
+    /// set_debugging(false);
+    /// let f = d.take_result().unwrap().unwrap_err();
+    /// let trace = f.downcast_ref::<CancelledError>().unwrap().trace();
+    /// assert!(matches!(trace[..], [CancelStep::Entered(_), CancelStep::Canceller(_), CancelStep::Stopped(..)]));
+    /// ```
+    pub fn trace(&self) -> Vec<crate::deferred::CancelStep> {
+        self.trace.as_ref().map_or_else(Vec::new, |t| t.borrow().clone())
+    }
+}
+
+impl fmt::Debug for CancelledError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("CancelledError");
+        s.field("id", &self.id).field("location", &At(self.location));
+        if let Some(trace) = &self.trace {
+            s.field("trace", &*trace.borrow());
+        }
+        s.finish()
     }
 }
 

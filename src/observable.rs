@@ -106,6 +106,8 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
         let key = entry.key();
         // Its canceller removes the entry (`State::forget`).
         let d = Deferred::with_forget_canceller(weak, key);
+        // The source is never cancelled: a cancel stops at the observer.
+        d.mark_shield();
         entry.insert(d.to_ref());
         d
     }

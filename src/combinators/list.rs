@@ -133,7 +133,9 @@ impl<T: 'static> DeferredList<T> {
             for (index, member) in members.into_iter().enumerate() {
                 match member {
                     // A member that already has a result ignores the cancel.
-                    Some(d) => d.cancel(),
+                    Some(d) => {
+                        d.cancel();
+                    }
                     None if !out.is_called() && st.results.borrow()[index].is_none() => {
                         // Freed unfired: it can never fire, so it counts as cancelled.
                         if let Some(cancelled) = current_cancellation() {

@@ -116,7 +116,9 @@ impl<T: 'static> RaceState<T> {
                 continue;
             }
             match (member, out) {
-                (Some(d), _) => d.cancel(),
+                (Some(d), _) => {
+                    d.cancel();
+                }
                 (None, Some(out)) if !self.won.get() && self.failures.borrow()[index].is_none() => {
                     if let Some(cancelled) = current_cancellation() {
                         let _ = self.deliver(out, index, Err(Failure::new(cancelled)));

@@ -15,7 +15,9 @@
 //!    walk down waiting Deferreds cannot go round a ring: `wait_on` refuses to make one,
 //!    and a walk that comes back to a Deferred it passed fails that one instead);
 //! 4. if the Deferred still has no result, fails it with `CancelledError` and remembers to
-//!    ignore the responder's first late `callback`/`errback`.
+//!    ignore the responder's first late `callback`/`errback` (whose result goes to the
+//!    lost-result hook, see `lost.rs`);
+//! 5. returns a [`CancelOutcome`] read off the last Deferred it reached (see `outcome.rs`).
 //!
 //! Every `CancelledError` that one `cancel()` produces, on this Deferred or on any the
 //! cancel reaches, carries that call's [`CancelId`]: a thread-local holds it while
@@ -29,8 +31,10 @@ use std::rc::{Rc, Weak};
 
 use smallvec::SmallVec;
 
+use super::lost::{Lost, LostHook};
+use super::outcome::{self, CancelFire, CancelOutcome, CancelStep, TraceLog};
 use super::own::{Erased, Sources};
-use super::{Deferred, Next, Slot};
+use super::{is_debugging, Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 use crate::logcontext::Captured;
 
@@ -94,6 +98,26 @@ pub(super) struct Cold<T: 'static> {
     pub(super) suppress_already_called: bool,
     /// The id of the cancellation that started with `cancel()` on this very Deferred.
     started_here: Option<CancelId>,
+    /// How the Deferred was fired while a cancel ran its cancellers (for the outcome).
+    cancel_fire: CancelFire,
+    /// A shield (`stop_cancellation`, an observer): a cancel stops here.
+    shield: bool,
+    /// The lost-result hook and debugging records, allocated when first needed (a
+    /// Deferred without them pays one word, and `Cold` stays small enough to be built
+    /// in place).
+    pub(super) extra: Option<Box<Extra<T>>>,
+}
+
+/// The rarest part of a Deferred: its lost-result hook and what debugging records.
+pub(super) struct Extra<T: 'static> {
+    /// What a late fire after the cancel brings goes here (see `lost.rs`).
+    pub(super) on_lost: Option<LostHook<T>>,
+    /// The id and place of the cancel that failed this Deferred, for the lost-result
+    /// report; recorded when this part exists (debugging, or a hook was set).
+    cancelled_with: Option<(CancelId, &'static Location<'static>)>,
+    /// While debugging: the id of the last cancel that passed through this Deferred (0:
+    /// none), so that an errback here recovering from it can be reported.
+    pub(super) passed: u64,
 }
 
 impl<T: 'static> Cold<T> {
@@ -107,12 +131,24 @@ impl<T: 'static> Cold<T> {
             sources: Sources::new(),
             suppress_already_called: false,
             started_here: None,
+            cancel_fire: CancelFire::Off,
+            shield: false,
+            extra: None,
         }
     }
 
-    /// What firing makes useless: the creator's canceller and the sources; for the
-    /// caller to drop outside its borrow.
-    pub(super) fn take_on_fire(&mut self) -> (Option<Canceller<T>>, Sources) {
+    /// The rarest part, allocated on first use.
+    pub(super) fn extra_mut(&mut self) -> &mut Extra<T> {
+        self.extra.get_or_insert_with(|| Box::new(Extra { on_lost: None, cancelled_with: None, passed: 0 }))
+    }
+
+    /// What firing (with `next`) makes useless: the creator's canceller and the
+    /// sources; for the caller to drop outside its borrow. Notes how the Deferred was
+    /// fired if a cancel is running its cancellers.
+    pub(super) fn take_on_fire(&mut self, next: &Next<T>) -> (Option<Canceller<T>>, Sources) {
+        if self.cancel_fire == CancelFire::Watching {
+            self.cancel_fire = CancelFire::of(next, CURRENT.with(Cell::get).map(|(id, _)| id));
+        }
         (self.canceller.take(), mem::take(&mut self.sources))
     }
 
@@ -134,13 +170,17 @@ thread_local! {
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
 }
 
-/// Restores the thread's current cancellation on every exit.
-struct CurrentGuard(Option<(CancelId, &'static Location<'static>)>);
+/// Restores the thread's current cancellation (and, if it was replaced, its path) on
+/// every exit.
+struct CurrentGuard(Option<(CancelId, &'static Location<'static>)>, Option<Option<TraceLog>>);
 
 impl Drop for CurrentGuard {
     fn drop(&mut self) {
         let previous = self.0;
         CURRENT.with(|c| c.set(previous));
+        if let Some(trace) = self.1.take() {
+            outcome::restore_trace(trace);
+        }
     }
 }
 
@@ -178,8 +218,15 @@ impl<T: 'static> Deferred<T> {
         let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        state.canceller =
-            Some(Canceller::Call(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))));
+        state.canceller = Some(Canceller::Call(if is_debugging() {
+            let at = Location::caller();
+            Box::new(move |d: &Deferred<T>| {
+                outcome::record(CancelStep::Canceller(at));
+                captured.run(|| canceller(d))
+            })
+        } else {
+            Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))
+        }));
         d.inner.core.borrow_mut().cold = Some(state);
         d
     }
@@ -212,6 +259,10 @@ impl<T: 'static> Deferred<T> {
     /// assert_eq!(*order.borrow(), ["outer layer", "inner layer", "creator"]);
     /// # let _ = d.take_result();
     /// ```
+    ///
+    /// While [`set_debugging`](crate::set_debugging) is on, the canceller remembers where
+    /// it was added, for the cancel's [`trace`](CancelledError::trace).
+    #[track_caller]
     pub fn add_canceller<F>(&self, canceller: F) -> &Self
     where
         F: FnOnce(&CancelledError) + 'static,
@@ -228,14 +279,22 @@ impl<T: 'static> Deferred<T> {
         }
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        core.cold_mut()
-            .layers
-            .push((position, Box::new(move |e: &CancelledError| captured.run(|| canceller(e)))));
+        let layer: LayerCanceller = if is_debugging() {
+            let at = Location::caller();
+            Box::new(move |e: &CancelledError| {
+                outcome::record(CancelStep::Layer(at));
+                captured.run(|| canceller(e))
+            })
+        } else {
+            Box::new(move |e: &CancelledError| captured.run(|| canceller(e)))
+        };
+        core.cold_mut().layers.push((position, layer));
         self
     }
 
     /// [`add_callbacks`](Self::add_callbacks) with a canceller for this layer (see
     /// [`add_canceller`](Self::add_canceller)).
+    #[track_caller]
     pub fn add_callbacks_with_canceller<F, G, R, S, C>(&self, callback: F, errback: G, canceller: C) -> &Self
     where
         F: FnOnce(T) -> R + 'static,
@@ -254,17 +313,32 @@ impl<T: 'static> Deferred<T> {
     /// If the chain waits for a Deferred that a callback returned, that Deferred is
     /// cancelled (after the cancellers of the layers still waiting here), and its
     /// failure comes back down this chain as usual.
+    ///
+    /// Returns what happened (see [`CancelOutcome`]): whether the cancel stopped the work,
+    /// came too late, was answered by a canceller with a result, stopped at a shield, or
+    /// will be delivered later. Ignoring it is fine.
+    ///
+    /// While [`set_debugging`](crate::set_debugging) is on, the cancel records its path
+    /// in its `CancelledError` ([`CancelledError::trace`]).
+    ///
+    /// ```
+    /// use weft::{CancelOutcome, Deferred};
+    ///
+    /// let d: Deferred<u8> = Deferred::with_canceller(|d| { let _ = d.callback(0); });
+    /// assert_eq!(d.cancel(), CancelOutcome::FiredByCanceller); // a default answer
+    /// assert_eq!(d.take_result().unwrap().unwrap(), 0);
+    /// ```
     #[track_caller]
-    pub fn cancel(&self) {
+    pub fn cancel(&self) -> CancelOutcome {
         self.cancel_at(Location::caller())
     }
 
     /// [`cancel`](Self::cancel), naming `location` as where a new cancellation started
     /// (helpers that cancel on their caller's behalf, such as a timeout, name the
     /// caller's line).
-    pub(crate) fn cancel_at(&self, location: &'static Location<'static>) {
+    pub(crate) fn cancel_at(&self, location: &'static Location<'static>) -> CancelOutcome {
         let (err, _guard) = match CURRENT.with(Cell::get) {
-            Some((id, location)) => (CancelledError { id, location }, None),
+            Some((id, location)) => (CancelledError { id, location, trace: outcome::current_trace() }, None),
             None => {
                 let id = CancelId(NEXT_ID.with(|n| {
                     let id = n.get();
@@ -274,63 +348,87 @@ impl<T: 'static> Deferred<T> {
                 {
                     let mut core = self.inner.core.borrow_mut();
                     if !core.is_cancellable() {
-                        return;
+                        return CancelOutcome::AlreadyFired;
                     }
                     core.cold_mut().started_here = Some(id);
                 }
+                let trace = outcome::new_trace();
                 let previous = CURRENT.with(|c| c.replace(Some((id, location))));
-                (CancelledError { id, location }, Some(CurrentGuard(previous)))
+                let previous_trace = trace.as_ref().map(|t| outcome::replace_trace(Some(t.clone())));
+                (CancelledError { id, location, trace }, Some(CurrentGuard(previous, previous_trace)))
             }
         };
         // Past a fixed nesting depth the cancel is queued, and runs before the outermost
         // `cancel()` returns (while `CURRENT` still holds this cancellation's id).
         let this = self.clone();
-        super::run::cancel_bounded(move || this.cancel_with(err));
+        super::run::cancel_bounded(move || this.cancel_with(err)).unwrap_or(CancelOutcome::Delayed)
     }
 
     /// Cancels as part of the cancellation `err`, as a canceller running now would: for
     /// work that received a cancel while it was busy and passes it on afterwards (an
     /// `ensure_deferred` task cancelled during its own poll).
-    pub(crate) fn cancel_as(&self, err: &CancelledError) {
-        let _guard = CurrentGuard(CURRENT.with(|c| c.replace(Some((err.id, err.location)))));
+    pub(crate) fn cancel_as(&self, err: &CancelledError) -> CancelOutcome {
+        let previous_trace = err.trace.as_ref().map(|t| outcome::replace_trace(Some(t.clone())));
+        let _guard = CurrentGuard(CURRENT.with(|c| c.replace(Some((err.id, err.location)))), previous_trace);
         self.cancel_at(err.location)
     }
 
-    fn cancel_with(&self, err: CancelledError) {
+    fn cancel_with(&self, err: CancelledError) -> CancelOutcome {
         // Going down a chain of Deferreds that wait on one another is a loop, not
         // recursion: a cancel reaches the innermost one at any depth in constant stack.
         let mut current = self.clone();
         let mut walk = Walk::new();
-        while let Some(inner) = current.cancel_step(&err) {
+        loop {
+            let inner = match current.cancel_step(&err) {
+                Ok(inner) => inner,
+                Err(outcome) => return outcome,
+            };
             if walk.revisits(&inner) {
                 // A ring of waiting Deferreds (which `wait_on` refuses to make): the walk
                 // would go round for ever. Fail this one, as if what it waits on were
                 // gone; its failure then comes back round the ring.
+                outcome::record(CancelStep::Stopped(
+                    CancelOutcome::Cancelled,
+                    inner.inner.core.borrow().created_at,
+                ));
                 inner.inner.resume(Err(Failure::new_at(err.clone(), err.location)));
-                return;
+                return CancelOutcome::Cancelled;
             }
             current = inner;
         }
     }
 
     /// Cancels this Deferred's own layers, then either its creator's canceller or, if it
-    /// waits on another Deferred, returns that one for the caller to cancel next.
-    fn cancel_step(&self, err: &CancelledError) -> Option<Deferred<T>> {
-        let (target, layers, dead) = {
+    /// waits on another Deferred, returns that one for the caller to cancel next;
+    /// otherwise returns the outcome.
+    fn cancel_step(&self, err: &CancelledError) -> Result<Deferred<T>, CancelOutcome> {
+        let (target, layers, dead, created_at) = {
             let mut core = self.inner.core.borrow_mut();
+            let created_at = core.created_at;
             let target = match &core.slot {
                 Slot::Pending => Target::Creator,
                 Slot::Waiting(d) => Target::Inner(Some(d.0.clone())),
                 Slot::WaitingWeakly(w) => Target::Inner(w.upgrade()),
-                _ => return None,
+                _ => {
+                    outcome::record(CancelStep::Stopped(CancelOutcome::AlreadyFired, created_at));
+                    return Err(CancelOutcome::AlreadyFired);
+                }
             };
+            if is_debugging() {
+                outcome::record(CancelStep::Entered(created_at));
+                core.cold_mut().extra_mut().passed = err.id.0;
+            }
             let consumed = core.consumed();
+            if matches!(target, Target::Creator) {
+                // Watch how the Deferred gets fired while its cancellers run.
+                core.cold_mut().cancel_fire = CancelFire::Watching;
+            }
             match core.cold.as_mut() {
                 Some(c) => {
                     let dead = c.take_dead_layers(consumed);
-                    (target, mem::take(&mut c.layers), dead)
+                    (target, mem::take(&mut c.layers), dead, created_at)
                 }
-                None => (target, Vec::new(), Vec::new()),
+                None => (target, Vec::new(), Vec::new(), created_at),
             }
         };
         // Most Deferreds have no layer cancellers: lists that never held one own nothing,
@@ -345,48 +443,75 @@ impl<T: 'static> Deferred<T> {
                 }
             }
         }
-        match target {
-            Target::Creator => {
-                let (canceller, sources) = {
-                    let mut core = self.inner.core.borrow_mut();
-                    if core.is_called() {
-                        return None;
-                    }
-                    match core.cold.as_mut() {
-                        Some(c) => match c.canceller.take() {
-                            Some(canceller) => (Some(canceller), SmallVec::new()),
-                            None => (None, c.sources.iter().filter_map(|s| s.upgrade()).collect()),
-                        },
-                        None => (None, SmallVec::<[Rc<dyn Erased>; 1]>::new()),
-                    }
-                };
-                if let Some(canceller) = canceller {
-                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller.run(self))) {
-                        log::error!("a canceller panicked: {}", Failure::from_panic(panic));
-                    }
-                }
-                // With no canceller of its own, a Deferred built on others (`then`,
-                // `timeout_deferred`) cancels them; their failures come back through
-                // their links.
-                for source in sources {
-                    source.cancel_source();
-                }
-                let mut core = self.inner.core.borrow_mut();
-                if core.is_called() {
-                    return None;
-                }
-                core.cold_mut().suppress_already_called = true;
-                drop(core);
-                let _ =
-                    self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
-            }
-            Target::Inner(Some(inner)) => return Some(Deferred::from_inner(inner)),
+        let outcome = match target {
+            Target::Creator => self.cancel_creator(err),
+            Target::Inner(Some(inner)) => return Ok(Deferred::from_inner(inner)),
             Target::Inner(None) => {
                 // What we waited on is gone and can never fire: fail here instead.
                 self.inner.resume(Err(Failure::new_at(err.clone(), err.location)));
+                CancelOutcome::Cancelled
+            }
+        };
+        outcome::record(CancelStep::Stopped(outcome, created_at));
+        Err(outcome)
+    }
+
+    /// The end of a cancel's walk, at a Deferred that has no result and waits on no
+    /// other: runs the creator's canceller (or cancels the sources), then fails the
+    /// Deferred if it still has no result.
+    fn cancel_creator(&self, err: &CancelledError) -> CancelOutcome {
+        let (canceller, sources) = {
+            let mut core = self.inner.core.borrow_mut();
+            if core.is_called() {
+                return core.cancel_outcome();
+            }
+            match core.cold.as_mut() {
+                Some(c) => match c.canceller.take() {
+                    Some(canceller) => (Some(canceller), SmallVec::new()),
+                    None => (None, c.sources.iter().filter_map(|s| s.upgrade()).collect()),
+                },
+                None => (None, SmallVec::<[Rc<dyn Erased>; 1]>::new()),
+            }
+        };
+        if let Some(canceller) = canceller {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller.run(self))) {
+                log::error!("a canceller panicked: {}", Failure::from_panic(panic));
             }
         }
-        None
+        // With no canceller of its own, a Deferred built on others (`then`,
+        // `timeout_deferred`) cancels them; their failures come back through
+        // their links.
+        for source in sources {
+            source.cancel_source();
+        }
+        let mut core = self.inner.core.borrow_mut();
+        if core.is_called() {
+            return core.cancel_outcome();
+        }
+        let paused = core.paused() > 0;
+        let cold = core.cold_mut();
+        cold.cancel_fire = CancelFire::Off;
+        cold.suppress_already_called = true;
+        if let Some(extra) = cold.extra.as_mut() {
+            extra.cancelled_with = Some((err.id, err.location));
+        }
+        let shield = cold.shield;
+        drop(core);
+        let _ = self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
+        if shield {
+            CancelOutcome::Shielded
+        } else if paused {
+            CancelOutcome::Delayed
+        } else {
+            CancelOutcome::Cancelled
+        }
+    }
+
+    /// Makes this Deferred a shield: a cancel that reaches it stops there (its outcome is
+    /// [`CancelOutcome::Shielded`]). For `stop_cancellation` and observers, whose
+    /// cancellers never touch the work behind them.
+    pub(crate) fn mark_shield(&self) {
+        self.inner.core.borrow_mut().cold_mut().shield = true;
     }
 
     /// The id of the cancellation started by `cancel()` on this Deferred, if any.
@@ -437,17 +562,71 @@ impl<T: 'static> Walk<T> {
     }
 }
 
+impl<T: 'static> super::Inner<T> {
+    /// Fires the Deferred with `value` from `at` only if it has no result yet, without
+    /// the first-late-fire leniency of a cancelled one: hands `value` back otherwise. For
+    /// hand-offs (queues, locks) that must pass an item on to the next waiter rather than
+    /// into a cancelled one.
+    pub(super) fn offer_at(self: &Rc<Self>, value: T, at: &'static Location<'static>) -> Result<(), T> {
+        if self.core.borrow().is_called() {
+            return Err(value);
+        }
+        self.callback_at(value, at).map_err(|e| e.into_inner())
+    }
+}
+
 impl<T: 'static> super::Core<T> {
     /// True if a cancel can still change anything: no result has arrived.
     fn is_cancellable(&self) -> bool {
         matches!(self.slot, Slot::Pending) || self.slot.is_waiting()
+    }
+
+    /// The outcome for a Deferred that got a result while a cancel ran its cancellers.
+    fn cancel_outcome(&mut self) -> CancelOutcome {
+        let paused = self.paused() > 0;
+        let still_waiting = self.slot.is_waiting();
+        let cold = self.cold_mut();
+        let fired = mem::replace(&mut cold.cancel_fire, CancelFire::Off);
+        let cancelled = match fired {
+            CancelFire::Other => return CancelOutcome::FiredByCanceller,
+            CancelFire::Wait if still_waiting => return CancelOutcome::Delayed,
+            CancelFire::Wait => return CancelOutcome::FiredByCanceller,
+            CancelFire::ThisCancel | CancelFire::Off | CancelFire::Watching => CancelOutcome::Cancelled,
+        };
+        if cold.shield {
+            CancelOutcome::Shielded
+        } else if paused {
+            CancelOutcome::Delayed
+        } else {
+            cancelled
+        }
+    }
+
+    /// For a fire on a Deferred that already has a result: if it is the first late fire
+    /// after a cancel, what is needed to hand its result to the lost-result hook.
+    pub(super) fn take_suppressed(&mut self) -> Option<Lost<T>> {
+        let created_at = self.created_at;
+        let c = self.cold.as_mut()?;
+        if !mem::take(&mut c.suppress_already_called) {
+            return None;
+        }
+        let (hook, cancel) = match c.extra.as_mut() {
+            Some(x) => (x.on_lost.take(), x.cancelled_with.take()),
+            None => (None, None),
+        };
+        let cancel = cancel.map(|(id, location)| CancelledError { id, location, trace: None });
+        Some(Lost { hook, cancel, created_at })
     }
 }
 
 /// The `CancelledError` of the cancellation under way on this thread, if a canceller is
 /// running now; lets code outside this module continue the same cancellation.
 pub(crate) fn current_cancellation() -> Option<CancelledError> {
-    CURRENT.with(Cell::get).map(|(id, location)| CancelledError { id, location })
+    CURRENT.with(Cell::get).map(|(id, location)| CancelledError {
+        id,
+        location,
+        trace: outcome::current_trace(),
+    })
 }
 
 /// A new cancellation that starts at `location` without a `cancel()` of any one
@@ -459,5 +638,5 @@ pub(crate) fn new_cancellation(location: &'static Location<'static>) -> Cancelle
         n.set(id + 1);
         id
     }));
-    CancelledError { id, location }
+    CancelledError { id, location, trace: outcome::new_trace() }
 }

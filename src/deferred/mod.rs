@@ -18,10 +18,15 @@
 //! `cancel.rs`).
 
 mod cancel;
+mod lost;
+mod outcome;
 mod own;
 mod run;
 
 pub(crate) use cancel::{current_cancellation, new_cancellation, Forget};
+pub use lost::{reset_lost_result_hook, set_lost_result_hook, LostResult};
+pub(crate) use outcome::{report_task_swallowed, TraceLog};
+pub use outcome::{CancelOutcome, CancelStep};
 pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 
 #[cfg(test)]
@@ -860,10 +865,12 @@ impl<T: 'static> Inner<T> {
         let unused = {
             let mut core = self.core.borrow_mut();
             if core.is_called() {
-                if let Some(c) = core.cold.as_mut() {
-                    if mem::take(&mut c.suppress_already_called) {
-                        return Ok(());
-                    }
+                // The first late fire after a cancel is ignored, and what it brings goes
+                // to the lost-result hook (see `lost.rs`).
+                if let Some(lost) = core.take_suppressed() {
+                    drop(core);
+                    lost.deliver(next, at);
+                    return Ok(());
                 }
                 return Err(next);
             }
@@ -874,7 +881,7 @@ impl<T: 'static> Inner<T> {
             // The creator's canceller and the sources held for a cancel are of no use once
             // there is a result; they are dropped at the end of this function, outside the
             // borrow.
-            core.cold.as_mut().map(|c| c.take_on_fire())
+            core.cold.as_mut().map(|c| c.take_on_fire(&next))
         };
         self.settle(next);
         self.kick();
@@ -1191,6 +1198,9 @@ impl<T: 'static> Inner<T> {
         logcontext: &mut Switcher,
         running_at: &mut &'static Location<'static>,
     ) {
+        // While debugging: an errback here that recovered from its invoker's cancel (and
+        // where it was added), reported if the loop stops with a value.
+        let mut swallowed: Option<(&'static Location<'static>, crate::CancelledError)> = None;
         loop {
             let link = {
                 let mut core = self.core.borrow_mut();
@@ -1198,6 +1208,11 @@ impl<T: 'static> Inner<T> {
                 let next = match core.links.get_mut(head) {
                     Some(next) if paused == 0 => next.take(),
                     _ => {
+                        if let Some((at, cancel)) = swallowed.take() {
+                            if matches!(held, Held::Result(Ok(_))) {
+                                outcome::report_swallowed(at, &cancel);
+                            }
+                        }
                         core.set_slot(held.into_slot());
                         core.set_running(false);
                         let dead = core.compact();
@@ -1213,7 +1228,12 @@ impl<T: 'static> Inner<T> {
                 Some(Link::Call(f, captured, at)) => {
                     *running_at = at;
                     logcontext.enter(&captured, at);
-                    match self.absorb(f(held.into_input())) {
+                    let next = if is_debugging() {
+                        self.run_debugged(f, held.into_input(), &captured, at, &mut swallowed)
+                    } else {
+                        f(held.into_input())
+                    };
+                    match self.absorb(next) {
                         Some(h) => held = h,
                         None => {
                             // Waiting on another Deferred; its continuation resumes us.
@@ -1244,6 +1264,37 @@ impl<T: 'static> Inner<T> {
                 None => unreachable!("a link runs once"),
             }
         }
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// Runs one callback while debugging: notes an errback recovering from a cancel that
+    /// passed through this Deferred (in `swallowed`), and warns if the callback leaves a
+    /// log context other than its own current.
+    #[cold]
+    #[inline(never)]
+    fn run_debugged(
+        &self,
+        f: Call<T>,
+        input: Result<T, Failure>,
+        captured: &Captured,
+        at: &'static Location<'static>,
+        swallowed: &mut Option<(&'static Location<'static>, crate::CancelledError)>,
+    ) -> Next<T> {
+        let passed = self.core.borrow().cold.as_ref().and_then(|c| c.extra.as_ref()).map_or(0, |x| x.passed);
+        let cancel = outcome::invoker_cancel(&input, passed);
+        let next = f(input);
+        match &next {
+            Next::Ready(Ok(_)) => {
+                if let Some(cancel) = cancel {
+                    *swallowed = Some((at, cancel));
+                }
+            }
+            Next::Ready(Err(_)) => *swallowed = None,
+            Next::Wait(_) | Next::Consumed => {}
+        }
+        outcome::check_leak(captured, at);
+        next
     }
 }
 

@@ -54,7 +54,7 @@ impl<T: 'static> Erased for Inner<T> {
     }
 
     fn cancel_source(self: Rc<Self>) {
-        Deferred::from_inner(self).cancel_at(Location::caller())
+        Deferred::from_inner(self).cancel_at(Location::caller());
     }
 }
 
@@ -271,6 +271,13 @@ impl<T: 'static> DeferredRef<T> {
     #[track_caller]
     pub(crate) fn callback(&self, value: T) -> Result<(), AlreadyCalledError<T>> {
         self.0.callback_at(value, Location::caller())
+    }
+
+    /// Fires it with `value` only if it has no result yet; hands `value` back otherwise,
+    /// even on the first fire after a cancel (see `Inner::offer_at`).
+    #[track_caller]
+    pub(crate) fn offer(&self, value: T) -> Result<(), T> {
+        self.0.offer_at(value, Location::caller())
     }
 
     /// [`Deferred::errback`] through a forward reference.

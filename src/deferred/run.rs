@@ -77,24 +77,25 @@ pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
 /// Runs one `cancel()` now, or queues it if too many cancels are already nested on the
 /// stack (a canceller that cancels what it depends on, which cancels what *it* depends
 /// on, and so on down a long `then`/`map` chain). The outermost cancel drains the queue
-/// before it returns.
-pub(crate) fn cancel_bounded<F: FnOnce() + 'static>(cancel: F) {
+/// before it returns. Returns what `cancel` returned, or `None` if it was queued.
+pub(crate) fn cancel_bounded<R, F: FnOnce() -> R + 'static>(cancel: F) -> Option<R> {
     let depth = CANCEL_DEPTH.with(Cell::get);
     if depth >= MAX_DEPTH {
-        let mut queue_it = Some(Box::new(cancel) as Box<dyn FnOnce()>);
+        let mut queue_it = Some(Box::new(move || drop(cancel())) as Box<dyn FnOnce()>);
         if !queued(&CANCEL_QUEUE, &mut queue_it, VecDeque::push_back) {
             (queue_it.expect("not queued"))();
         }
-        return;
+        return None;
     }
     CANCEL_DEPTH.with(|d| d.set(depth + 1));
     let _restore = DepthGuard(&CANCEL_DEPTH, depth);
-    cancel();
+    let done = cancel();
     if depth == 0 {
         while let Some(next) = taken(&CANCEL_QUEUE, VecDeque::pop_front) {
             next();
         }
     }
+    Some(done)
 }
 
 /// Drops `value` now, or parks it if too many drops are already nested on the stack.

@@ -115,6 +115,7 @@ pub use testing::{
 /// at each suspension; the caller's context is current again when this returns and
 /// after every later poll.
 #[must_use = "the Deferred carries the task's outcome"]
+#[track_caller]
 pub fn ensure_deferred<T, F>(future: F) -> Deferred<T>
 where
     T: 'static,

@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe, Location};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -99,6 +99,8 @@ pub(super) struct Task {
     done: Cell<bool>,
     /// The ids of the cancels of the task's Deferred so far (its own cancellations).
     cancels: RefCell<Vec<CancelId>>,
+    /// Where the first of them started (for the swallowed-cancel report).
+    first_cancel_at: Cell<Option<&'static Location<'static>>>,
     /// A cancel not yet passed on to what the task awaits: it arrived during a poll.
     undelivered: RefCell<Option<CancelledError>>,
     /// How to cancel what the task awaits now, with the await's token.
@@ -144,6 +146,7 @@ impl<T: 'static> FailTarget for Target<T> {
 }
 
 /// Starts `future` as a task; see [`ensure_deferred`](super::ensure_deferred).
+#[track_caller]
 pub(super) fn spawn<T, F>(future: F) -> Deferred<T>
 where
     T: 'static,
@@ -173,12 +176,14 @@ where
         repoll: Cell::new(false),
         done: Cell::new(false),
         cancels: RefCell::new(Vec::new()),
+        first_cancel_at: Cell::new(None),
         undelivered: RefCell::new(None),
         awaiting: RefCell::new(None),
     });
     let out = target_deferred(Rc::downgrade(&task), Rc::downgrade(&target));
     *target.borrow_mut() = Some(out.to_ref());
-    *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target }));
+    let spawned_at = Location::caller();
+    *task.future.borrow_mut() = Some(Box::pin(Wrapper { future: Box::pin(future), target, spawned_at }));
     let _ = TASKS.try_with(|t| {
         let inserted = t.borrow_mut().0.insert(Entry::Strong(task.clone()));
         debug_assert_eq!(inserted, key);
@@ -374,6 +379,8 @@ fn wake_here(key: usize, id: u64) {
 struct Wrapper<T: 'static, F> {
     future: Pin<Box<F>>,
     target: Rc<Target<T>>,
+    /// Where `ensure_deferred` was called, for the swallowed-cancel report.
+    spawned_at: &'static Location<'static>,
 }
 
 impl<T: 'static, F: Future<Output = Result<T, Failure>>> Future for Wrapper<T, F> {
@@ -386,6 +393,9 @@ impl<T: 'static, F: Future<Output = Result<T, Failure>>> Future for Wrapper<T, F
             Ok(Poll::Ready(r)) => r,
             Err(panic) => Err(Failure::from_panic(panic)),
         };
+        if r.is_ok() && crate::is_debugging() {
+            report_if_swallowed(self.spawned_at);
+        }
         let target = self.target.borrow_mut().take();
         if let Some(t) = target {
             if t.fire(Next::Ready(r)).is_err() {
@@ -403,6 +413,9 @@ fn target_deferred<T: 'static>(task: Weak<Task>, target: Weak<Target<T>>) -> Def
         let Some(task) = task.upgrade().filter(|t| !t.done.get()) else { return };
         let Some(err) = current_cancellation() else { return };
         task.cancels.borrow_mut().push(err.id());
+        if task.first_cancel_at.get().is_none() {
+            task.first_cancel_at.set(Some(err.location()));
+        }
         *task.undelivered.borrow_mut() = Some(err);
         if !task.polling.get() {
             deliver_cancel(&task);
@@ -505,5 +518,17 @@ impl Drop for CurrentTask {
     fn drop(&mut self) {
         let previous = self.0.take();
         let _task = CURRENT_TASK.try_with(|c| c.replace(previous));
+    }
+}
+
+/// While debugging: the task running now finished with a value although its Deferred
+/// was cancelled (its code caught the `CancelledError`): report it, naming where the
+/// task was started and where the cancel came from.
+#[cold]
+fn report_if_swallowed(spawned_at: &'static Location<'static>) {
+    let Some(task) = current_task() else { return };
+    let first = task.cancels.borrow().first().copied();
+    if let (Some(id), Some(at)) = (first, task.first_cancel_at.get()) {
+        crate::deferred::report_task_swallowed(spawned_at, id, at);
     }
 }

@@ -480,6 +480,17 @@ impl Captured {
         self.0.is_none()
     }
 
+    /// True if the captured context is the current one.
+    #[inline]
+    pub(crate) fn is_current(&self) -> bool {
+        id_of(&self.0) == current_id()
+    }
+
+    /// The captured context's name (`"sentinel"` for none).
+    pub(crate) fn name(&self) -> &str {
+        self.0.as_ref().map_or("sentinel", |c| &c.name)
+    }
+
     /// Runs `f` in the captured context and restores the current one after, panics
     /// included; counts one callback.
     #[inline]

@@ -144,9 +144,10 @@ impl<T: 'static> DeferredQueue<T> {
         loop {
             let getter = self.inner.getters.borrow_mut().pop_front();
             match getter {
-                Some(g) => match g.callback(item) {
+                // `offer`: a getter with a result already (cancelled) never takes the item.
+                Some(g) => match g.offer(item) {
                     Ok(()) => return Ok(()),
-                    Err(e) => item = e.into_inner(),
+                    Err(back) => item = back,
                 },
                 None => break,
             }
@@ -245,9 +246,9 @@ impl<T: 'static> DeferredQueue<T> {
         loop {
             let getter = self.inner.getters.borrow_mut().pop_front();
             match getter {
-                Some(g) => match g.callback(item) {
+                Some(g) => match g.offer(item) {
                     Ok(()) => return,
-                    Err(e) => item = e.into_inner(),
+                    Err(back) => item = back,
                 },
                 None => break,
             }

@@ -144,9 +144,9 @@ impl<K: Eq + Hash + Clone + 'static> KeyState<K> {
             };
             let Some((write, d)) = next else { break };
             self.grant(write);
-            if let Err(e) = d.callback(self.guard(write)) {
+            if let Err(guard) = d.offer(self.guard(write)) {
                 // Already called: the guard comes back and is dropped, releasing.
-                drop(e.into_inner());
+                drop(guard);
             }
         }
         let idle = !self.writer.get() && self.readers.get() == 0 && self.waiters.borrow().is_empty();

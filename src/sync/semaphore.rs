@@ -134,9 +134,11 @@ impl SemInner {
         loop {
             let next = self.waiters.borrow_mut().pop_front();
             match next {
-                Some(d) => match d.callback(permit) {
+                // `offer`, not `callback`: a waiter that has a result already (cancelled)
+                // never swallows the permit.
+                Some(d) => match d.offer(permit) {
                     Ok(()) => return,
-                    Err(e) => permit = e.into_inner(),
+                    Err(p) => permit = p,
                 },
                 None => {
                     permit.sem = None;

@@ -368,7 +368,9 @@ impl Job {
         let stage = std::mem::replace(&mut *self.stage.borrow_mut(), Stage::Done);
         let _ = self.out.borrow_mut().take();
         match stage {
-            Stage::Connecting(Some(d)) => d.cancel(),
+            Stage::Connecting(Some(d)) => {
+                d.cancel();
+            }
             Stage::Sent(conn) => conn.abort(),
             Stage::Resolving | Stage::Connecting(None) | Stage::Done => {}
         }

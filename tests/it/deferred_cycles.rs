@@ -87,7 +87,7 @@ fn cancel_of_an_open_ring_reaches_its_end() {
     let ds = ring(3);
     ds[0].callback(0).unwrap();
     ds[1].callback(1).unwrap();
-    let ((), errors) = logs::errors_during(|| ds[0].cancel());
+    let (_, errors) = logs::errors_during(|| ds[0].cancel());
     assert!(errors.is_empty(), "{errors:?}");
     failure_result_of::<CancelledError, _>(&ds[0]);
     // ds[2], the innermost and still pending, was the one cancelled; its failure passed

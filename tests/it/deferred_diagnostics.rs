@@ -3,7 +3,7 @@
 //! crate.
 
 use weft::logcontext::LoggingContext;
-use weft::{fail, set_debugging, AlreadyCalledError, Deferred, Failure, PanicError};
+use weft::{fail, AlreadyCalledError, Deferred, Failure, PanicError};
 
 use crate::support::{failure_result_of, logs, GenericError};
 
@@ -73,17 +73,18 @@ fn work_in_a_finished_context_names_the_callback() {
 
 /// Twisted's `setDebugging`: `AlreadyCalledError` names where the Deferred was created,
 /// first fired, and fired again. Off, the message stays plain, and only the second
-/// fire's place is known. (The switch is process-wide, so this one test owns it.)
+/// fire's place is known. (The switch is process-wide: the test holds it.)
 #[test]
 fn already_called_error_names_both_fires_while_debugging() {
-    set_debugging(true);
+    let switch = crate::support::debugging(true);
     let created = line!() + 1;
     let d: Deferred<u32> = Deferred::new();
     let first = line!() + 1;
     d.callback(1).unwrap();
     let again = line!() + 1;
     let err: AlreadyCalledError<u32> = d.callback(2).unwrap_err();
-    set_debugging(false);
+    drop(switch);
+    let _off = crate::support::debugging(false);
     assert_eq!(err.created_at().map(|l| l.line()), Some(created));
     assert_eq!(err.first_fired_at().map(|l| l.line()), Some(first));
     assert_eq!(err.fired_again_at().map(|l| l.line()), Some(again));

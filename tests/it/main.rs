@@ -3,6 +3,9 @@
 
 mod async_helpers;
 mod bounded_stack;
+mod cancel_outcome;
+mod cancel_provenance;
+mod cancel_reports;
 mod cancel_scope;
 mod cancellation;
 mod combinators;
@@ -32,6 +35,7 @@ mod leaks;
 mod line_receiver;
 mod listen;
 mod logcontext;
+mod lost_result;
 mod memory_transport;
 mod metrics;
 mod observable;
@@ -39,6 +43,7 @@ mod per_core;
 mod protocols_tcp;
 mod reactor;
 mod response_cache;
+mod seed_pitfalls;
 mod string_receivers;
 mod support;
 mod sync;

@@ -596,3 +596,22 @@ pub(crate) fn count_drop_of_step<T: 'static>(d: &Deferred<T>) -> Rc<Cell<u32>> {
     });
     freed
 }
+
+/// Serialises the tests that turn weft's process-wide `set_debugging` on (or depend on it
+/// being off); dropping the guard turns it off again.
+pub(crate) struct Debugging(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+static DEBUGGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the debugging switch for this test, set to `on`.
+pub(crate) fn debugging(on: bool) -> Debugging {
+    let guard = DEBUGGING.lock().unwrap_or_else(|e| e.into_inner());
+    weft::set_debugging(on);
+    Debugging(guard)
+}
+
+impl Drop for Debugging {
+    fn drop(&mut self) {
+        weft::set_debugging(false);
+    }
+}
