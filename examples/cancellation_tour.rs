@@ -221,11 +221,12 @@ fn bounded_stack() {
         println!("   chain_deferred chain fired: the last step got {last}");
         assert_eq!(last, DEEP as u64 - 1);
 
-        // Fan-outs, each observing the previous one, cancelled at the source.
+        // Fan-outs, each observing the previous one (consuming its failure, so none is
+        // left unhandled), cancelled at the source.
         let source: Deferred<String> = Deferred::new();
-        let mut fan_out = ObservableDeferred::new(source.clone(), false);
+        let mut fan_out = ObservableDeferred::new(source.clone(), true);
         for _ in 1..DEEP {
-            fan_out = ObservableDeferred::new(fan_out.observe(), false);
+            fan_out = ObservableDeferred::new(fan_out.observe(), true);
         }
         let waiter = fan_out.observe();
         source.cancel();
