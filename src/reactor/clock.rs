@@ -89,9 +89,10 @@ impl Clock {
     }
 
     /// Schedules `f` to run `delay` from now; the generic form of
-    /// [`ReactorTime::call_later`].
-    pub fn call_later<F: FnOnce() + 'static>(&self, delay: Duration, f: F) -> DelayedCall {
-        self.timers.schedule(delay, f)
+    /// [`ReactorTime::call_later`]. What `f` returns is dropped, so
+    /// `move || d.cancel()` fits (Twisted's `clock.callLater(5, d.cancel)`).
+    pub fn call_later<F: FnOnce() -> R + 'static, R>(&self, delay: Duration, f: F) -> DelayedCall {
+        self.timers.schedule(delay, move || drop(f()))
     }
 
     /// How many calls are scheduled and not yet run or cancelled (Twisted's

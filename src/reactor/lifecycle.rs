@@ -218,12 +218,17 @@ impl ReactorHandle {
     ///
     /// # Log context
     ///
-    /// `f` runs in the log context current when this was called.
-    pub fn call_when_running<F: FnOnce() + 'static>(&self, f: F) {
+    /// `f` runs in the log context current when this was called; what it returns is
+    /// dropped.
+    pub fn call_when_running<F: FnOnce() -> R + 'static, R>(&self, f: F) {
         if self.is_running() {
             self.call_soon(f);
         } else {
-            self.inner.lifecycle.when_running.borrow_mut().push(logcontext::bind(Box::new(f)));
+            self.inner
+                .lifecycle
+                .when_running
+                .borrow_mut()
+                .push(logcontext::bind(Box::new(move || drop(f()))));
         }
     }
 

@@ -492,9 +492,10 @@ impl ReactorHandle {
     ///
     /// # Log context
     ///
-    /// `f` runs in the log context current when this was called.
-    pub fn call_soon<F: FnOnce() + 'static>(&self, f: F) {
-        self.push_soon(logcontext::bind(Box::new(f)));
+    /// `f` runs in the log context current when this was called. What it returns is
+    /// dropped, so `move || d.cancel()` (which returns a [`CancelOutcome`](crate::CancelOutcome)) fits.
+    pub fn call_soon<F: FnOnce() -> R + 'static, R>(&self, f: F) {
+        self.push_soon(logcontext::bind(Box::new(move || drop(f()))));
     }
 
     /// Queues an already bound call, waking a host that waits on the descriptor.
@@ -513,9 +514,10 @@ impl ReactorHandle {
     }
 
     /// Schedules `f` to run after `delay`; the generic form of
-    /// [`ReactorTime::call_later`].
-    pub fn call_later<F: FnOnce() + 'static>(&self, delay: Duration, f: F) -> DelayedCall {
-        self.inner.timers.schedule(delay, f)
+    /// [`ReactorTime::call_later`]. What `f` returns is dropped, so
+    /// `move || d.cancel()` fits (Twisted's `reactor.callLater(5, d.cancel)`).
+    pub fn call_later<F: FnOnce() -> R + 'static, R>(&self, delay: Duration, f: F) -> DelayedCall {
+        self.inner.timers.schedule(delay, move || drop(f()))
     }
 
     /// The timers scheduled with [`call_later`](Self::call_later) and not yet run or

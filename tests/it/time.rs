@@ -373,3 +373,15 @@ fn clock_lists_its_pending_delayed_calls() {
     assert_eq!(clock.get_delayed_calls().len(), 1);
     let _ = d.take_result();
 }
+
+/// Twisted's idiom `clock.callLater(1, d.cancel)`: the timers take a closure whatever it
+/// returns (here `cancel()`'s `CancelOutcome`), and the cancel runs when due.
+#[test]
+fn a_timer_may_call_cancel_directly() {
+    let clock = Clock::new();
+    let d: Deferred<u32> = Deferred::new();
+    let target = d.clone();
+    clock.call_later(secs(1), move || target.cancel());
+    clock.advance(secs(1));
+    assert!(d.take_result().unwrap().unwrap_err().check::<CancelledError>());
+}
