@@ -170,7 +170,8 @@ pub fn is_debugging() -> bool {
 /// What a callback or errback may return: a value `T`, a `Result<T, Failure>`, or a
 /// `Deferred<T>` for the chain to wait on.
 ///
-/// This trait is sealed: weft implements it for those three types only.
+/// This trait is sealed: weft implements it for those three types only, and for a
+/// [`CancelOutcome`] on a `Deferred<()>` (dropped: the chain goes on with `()`).
 pub trait CallbackResult<T: 'static>: sealed::Sealed<T> {
     #[doc(hidden)]
     fn into_next(self) -> Next<T>;
@@ -221,6 +222,17 @@ impl<T: 'static> CallbackResult<T> for Deferred<T> {
     #[inline]
     fn into_next(self) -> Next<T> {
         Next::Wait(self)
+    }
+}
+
+/// A callback on a `Deferred<()>` may end with a [`cancel()`](Deferred::cancel) of
+/// another Deferred (Twisted's `d.addCallback(lambda _: other.cancel())`): its
+/// [`CancelOutcome`] is dropped and the chain goes on with `()`.
+impl sealed::Sealed<()> for CancelOutcome {}
+impl CallbackResult<()> for CancelOutcome {
+    #[inline]
+    fn into_next(self) -> Next<()> {
+        Next::Ready(Ok(()))
     }
 }
 

@@ -385,3 +385,15 @@ fn a_timer_may_call_cancel_directly() {
     clock.advance(secs(1));
     assert!(d.take_result().unwrap().unwrap_err().check::<CancelledError>());
 }
+
+/// Twisted's `d.addCallback(lambda _: other.cancel())`: a callback on a `Deferred<()>`
+/// may end with a cancel; the chain goes on with `()`.
+#[test]
+fn a_unit_callback_may_end_with_a_cancel() {
+    let (d, other) = (Deferred::<()>::new(), Deferred::<u32>::new());
+    let target = other.clone();
+    d.add_callback(move |()| target.cancel());
+    d.callback(()).unwrap();
+    assert_eq!(d.take_result().unwrap().unwrap(), ());
+    assert!(other.take_result().unwrap().unwrap_err().check::<CancelledError>());
+}
