@@ -218,15 +218,8 @@ impl<T: 'static> Deferred<T> {
         let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        state.canceller = Some(Canceller::Call(if is_debugging() {
-            let at = Location::caller();
-            Box::new(move |d: &Deferred<T>| {
-                outcome::record(CancelStep::Canceller(at));
-                captured.run(|| canceller(d))
-            })
-        } else {
-            Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))
-        }));
+        state.canceller =
+            Some(Canceller::Call(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))));
         d.inner.core.borrow_mut().cold = Some(state);
         d
     }
@@ -474,6 +467,11 @@ impl<T: 'static> Deferred<T> {
             }
         };
         if let Some(canceller) = canceller {
+            // The creator's canceller was given where the Deferred was made: its place in
+            // the debug-mode trace is the Deferred's `created_at`, for every kind of canceller.
+            if is_debugging() {
+                outcome::record(CancelStep::Canceller(self.inner.core.borrow().created_at));
+            }
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller.run(self))) {
                 log::error!("a canceller panicked: {}", Failure::from_panic(panic));
             }

@@ -799,35 +799,32 @@ fn switch_state(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
             return None;
         };
         cur.id.set(id);
-        let clock = cur.cpu_clock.get();
-        if clock != CpuClock::Off {
-            let now = accounting::ticks();
-            if let Some(p) = &previous {
-                p.pending.set(p.pending.get() + now.saturating_sub(cur.mark.get()));
-                if clock == CpuClock::Thread && !p.listed.get() {
-                    list_to_settle(p);
-                }
-            }
-            cur.mark.set(now);
-        }
+        charge_since_mark(cur, previous.as_ref());
         previous
     })
 }
 
 /// Charges the current context `c` the time since the last switch, as a switch would.
 fn charge_running(c: &Rc<ContextInner>) {
-    STATE.with(|cur| {
-        let clock = cur.cpu_clock.get();
-        if clock == CpuClock::Off {
-            return;
-        }
-        let now = accounting::ticks();
+    STATE.with(|cur| charge_since_mark(cur, Some(c)))
+}
+
+/// Moves the mark to now and charges `c` (the context that was current, if any) the
+/// ticks since the mark, pending until settled; nothing while the clock is off.
+#[inline]
+fn charge_since_mark(cur: &State, c: Option<&Rc<ContextInner>>) {
+    let clock = cur.cpu_clock.get();
+    if clock == CpuClock::Off {
+        return;
+    }
+    let now = accounting::ticks();
+    if let Some(c) = c {
         c.pending.set(c.pending.get() + now.saturating_sub(cur.mark.get()));
-        cur.mark.set(now);
         if clock == CpuClock::Thread && !c.listed.get() {
             list_to_settle(c);
         }
-    })
+    }
+    cur.mark.set(now);
 }
 
 /// Puts `c` on the thread's list of contexts to settle (once per settlement).

@@ -744,8 +744,11 @@ impl ReactorHandle {
         let mut calls = 0;
         let mut late = None;
         if !inner.timers.is_empty() {
-            late = inner.timers.next_deadline().filter(|at| *at <= now()).map(|at| now() - at);
             while let Some(call) = inner.timers.pop_due(now()) {
+                // Calls come in deadline order: the first is the latest of the turn.
+                if calls == 0 {
+                    late = Some(now().saturating_sub(call.deadline()));
+                }
                 guarded("timer", move || call.run());
                 calls += 1;
             }

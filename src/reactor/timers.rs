@@ -118,6 +118,11 @@ pub(crate) struct Timers {
 pub(crate) struct Due(Rc<DynCall>);
 
 impl Due {
+    /// When the call was due (on the timers' clock).
+    pub(crate) fn deadline(&self) -> Duration {
+        self.0.info.time.get()
+    }
+
     /// Runs the call's callback (its log context, if any, is bound inside it).
     pub(crate) fn run(self) {
         self.0.run();
