@@ -400,7 +400,7 @@ impl<T: 'static> Deferred<T> {
             let created_at = core.created_at;
             let target = match &core.slot {
                 Slot::Pending => Target::Creator,
-                Slot::Waiting(d) => Target::Inner(Some(d.0.clone())),
+                Slot::Waiting(d) => Target::Inner(Some(d.inner().clone())),
                 Slot::WaitingWeakly(w) => Target::Inner(w.upgrade()),
                 _ => {
                     outcome::record(CancelStep::Stopped(CancelOutcome::AlreadyFired, created_at));

@@ -306,7 +306,7 @@ impl<T: 'static> Slot<T> {
     /// The Deferred the chain waits on, weakly, if it waits.
     fn waited(&self) -> Option<Weak<Inner<T>>> {
         match self {
-            Slot::Waiting(d) => Some(Rc::downgrade(&d.0)),
+            Slot::Waiting(d) => Some(Rc::downgrade(d.inner())),
             Slot::WaitingWeakly(w) => Some(w.clone()),
             _ => None,
         }
@@ -1168,10 +1168,15 @@ impl<T: 'static> run::Runnable for Inner<T> {
         // Each call runs in the log context captured when it was added; the context
         // current now is restored when the loop returns, panics included.
         let mut logcontext = Switcher::new();
+        // The Deferred whose links run now: a continuation may move the loop on to the
+        // Deferred that waited (see `hand_over`).
+        let mut current = self;
         loop {
-            match catch_unwind(AssertUnwindSafe(|| self.run_links(held, &mut logcontext, &mut at))) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                Inner::run_links(&mut current, held, &mut logcontext, &mut at)
+            })) {
                 Ok(()) => return,
-                Err(panic) => match self.after_panic(Failure::from_panic_at(panic, at)) {
+                Err(panic) => match current.after_panic(Failure::from_panic_at(panic, at)) {
                     Some(h) => held = h,
                     None => return,
                 },
@@ -1204,8 +1209,13 @@ impl<T: 'static> Inner<T> {
     /// Runs links until the chain finishes, pauses or waits, holding the result in a
     /// local between links, so each link costs one borrow: take the link (or stop),
     /// release, call. On return the slot and `running` are up to date.
+    ///
+    /// When the last link of `this` hands the result to a Deferred that waited on it,
+    /// the loop goes on with that Deferred's links (`this` becomes it), as Twisted's
+    /// `_runCallbacks` does with its chain of waiting Deferreds: the result goes straight
+    /// into the next link, with no loop started and no slot written and read back.
     fn run_links(
-        self: &Rc<Self>,
+        this: &mut Rc<Self>,
         mut held: Held<T>,
         logcontext: &mut Switcher,
         running_at: &mut &'static Location<'static>,
@@ -1215,7 +1225,7 @@ impl<T: 'static> Inner<T> {
         let mut swallowed: Option<(&'static Location<'static>, crate::CancelledError)> = None;
         loop {
             let link = {
-                let mut core = self.core.borrow_mut();
+                let mut core = this.core.borrow_mut();
                 let (head, paused) = (core.head as usize, core.paused());
                 let next = match core.links.get_mut(head) {
                     Some(next) if paused == 0 => next.take(),
@@ -1241,15 +1251,15 @@ impl<T: 'static> Inner<T> {
                     *running_at = at;
                     logcontext.enter(&captured, at);
                     let next = if is_debugging() {
-                        self.run_debugged(f, held.into_input(), &captured, at, &mut swallowed)
+                        this.run_debugged(f, held.into_input(), &captured, at, &mut swallowed)
                     } else {
                         f(held.into_input())
                     };
-                    match self.absorb(next) {
+                    match this.absorb(next) {
                         Some(h) => held = h,
                         None => {
                             // Waiting on another Deferred; its continuation resumes us.
-                            let mut core = self.core.borrow_mut();
+                            let mut core = this.core.borrow_mut();
                             core.set_running(false);
                             let dead = core.compact();
                             drop(core);
@@ -1258,17 +1268,29 @@ impl<T: 'static> Inner<T> {
                         }
                     }
                 }
-                Some(Link::Continue(outer)) => match self.hand_over(&outer, held) {
-                    Some(h) => held = h,
-                    None => return,
+                Some(Link::Continue(outer)) => match this.hand_over(&outer, held) {
+                    HandOver::Stay(h) => held = h,
+                    HandOver::Stop => return,
+                    HandOver::Move(h) => {
+                        // What this Deferred's errbacks recovered from is not the outer
+                        // chain's concern (as when the outer chain ran a loop of its own).
+                        swallowed = None;
+                        *this = outer;
+                        held = h;
+                    }
                 },
                 Some(Link::ContinueWeakly(outer)) => {
                     // If the outer Deferred was freed, nobody can see its outcome: the
                     // result stays here.
                     if let Some(outer) = outer.upgrade() {
-                        match self.hand_over(&outer, held) {
-                            Some(h) => held = h,
-                            None => return,
+                        match this.hand_over(&outer, held) {
+                            HandOver::Stay(h) => held = h,
+                            HandOver::Stop => return,
+                            HandOver::Move(h) => {
+                                swallowed = None;
+                                *this = outer;
+                                held = h;
+                            }
                         }
                     }
                 }
@@ -1311,30 +1333,36 @@ impl<T: 'static> Inner<T> {
 }
 
 impl<T: 'static> Inner<T> {
-    /// A continuation link: hands the result to `outer`, which waited on this Deferred,
-    /// and runs `outer`'s chain. As in Twisted, this loop lets go of this Deferred while
-    /// it does (the result is gone, the slot says `Consumed`), so a step that `outer`'s
-    /// chain adds here runs at once in a loop of its own rather than after `outer`'s
-    /// chain. Returns what this loop goes on with, or `None` if it is to stop (nothing
-    /// left to run, paused, or another loop took over).
-    fn hand_over(self: &Rc<Self>, outer: &Rc<Inner<T>>, held: Held<T>) -> Option<Held<T>> {
+    /// A continuation link: hands the result to `outer`, which waited on this Deferred.
+    /// As in Twisted, this loop lets go of this Deferred first (the result is gone, the
+    /// slot says `Consumed`), so a step that `outer`'s chain adds here runs at once in a
+    /// loop of its own rather than after `outer`'s chain. Says what the loop does next:
+    /// go on here, stop, or (this was the last link, and `outer` waits, unpaused, with no
+    /// loop of its own) move on to `outer`'s links with the result.
+    fn hand_over(self: &Rc<Self>, outer: &Rc<Inner<T>>, held: Held<T>) -> HandOver<T> {
         let last = {
             let mut core = self.core.borrow_mut();
             core.set_slot(Slot::Consumed);
             core.set_running(false);
             !core.has_links_to_run()
         };
+        if last {
+            let dead = self.core.borrow_mut().compact();
+            drop(dead);
+            if let Some(waited) = outer.take_over() {
+                // The hold on this Deferred goes, outside the borrow.
+                drop(waited);
+                // What `resume` would give it: a result consumed here is an error there.
+                return HandOver::Move(Held::Result(held.into_input()));
+            }
+        }
         // User code runs only in the loops this starts, which catch their own panics;
         // anything else that unwinds from here is handled by `after_panic`.
         outer.resume(held.into_input());
         if last {
             // Whatever was added meanwhile was run by a loop of its own (every change
             // that lets a Deferred run starts its loop), so this loop has nothing left.
-            let mut core = self.core.borrow_mut();
-            let dead = core.compact();
-            drop(core);
-            drop(dead);
-            return None;
+            return HandOver::Stop;
         }
         // Loops started meanwhile (for steps added here) may have moved the slot on: it
         // may hold a result, or wait on another Deferred. Take it from there.
@@ -1345,8 +1373,30 @@ impl<T: 'static> Inner<T> {
             drop(core);
             drop(dead);
         }
-        held
+        held.map_or(HandOver::Stop, HandOver::Stay)
     }
+
+    /// For a loop handing this Deferred the result it waits for: if it waits, is not
+    /// paused and has no loop of its own, marks it running for that loop and returns
+    /// the slot that held what it waited on (for the caller to drop outside the borrow).
+    fn take_over(&self) -> Option<Slot<T>> {
+        let mut core = self.core.borrow_mut();
+        if !core.slot.is_waiting() || core.flags != 0 {
+            return None;
+        }
+        core.set_running(true);
+        Some(mem::replace(&mut core.slot, Slot::Running))
+    }
+}
+
+/// What a callback loop does after a continuation link (see [`Inner::hand_over`]).
+enum HandOver<T: 'static> {
+    /// Go on with this Deferred's links, with this result.
+    Stay(Held<T>),
+    /// Stop: nothing left to run here, or another loop took over.
+    Stop,
+    /// Go on with the links of the Deferred that waited, with this result.
+    Move(Held<T>),
 }
 
 /// A `chain_deferred` step (added at `at`): fires the target with `input`; what this

@@ -68,22 +68,20 @@ impl Drop for Counted {
 }
 
 /// A counted strong reference to a Deferred of a known type, held by crate code (a
-/// waiting slot): one of its cancel handles. Unlike a [`Deferred`] handle its drop is
-/// out of line, which keeps the drop glue of `Slot` small enough to inline.
-pub(super) struct Claim<T: 'static>(pub(super) Rc<Inner<T>>);
+/// waiting slot): one of its cancel handles. It is the handle a callback returned, kept
+/// as it is (the count does not move).
+pub(super) struct Claim<T: 'static>(Deferred<T>);
 
 impl<T: 'static> Claim<T> {
     /// Turns a handle into a claim (the count stays the same).
+    #[inline]
     pub(super) fn from_handle(d: Deferred<T>) -> Claim<T> {
-        d.inner.retain();
-        Claim(d.inner.clone())
+        Claim(d)
     }
-}
 
-impl<T: 'static> Drop for Claim<T> {
-    #[inline(never)]
-    fn drop(&mut self) {
-        self.0.release_handle(Rc::strong_count(&self.0) == 1)
+    /// The Deferred claimed.
+    pub(super) fn inner(&self) -> &Rc<Inner<T>> {
+        &self.0.inner
     }
 }
 
@@ -156,7 +154,7 @@ impl<T: 'static> Inner<T> {
         };
         let waited = match &core.slot {
             Slot::Waiting(d) => {
-                let weak = Rc::downgrade(&d.0);
+                let weak = Rc::downgrade(d.inner());
                 Some(mem::replace(&mut core.slot, Slot::WaitingWeakly(weak)))
             }
             Slot::Pending | Slot::WaitingWeakly(_) => None,

@@ -200,7 +200,7 @@ fn a_waiting_deferred_holds_what_it_waits_on_while_it_has_a_handle() {
     outer.add_callback(move |_| Deferred::<u32>::with_canceller(move |_| c.set(true)));
     outer.callback(0).unwrap();
     let weak_inner = match &outer.inner.core.borrow().slot {
-        Slot::Waiting(claim) => Rc::downgrade(&claim.0),
+        Slot::Waiting(claim) => Rc::downgrade(claim.inner()),
         _ => panic!("outer waits"),
     };
     // Nobody else holds the inner Deferred, yet a cancel of the outer reaches its

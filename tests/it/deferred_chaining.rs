@@ -158,6 +158,63 @@ fn nested_asynchronous_chained_deferreds_continue_when_the_inner_fires() {
     assert_eq!(success_result_of(&outer), "orangeorange");
 }
 
+/// The result of a Deferred waited on goes on through the chains that wait on it in one
+/// loop (as Twisted's `_runCallbacks` does): a panic in a waiting Deferred's next
+/// callback fails that Deferred, not the one it waited on, and the chains below it, and
+/// a paused one waits for `unpause`.
+#[test]
+fn a_result_goes_on_through_the_waiting_chains_and_a_panic_fails_the_right_one() {
+    let inner: Deferred<u32> = Deferred::new();
+    let (middle, outer): (Deferred<u32>, Deferred<u32>) = (Deferred::new(), Deferred::new());
+    let i = inner.clone();
+    middle.add_callback(move |_| i).add_callback(|n: u32| -> u32 { panic!("middle broke on {n}") });
+    let m = middle.clone();
+    outer.add_callback(move |_| m);
+    let trace = Trace::new();
+    let t = trace.clone();
+    outer.add_errback(move |f: Failure| -> Result<u32, Failure> {
+        t.push(f.to_string());
+        Ok(9)
+    });
+    middle.callback(0).unwrap();
+    outer.callback(0).unwrap();
+    outer.pause();
+    inner.callback(5).unwrap();
+    // The panic failed `middle`, whose failure went on to the paused outer chain, which
+    // has not run yet.
+    assert!(!middle.has_result() && !inner.has_result());
+    assert_eq!(trace.len(), 0);
+    assert_no_result(&outer);
+    outer.unpause().unwrap();
+    let seen = trace.take();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].contains("middle broke on 5"), "{seen:?}");
+    assert_eq!(success_result_of(&outer), 9);
+}
+
+/// A chain of 10,000 Deferreds, each waiting on the next, fires through when the last
+/// one does, each level's callback running once, in order from the innermost.
+#[test]
+fn a_deep_wait_chain_fires_through_in_order() {
+    let n = 10_000;
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
+    for i in (0..n - 1).rev() {
+        let next = ds[i + 1].clone();
+        ds[i].add_callback(move |_| next);
+        let o = order.clone();
+        ds[i].add_callback(move |x: u64| {
+            o.borrow_mut().push(i);
+            x + 1
+        });
+        ds[i].callback(0).unwrap();
+    }
+    ds[n - 1].callback(0).unwrap();
+    assert_eq!(success_result_of(&ds[0]), n as u64 - 1);
+    let expected: Vec<usize> = (0..n - 1).rev().collect();
+    assert_eq!(*order.borrow(), expected);
+}
+
 /// TW test_defer.py test_nestedAsynchronousChainedDeferredsWithExtraCallbacks
 #[test]
 fn nested_chained_deferred_with_its_own_callbacks_runs_them_first() {
