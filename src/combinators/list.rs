@@ -5,7 +5,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use super::FirstError;
-use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
+use crate::deferred::{current_cancellation, Collect, Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -124,18 +124,15 @@ impl<T: 'static> DeferredList<T> {
             fire_on_one_errback: self.fire_on_one_errback,
             consume_errors: self.consume_errors,
         });
-        let members: Vec<WeakDeferred<T>> = self.members.iter().map(Deferred::downgrade).collect();
         let st = state.clone();
         let out = Deferred::with_canceller(move |out: &Deferred<ListResult<T>>| {
-            // Held here for the whole loop: the list may fire (and let go of them) after
-            // the first cancel, and the rest are still to be cancelled, as in Twisted.
-            let members: Vec<Option<Deferred<T>>> = members.iter().map(WeakDeferred::upgrade).collect();
-            for (index, member) in members.into_iter().enumerate() {
+            // The list's sources are its members, in order (added below). Taken for the
+            // whole loop: the list may fire (and let go of them) after the first cancel,
+            // and the rest are still to be cancelled, as in Twisted.
+            for (index, member) in out.sources().into_iter().enumerate() {
                 match member {
                     // A member that already has a result ignores the cancel.
-                    Some(d) => {
-                        d.cancel();
-                    }
+                    Some(d) => d.cancel(),
                     None if !out.is_called() && st.results.borrow()[index].is_none() => {
                         // Freed unfired: it can never fire, so it counts as cancelled.
                         if let Some(cancelled) = current_cancellation() {
@@ -150,16 +147,26 @@ impl<T: 'static> DeferredList<T> {
             let _ = out.callback(ListResult::All(Vec::new()));
             return out;
         }
-        let target = out.to_ref();
+        // One step object for every member (no closure boxed per member).
+        let collector: Rc<dyn Collect<T>> = Rc::new(ListStep { state, out: out.to_ref() });
         for (index, member) in self.members.iter().enumerate() {
-            let (st, out) = (state.clone(), target.clone());
-            member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+            member.add_collect(collector.clone(), index);
         }
         // The list holds its members until it fires, so its canceller reaches them.
-        for member in self.members {
-            out.add_source(member);
-        }
+        out.add_sources(self.members);
         out
+    }
+}
+
+/// The step each member of a list runs: hands its outcome to the list.
+struct ListStep<T: 'static> {
+    state: Rc<ListState<T>>,
+    out: DeferredRef<ListResult<T>>,
+}
+
+impl<T: 'static> Collect<T> for ListStep<T> {
+    fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T> {
+        self.state.deliver(&self.out, index, result)
     }
 }
 

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::FailureGroup;
-use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
+use crate::deferred::{current_cancellation, Collect, Consuming, DeferredRef, Next, WeakDeferred};
 use crate::{Deferred, Failure};
 
 /// Fires with `(index, value)` of the first member to succeed and cancels the others
@@ -55,16 +55,26 @@ pub fn race<T: 'static>(members: Vec<Deferred<T>>) -> Deferred<(usize, T)> {
         let _ = out.errback(FailureGroup { failures: Vec::new() });
         return out;
     }
-    let target = out.to_ref();
+    // One step object for every member (no closure boxed per member).
+    let collector: Rc<dyn Collect<T>> = Rc::new(RaceStep { state, out: out.to_ref() });
     for (index, member) in members.iter().enumerate() {
-        let (st, out) = (state.clone(), target.clone());
-        member.add_both_consuming(move |r: Result<T, Failure>| st.deliver(&out, index, r));
+        member.add_collect(collector.clone(), index);
     }
     // The race holds its members until it settles, so its canceller reaches them.
-    for member in members {
-        out.add_source(member);
-    }
+    out.add_sources(members);
     out
+}
+
+/// The step each member of a race runs: hands its outcome to the race.
+struct RaceStep<T: 'static> {
+    state: Rc<RaceState<T>>,
+    out: DeferredRef<(usize, T)>,
+}
+
+impl<T: 'static> Collect<T> for RaceStep<T> {
+    fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T> {
+        self.state.deliver(&self.out, index, result)
+    }
 }
 
 /// What the members' chains and the race's canceller share.

@@ -263,6 +263,17 @@ enum Link<T: 'static> {
     /// `chain_deferred`: fire the target with the result; where `chain_deferred` was
     /// called.
     Chain(ChainTarget<T>, &'static Location<'static>),
+    /// A combinator's step on one of its members: hand the outcome to the collector as
+    /// member `index`. It runs no user code itself, so it keeps no log context.
+    Collect(Rc<dyn Collect<T>>, usize),
+}
+
+/// Where a combinator's member step hands the member's outcome (a `DeferredList`'s
+/// state): one object shared by every member, so no closure is boxed per member.
+pub(crate) trait Collect<T: 'static> {
+    /// Member `index`'s outcome; returns what the member's chain goes on with (an
+    /// `Err` is a failure consumed on the caller's behalf, see [`Consuming`]).
+    fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T>;
 }
 
 /// How a `chain_deferred` step holds its target.
@@ -600,10 +611,16 @@ impl<T: 'static> Deferred<T> {
         self
     }
 
+    /// Crate-internal: a step handing this Deferred's outcome to `collector` as member
+    /// `index` (see [`Collect`]).
+    pub(crate) fn add_collect(&self, collector: Rc<dyn Collect<T>>, index: usize) -> &Self {
+        self.push(Link::Collect(collector, index));
+        self
+    }
+
     /// Remembers `failure` as handled here (see [`Consuming`]).
     fn mark_handled(&self, failure: &Failure) {
-        let previous = self.inner.core.borrow_mut().cold_mut().handled.replace(failure.clone());
-        drop(previous);
+        self.inner.mark_handled(failure);
     }
 
     /// Adds a call link, capturing the current log context for it (the capture point of
@@ -1117,7 +1134,10 @@ fn reaches<T: 'static>(from: &Rc<Inner<T>>, to: &Rc<Inner<T>>) -> bool {
         for link in core.links[core.head as usize..].iter().flatten() {
             match link {
                 Link::Continue(next) | Link::Chain(ChainTarget::Owned(next), _) => stack.push(next.clone()),
-                Link::Call(..) | Link::ContinueWeakly(_) | Link::Chain(ChainTarget::Reached(_), _) => {}
+                Link::Call(..)
+                | Link::Collect(..)
+                | Link::ContinueWeakly(_)
+                | Link::Chain(ChainTarget::Reached(_), _) => {}
             }
         }
     }
@@ -1257,15 +1277,20 @@ impl<T: 'static> Inner<T> {
                     };
                     match this.absorb(next) {
                         Some(h) => held = h,
-                        None => {
-                            // Waiting on another Deferred; its continuation resumes us.
-                            let mut core = this.core.borrow_mut();
-                            core.set_running(false);
-                            let dead = core.compact();
-                            drop(core);
-                            drop(dead);
-                            return;
+                        None => return this.stop_waiting(),
+                    }
+                }
+                Some(Link::Collect(collector, index)) => {
+                    let next = match collector.collect(index, held.into_input()) {
+                        Ok(next) => next,
+                        Err(failure) => {
+                            this.mark_handled(&failure);
+                            Next::Ready(Err(failure))
                         }
+                    };
+                    match this.absorb(next) {
+                        Some(h) => held = h,
+                        None => return this.stop_waiting(),
                     }
                 }
                 Some(Link::Continue(outer)) => match this.hand_over(&outer, held) {
@@ -1386,6 +1411,24 @@ impl<T: 'static> Inner<T> {
         }
         core.set_running(true);
         Some(mem::replace(&mut core.slot, Slot::Running))
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// Remembers `failure` as handled here (see [`Consuming`]).
+    fn mark_handled(&self, failure: &Failure) {
+        let previous = self.core.borrow_mut().cold_mut().handled.replace(failure.clone());
+        drop(previous);
+    }
+
+    /// The loop stops because the chain now waits on another Deferred, whose
+    /// continuation resumes it.
+    fn stop_waiting(&self) {
+        let mut core = self.core.borrow_mut();
+        core.set_running(false);
+        let dead = core.compact();
+        drop(core);
+        drop(dead);
     }
 }
 

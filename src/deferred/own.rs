@@ -170,20 +170,24 @@ impl<T: 'static> Inner<T> {
         }
     }
 
-    /// Holds `source` until this Deferred fires: as a cancel handle if this one has a
-    /// cancel handle itself, weakly otherwise. A fired Deferred does not hold it.
-    fn add_source(&self, source: Rc<dyn Erased>) {
+    /// Holds `sources` until this Deferred fires: as cancel handles if this one has a
+    /// cancel handle itself, weakly otherwise. A fired Deferred does not hold them.
+    fn add_sources(&self, sources: impl ExactSizeIterator<Item = Rc<dyn Erased>>) {
         let mut core = self.core.borrow_mut();
         if !matches!(core.slot, Slot::Pending) {
             return;
         }
-        let entry = if self.handles.get() > 0 {
-            source.retain();
-            Source::Held(Counted(source))
-        } else {
-            Source::Released(Rc::downgrade(&source))
-        };
-        core.cold_mut().sources.push(entry);
+        let held = self.handles.get() > 0;
+        let list = &mut core.cold_mut().sources;
+        list.reserve(sources.len());
+        list.extend(sources.map(|source| {
+            if held {
+                source.retain();
+                Source::Held(Counted(source))
+            } else {
+                Source::Released(Rc::downgrade(&source))
+            }
+        }));
     }
 
     /// Stops holding the source at `ptr`, if this Deferred holds it.
@@ -237,7 +241,22 @@ impl<T: 'static> Deferred<T> {
     /// of its own cancels its sources when cancelled; one with a canceller leaves that to
     /// the canceller.
     pub(crate) fn add_source<S: 'static>(&self, source: Deferred<S>) {
-        self.inner.add_source(source.inner.clone());
+        self.inner.add_sources(std::iter::once(source.inner.clone() as Rc<dyn Erased>));
+    }
+
+    /// [`add_source`](Self::add_source) for each of `sources`, in order.
+    pub(crate) fn add_sources<S: 'static>(&self, sources: Vec<Deferred<S>>) {
+        self.inner.add_sources(sources.iter().map(|s| s.inner.clone() as Rc<dyn Erased>));
+    }
+
+    /// The sources this Deferred holds, in the order they were added, each one if it is
+    /// still alive (for a canceller that cancels them in order). Empty once it fired.
+    pub(crate) fn sources(&self) -> Vec<Option<AnyDeferred>> {
+        let core = self.inner.core.borrow();
+        match core.cold.as_ref() {
+            Some(c) => c.sources.iter().map(|s| s.upgrade().map(AnyDeferred)).collect(),
+            None => Vec::new(),
+        }
     }
 
     /// This Deferred, of any type, for crate code that holds it as a source without
@@ -297,7 +316,7 @@ impl<T: 'static> DeferredRef<T> {
     /// [`Deferred::add_source`] through a forward reference: held as a cancel handle
     /// only while this Deferred has cancel handles of its own.
     pub(crate) fn add_source(&self, source: &AnyDeferred) {
-        self.0.add_source(source.0.clone())
+        self.0.add_sources(std::iter::once(source.0.clone()))
     }
 
     /// Stops holding `source`, if this Deferred holds it.
@@ -310,6 +329,11 @@ impl<T: 'static> DeferredRef<T> {
 pub(crate) struct AnyDeferred(Rc<dyn Erased>);
 
 impl AnyDeferred {
+    /// Cancels it (as [`Deferred::cancel`] does).
+    pub(crate) fn cancel(self) {
+        self.0.cancel_source();
+    }
+
     /// A weak reference to it, which tells it apart among a Deferred's sources.
     pub(crate) fn downgrade(&self) -> WeakAnyDeferred {
         WeakAnyDeferred(Rc::downgrade(&self.0))

@@ -352,6 +352,31 @@ fn a_timeout_on_a_dropped_chain_still_cancels_its_live_source() {
     let _ = source.take_result();
 }
 
+/// A list nobody holds, cancelled later by a timer: a member that was freed unfired
+/// meanwhile (the list had let go of it) counts as cancelled, and the live one is
+/// cancelled, so the list still fires with both outcomes in member order.
+#[test]
+fn a_timed_out_list_counts_a_member_freed_unfired_as_cancelled() {
+    let (clock, drops) = (Clock::new(), Drops::default());
+    let (abandoned, kept): (Deferred<u64>, Deferred<u64>) = (drops.track(Deferred::new()), Deferred::new());
+    let list = DeferredList::new(vec![abandoned.clone(), kept.clone()]).into_deferred();
+    add_timeout(&list, Duration::from_secs(1), &clock);
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    list.add_callback(move |r: ListResult<u64>| {
+        if let ListResult::All(outcomes) = &r {
+            s.borrow_mut()
+                .extend(outcomes.iter().map(|o| o.as_ref().is_err_and(|f| f.check::<CancelledError>())));
+        }
+        r
+    });
+    drop((list, abandoned));
+    drops.assert_all_freed();
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(*seen.borrow(), [true, true]);
+    failure_result_of::<CancelledError, _>(&kept);
+}
+
 // ---------------------------------------------------------------------------------------
 // Fire and forget still works
 // ---------------------------------------------------------------------------------------
