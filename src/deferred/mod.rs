@@ -912,8 +912,9 @@ impl<T: 'static> Inner<T> {
             // borrow.
             core.cold.as_mut().map(|c| c.take_on_fire(&next))
         };
-        self.settle(next);
-        self.kick();
+        if let Some(held) = self.absorb(next) {
+            self.start(held);
+        }
         match unused {
             // Skip the call to the drop glue of what there is not.
             None => mem::forget(unused),
@@ -956,13 +957,6 @@ impl<T: 'static> Inner<T> {
 }
 
 impl<T: 'static> Inner<T> {
-    /// Stores what `fire` was given. The slot must be `Running`.
-    fn settle(self: &Rc<Self>, next: Next<T>) {
-        if let Some(held) = self.absorb(next) {
-            self.core.borrow_mut().set_slot(held.into_slot());
-        }
-    }
-
     /// Turns what a link returned into the result for the next link, or `None` if the
     /// chain must now wait. The slot must be `Running`.
     ///
@@ -1077,6 +1071,24 @@ impl<T: 'static> Inner<T> {
         true
     }
 
+    /// A fire gave the Deferred its result (the slot says `Running`): runs the callback
+    /// loop with `held` at once if it may (no loop of its own, not paused, links to run,
+    /// and the trampoline's depth allows), without writing the result to the slot and
+    /// reading it back; otherwise stores it and kicks as usual.
+    fn start(self: &Rc<Self>, held: Held<T>) {
+        let mut core = self.core.borrow_mut();
+        if core.flags == 0 && core.has_links_to_run() && run::may_run_now() {
+            core.set_running(true);
+            drop(core);
+            let me = self.clone();
+            run::run_now(move || me.run_held(held));
+        } else {
+            core.set_slot(held.into_slot());
+            drop(core);
+            self.kick();
+        }
+    }
+
     /// Starts the callback loop if it can run and is not running already.
     fn kick(self: &Rc<Self>) {
         {
@@ -1169,10 +1181,7 @@ impl<T: 'static> run::Runnable for Inner<T> {
     /// its panic becomes the Failure the next link gets: one `catch_unwind` per loop, not
     /// per callback.
     fn run_loop(self: Rc<Self>) {
-        // Where the link running now was added: a panic there becomes a Failure created
-        // at that place.
-        let mut at: &'static Location<'static> = Location::caller();
-        let mut held = {
+        let held = {
             let mut core = self.core.borrow_mut();
             match mem::replace(&mut core.slot, Slot::Running) {
                 Slot::Ready(r) => Held::Result(r),
@@ -1185,6 +1194,17 @@ impl<T: 'static> run::Runnable for Inner<T> {
                 }
             }
         };
+        self.run_held(held);
+    }
+}
+
+impl<T: 'static> Inner<T> {
+    /// The callback loop, with the result it starts from (the slot says `Running`, and
+    /// the Deferred is marked running).
+    fn run_held(self: Rc<Self>, mut held: Held<T>) {
+        // Where the link running now was added: a panic there becomes a Failure created
+        // at that place.
+        let mut at: &'static Location<'static> = Location::caller();
         // Each call runs in the log context captured when it was added; the context
         // current now is restored when the loop returns, panics included.
         let mut logcontext = Switcher::new();

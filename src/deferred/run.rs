@@ -64,14 +64,37 @@ pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
     }
     let job = job.expect("not queued");
     RUN_DEPTH.with(|d| d.set(depth + 1));
-    let _restore = DepthGuard(&RUN_DEPTH, depth);
+    let restore = DepthGuard(&RUN_DEPTH, depth);
     job.run_loop();
+    drain_if_outermost(depth, restore);
+}
+
+/// After a loop that started at `depth`: the outermost one runs whatever deeper loops
+/// queued, each at depth 1 again (`restore` still holds the depth at 1 meanwhile).
+fn drain_if_outermost(depth: u32, restore: DepthGuard) {
     if depth == 0 {
-        // The outermost loop: run whatever deeper loops queued, each at depth 1 again.
         while let Some(next) = taken(&RUN_QUEUE, VecDeque::pop_front) {
             next.run_loop();
         }
     }
+    drop(restore);
+}
+
+/// True if a callback loop started now would run at once rather than be queued.
+#[inline]
+pub(crate) fn may_run_now() -> bool {
+    RUN_DEPTH.with(Cell::get) < MAX_DEPTH
+}
+
+/// Runs a callback loop (`job`) now, as [`run`] does below [`MAX_DEPTH`] (the caller
+/// checked [`may_run_now`]): for a loop that starts with a result in hand.
+pub(crate) fn run_now(job: impl FnOnce()) {
+    let depth = RUN_DEPTH.with(Cell::get);
+    debug_assert!(depth < MAX_DEPTH, "run_now past the depth bound");
+    RUN_DEPTH.with(|d| d.set(depth + 1));
+    let restore = DepthGuard(&RUN_DEPTH, depth);
+    job();
+    drain_if_outermost(depth, restore);
 }
 
 /// Runs one `cancel()` now, or queues it if too many cancels are already nested on the
