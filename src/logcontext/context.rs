@@ -89,9 +89,11 @@ struct State {
     cpu_clock: Cell<CpuClock>,
     /// Contexts are listed in `TO_SETTLE`.
     unsettled: Cell<bool>,
-    /// The thread's CPU time at the last settlement (zero, the thread's start, before
-    /// the first).
+    /// The thread's CPU time at the last settlement, or (before the first) when the
+    /// thread first left the sentinel with the thread clock on.
     settled_cpu: Cell<Duration>,
+    /// `settled_cpu` has been read (see [`base_settlement`]).
+    based: Cell<bool>,
 }
 
 thread_local! {
@@ -102,6 +104,7 @@ thread_local! {
             cpu_clock: Cell::new(CpuClock::Thread),
             unsettled: Cell::new(false),
             settled_cpu: Cell::new(Duration::ZERO),
+            based: Cell::new(false),
         }
     };
     /// The contexts charged since the last settlement (weakly: a context dropped
@@ -823,8 +826,20 @@ fn charge_since_mark(cur: &State, c: Option<&Rc<ContextInner>>) {
         if clock == CpuClock::Thread && !c.listed.get() {
             list_to_settle(c);
         }
+    } else if !cur.based.get() && clock == CpuClock::Thread {
+        base_settlement(cur);
     }
     cur.mark.set(now);
+}
+
+/// The first time the thread leaves the sentinel (the first time anything can be
+/// charged): reads the thread's CPU clock as the start of the first settlement, so that
+/// what the thread did before (its other work, the counter's calibration) does not count
+/// as CPU used by the contexts settled first.
+#[cold]
+fn base_settlement(cur: &State) {
+    cur.settled_cpu.set(accounting::thread_cpu_time());
+    cur.based.set(true);
 }
 
 /// Puts `c` on the thread's list of contexts to settle (once per settlement).
@@ -922,5 +937,9 @@ pub(super) fn set_clock(clock: CpuClock) {
     STATE.with(|cur| {
         cur.cpu_clock.set(clock);
         cur.mark.set(if clock == CpuClock::Off { 0 } else { accounting::ticks() });
+        // Settlements start afresh: the other clocks did not keep `settled_cpu`.
+        if clock == CpuClock::Thread {
+            base_settlement(cur);
+        }
     })
 }

@@ -28,6 +28,24 @@ fn on_a_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     std::thread::spawn(f).join().expect("the test thread panicked")
 }
 
+/// CPU the thread used before any context was entered (here a 60 ms burn) is not
+/// charged to the first context settled: it blocked, so it is charged next to nothing.
+/// (It was charged up to the burn when the first settlement counted from the thread's
+/// start, as when the time-stamp counter's calibration ran on that thread.)
+#[test]
+fn cpu_used_before_the_first_context_is_not_charged_to_it() {
+    let charged = on_a_thread(|| {
+        burn(ms(60));
+        let ctx = LoggingContext::new("after a burn");
+        {
+            let _s = ctx.enter();
+            std::thread::sleep(ms(60));
+        }
+        ctx.stats().cpu_time
+    });
+    assert!(charged < ms(30), "charged {charged:?} for a 60 ms sleep after a 60 ms burn");
+}
+
 /// A callback that blocks (here in `sleep`) is charged the CPU it used, not the time it
 /// slept, by the default clock; the monotonic clock charges the time it was current.
 #[test]
