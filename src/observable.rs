@@ -7,9 +7,11 @@
 //! chain holds the state too, through the one link that records the outcome. The state
 //! owns the observers still waiting, in a `Slab`, as forward references (they fire an
 //! observer and cannot cancel it, see `deferred/own.rs`): a source nobody can fire is
-//! freed with the state and the observers nobody holds. Each observer's canceller holds only a
-//! `Weak` to the state and its slab key, so cancelling an observer removes that one entry
-//! and nothing else. The outcome is stored once; each observer gets a clone of the value
+//! freed with the state and the observers nobody holds. Each observer's first step (a
+//! `Collect` link on the one `Detach` object, which holds only a `Weak` to the state)
+//! removes its slab entry when the observer gets an outcome, so cancelling an observer
+//! (which fails it at once: it has no canceller) removes that one entry and nothing else,
+//! with no allocation per observer beyond its Deferred. The outcome is stored once; each observer gets a clone of the value
 //! (`T: Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
 
 use std::cell::RefCell;
@@ -18,7 +20,7 @@ use std::rc::{Rc, Weak};
 
 use slab::Slab;
 
-use crate::deferred::{Consuming, DeferredRef, Forget, Next};
+use crate::deferred::{Collect, Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Shares the outcome of one source Deferred with many observers, each of which gets its
@@ -56,6 +58,8 @@ use crate::{Deferred, Failure};
 pub struct ObservableDeferred<T: Clone + 'static> {
     source: Deferred<T>,
     state: Rc<State<T>>,
+    /// Every observer's first step (one object for all of them).
+    detach: Rc<dyn Collect<T>>,
 }
 
 struct State<T: 'static> {
@@ -76,14 +80,20 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
             // an observer's callback may observe or cancel freely.
             let observers = std::mem::take(&mut *st.observers.borrow_mut());
             for (_, d) in observers {
-                let _ = d.fire(Next::Ready(r.clone()));
+                // One cancelled meanwhile (by an earlier observer's callback, or while
+                // paused) is not told, as a Twisted Deferred cancelled without a canceller
+                // ignores its late result.
+                if !d.is_called() {
+                    let _ = d.fire(Next::Ready(r.clone()));
+                }
             }
             match r {
                 Err(f) if consume_errors => Err(f),
                 r => Ok(Next::Ready(r)),
             }
         });
-        ObservableDeferred { source, state }
+        let detach = Rc::new(Detach(Rc::downgrade(&state)));
+        ObservableDeferred { source, state, detach }
     }
 
     /// A new Deferred that fires with the source's outcome (at once if it has one).
@@ -100,14 +110,14 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 Err(f) => crate::fail(f.clone()),
             };
         }
-        let weak: Weak<dyn Forget> = Rc::downgrade(&self.state) as Weak<State<T>>;
         let mut observers = self.state.observers.borrow_mut();
         let entry = observers.vacant_entry();
         let key = entry.key();
-        // Its canceller removes the entry (`State::forget`).
-        let d = Deferred::with_forget_canceller(weak, key);
+        let d = Deferred::new();
         // The source is never cancelled: a cancel stops at the observer.
         d.mark_shield();
+        // Its first step removes the entry once it has an outcome (see `Detach`).
+        d.add_collect(self.detach.clone(), key);
         entry.insert(d.to_ref());
         d
     }
@@ -138,11 +148,19 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     }
 }
 
-impl<T: 'static> Forget for State<T> {
-    /// An observer was cancelled: it is no longer told the outcome.
-    fn forget(&self, key: usize) {
-        let removed = self.observers.borrow_mut().try_remove(key);
-        drop(removed);
+/// Every observer's first step: once the observer has an outcome (the source's, or a
+/// cancel's), its entry leaves the list, so a cancelled observer is not told the source's
+/// outcome. Holds the state weakly: the observers hold it, and the state holds them.
+struct Detach<T: 'static>(Weak<State<T>>);
+
+impl<T: 'static> Collect<T> for Detach<T> {
+    fn collect(&self, key: usize, result: Result<T, Failure>) -> Consuming<T> {
+        if let Some(state) = self.0.upgrade() {
+            // The source's fan-out took the whole list first: then there is nothing here.
+            let removed = state.observers.borrow_mut().try_remove(key);
+            drop(removed);
+        }
+        Ok(Next::Ready(result))
     }
 }
 

@@ -27,7 +27,7 @@
 use std::cell::Cell;
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe, Location};
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use smallvec::SmallVec;
 
@@ -41,35 +41,13 @@ use crate::logcontext::Captured;
 /// A creator's canceller given as a closure.
 type CancelFn<T> = Box<dyn FnOnce(&Deferred<T>)>;
 
-/// The creator's canceller (Twisted's `Deferred(canceller)`).
-pub(super) enum Canceller<T: 'static> {
-    /// A closure ([`Deferred::with_canceller`]), run in the log context current when it
-    /// was given.
-    Call(CancelFn<T>),
-    /// Crate-internal ([`Deferred::with_forget_canceller`]): tells `list` to forget its
-    /// entry `key`, in the log context `captured`. The same as a closure capturing the
-    /// three, without the box: an `ObservableDeferred` makes one per observer, and the
-    /// allocation was a quarter of an observer's.
-    Forget(Weak<dyn Forget>, usize, Captured),
-}
-
-/// A list of Deferreds waiting to be fired that forgets one of them, by key, when it is
-/// cancelled (an `ObservableDeferred`'s observers).
-pub(crate) trait Forget {
-    /// Drops entry `key`, if it is still there.
-    fn forget(&self, key: usize);
-}
+/// The creator's canceller (Twisted's `Deferred(canceller)`), given as a closure
+/// ([`Deferred::with_canceller`]) and run in the log context current when it was given.
+pub(super) struct Canceller<T: 'static>(CancelFn<T>);
 
 impl<T: 'static> Canceller<T> {
     fn run(self, d: &Deferred<T>) {
-        match self {
-            Canceller::Call(f) => f(d),
-            Canceller::Forget(list, key, captured) => captured.run(|| {
-                if let Some(list) = list.upgrade() {
-                    list.forget(key);
-                }
-            }),
-        }
+        (self.0)(d)
     }
 }
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
@@ -100,8 +78,6 @@ pub(super) struct Cold<T: 'static> {
     started_here: Option<CancelId>,
     /// How the Deferred was fired while a cancel ran its cancellers (for the outcome).
     cancel_fire: CancelFire,
-    /// A shield (`stop_cancellation`, an observer): a cancel stops here.
-    shield: bool,
     /// The lost-result hook and debugging records, allocated when first needed (a
     /// Deferred without them pays one word, and `Cold` stays small enough to be built
     /// in place).
@@ -132,7 +108,6 @@ impl<T: 'static> Cold<T> {
             suppress_already_called: false,
             started_here: None,
             cancel_fire: CancelFire::Off,
-            shield: false,
             extra: None,
         }
     }
@@ -218,19 +193,7 @@ impl<T: 'static> Deferred<T> {
         let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        state.canceller =
-            Some(Canceller::Call(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))));
-        d.inner.core.borrow_mut().cold = Some(state);
-        d
-    }
-
-    /// [`with_canceller`](Self::with_canceller) whose canceller tells `list` to forget
-    /// its entry `key` (see [`Canceller::Forget`]).
-    #[track_caller]
-    pub(crate) fn with_forget_canceller(list: Weak<dyn Forget>, key: usize) -> Deferred<T> {
-        let d = Deferred::new();
-        let mut state = Box::new(Cold::new());
-        state.canceller = Some(Canceller::Forget(list, key, Captured::capture()));
+        state.canceller = Some(Canceller(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))));
         d.inner.core.borrow_mut().cold = Some(state);
         d
     }
@@ -493,7 +456,7 @@ impl<T: 'static> Deferred<T> {
         if let Some(extra) = cold.extra.as_mut() {
             extra.cancelled_with = Some((err.id, err.location));
         }
-        let shield = cold.shield;
+        let shield = core.is_shield();
         drop(core);
         let _ = self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
         if shield {
@@ -509,7 +472,7 @@ impl<T: 'static> Deferred<T> {
     /// [`CancelOutcome::Shielded`]). For `stop_cancellation` and observers, whose
     /// cancellers never touch the work behind them.
     pub(crate) fn mark_shield(&self) {
-        self.inner.core.borrow_mut().cold_mut().shield = true;
+        self.inner.core.borrow_mut().set_shield();
     }
 
     /// The id of the cancellation started by `cancel()` on this Deferred, if any.
@@ -581,7 +544,7 @@ impl<T: 'static> super::Core<T> {
 
     /// The outcome for a Deferred that got a result while a cancel ran its cancellers.
     fn cancel_outcome(&mut self) -> CancelOutcome {
-        let paused = self.paused() > 0;
+        let (paused, shield) = (self.paused() > 0, self.is_shield());
         let still_waiting = self.slot.is_waiting();
         let cold = self.cold_mut();
         let fired = mem::replace(&mut cold.cancel_fire, CancelFire::Off);
@@ -591,7 +554,7 @@ impl<T: 'static> super::Core<T> {
             CancelFire::Wait => return CancelOutcome::FiredByCanceller,
             CancelFire::ThisCancel | CancelFire::Off | CancelFire::Watching => CancelOutcome::Cancelled,
         };
-        if cold.shield {
+        if shield {
             CancelOutcome::Shielded
         } else if paused {
             CancelOutcome::Delayed

@@ -23,7 +23,7 @@ mod outcome;
 mod own;
 mod run;
 
-pub(crate) use cancel::{current_cancellation, new_cancellation, Forget};
+pub(crate) use cancel::{current_cancellation, new_cancellation};
 pub use lost::{reset_lost_result_hook, set_lost_result_hook, LostResult};
 pub(crate) use outcome::{report_task_swallowed, TraceLog};
 pub use outcome::{CancelOutcome, CancelStep};
@@ -343,9 +343,10 @@ struct Core<T: 'static> {
     /// Index in `links` of the next link to run.
     head: u32,
     /// Bit 0 ([`RUNNING`]): a callback loop is on the stack (or queued) for this
-    /// Deferred. The rest: `pause()` calls not yet matched by `unpause()` (in units of
-    /// [`PAUSE`]). One word for both keeps a Deferred within its size budget, and lets
-    /// `can_run` test both at once.
+    /// Deferred. Bit 1 ([`SHIELD`]): a cancel stops here (`stop_cancellation`, an
+    /// observer). The rest: `pause()` calls not yet matched by `unpause()` (in units of
+    /// [`PAUSE`]). One word for all keeps a Deferred within its size budget, and lets
+    /// `can_run` test running and paused at once ([`BUSY`]).
     flags: u32,
     /// The rarely used part (cancellers, diagnostics), allocated only when used.
     cold: Option<Box<cancel::Cold<T>>>,
@@ -356,8 +357,12 @@ struct Core<T: 'static> {
 
 /// `Core::flags`: a callback loop is on the stack (or queued).
 const RUNNING: u32 = 1;
+/// `Core::flags`: a shield (see [`Deferred::mark_shield`]).
+const SHIELD: u32 = 2;
 /// `Core::flags`: one pause.
-const PAUSE: u32 = 2;
+const PAUSE: u32 = 4;
+/// `Core::flags`: the bits that keep a loop from starting (running, paused).
+const BUSY: u32 = !SHIELD;
 
 impl<T: 'static> Core<T> {
     fn is_called(&self) -> bool {
@@ -375,6 +380,21 @@ impl<T: 'static> Core<T> {
     /// How many pauses are not yet undone.
     fn paused(&self) -> u32 {
         self.flags / PAUSE
+    }
+
+    /// True if a cancel stops here (see [`Deferred::mark_shield`]).
+    fn is_shield(&self) -> bool {
+        self.flags & SHIELD != 0
+    }
+
+    /// Makes it a shield (see [`Deferred::mark_shield`]).
+    fn set_shield(&mut self) {
+        self.flags |= SHIELD;
+    }
+
+    /// True if no loop runs and the chain is not paused.
+    fn is_idle(&self) -> bool {
+        self.flags & BUSY == 0
     }
 
     /// How many links were dropped from the front of `links` when it was emptied
@@ -485,7 +505,7 @@ impl<T: 'static> Core<T> {
     #[inline]
     fn can_run(&self) -> bool {
         // Not running and not paused: no flag set.
-        matches!(self.slot, Slot::Ready(_) | Slot::Consumed) && self.flags == 0 && self.has_links_to_run()
+        matches!(self.slot, Slot::Ready(_) | Slot::Consumed) && self.is_idle() && self.has_links_to_run()
     }
 }
 
@@ -688,10 +708,10 @@ impl<T: 'static> Deferred<T> {
     ///
     /// # Panics
     ///
-    /// If the Deferred is already paused 2^31 - 1 times.
+    /// If the Deferred is already paused 2^30 - 1 times.
     pub fn pause(&self) {
         let mut core = self.inner.core.borrow_mut();
-        core.flags = core.flags.checked_add(PAUSE).expect("a Deferred paused 2^31 times");
+        core.flags = core.flags.checked_add(PAUSE).expect("a Deferred paused 2^30 times");
     }
 
     /// Undoes one [`pause`](Self::pause); the chain goes on when the last pause is undone.
@@ -979,7 +999,7 @@ impl<T: 'static> Inner<T> {
             return Some(Held::Result(Err(Failure::new(ChainedToSelfError))));
         }
         let mut other = d.inner.core.borrow_mut();
-        let idle = other.flags == 0 && !other.has_links_to_run();
+        let idle = other.is_idle() && !other.has_links_to_run();
         match &other.slot {
             Slot::Ready(_) if idle => match mem::replace(&mut other.slot, Slot::Consumed) {
                 Slot::Ready(r) => return Some(Held::Result(r)),
@@ -1077,7 +1097,7 @@ impl<T: 'static> Inner<T> {
     /// reading it back; otherwise stores it and kicks as usual.
     fn start(self: &Rc<Self>, held: Held<T>) {
         let mut core = self.core.borrow_mut();
-        if core.flags == 0 && core.has_links_to_run() && run::may_run_now() {
+        if core.is_idle() && core.has_links_to_run() && run::may_run_now() {
             core.set_running(true);
             drop(core);
             let me = self.clone();
@@ -1426,7 +1446,7 @@ impl<T: 'static> Inner<T> {
     /// the slot that held what it waited on (for the caller to drop outside the borrow).
     fn take_over(&self) -> Option<Slot<T>> {
         let mut core = self.core.borrow_mut();
-        if !core.slot.is_waiting() || core.flags != 0 {
+        if !core.slot.is_waiting() || !core.is_idle() {
             return None;
         }
         core.set_running(true);

@@ -3,7 +3,7 @@
 use weft::logcontext::LoggingContext;
 use weft::{CancelledError, Deferred, Failure, ObservableDeferred};
 
-use crate::support::logs;
+use crate::support::{assert_no_result, logs};
 
 /// SY test_async_helpers.py ObservableDeferredTest.test_succeed
 #[test]
@@ -130,4 +130,49 @@ fn hundred_thousand_observers() {
     for d in ds.iter().step_by(2) {
         let _ = d.take_result();
     }
+}
+
+/// An observer cancelled while the source's outcome is handed out (by an earlier
+/// observer's callback), or cancelled while paused, is not told the outcome: it keeps its
+/// `CancelledError`, nothing reports a lost result (as a Twisted Deferred cancelled
+/// without a canceller ignores its late result), and the others are told.
+#[test]
+fn an_observer_cancelled_during_the_fan_out_or_while_paused_is_not_told() {
+    let lost = std::rc::Rc::new(std::cell::Cell::new(0));
+    let l = lost.clone();
+    weft::set_lost_result_hook(move |_| l.set(l.get() + 1));
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), false);
+    let (first, second, paused, last) = (obs.observe(), obs.observe(), obs.observe(), obs.observe());
+    let s = second.clone();
+    first.add_callback(move |v| {
+        s.cancel();
+        v
+    });
+    paused.pause();
+    paused.cancel();
+    origin.callback(5).unwrap();
+    weft::reset_lost_result_hook();
+    assert_eq!(lost.get(), 0, "no result reported lost");
+    assert_eq!(first.result().unwrap().unwrap(), 5);
+    assert_eq!(last.result().unwrap().unwrap(), 5);
+    assert!(second.result().unwrap().unwrap_err().check::<CancelledError>());
+    assert_no_result(&paused);
+    paused.unpause().unwrap();
+    assert!(paused.result().unwrap().unwrap_err().check::<CancelledError>());
+    assert_eq!(obs.observer_count(), 0);
+}
+
+/// Cancelling an observer detaches it at once: the count drops, the source is untouched.
+#[test]
+fn a_cancelled_observer_leaves_the_list_at_once() {
+    let origin: Deferred<u32> = Deferred::new();
+    let obs = ObservableDeferred::new(origin.clone(), false);
+    let (a, b) = (obs.observe(), obs.observe());
+    a.cancel();
+    assert_eq!(obs.observer_count(), 1);
+    assert!(!origin.is_called());
+    origin.callback(1).unwrap();
+    assert_eq!(b.result().unwrap().unwrap(), 1);
+    assert!(a.result().unwrap().unwrap_err().check::<CancelledError>());
 }
