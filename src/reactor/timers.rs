@@ -868,6 +868,9 @@ impl TimerWheel {
 
     /// The earliest deadline, exact or a lower bound (see [`Exactness`]).
     fn earliest(&mut self, exactness: Exactness) -> Option<Duration> {
+        if self.stored == 0 {
+            return None; // Asked once a turn; most turns of a server have no timer.
+        }
         if let Some((_, run)) = self.ready.live_first(&mut self.stored) {
             let top = if run { self.ready.run.front() } else { self.ready.heap.peek() };
             return top.map(|top| top.call.state().time.get());
