@@ -795,11 +795,13 @@ impl TimerWheel {
             let start = self.slot_start(level, s);
             let last = start + ((1u64 << (SLOT_BITS * level as u32)) - 1);
             if last <= target {
-                // Every entry is due by `target`'s tick, and `ready` is empty: a large slot
-                // becomes its sorted run, a small one goes into its heap.
+                // Every entry is due by `target`'s tick, and `ready` is empty (`set_elapsed`
+                // brings overflow entries into slots only: they are due after the last
+                // level's span, so after `last`): a large slot becomes its sorted run, a
+                // small one goes into its heap.
                 self.set_elapsed(last);
                 let mut entries = self.take_slot(level, s);
-                if entries.len() > RUN_MIN {
+                if entries.len() > RUN_MIN && self.ready.run.is_empty() {
                     entries = self.ready.start_run(entries);
                 } else {
                     self.ready.heap.extend(entries.drain(..));
