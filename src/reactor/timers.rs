@@ -11,8 +11,8 @@
 //! deadline falls in, so every call at level L is due before every call at level L + 1,
 //! and slots within a level are in time order. When `elapsed` reaches a slot, its calls
 //! move down a level (each call moves at most six times in its life, by a push onto a
-//! vector), and the calls of the current tick go into `ready`, a small binary heap
-//! ordered by (exact deadline, sequence number). So calls run in deadline order,
+//! vector), and the calls of the current tick go into `ready`, a sorted run and a
+//! small binary heap ordered by (exact deadline, sequence number). So calls run in deadline order,
 //! first-in first-out among equal deadlines, exactly as a heap over all of them would
 //! run them, but no operation touches more than one tick's worth of calls at a time:
 //! the cost per timer stays flat from a thousand to a million pending.
@@ -640,7 +640,7 @@ impl TimerWheel {
     /// Puts a live entry where it belongs given `elapsed`.
     fn place(&mut self, entry: Entry) {
         match self.place_of(entry.deadline) {
-            Place::Ready => self.ready.heap.push(entry),
+            Place::Ready => self.place_ready(entry),
             Place::Far => {
                 let time = entry.call.state().time.get();
                 self.overflow.push(Far { deadline: time, seq: entry.seq, call: entry.call });
@@ -656,6 +656,29 @@ impl TimerWheel {
                 entry.call.state().index.set(slot.entries.len() as u32);
                 slot.entries.push(entry);
                 self.occupied[level] |= 1 << s;
+            }
+        }
+    }
+
+    /// Puts an entry of a tick the wheel has reached into `ready`: at the back of the
+    /// sorted run if it comes after the run's last entry (a burst of `call_later(0)`
+    /// arrives in order, and popping the run is O(1) where the heap sifts through its
+    /// depth), else into the heap. An empty run takes a spare vector, so a call
+    /// scheduled for now on each turn does not allocate each time.
+    #[inline]
+    fn place_ready(&mut self, entry: Entry) {
+        let run = &mut self.ready.run;
+        match run.back() {
+            Some(last) if (last.deadline, last.seq) > (entry.deadline, entry.seq) => {
+                self.ready.heap.push(entry);
+            }
+            _ => {
+                if run.capacity() == 0 {
+                    if let Some(spare) = self.spare.pop() {
+                        *run = VecDeque::from(spare);
+                    }
+                }
+                run.push_back(entry);
             }
         }
     }
@@ -772,11 +795,13 @@ impl TimerWheel {
             let start = self.slot_start(level, s);
             let last = start + ((1u64 << (SLOT_BITS * level as u32)) - 1);
             if last <= target {
-                // Every entry is due by `target`'s tick, and `ready` is empty: a large slot
-                // becomes its sorted run, a small one goes into its heap.
+                // Every entry is due by `target`'s tick, and `ready` is empty (`set_elapsed`
+                // brings overflow entries into slots only: they are due after the last
+                // level's span, so after `last`): a large slot becomes its sorted run, a
+                // small one goes into its heap.
                 self.set_elapsed(last);
                 let mut entries = self.take_slot(level, s);
-                if entries.len() > RUN_MIN {
+                if entries.len() > RUN_MIN && self.ready.run.is_empty() {
                     entries = self.ready.start_run(entries);
                 } else {
                     self.ready.heap.extend(entries.drain(..));
@@ -845,6 +870,9 @@ impl TimerWheel {
 
     /// The earliest deadline, exact or a lower bound (see [`Exactness`]).
     fn earliest(&mut self, exactness: Exactness) -> Option<Duration> {
+        if self.stored == 0 {
+            return None; // Asked once a turn; most turns of a server have no timer.
+        }
         if let Some((_, run)) = self.ready.live_first(&mut self.stored) {
             let top = if run { self.ready.run.front() } else { self.ready.heap.peek() };
             return top.map(|top| top.call.state().time.get());
@@ -970,8 +998,9 @@ fn live_top<'a, At: Deadline>(
 
 /// The entries of ticks up to the wheel's `elapsed`: a sorted run (the entries of the
 /// level-0 slot the wheel reached last, sorted once as they arrive, often in order
-/// already) and a heap for those placed there afterwards (scheduled for a tick the
-/// wheel has reached), both by (deadline, sequence number). The next entry is the
+/// already, then every entry placed there afterwards that comes after its last) and a
+/// heap for the others placed there afterwards (scheduled for a tick the wheel has
+/// reached, earlier than the run's last), both by (deadline, sequence number). The next entry is the
 /// earlier of their fronts: popping the run is O(1), where a heap of one tick's calls
 /// (thousands, for a burst of `call_later(0)`) would sift through its depth each time.
 #[derive(Default)]
@@ -1190,6 +1219,9 @@ mod model {
         state: u64,
         /// Delays of a few ticks only, so level-0 slots fill up (`ready`'s sorted run).
         burst: bool,
+        /// Delays under half a tick, so most calls land in a tick the wheel has reached:
+        /// at the back of `ready`'s run when they come after it, else in its heap.
+        near: bool,
     }
 
     impl Rng {
@@ -1210,6 +1242,9 @@ mod model {
             if self.burst {
                 return Duration::from_nanos(self.below(4 << 20));
             }
+            if self.near {
+                return Duration::from_nanos(self.below(1 << 19));
+            }
             match self.below(10) {
                 0 => Duration::ZERO,
                 1 => Duration::from_nanos(self.below(1 << 20)),
@@ -1223,7 +1258,10 @@ mod model {
     }
 
     fn check(seed: u64, steps: usize, burst: bool) {
-        let mut rng = Rng { state: seed, burst };
+        check_with(Rng { state: seed, burst, near: false }, steps);
+    }
+
+    fn check_with(mut rng: Rng, steps: usize) {
         let timers = Timers::new(TimeSource::Manual(Default::default()));
         let fired = Rc::new(RefCell::new(Vec::new()));
         // id -> (handle, deadline, order), for the pending ones.
@@ -1275,7 +1313,7 @@ mod model {
                 }
                 _ => {
                     // Advance, sometimes a little, sometimes past everything.
-                    let small = if rng.burst { 1 << 18 } else { 1 << 24 };
+                    let small = if rng.burst || rng.near { 1 << 18 } else { 1 << 24 };
                     let step =
                         if rng.below(4) == 0 { rng.delay() } else { Duration::from_nanos(rng.below(small)) };
                     let TimeSource::Manual(clock) = &timers.source else { unreachable!() };
@@ -1321,6 +1359,44 @@ mod model {
         for seed in 221..=240u64 {
             check(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3_000, true);
         }
+        // Calls for ticks already reached, in and out of order: `ready`'s run grows at its
+        // back, the rest go into its heap, and the two still merge in order.
+        for seed in 241..=260u64 {
+            check_with(
+                Rng { state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), burst: false, near: true },
+                3_000,
+            );
+        }
+    }
+
+    /// A burst of calls for now, in a tick the wheel has reached, goes to the back of
+    /// `ready`'s sorted run (O(1) to pop), not into its heap; one out of order goes to
+    /// the heap, and all run in (deadline, order).
+    #[test]
+    fn calls_for_a_reached_tick_in_order_go_to_the_run() {
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let TimeSource::Manual(clock) = &timers.source else { unreachable!() };
+        let fired = Rc::new(RefCell::new(Vec::new()));
+        let at = |id: u64, delay: Duration| {
+            let f = fired.clone();
+            timers.schedule(delay, move || f.borrow_mut().push(id))
+        };
+        clock.set(Duration::from_millis(5));
+        assert!(timers.pop_due(clock.get()).is_none()); // The wheel reaches this tick.
+        let late = at(0, Duration::from_nanos(1000));
+        let handles: Vec<_> = (1..=100).map(|id| at(id, Duration::from_nanos(1000))).collect();
+        let early = at(101, Duration::ZERO);
+        {
+            let wheel = timers.wheel.borrow();
+            assert_eq!((wheel.ready.run.len(), wheel.ready.heap.len()), (101, 1));
+        }
+        clock.set(clock.get() + Duration::from_nanos(1000));
+        while let Some(call) = timers.pop_due(clock.get()) {
+            call.run();
+        }
+        let want: Vec<u64> = std::iter::once(101).chain(0..=100).collect();
+        assert_eq!(*fired.borrow(), want);
+        drop((late, handles, early));
     }
 
     /// Resetting a call back to a deadline it had leaves two entries that both look
