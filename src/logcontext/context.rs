@@ -94,6 +94,13 @@ struct State {
     settled_cpu: Cell<Duration>,
     /// `settled_cpu` has been read (see [`base_settlement`]).
     based: Cell<bool>,
+    /// Pending time (ticks) settled since `settled_cpu` was read, by settlements too
+    /// small to read the CPU clock for (see [`window_scale`]).
+    window: Cell<u64>,
+    /// What those settlements charged.
+    early: Cell<Duration>,
+    /// The scale of the last settlement that read the CPU clock.
+    last_scale: Cell<Scale>,
 }
 
 thread_local! {
@@ -105,6 +112,9 @@ thread_local! {
             unsettled: Cell::new(false),
             settled_cpu: Cell::new(Duration::ZERO),
             based: Cell::new(false),
+            window: Cell::new(0),
+            early: Cell::new(Duration::ZERO),
+            last_scale: Cell::new(Scale::ONE),
         }
     };
     /// The contexts charged since the last settlement (weakly: a context dropped
@@ -840,6 +850,8 @@ fn charge_since_mark(cur: &State, c: Option<&Rc<ContextInner>>) {
 fn base_settlement(cur: &State) {
     cur.settled_cpu.set(accounting::thread_cpu_time());
     cur.based.set(true);
+    cur.window.set(0);
+    cur.early.set(Duration::ZERO);
 }
 
 /// Puts `c` on the thread's list of contexts to settle (once per settlement).
@@ -886,9 +898,7 @@ fn settle(also: Option<&ContextInner>) {
     let also_ptr = also.map_or(std::ptr::null(), |c| c as *const ContextInner);
     let others = || listed.iter().filter_map(Weak::upgrade).filter(|c| !std::ptr::eq(&**c, also_ptr));
     let pending = others().map(|c| c.pending.get()).sum::<u64>() + also.map_or(0, |c| c.pending.get());
-    let cpu = accounting::thread_cpu_time();
-    let used = cpu.saturating_sub(STATE.with(|cur| cur.settled_cpu.replace(cpu)));
-    let scale = Scale::new(used, accounting::ticks_to_duration(pending));
+    let scale = STATE.with(|cur| window_scale(cur, pending));
     others().for_each(|c| c.commit(scale));
     if let Some(c) = also {
         c.commit(scale);
@@ -901,6 +911,37 @@ fn settle(also: Option<&ContextInner>) {
             *l = listed;
         }
     });
+}
+
+/// Pending time below which a settlement does not read the thread's CPU clock.
+const MIN_WINDOW: Duration = Duration::from_millis(1);
+
+/// The scale for a settlement of `pending` ticks. The thread's CPU clock (a system
+/// call) is read only once the time settled since the last read reaches [`MIN_WINDOW`]:
+/// below that, pending time is scaled as the last read found (all of it was CPU, or a
+/// share of it was), and added to the window. A read then settles the whole window:
+/// what is pending now is scaled so that the window's total is the CPU the thread used
+/// over it (or the window's time, if less), as far as what was charged early allows.
+/// So a server whose requests each finish in microseconds reads the clock about once
+/// per millisecond of their time, not once per request; the total charged over a
+/// window is as exact as before, and its split among the contexts settled early
+/// follows the previous window's ratio.
+fn window_scale(cur: &State, pending: u64) -> Scale {
+    let window = cur.window.get() + pending;
+    let window_time = accounting::ticks_to_duration(window);
+    let pending_time = accounting::ticks_to_duration(pending);
+    if window_time < MIN_WINDOW {
+        let scale = cur.last_scale.get();
+        cur.window.set(window);
+        cur.early.set(cur.early.get() + scale.apply(pending_time));
+        return scale;
+    }
+    cur.window.set(0);
+    let early = cur.early.replace(Duration::ZERO);
+    let cpu = accounting::thread_cpu_time();
+    let used = cpu.saturating_sub(cur.settled_cpu.replace(cpu));
+    cur.last_scale.set(Scale::new(used, window_time));
+    Scale::new(used.min(window_time).saturating_sub(early), pending_time)
 }
 
 /// Restores a context saved by a guard; the context being left is dropped after the
@@ -942,4 +983,50 @@ pub(super) fn set_clock(clock: CpuClock) {
             base_settlement(cur);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use super::{accounting, window_scale, State, MIN_WINDOW};
+    use crate::logcontext::accounting::Scale;
+    use crate::logcontext::CpuClock;
+
+    fn state() -> State {
+        State {
+            id: Cell::new(0),
+            mark: Cell::new(0),
+            cpu_clock: Cell::new(CpuClock::Thread),
+            unsettled: Cell::new(false),
+            settled_cpu: Cell::new(accounting::thread_cpu_time()),
+            based: Cell::new(true),
+            window: Cell::new(0),
+            early: Cell::new(Duration::ZERO),
+            last_scale: Cell::new(Scale::ONE),
+        }
+    }
+
+    /// Settlements of a few microseconds each read the CPU clock only once a millisecond
+    /// of pending time has gone by: the window grows until then, and the read empties it.
+    #[test]
+    fn small_settlements_read_the_cpu_clock_once_per_window() {
+        let cur = state();
+        let ticks_per_10us = (0..)
+            .map(|t: u64| t * 1000)
+            .find(|&t| accounting::ticks_to_duration(t) >= Duration::from_micros(10))
+            .unwrap();
+        let mut reads = 0;
+        for _ in 0..250 {
+            window_scale(&cur, ticks_per_10us);
+            if cur.window.get() == 0 {
+                reads += 1;
+            }
+        }
+        // 250 settlements of about 10 µs: 2.5 ms, so two reads (not 250).
+        let expected =
+            (250 * accounting::ticks_to_duration(ticks_per_10us).as_nanos() / MIN_WINDOW.as_nanos()) as i32;
+        assert!((reads - expected).abs() <= 1 && reads >= 1, "{reads} reads, expected about {expected}");
+    }
 }

@@ -46,6 +46,37 @@ fn cpu_used_before_the_first_context_is_not_charged_to_it() {
     assert!(charged < ms(30), "charged {charged:?} for a 60 ms sleep after a 60 ms burn");
 }
 
+/// Many short contexts, each settled as it finishes (as a server's requests are): those
+/// that block are charged little of the time they were current, and those that burn CPU
+/// are charged nearly all of it, though the thread's CPU clock is read only once per
+/// millisecond of their time, not once per context.
+#[test]
+fn short_contexts_are_charged_what_they_used_over_each_window() {
+    let (slept, burned, burn_wall) = on_a_thread(|| {
+        let mut slept = Duration::ZERO;
+        for i in 0..40 {
+            let ctx = LoggingContext::new(format!("sleeper {i}"));
+            {
+                let _s = ctx.enter();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            slept += ctx.stats().cpu_time;
+        }
+        let (mut burned, started) = (Duration::ZERO, Instant::now());
+        for i in 0..40 {
+            let ctx = LoggingContext::new(format!("burner {i}"));
+            {
+                let _s = ctx.enter();
+                burn(Duration::from_micros(200));
+            }
+            burned += ctx.stats().cpu_time;
+        }
+        (slept, burned, started.elapsed())
+    });
+    assert!(slept < ms(3), "40 sleeps of 200 µs charged {slept:?}");
+    assert!(burned >= ms(6) && burned <= burn_wall, "40 burns of 200 µs charged {burned:?} in {burn_wall:?}");
+}
+
 /// A callback that blocks (here in `sleep`) is charged the CPU it used, not the time it
 /// slept, by the default clock; the monotonic clock charges the time it was current.
 #[test]
