@@ -12,7 +12,8 @@
 //! time; the first charge after a settlement also puts the context on the thread's list
 //! of contexts to settle.
 //!
-//! A *settlement* reads the thread's CPU clock once and turns every listed context's
+//! A *settlement* reads the thread's CPU clock (once a millisecond of pending time has
+//! gone by since the last read; see `context::window_scale`) and turns every listed context's
 //! pending time into CPU time: if the thread used less CPU since the previous settlement
 //! than the time pending (it was preempted, or a callback blocked in a system call), each
 //! context's pending time is scaled down by that ratio; otherwise it is charged as it is.
@@ -21,10 +22,11 @@
 //! reports never goes down).
 //!
 //! So `cpu_time` is never more than the time the context was current, and over each
-//! settlement the total charged to contexts is never less than the CPU the thread used
-//! while they were current (the thread CPU clock also counts the sentinel's work between
-//! them, which can only raise the ratio). Time is shared among the contexts of one
-//! settlement by how long each was current.
+//! window between two reads the total charged to contexts is the CPU the thread used
+//! while they were current, as far as the time pending at the read can absorb what the
+//! window's earlier settlements charged by the previous ratio (the thread CPU clock also
+//! counts the sentinel's work between them, which can only raise the ratio). Time is
+//! shared among the contexts of one settlement by how long each was current.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -67,9 +69,10 @@ impl ContextStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuClock {
     /// Thread CPU time, estimated: the time-stamp counter at each switch (a few
-    /// nanoseconds), settled against the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`,
-    /// one system call) at the end of each reactor turn in which a context ran, when a
-    /// context finishes and when its stats are read. The default.
+    /// nanoseconds), settled at the end of each reactor turn in which a context ran, when
+    /// a context finishes and when its stats are read, against the thread's CPU clock
+    /// (`CLOCK_THREAD_CPUTIME_ID`, one system call, read at most once per millisecond of
+    /// settled time). The default.
     #[default]
     Thread,
     /// The time-stamp counter alone: wall time while the context was current, which is

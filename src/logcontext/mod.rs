@@ -84,13 +84,20 @@
 //! thread used to the time pending if the thread used less (it was preempted, or a
 //! callback blocked), as it is otherwise. The reactor settles at the end of each turn in
 //! which a context was charged; a context also settles when it finishes and when its
-//! [`stats`](LoggingContext::stats) are read.
+//! [`stats`](LoggingContext::stats) are read. A settlement reads the CPU clock only once
+//! a millisecond of pending time has been settled since the last read (a server whose
+//! requests finish in microseconds would otherwise pay a system call per request); a
+//! smaller one scales by the ratio the last read found, and the next read settles the
+//! difference on what is pending then.
 //!
 //! So [`ContextStats::cpu_time`] is never more than the time the context was current,
-//! a callback that sleeps is not charged its sleep, and over each settlement the contexts
-//! together are charged at least the CPU the thread used while they were current (the
+//! a callback that sleeps a millisecond or more is not charged its sleep (a shorter one
+//! is charged by the previous window's ratio, evened out at the next read), and over
+//! each window between two reads the
+//! contexts together are charged the CPU the thread used while they were current (the
 //! thread's clock also counts the sentinel's work between them, which can only raise the
-//! ratio); within a settlement, time is shared by how long each context was current.
+//! ratio), as far as the time pending at the read can absorb; within a settlement, time
+//! is shared by how long each context was current.
 //! [`set_cpu_clock`] can charge the counter's time unsettled ([`CpuClock::Monotonic`]:
 //! wall time while current, no system call at all) or turn charging off.
 
