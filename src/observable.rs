@@ -10,9 +10,9 @@
 //! freed with the state and the observers nobody holds. Each observer's first step (a
 //! `Collect` link on the one `Detach` object, which holds only a `Weak` to the state)
 //! removes its slab entry when the observer gets an outcome, so cancelling an observer
-//! (which fails it at once: it has no canceller) removes that one entry and nothing else,
-//! with no allocation per observer beyond its Deferred. The outcome is stored once; each observer gets a clone of the value
-//! (`T: Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
+//! (which fails it at once: it has no canceller) removes that one entry and nothing
+//! else. The outcome is stored once; each observer gets a clone of the value (`T:
+//! Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
 
 use std::cell::RefCell;
 use std::fmt;

@@ -4,8 +4,8 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
-use super::FirstError;
-use crate::deferred::{current_cancellation, Collect, Consuming, DeferredRef, Next};
+use super::{join_members, Deliver, FirstError};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -147,30 +147,12 @@ impl<T: 'static> DeferredList<T> {
             let _ = out.callback(ListResult::All(Vec::new()));
             return out;
         }
-        // One step object for every member (no closure boxed per member).
-        let collector: Rc<dyn Collect<T>> = Rc::new(ListStep { state, out: out.to_ref() });
-        for (index, member) in self.members.iter().enumerate() {
-            member.add_collect(collector.clone(), index);
-        }
-        // The list holds its members until it fires, so its canceller reaches them.
-        out.add_sources(self.members);
+        join_members(&out, self.members, state);
         out
     }
 }
 
-/// The step each member of a list runs: hands its outcome to the list.
-struct ListStep<T: 'static> {
-    state: Rc<ListState<T>>,
-    out: DeferredRef<ListResult<T>>,
-}
-
-impl<T: 'static> Collect<T> for ListStep<T> {
-    fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T> {
-        self.state.deliver(&self.out, index, result)
-    }
-}
-
-impl<T: 'static> ListState<T> {
+impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
     /// Member `index`'s outcome reaches the list: records it and fires `out` when the
     /// options say so. Returns what the member's own chain goes on with.
     fn deliver(&self, out: &DeferredRef<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {

@@ -26,8 +26,10 @@ mod tests;
 
 use std::error::Error;
 use std::fmt;
+use std::rc::Rc;
 
-use crate::Failure;
+use crate::deferred::{Collect, Consuming, DeferredRef};
+use crate::{Deferred, Failure};
 
 pub use gather::{gather_results, unwrap_first_error};
 pub use list::{DeferredList, ListResult};
@@ -70,3 +72,37 @@ impl fmt::Display for FailureGroup {
 }
 
 impl Error for FailureGroup {}
+
+/// A combinator's shared state, as its members' steps see it.
+trait Deliver<T: 'static, O: 'static>: 'static {
+    /// Member `index`'s outcome reaches the combinator, whose Deferred is `out`. Returns
+    /// what the member's own chain goes on with.
+    fn deliver(&self, out: &DeferredRef<O>, index: usize, r: Result<T, Failure>) -> Consuming<T>;
+}
+
+/// The step each member of a combinator runs: one object for every member, so no
+/// closure is boxed per member.
+struct MemberStep<S, O: 'static> {
+    state: Rc<S>,
+    out: DeferredRef<O>,
+}
+
+impl<T: 'static, O: 'static, S: Deliver<T, O>> Collect<T> for MemberStep<S, O> {
+    fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T> {
+        self.state.deliver(&self.out, index, result)
+    }
+}
+
+/// Gives each of `members` a step that hands its outcome to `state`, then makes `out`
+/// hold the members until it fires, so that its canceller reaches them.
+fn join_members<T: 'static, O: 'static, S: Deliver<T, O>>(
+    out: &Deferred<O>,
+    members: Vec<Deferred<T>>,
+    state: Rc<S>,
+) {
+    let step: Rc<dyn Collect<T>> = Rc::new(MemberStep { state, out: out.to_ref() });
+    for (index, member) in members.iter().enumerate() {
+        member.add_collect(step.clone(), index);
+    }
+    out.add_sources(members);
+}

@@ -3,8 +3,8 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use super::FailureGroup;
-use crate::deferred::{current_cancellation, Collect, Consuming, DeferredRef, Next, WeakDeferred};
+use super::{join_members, Deliver, FailureGroup};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next, WeakDeferred};
 use crate::{Deferred, Failure};
 
 /// Fires with `(index, value)` of the first member to succeed and cancels the others
@@ -55,26 +55,8 @@ pub fn race<T: 'static>(members: Vec<Deferred<T>>) -> Deferred<(usize, T)> {
         let _ = out.errback(FailureGroup { failures: Vec::new() });
         return out;
     }
-    // One step object for every member (no closure boxed per member).
-    let collector: Rc<dyn Collect<T>> = Rc::new(RaceStep { state, out: out.to_ref() });
-    for (index, member) in members.iter().enumerate() {
-        member.add_collect(collector.clone(), index);
-    }
-    // The race holds its members until it settles, so its canceller reaches them.
-    out.add_sources(members);
+    join_members(&out, members, state);
     out
-}
-
-/// The step each member of a race runs: hands its outcome to the race.
-struct RaceStep<T: 'static> {
-    state: Rc<RaceState<T>>,
-    out: DeferredRef<(usize, T)>,
-}
-
-impl<T: 'static> Collect<T> for RaceStep<T> {
-    fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T> {
-        self.state.deliver(&self.out, index, result)
-    }
 }
 
 /// What the members' chains and the race's canceller share.
@@ -87,7 +69,7 @@ struct RaceState<T: 'static> {
     won: Cell<bool>,
 }
 
-impl<T: 'static> RaceState<T> {
+impl<T: 'static> Deliver<T, (usize, T)> for RaceState<T> {
     /// Member `index`'s outcome reaches the race. Returns what the member's own chain
     /// goes on with.
     fn deliver(&self, out: &DeferredRef<(usize, T)>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
@@ -115,7 +97,9 @@ impl<T: 'static> RaceState<T> {
         }
         Ok(Next::Consumed)
     }
+}
 
+impl<T: 'static> RaceState<T> {
     /// Cancels every member but `except`: the race has been won or is being cancelled
     /// (`out`). While the race is cancelled, a member freed unfired counts as cancelled.
     fn cancel_all(&self, except: Option<usize>, out: Option<&DeferredRef<(usize, T)>>) {

@@ -38,18 +38,9 @@ use super::{is_debugging, Deferred, Next, Slot};
 use crate::failure::{CancelId, CancelledError, Failure};
 use crate::logcontext::Captured;
 
-/// A creator's canceller given as a closure.
-type CancelFn<T> = Box<dyn FnOnce(&Deferred<T>)>;
-
 /// The creator's canceller (Twisted's `Deferred(canceller)`), given as a closure
 /// ([`Deferred::with_canceller`]) and run in the log context current when it was given.
-pub(super) struct Canceller<T: 'static>(CancelFn<T>);
-
-impl<T: 'static> Canceller<T> {
-    fn run(self, d: &Deferred<T>) {
-        (self.0)(d)
-    }
-}
+pub(super) type Canceller<T> = Box<dyn FnOnce(&Deferred<T>)>;
 pub(super) type LayerCanceller = Box<dyn FnOnce(&CancelledError)>;
 
 /// What few Deferreds need, boxed and allocated on first use: the cancellers and cancel
@@ -193,7 +184,7 @@ impl<T: 'static> Deferred<T> {
         let mut state = Box::new(Cold::new());
         // The canceller runs in the log context current now, like a callback.
         let captured = Captured::capture();
-        state.canceller = Some(Canceller(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d)))));
+        state.canceller = Some(Box::new(move |d: &Deferred<T>| captured.run(|| canceller(d))));
         d.inner.core.borrow_mut().cold = Some(state);
         d
     }
@@ -435,7 +426,7 @@ impl<T: 'static> Deferred<T> {
             if is_debugging() {
                 outcome::record(CancelStep::Canceller(self.inner.core.borrow().created_at));
             }
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller.run(self))) {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
                 log::error!("a canceller panicked: {}", Failure::from_panic(panic));
             }
         }
@@ -449,23 +440,17 @@ impl<T: 'static> Deferred<T> {
         if core.is_called() {
             return core.cancel_outcome();
         }
-        let paused = core.paused() > 0;
+        // Read before the fire: a callback it runs may pause this Deferred.
+        let outcome = core.failed_by_cancel();
         let cold = core.cold_mut();
         cold.cancel_fire = CancelFire::Off;
         cold.suppress_already_called = true;
         if let Some(extra) = cold.extra.as_mut() {
             extra.cancelled_with = Some((err.id, err.location));
         }
-        let shield = core.is_shield();
         drop(core);
         let _ = self.fire_at(Next::Ready(Err(Failure::new_at(err.clone(), err.location))), err.location);
-        if shield {
-            CancelOutcome::Shielded
-        } else if paused {
-            CancelOutcome::Delayed
-        } else {
-            CancelOutcome::Cancelled
-        }
+        outcome
     }
 
     /// Makes this Deferred a shield: a cancel that reaches it stops there (its outcome is
@@ -544,22 +529,24 @@ impl<T: 'static> super::Core<T> {
 
     /// The outcome for a Deferred that got a result while a cancel ran its cancellers.
     fn cancel_outcome(&mut self) -> CancelOutcome {
-        let (paused, shield) = (self.paused() > 0, self.is_shield());
         let still_waiting = self.slot.is_waiting();
-        let cold = self.cold_mut();
-        let fired = mem::replace(&mut cold.cancel_fire, CancelFire::Off);
-        let cancelled = match fired {
-            CancelFire::Other => return CancelOutcome::FiredByCanceller,
-            CancelFire::Wait if still_waiting => return CancelOutcome::Delayed,
-            CancelFire::Wait => return CancelOutcome::FiredByCanceller,
-            CancelFire::ThisCancel | CancelFire::Off | CancelFire::Watching => CancelOutcome::Cancelled,
-        };
-        if shield {
+        match mem::replace(&mut self.cold_mut().cancel_fire, CancelFire::Off) {
+            CancelFire::Other => CancelOutcome::FiredByCanceller,
+            CancelFire::Wait if still_waiting => CancelOutcome::Delayed,
+            CancelFire::Wait => CancelOutcome::FiredByCanceller,
+            CancelFire::ThisCancel | CancelFire::Off | CancelFire::Watching => self.failed_by_cancel(),
+        }
+    }
+
+    /// The outcome of a cancel that failed this Deferred: it stopped at a shield, is
+    /// held back by a pause, or cancelled the work.
+    fn failed_by_cancel(&self) -> CancelOutcome {
+        if self.is_shield() {
             CancelOutcome::Shielded
-        } else if paused {
+        } else if self.paused() > 0 {
             CancelOutcome::Delayed
         } else {
-            cancelled
+            CancelOutcome::Cancelled
         }
     }
 

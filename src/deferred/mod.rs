@@ -621,7 +621,7 @@ impl<T: 'static> Deferred<T> {
                 Ok(next) => next,
                 Err(failure) => {
                     if let Some(me) = me.upgrade() {
-                        me.mark_handled(&failure);
+                        me.inner.mark_handled(&failure);
                     }
                     Next::Ready(Err(failure))
                 }
@@ -636,11 +636,6 @@ impl<T: 'static> Deferred<T> {
     pub(crate) fn add_collect(&self, collector: Rc<dyn Collect<T>>, index: usize) -> &Self {
         self.push(Link::Collect(collector, index));
         self
-    }
-
-    /// Remembers `failure` as handled here (see [`Consuming`]).
-    fn mark_handled(&self, failure: &Failure) {
-        self.inner.mark_handled(failure);
     }
 
     /// Adds a call link, capturing the current log context for it (the capture point of
@@ -1306,6 +1301,9 @@ impl<T: 'static> Inner<T> {
                 core.head += 1;
                 next
             };
+            // The arms are written out in full on purpose: sharing the `absorb` tail of
+            // `Call` and `Collect`, or one arm for both continuations, lays the loop out
+            // worse (callgrind: chain 375 -> 426-438 instructions per callback).
             match link {
                 Some(Link::Call(f, captured, at)) => {
                     *running_at = at;

@@ -63,21 +63,7 @@ pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
         return;
     }
     let job = job.expect("not queued");
-    RUN_DEPTH.with(|d| d.set(depth + 1));
-    let restore = DepthGuard(&RUN_DEPTH, depth);
-    job.run_loop();
-    drain_if_outermost(depth, restore);
-}
-
-/// After a loop that started at `depth`: the outermost one runs whatever deeper loops
-/// queued, each at depth 1 again (`restore` still holds the depth at 1 meanwhile).
-fn drain_if_outermost(depth: u32, restore: DepthGuard) {
-    if depth == 0 {
-        while let Some(next) = taken(&RUN_QUEUE, VecDeque::pop_front) {
-            next.run_loop();
-        }
-    }
-    drop(restore);
+    run_at(depth, move || job.run_loop());
 }
 
 /// True if a callback loop started now would run at once rather than be queued.
@@ -91,10 +77,21 @@ pub(crate) fn may_run_now() -> bool {
 pub(crate) fn run_now(job: impl FnOnce()) {
     let depth = RUN_DEPTH.with(Cell::get);
     debug_assert!(depth < MAX_DEPTH, "run_now past the depth bound");
+    run_at(depth, job);
+}
+
+/// Runs a loop one level deeper than `depth`; the outermost one (at depth 0) then runs
+/// whatever deeper loops queued, each at depth 1 again.
+#[inline]
+fn run_at(depth: u32, job: impl FnOnce()) {
     RUN_DEPTH.with(|d| d.set(depth + 1));
-    let restore = DepthGuard(&RUN_DEPTH, depth);
+    let _restore = DepthGuard(&RUN_DEPTH, depth);
     job();
-    drain_if_outermost(depth, restore);
+    if depth == 0 {
+        while let Some(next) = taken(&RUN_QUEUE, VecDeque::pop_front) {
+            next.run_loop();
+        }
+    }
 }
 
 /// Runs one `cancel()` now, or queues it if too many cancels are already nested on the

@@ -84,16 +84,14 @@ struct State {
     /// The address of the current context (0 for the sentinel), to compare without
     /// touching the `Rc` in `CURRENT`.
     id: Cell<usize>,
-    /// The time-stamp counter at the last switch.
+    /// The time-stamp counter at the last switch (0 before the first with a clock on).
     mark: Cell<u64>,
     cpu_clock: Cell<CpuClock>,
     /// Contexts are listed in `TO_SETTLE`.
     unsettled: Cell<bool>,
     /// The thread's CPU time at the last settlement, or (before the first) when the
-    /// thread first left the sentinel with the thread clock on.
+    /// thread first left the sentinel with the thread clock on (see [`base_settlement`]).
     settled_cpu: Cell<Duration>,
-    /// `settled_cpu` has been read (see [`base_settlement`]).
-    based: Cell<bool>,
     /// Pending time (ticks) settled since `settled_cpu` was read, by settlements too
     /// small to read the CPU clock for (see [`window_scale`]).
     window: Cell<u64>,
@@ -103,20 +101,24 @@ struct State {
     last_scale: Cell<Scale>,
 }
 
-thread_local! {
-    static STATE: State = const {
+impl State {
+    /// A thread's state before its first switch.
+    const fn new() -> State {
         State {
             id: Cell::new(0),
             mark: Cell::new(0),
             cpu_clock: Cell::new(CpuClock::Thread),
             unsettled: Cell::new(false),
             settled_cpu: Cell::new(Duration::ZERO),
-            based: Cell::new(false),
             window: Cell::new(0),
             early: Cell::new(Duration::ZERO),
             last_scale: Cell::new(Scale::ONE),
         }
-    };
+    }
+}
+
+thread_local! {
+    static STATE: State = const { State::new() };
     /// The contexts charged since the last settlement (weakly: a context dropped
     /// meanwhile settles itself as it finishes).
     static TO_SETTLE: RefCell<Vec<Weak<ContextInner>>> = const { RefCell::new(Vec::new()) };
@@ -831,25 +833,28 @@ fn charge_since_mark(cur: &State, c: Option<&Rc<ContextInner>>) {
         return;
     }
     let now = accounting::ticks();
-    if let Some(c) = c {
-        c.pending.set(c.pending.get() + now.saturating_sub(cur.mark.get()));
-        if clock == CpuClock::Thread && !c.listed.get() {
-            list_to_settle(c);
+    let mark = cur.mark.replace(now);
+    match c {
+        Some(c) => {
+            c.pending.set(c.pending.get() + now.saturating_sub(mark));
+            if clock == CpuClock::Thread && !c.listed.get() {
+                list_to_settle(c);
+            }
         }
-    } else if !cur.based.get() && clock == CpuClock::Thread {
-        base_settlement(cur);
+        // The thread's first switch (it leaves the sentinel).
+        None if mark == 0 && clock == CpuClock::Thread => base_settlement(cur),
+        None => {}
     }
-    cur.mark.set(now);
 }
 
 /// The first time the thread leaves the sentinel (the first time anything can be
-/// charged): reads the thread's CPU clock as the start of the first settlement, so that
+/// charged), and when [`set_clock`] turns the thread clock on: reads the thread's CPU
+/// clock as the start of the first settlement, so that
 /// what the thread did before (its other work, the counter's calibration) does not count
 /// as CPU used by the contexts settled first.
 #[cold]
 fn base_settlement(cur: &State) {
     cur.settled_cpu.set(accounting::thread_cpu_time());
-    cur.based.set(true);
     cur.window.set(0);
     cur.early.set(Duration::ZERO);
 }
@@ -987,32 +992,16 @@ pub(super) fn set_clock(clock: CpuClock) {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
     use std::time::Duration;
 
     use super::{accounting, window_scale, State, MIN_WINDOW};
-    use crate::logcontext::accounting::Scale;
-    use crate::logcontext::CpuClock;
-
-    fn state() -> State {
-        State {
-            id: Cell::new(0),
-            mark: Cell::new(0),
-            cpu_clock: Cell::new(CpuClock::Thread),
-            unsettled: Cell::new(false),
-            settled_cpu: Cell::new(accounting::thread_cpu_time()),
-            based: Cell::new(true),
-            window: Cell::new(0),
-            early: Cell::new(Duration::ZERO),
-            last_scale: Cell::new(Scale::ONE),
-        }
-    }
 
     /// Settlements of a few microseconds each read the CPU clock only once a millisecond
     /// of pending time has gone by: the window grows until then, and the read empties it.
     #[test]
     fn small_settlements_read_the_cpu_clock_once_per_window() {
-        let cur = state();
+        let cur = State::new();
+        cur.settled_cpu.set(accounting::thread_cpu_time());
         let ticks_per_10us = (0..)
             .map(|t: u64| t * 1000)
             .find(|&t| accounting::ticks_to_duration(t) >= Duration::from_micros(10))

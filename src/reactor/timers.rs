@@ -11,11 +11,11 @@
 //! deadline falls in, so every call at level L is due before every call at level L + 1,
 //! and slots within a level are in time order. When `elapsed` reaches a slot, its calls
 //! move down a level (each call moves at most six times in its life, by a push onto a
-//! vector), and the calls of the current tick go into `ready`, a sorted run and a
-//! small binary heap ordered by (exact deadline, sequence number). So calls run in deadline order,
-//! first-in first-out among equal deadlines, exactly as a heap over all of them would
-//! run them, but no operation touches more than one tick's worth of calls at a time:
-//! the cost per timer stays flat from a thousand to a million pending.
+//! vector), and the calls of the current tick go into `ready`, a sorted run and a small
+//! binary heap ordered by (exact deadline, sequence number). So calls run in deadline
+//! order, first-in first-out among equal deadlines, exactly as a heap over all of them
+//! would run them, but no operation touches more than one tick's worth of calls at a
+//! time: the cost per timer stays flat from a thousand to a million pending.
 //!
 //! # Cancel and reset
 //!
@@ -1000,8 +1000,8 @@ fn live_top<'a, At: Deadline>(
 /// level-0 slot the wheel reached last, sorted once as they arrive, often in order
 /// already, then every entry placed there afterwards that comes after its last) and a
 /// heap for the others placed there afterwards (scheduled for a tick the wheel has
-/// reached, earlier than the run's last), both by (deadline, sequence number). The next entry is the
-/// earlier of their fronts: popping the run is O(1), where a heap of one tick's calls
+/// reached, earlier than the run's last), both by (deadline, sequence number). The next
+/// entry is the earlier of their fronts: popping the run is O(1), where a heap of one tick's calls
 /// (thousands, for a burst of `call_later(0)`) would sift through its depth each time.
 #[derive(Default)]
 struct Ready {
