@@ -7,20 +7,23 @@
 //! chain holds the state too, through the one link that records the outcome. The state
 //! owns the observers still waiting, in a `Slab`, as forward references (they fire an
 //! observer and cannot cancel it, see `deferred/own.rs`): a source nobody can fire is
-//! freed with the state and the observers nobody holds. Each observer's first step (a
-//! `Collect` link on the one `Detach` object, which holds only a `Weak` to the state)
-//! removes its slab entry when the observer gets an outcome, so cancelling an observer
-//! (which fails it at once: it has no canceller) removes that one entry and nothing
-//! else. The outcome is stored once; each observer gets a clone of the value (`T:
-//! Clone`, cheap for `Rc`/`Arc` payloads) or of the [`Failure`] (an `Rc`).
+//! freed with the state and the observers nobody holds. An observer that gets an
+//! outcome before the source's (a cancel, which fails it at once: it has no canceller)
+//! stays in the slab until the next sweep: `observe` sweeps out every entry that has an
+//! outcome once the slab has doubled since the last sweep, so the slab holds at most
+//! about twice the observers still waiting and the sweeps cost O(1) amortized per
+//! observer. An observer therefore carries no step of its own (no link, no allocation
+//! for one); the fan-out skips the entries that have an outcome. The outcome is stored
+//! once; each observer gets a clone of the value (`T: Clone`, cheap for `Rc`/`Arc`
+//! payloads) or of the [`Failure`] (an `Rc`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::deferred::{Collect, Consuming, DeferredRef, Next};
+use crate::deferred::{Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Shares the outcome of one source Deferred with many observers, each of which gets its
@@ -58,21 +61,50 @@ use crate::{Deferred, Failure};
 pub struct ObservableDeferred<T: Clone + 'static> {
     source: Deferred<T>,
     state: Rc<State<T>>,
-    /// Every observer's first step (one object for all of them).
-    detach: Rc<dyn Collect<T>>,
 }
 
 struct State<T: 'static> {
     /// The source's outcome, once it has one; set before any observer is told.
     outcome: RefCell<Option<Result<T, Failure>>>,
-    /// Observers waiting for the outcome.
+    /// Observers waiting for the outcome, and (until the next sweep) observers that got
+    /// one of their own, by a cancel.
     observers: RefCell<Slab<DeferredRef<T>>>,
+    /// The slab length at which `observe` sweeps next.
+    sweep_at: Cell<usize>,
+}
+
+/// The smallest slab length at which `observe` sweeps.
+const FIRST_SWEEP: usize = 64;
+
+impl<T: 'static> State<T> {
+    /// Removes the observers that have an outcome; the next sweep comes once the slab
+    /// has doubled. They are dropped after the borrow ends, since dropping one may run
+    /// user code (its unrun steps) that observes again.
+    fn sweep(&self) {
+        let mut done = Vec::new();
+        {
+            let mut observers = self.observers.borrow_mut();
+            observers.retain(|_, d| {
+                let keep = !d.is_called();
+                if !keep {
+                    done.push(d.clone());
+                }
+                keep
+            });
+            self.sweep_at.set((observers.len() * 2).max(FIRST_SWEEP));
+        }
+        drop(done);
+    }
 }
 
 impl<T: Clone + 'static> ObservableDeferred<T> {
     /// Starts observing `source`. See the type's docs for `consume_errors`.
     pub fn new(source: Deferred<T>, consume_errors: bool) -> ObservableDeferred<T> {
-        let state = Rc::new(State { outcome: RefCell::new(None), observers: RefCell::new(Slab::new()) });
+        let state = Rc::new(State {
+            outcome: RefCell::new(None),
+            observers: RefCell::new(Slab::new()),
+            sweep_at: Cell::new(FIRST_SWEEP),
+        });
         let st = state.clone();
         source.add_both_consuming(move |r: Result<T, Failure>| -> Consuming<T> {
             *st.outcome.borrow_mut() = Some(r.clone());
@@ -92,8 +124,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 r => Ok(Next::Ready(r)),
             }
         });
-        let detach = Rc::new(Detach(Rc::downgrade(&state)));
-        ObservableDeferred { source, state, detach }
+        ObservableDeferred { source, state }
     }
 
     /// A new Deferred that fires with the source's outcome (at once if it has one).
@@ -110,15 +141,13 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
                 Err(f) => crate::fail(f.clone()),
             };
         }
-        let mut observers = self.state.observers.borrow_mut();
-        let entry = observers.vacant_entry();
-        let key = entry.key();
+        if self.state.observers.borrow().len() >= self.state.sweep_at.get() {
+            self.state.sweep();
+        }
         let d = Deferred::new();
         // The source is never cancelled: a cancel stops at the observer.
         d.mark_shield();
-        // Its first step removes the entry once it has an outcome (see `Detach`).
-        d.add_collect(self.detach.clone(), key);
-        entry.insert(d.to_ref());
+        self.state.observers.borrow_mut().insert(d.to_ref());
         d
     }
 
@@ -137,8 +166,9 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
         self.state.outcome.borrow().clone()
     }
 
-    /// How many observers are still waiting.
+    /// How many observers are still waiting (a cancelled one is not).
     pub fn observer_count(&self) -> usize {
+        self.state.sweep();
         self.state.observers.borrow().len()
     }
 
@@ -148,27 +178,67 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     }
 }
 
-/// Every observer's first step: once the observer has an outcome (the source's, or a
-/// cancel's), its entry leaves the list, so a cancelled observer is not told the source's
-/// outcome. Holds the state weakly: the observers hold it, and the state holds them.
-struct Detach<T: 'static>(Weak<State<T>>);
-
-impl<T: 'static> Collect<T> for Detach<T> {
-    fn collect(&self, key: usize, result: Result<T, Failure>) -> Consuming<T> {
-        if let Some(state) = self.0.upgrade() {
-            // The source's fan-out took the whole list first: then there is nothing here.
-            let removed = state.observers.borrow_mut().try_remove(key);
-            drop(removed);
-        }
-        Ok(Next::Ready(result))
-    }
-}
-
 impl<T: Clone + 'static> fmt::Debug for ObservableDeferred<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObservableDeferred")
             .field("called", &self.has_called())
             .field("observers", &self.observer_count())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Observers cancelled and dropped one after another (a cache entry whose requests
+    /// all went away) do not pile up while the source waits: the slab stays within about
+    /// twice the observers still waiting.
+    #[test]
+    fn cancelled_observers_are_swept_and_the_list_stays_bounded() {
+        let source: Deferred<u32> = Deferred::new();
+        let shared = ObservableDeferred::new(source.clone(), false);
+        let waiting: Vec<Deferred<u32>> = (0..10).map(|_| shared.observe()).collect();
+        let mut most = 0;
+        for _ in 0..10_000 {
+            let d = shared.observe();
+            d.cancel();
+            let _ = d.take_result();
+            most = most.max(shared.state.observers.borrow().len());
+        }
+        assert!(most <= 2 * FIRST_SWEEP, "the slab grew to {most}");
+        assert_eq!(shared.observer_count(), 10);
+        source.callback(3).unwrap();
+        assert!(waiting.iter().all(|d| d.result().unwrap().unwrap() == 3));
+    }
+
+    /// A swept observer's unrun steps are dropped outside the slab's borrow, so a step
+    /// whose drop observes again does not find the list borrowed.
+    #[test]
+    fn a_swept_observers_steps_may_observe_when_dropped() {
+        struct ObserveOnDrop(Rc<ObservableDeferred<u32>>, Rc<Cell<bool>>);
+        impl Drop for ObserveOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.observe();
+                self.1.set(true);
+            }
+        }
+        let source: Deferred<u32> = Deferred::new();
+        let shared = Rc::new(ObservableDeferred::new(source.clone(), false));
+        let dropped = Rc::new(Cell::new(false));
+        {
+            let d = shared.observe();
+            d.pause();
+            d.cancel();
+            let guard = ObserveOnDrop(shared.clone(), dropped.clone());
+            d.add_callback(move |x| {
+                let _keep = &guard;
+                x
+            });
+        }
+        assert!(!dropped.get(), "the paused observer is still in the list");
+        assert_eq!(shared.observer_count(), 1, "the one observed while dropping");
+        assert!(dropped.get());
+        source.callback(1).unwrap();
     }
 }
