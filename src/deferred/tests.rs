@@ -244,3 +244,44 @@ fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
         assert!(d.is_called() && !d.is_paused());
     }
 }
+
+/// Which closures a link stores inline: one that captures a word (the next Deferred of
+/// a nested chain, an `Rc`) is stored in the link, with no allocation; one that
+/// captures nothing, or more than fits, is boxed (a zero-sized box allocates nothing).
+#[test]
+fn one_word_closures_are_stored_in_the_link() {
+    fn kind<F>(f: F) -> &'static str
+    where
+        F: FnOnce(Result<u64, Failure>) -> Next<u64> + 'static,
+    {
+        match Link::call(f, Captured::sentinel(), Location::caller()) {
+            Link::Call(..) => "boxed",
+            Link::Inline(..) => "inline",
+            _ => "not a call",
+        }
+    }
+    let next = Deferred::<u64>::new();
+    assert_eq!(kind(move |_| Next::Wait(next)), "inline");
+    let counter = Rc::new(Cell::new(0u64));
+    assert_eq!(kind(move |r| Next::Ready(r.map(|v| v + counter.get()))), "inline");
+    assert_eq!(kind(|r| Next::Ready(r.map(|v| v + 1))), "boxed");
+    let (a, b) = (1u64, 2u64);
+    assert_eq!(kind(move |r| Next::Ready(r.map(|v| v + a + b))), "boxed");
+    // No larger than a boxed call's link, so a pending Deferred stays in its budget.
+    assert_eq!(mem::size_of::<Option<Link<u64>>>(), 40);
+}
+
+/// An inline callback that never ran is dropped with its Deferred, with what it captured.
+#[test]
+fn an_inline_callback_that_never_ran_drops_what_it_holds() {
+    let held = Rc::new(());
+    let d = Deferred::<u64>::new();
+    let h = held.clone();
+    d.add_callback(move |v| {
+        drop(h);
+        v
+    });
+    assert_eq!(Rc::strong_count(&held), 2);
+    drop(d);
+    assert_eq!(Rc::strong_count(&held), 1);
+}
