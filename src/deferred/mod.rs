@@ -18,7 +18,6 @@
 //! `cancel.rs`).
 
 mod cancel;
-mod inline;
 mod lost;
 mod outcome;
 mod own;
@@ -247,17 +246,12 @@ impl<T: 'static> CallbackResult<T> for Next<T> {
 
 type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
 
-/// A link's callback stored in the link: a closure of one word (see `inline.rs`).
-type InlineCall<T> = inline::InlineFn<Result<T, Failure>, Next<T>>;
-
 /// One step of the chain.
 enum Link<T: 'static> {
     /// A callback/errback pair (either may be a pass-through), with the log context
     /// that was current when it was added (it runs in that context) and where it was
     /// added (for diagnostics).
     Call(Call<T>, Captured, &'static Location<'static>),
-    /// The same, for a closure of one word, stored in the link (no allocation).
-    Inline(InlineCall<T>, Captured, &'static Location<'static>),
     /// The outer Deferred waiting on this one: hand it the result and resume it.
     /// Holding it strongly keeps a fire-and-forget outer chain alive while it waits.
     Continue(Rc<Inner<T>>),
@@ -272,26 +266,6 @@ enum Link<T: 'static> {
     /// A combinator's step on one of its members: hand the outcome to the collector as
     /// member `index`. It runs no user code itself, so it keeps no log context.
     Collect(Rc<dyn Collect<T>>, usize),
-}
-
-impl<T: 'static> Link<T> {
-    /// A call link for `f`: stored in the link if `f` captures one word (`inline.rs`),
-    /// boxed otherwise. A closure that captures nothing is boxed too: its box allocates
-    /// nothing, and the boxed call is what the plain callback chain is tuned for. The
-    /// choice is made at compile time for each closure type.
-    #[inline]
-    fn call<F>(f: F, captured: Captured, at: &'static Location<'static>) -> Link<T>
-    where
-        F: FnOnce(Result<T, Failure>) -> Next<T> + 'static,
-    {
-        if mem::size_of::<F>() == 0 {
-            return Link::Call(Box::new(f), captured, at);
-        }
-        match InlineCall::new(f) {
-            Ok(f) => Link::Inline(f, captured, at),
-            Err(f) => Link::Call(Box::new(f), captured, at),
-        }
-    }
 }
 
 /// Where a combinator's member step hands the member's outcome (a `DeferredList`'s
@@ -573,10 +547,10 @@ impl<T: 'static> Deferred<T> {
         S: CallbackResult<T>,
     {
         self.push_call(
-            move |r: Result<T, Failure>| match r {
+            Box::new(move |r: Result<T, Failure>| match r {
                 Ok(v) => callback(v).into_next(),
                 Err(f) => errback(f).into_next(),
-            },
+            }),
             Location::caller(),
         );
         self
@@ -596,10 +570,10 @@ impl<T: 'static> Deferred<T> {
         R: CallbackResult<T>,
     {
         self.push_call(
-            move |r: Result<T, Failure>| match r {
+            Box::new(move |r: Result<T, Failure>| match r {
                 Ok(v) => callback(v).into_next(),
                 Err(f) => Next::Ready(Err(f)),
-            },
+            }),
             Location::caller(),
         );
         self
@@ -613,10 +587,10 @@ impl<T: 'static> Deferred<T> {
         S: CallbackResult<T>,
     {
         self.push_call(
-            move |r: Result<T, Failure>| match r {
+            Box::new(move |r: Result<T, Failure>| match r {
                 Ok(v) => Next::Ready(Ok(v)),
                 Err(f) => errback(f).into_next(),
-            },
+            }),
             Location::caller(),
         );
         self
@@ -629,7 +603,7 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push_call(move |r| f(r).into_next(), Location::caller());
+        self.push_call(Box::new(move |r| f(r).into_next()), Location::caller());
         self
     }
 
@@ -643,7 +617,7 @@ impl<T: 'static> Deferred<T> {
     {
         let me = self.downgrade();
         self.push_call(
-            move |r| match f(r) {
+            Box::new(move |r| match f(r) {
                 Ok(next) => next,
                 Err(failure) => {
                     if let Some(me) = me.upgrade() {
@@ -651,7 +625,7 @@ impl<T: 'static> Deferred<T> {
                     }
                     Next::Ready(Err(failure))
                 }
-            },
+            }),
             Location::caller(),
         );
         self
@@ -667,11 +641,8 @@ impl<T: 'static> Deferred<T> {
     /// Adds a call link, capturing the current log context for it (the capture point of
     /// the log-context invariant, see `ARCHITECTURE.md`), with `at`, where it was added.
     #[inline]
-    fn push_call<F>(&self, f: F, at: &'static Location<'static>)
-    where
-        F: FnOnce(Result<T, Failure>) -> Next<T> + 'static,
-    {
-        self.push(Link::call(f, Captured::capture(), at));
+    fn push_call(&self, call: Call<T>, at: &'static Location<'static>) {
+        self.push(Link::Call(call, Captured::capture(), at));
     }
 
     fn push(&self, link: Link<T>) {
@@ -866,7 +837,7 @@ impl<T: 'static> Deferred<T> {
         let target = out.to_ref();
         let at = Location::caller();
         self.push_call(
-            move |r| {
+            Box::new(move |r| {
                 let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
                     Ok(next) => next,
                     Err(panic) => Next::Ready(Err(Failure::from_panic_at(panic, at))),
@@ -875,7 +846,7 @@ impl<T: 'static> Deferred<T> {
                     log::debug!("then: the linked deferred was already called; result dropped");
                 }
                 Next::Consumed
-            },
+            }),
             at,
         );
         // `out` has no canceller of its own: a cancel of it cancels its sources.
@@ -1191,7 +1162,6 @@ fn reaches<T: 'static>(from: &Rc<Inner<T>>, to: &Rc<Inner<T>>) -> bool {
             match link {
                 Link::Continue(next) | Link::Chain(ChainTarget::Owned(next), _) => stack.push(next.clone()),
                 Link::Call(..)
-                | Link::Inline(..)
                 | Link::Collect(..)
                 | Link::ContinueWeakly(_)
                 | Link::Chain(ChainTarget::Reached(_), _) => {}
@@ -1348,19 +1318,6 @@ impl<T: 'static> Inner<T> {
                         None => return this.stop_waiting(),
                     }
                 }
-                Some(Link::Inline(f, captured, at)) => {
-                    *running_at = at;
-                    logcontext.enter(&captured, at);
-                    let next = if is_debugging() {
-                        this.run_debugged(|r| f.call(r), held.into_input(), &captured, at, &mut swallowed)
-                    } else {
-                        f.call(held.into_input())
-                    };
-                    match this.absorb(next) {
-                        Some(h) => held = h,
-                        None => return this.stop_waiting(),
-                    }
-                }
                 Some(Link::Collect(collector, index)) => {
                     let next = match collector.collect(index, held.into_input()) {
                         Ok(next) => next,
@@ -1415,7 +1372,7 @@ impl<T: 'static> Inner<T> {
     #[inline(never)]
     fn run_debugged(
         &self,
-        f: impl FnOnce(Result<T, Failure>) -> Next<T>,
+        f: Call<T>,
         input: Result<T, Failure>,
         captured: &Captured,
         at: &'static Location<'static>,
