@@ -104,9 +104,11 @@ fn the_idle_epoll_host_uses_no_cpu() {
     let _echo = serve_echo(&reactor, localhost()).unwrap();
     let mut host = Host::new(&reactor, localhost(), Trigger::Level).unwrap();
     let (_watchdog, watching) = watchdog(&reactor, secs(30));
+    // The clocks start before the timer is set: a thread preempted between the two
+    // would otherwise start its wall clock late and see the timer fire "early".
+    let (cpu, wall) = (cpu_time::ThreadTime::now(), Instant::now());
     let h = reactor.handle();
     reactor.call_later(secs(2), move || h.stop());
-    let (cpu, wall) = (cpu_time::ThreadTime::now(), Instant::now());
     host.run().unwrap();
     let (cpu, wall) = (cpu.elapsed(), wall.elapsed());
     drop(watching);
