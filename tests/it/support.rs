@@ -76,7 +76,10 @@ pub(crate) mod logs {
         }
 
         fn log(&self, record: &log::Record<'_>) {
-            RECORDS.with(|r| r.borrow_mut().push((record.level(), record.args().to_string())));
+            // A record made while the thread's locals are being destroyed (weft may log
+            // from a drop then: with debugging on, a leaked context) is not kept: `with`
+            // would panic there, and a panic in a thread-local's destructor aborts.
+            let _ = RECORDS.try_with(|r| r.borrow_mut().push((record.level(), record.args().to_string())));
         }
 
         fn flush(&self) {}
