@@ -9,7 +9,9 @@ use std::rc::Rc;
 
 use weft::{fail, maybe_deferred, succeed, AlreadyCalledError, Deferred, Failure, PanicError};
 
-use crate::support::{assert_no_result, failure_result_of, success_result_of, GenericError, Trace};
+use crate::support::{
+    assert_no_result, debugging, failure_result_of, success_result_of, GenericError, Trace,
+};
 
 // ---------------------------------------------------------------------------------------
 // Callbacks, errbacks and the values flowing through them
@@ -391,6 +393,8 @@ fn panic_with_a_formatted_message_keeps_the_message() {
 /// TW test_defer.py testAlreadyCalled_CC
 #[test]
 fn callback_twice_is_already_called_and_hands_the_value_back() {
+    // The plain message is the one without debugging, which other tests turn on.
+    let _off = debugging(false);
     let d: Deferred<String> = Deferred::new();
     d.add_callbacks(|v| v, |f: Failure| -> Result<String, Failure> { Err(f) });
     d.callback("hello".to_string()).unwrap();

@@ -16,7 +16,7 @@ use weft::reactor::{Address, DatagramProtocol, Reactor, ThreadHandle};
 
 use crate::support::{
     check_timer_lateness, check_wake_latency, in_child, localhost, ms, open_fds, post_while_asleep,
-    run_in_child, secs, this_thread, watchdog,
+    run_delay, run_in_child, secs, this_thread, watchdog, Lateness,
 };
 
 #[allow(dead_code, clippy::duplicate_mod)] // The example's `main` is not used here; both examples load `common/echo.rs`.
@@ -104,9 +104,11 @@ fn the_idle_epoll_host_uses_no_cpu() {
     let _echo = serve_echo(&reactor, localhost()).unwrap();
     let mut host = Host::new(&reactor, localhost(), Trigger::Level).unwrap();
     let (_watchdog, watching) = watchdog(&reactor, secs(30));
+    // The clocks start before the timer is set: a thread preempted between the two
+    // would otherwise start its wall clock late and see the timer fire "early".
+    let (cpu, wall) = (cpu_time::ThreadTime::now(), Instant::now());
     let h = reactor.handle();
     reactor.call_later(secs(2), move || h.stop());
-    let (cpu, wall) = (cpu_time::ThreadTime::now(), Instant::now());
     host.run().unwrap();
     let (cpu, wall) = (cpu.elapsed(), wall.elapsed());
     drop(watching);
@@ -120,12 +122,14 @@ fn the_idle_epoll_host_uses_no_cpu() {
 /// on the descriptor with no timeout of its own, so it wakes only because the timer is
 /// due (before issue 13 it slept through it: the `QUIET` limit fails the test).
 ///
-/// Asserted: the best of ten is within 2 ms of the deadline, and none later than 250 ms.
-/// Why two bounds: on this 2-core machine, busy with other builds and tests, the
-/// scheduler may run the woken thread late once in a while; the lateness that belongs to
-/// weft (the timerfd's precision, no millisecond rounding) shows in the best sample,
-/// which one busy moment cannot spoil, while the loose bound catches a host that does not
-/// wake. The median and the worst are printed as figures.
+/// Asserted: the best of ten is within 2 ms of the deadline, and none later than 250 ms,
+/// each once the time the host's thread waited for a CPU (the kernel's `run_delay`) is
+/// taken off. Why two bounds: the lateness that belongs to weft (the timerfd's
+/// precision, no millisecond rounding) shows in the best sample, while the loose bound
+/// catches a host that does not wake. Why the waits for a CPU are taken off: on a 2-core
+/// machine busy with other builds and tests, the woken thread waited 4 to 24 ms for a
+/// CPU in every one of the ten samples (best 3.9 ms raw), which is the scheduler's
+/// lateness, not weft's. The raw figures are printed beside the corrected ones.
 #[test]
 fn host_timer_lateness() {
     let reactor = Reactor::new().unwrap();
@@ -134,12 +138,16 @@ fn host_timer_lateness() {
     for _ in 0..10 {
         let fired = Rc::new(Cell::new(None));
         let f = fired.clone();
-        let due = Instant::now() + ms(20);
-        reactor.call_later(ms(20), move || f.set(Some(Instant::now())));
+        let (due, queued) = (Instant::now() + ms(20), run_delay());
+        reactor.call_later(ms(20), move || f.set(Some((Instant::now(), run_delay()))));
         turn_until(&mut host, || fired.get().is_some());
-        late.push(fired.get().unwrap().saturating_duration_since(due));
+        let (at, queued_at) = fired.get().unwrap();
+        late.push(Lateness {
+            late: at.saturating_duration_since(due),
+            queued: queued_at.saturating_sub(queued),
+        });
     }
-    check_timer_lateness("epoll", &mut late);
+    check_timer_lateness("epoll", &late);
 }
 
 /// Wake latency: another thread's `call_from_thread` reaches the host while it sleeps

@@ -16,7 +16,7 @@ use weft::Deferred;
 
 use crate::support::{
     check_timer_lateness, check_wake_latency, in_child, localhost, ms, open_fds, post_while_asleep,
-    run_in_child, secs, this_thread, watchdog,
+    run_delay, run_in_child, secs, this_thread, watchdog, Lateness,
 };
 
 #[allow(dead_code, clippy::duplicate_mod)] // The example's `main` is not used here; both examples load `common/echo.rs`.
@@ -110,15 +110,19 @@ fn tokio_host_timer_lateness() {
     let mut late = Vec::new();
     host(&rt, &reactor, async {
         for _ in 0..10 {
-            let fired = Deferred::<Instant>::new();
+            let fired = Deferred::<(Instant, Duration)>::new();
             let f = fired.clone();
-            let due = Instant::now() + ms(20);
-            reactor.call_later(ms(20), move || f.callback(Instant::now()).unwrap());
-            late.push(within_quiet(fired).await.saturating_duration_since(due));
+            let (due, queued) = (Instant::now() + ms(20), run_delay());
+            reactor.call_later(ms(20), move || f.callback((Instant::now(), run_delay())).unwrap());
+            let (at, queued_at) = within_quiet(fired).await;
+            late.push(Lateness {
+                late: at.saturating_duration_since(due),
+                queued: queued_at.saturating_sub(queued),
+            });
         }
         reactor.stop();
     });
-    check_timer_lateness("tokio", &mut late);
+    check_timer_lateness("tokio", &late);
 }
 
 /// Wake latency: another thread's `call_from_thread` reaches weft while tokio sleeps.

@@ -76,7 +76,10 @@ pub(crate) mod logs {
         }
 
         fn log(&self, record: &log::Record<'_>) {
-            RECORDS.with(|r| r.borrow_mut().push((record.level(), record.args().to_string())));
+            // A record made while the thread's locals are being destroyed (weft may log
+            // from a drop then: with debugging on, a leaked context) is not kept: `with`
+            // would panic there, and a panic in a thread-local's destructor aborts.
+            let _ = RECORDS.try_with(|r| r.borrow_mut().push((record.level(), record.args().to_string())));
         }
 
         fn flush(&self) {}
@@ -328,14 +331,47 @@ fn spread(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     (samples[0], samples[samples.len() / 2], samples[samples.len() - 1])
 }
 
+/// How long this thread has waited, runnable, for a CPU since it started (the kernel's
+/// `run_delay`, the second field of `/proc/thread-self/schedstat`); zero where the kernel
+/// does not say. The part of a wake-up's lateness that belongs to the scheduler, not to
+/// the code that asked for the wake-up.
+pub(crate) fn run_delay() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// One timer's lateness as a host saw it, and how long of it the host's thread waited
+/// for a CPU ([`run_delay`] over the sample).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lateness {
+    pub(crate) late: Duration,
+    pub(crate) queued: Duration,
+}
+
+impl Lateness {
+    /// The lateness the host and weft caused: what remains once the time the thread
+    /// waited for a CPU is taken off.
+    fn own(&self) -> Duration {
+        self.late.saturating_sub(self.queued)
+    }
+}
+
 /// Reports a host's timer lateness and checks it: the best sample within 2 ms of the
-/// deadline, none later than 250 ms (see `embed_epoll::host_timer_lateness` for why).
+/// deadline, none later than 250 ms, once the time the thread waited for a CPU is taken
+/// off each (see `embed_epoll::host_timer_lateness` for why).
 #[track_caller]
-pub(crate) fn check_timer_lateness(host: &str, late: &mut [Duration]) {
-    let (best, median, worst) = spread(late);
-    eprintln!("{host} host: timer lateness best {best:?}, median {median:?}, worst {worst:?}");
-    assert!(best < ms(2), "best lateness {best:?}");
-    assert!(worst < ms(250), "worst lateness {worst:?}");
+pub(crate) fn check_timer_lateness(host: &str, samples: &[Lateness]) {
+    let (best, median, worst) = spread(&mut samples.iter().map(|s| s.late).collect::<Vec<_>>());
+    let (own_best, own_median, own_worst) =
+        spread(&mut samples.iter().map(Lateness::own).collect::<Vec<_>>());
+    eprintln!(
+        "{host} host: timer lateness best {best:?}, median {median:?}, worst {worst:?}; \
+         without the waits for a CPU best {own_best:?}, median {own_median:?}, worst {own_worst:?}"
+    );
+    assert!(own_best < ms(2), "best lateness {own_best:?} without the waits for a CPU: {samples:?}");
+    assert!(own_worst < ms(250), "worst lateness {own_worst:?} without the waits for a CPU: {samples:?}");
 }
 
 /// From another thread, posts `n` calls to `reactor` with `call_from_thread`, each once

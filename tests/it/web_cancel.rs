@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use weft::future::cancellable;
-use weft::reactor::CancelToken;
+use weft::reactor::{CancelToken, Phase};
 use weft::web::{Request, Response, Router, ServerConfig, Site};
 use weft::{CancelledError, Deferred, Failure, Linearizer, Reactor, ResponseCache};
 
@@ -357,12 +357,11 @@ fn a_graceful_stop_finishes_in_flight_requests_then_cancels_what_is_left() {
     let work: Rc<RefCell<Vec<Deferred<Response>>>> = Rc::new(RefCell::new(Vec::new()));
     let cancelled = Rc::new(Cell::new(0));
     let (w, tx) = (work.clone(), to_client.clone());
-    let time = reactor.handle();
     let (c, tx2) = (cancelled.clone(), to_client.clone());
     let router = Router::new()
         .get("/soon", move |_req: Request| {
             let _ = tx.send("soon started".to_string());
-            let d = weft::reactor::defer_later(&time, ms(30), || Response::new(200).body("finished"));
+            let d = Deferred::new();
             w.borrow_mut().push(d.clone());
             d
         })
@@ -377,6 +376,19 @@ fn a_graceful_stop_finishes_in_flight_requests_then_cancels_what_is_left() {
     let mut config = ServerConfig::default();
     config.shutdown_grace = ms(300);
     let site = Site::with_config(&reactor, router, config);
+    // The work of /soon finishes once the stop has begun (in the turn after the "before"
+    // triggers, the site's among them, ran), inside the grace period. It used to finish
+    // 30 ms after it started, and a client thread scheduled late asked for the stop
+    // after that: the response then went out before the stop, without `Connection: close`.
+    let (w, h) = (work.clone(), reactor.handle());
+    reactor.add_shutdown_trigger(Phase::Before, move || {
+        let w = w.clone();
+        h.call_soon(move || {
+            for d in w.borrow_mut().drain(..) {
+                d.callback(Response::new(200).body("finished")).unwrap();
+            }
+        });
+    });
     let stop = reactor.thread_handle();
     let (soon, never, refused) = with_http_server(&reactor, &site, secs(30), move |addr| {
         let mut soon = connect_and_send(addr, "GET /soon HTTP/1.1\r\nHost: x\r\n\r\n");
