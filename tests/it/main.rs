@@ -47,6 +47,7 @@ mod seed_pitfalls;
 mod string_receivers;
 mod support;
 mod sy_helpers_more;
+mod sy_logcontext_more;
 mod sync;
 mod tcp;
 mod threads;
