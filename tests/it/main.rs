@@ -61,6 +61,7 @@ mod tracing_spans;
 mod transport;
 mod tw_add_timeout;
 mod tw_defer_more;
+mod tw_futures;
 mod udp;
 mod web_cancel;
 mod web_client;
