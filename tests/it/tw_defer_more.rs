@@ -515,3 +515,18 @@ fn gather_with_a_failing_member_fails_with_its_index() {
     assert_eq!(f.downcast_ref::<FirstError>().unwrap().index, 1);
     dl[1].add_errback(|_| 1);
 }
+
+/// TW test_defer.py FirstErrorTests.test_str. Difference in form: Twisted's text is
+/// `FirstError[#5, <the sub-failure's text>]`; weft's `FirstError` names the index in its
+/// own message and gives the sub-failure as its `source()` (Rust's error-chain
+/// convention, src/combinators/mod.rs: `impl Error for FirstError`), so a reporter that
+/// walks the chain prints the member's error once.
+#[test]
+fn first_error_names_the_index_and_chains_the_member_failure() {
+    let f = Failure::msg("some text");
+    let error = FirstError { failure: f.clone(), index: 5 };
+    assert!(error.to_string().contains('5'), "{error}");
+    let source = std::error::Error::source(&error).expect("the member's failure is the source");
+    assert_eq!(source.to_string(), "some text");
+    assert!(std::ptr::addr_eq(source, f.as_error()));
+}
