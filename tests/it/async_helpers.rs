@@ -70,7 +70,7 @@ fn concurrently_execute_limits_runners() {
 }
 
 #[derive(Debug)]
-struct TestException;
+pub(crate) struct TestException;
 
 impl std::fmt::Display for TestException {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

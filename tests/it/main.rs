@@ -46,6 +46,8 @@ mod response_cache;
 mod seed_pitfalls;
 mod string_receivers;
 mod support;
+mod sy_helpers_more;
+mod sy_logcontext_more;
 mod sync;
 mod tcp;
 mod threads;
@@ -57,6 +59,9 @@ mod tokio_bridge;
 #[cfg(feature = "tracing")]
 mod tracing_spans;
 mod transport;
+mod tw_add_timeout;
+mod tw_defer_more;
+mod tw_futures;
 mod udp;
 mod web_cancel;
 mod web_client;

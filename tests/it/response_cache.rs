@@ -301,3 +301,52 @@ fn the_work_runs_in_its_own_context_not_the_first_callers() {
     let late: Vec<_> = logs::records().into_iter().filter(|(_, m)| m.contains("after it finished")).collect();
     assert!(late.is_empty(), "{late:?}");
 }
+
+/// SY test_response_cache.py test_cache_cancel_non_cancellable: the one caller
+/// cancelling does not cancel the work, which finishes and is cached for the next
+/// caller. (The caller's `CancelledError` comes at once here, not when the work
+/// finishes: see src/cache.rs, "Synapse delays each caller's `CancelledError` until the
+/// work completes ...; here the work has its own context, so a caller can leave at once".)
+#[test]
+fn cancelling_the_only_caller_leaves_the_work_running_and_cached() {
+    let clock = Clock::new();
+    let cache = with_cache(&clock, "cancel_non_cancellable_cache", ms(300));
+    let cancelled = Rc::new(Cell::new(false));
+    let c = cancelled.clone();
+    let work: Deferred<String> = Deferred::with_canceller(move |_| c.set(true));
+    let w = work.clone();
+    let d = cache.wrap(0, move || w);
+    d.cancel();
+    assert!(failure(&d).check::<CancelledError>());
+    assert!(!cancelled.get(), "the work was cancelled");
+    clock.advance(secs(1));
+    work.callback("howdy".to_string()).unwrap();
+    let d2 = cache.wrap(0, || -> String { unreachable!("the result is cached") });
+    assert_eq!(success(&d2), "howdy");
+}
+
+/// SY test_response_cache.py test_cache_cancel_first_wait_expire: work whose only caller
+/// cancelled is itself cancelled, and the caller gets a `CancelledError`. Difference:
+/// Synapse cancels such (`@cancellable`) work once the entry's timeout has passed with
+/// nobody waiting; weft has no per-function marker, and the cache's policy decides
+/// (src/cache.rs, `WhenUnobserved`: the default keeps the work running, `Cancel` cancels
+/// it as soon as its last caller has gone), so this runs with `WhenUnobserved::Cancel`
+/// and the work is cancelled at once.
+#[test]
+fn with_the_cancel_policy_work_nobody_waits_for_is_cancelled() {
+    let clock = Clock::new();
+    let cache: ResponseCache<u32, String> =
+        ResponseCache::with_policy(&clock, "cancel_expire_cache", ms(300), WhenUnobserved::Cancel);
+    let cancelled = Rc::new(Cell::new(false));
+    let c = cancelled.clone();
+    let work: Deferred<String> = Deferred::with_canceller(move |_| c.set(true));
+    let w = work.clone();
+    let d = cache.wrap(0, move || w);
+    assert!(!cancelled.get());
+    d.cancel();
+    assert!(failure(&d).check::<CancelledError>());
+    assert!(cancelled.get(), "the work was not cancelled");
+    assert!(work.is_called(), "the cancel failed the work");
+    clock.advance(ms(700));
+    assert!(cache.is_empty());
+}

@@ -207,7 +207,7 @@ fn rwlock_cancel_waiting_writer_lets_readers_in() {
 /// SY test_linearizer.py `_start_task`: a task that takes the key, says so, waits to be
 /// unblocked, and releases. Returns the task's Deferred, the "acquired" Deferred and the
 /// unblocking Deferred.
-fn start_task(
+pub(crate) fn start_task(
     lin: &Linearizer<&'static str>,
     key: &'static str,
 ) -> (Deferred<()>, Deferred<()>, Deferred<()>) {
