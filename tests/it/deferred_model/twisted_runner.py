@@ -218,7 +218,26 @@ def apply(w, uid, op):
             d.addCallbacks(f1, make_fn(di, uid, second))
         return "None"
     if name == "chain":
-        d.chainDeferred(w.ds[op[2]])
+        # Exactly what chainDeferred does (`_chainedTo`, then addCallbacks(to.callback,
+        # to.errback)), with the target's fire wrapped to note a late fire after a cancel.
+        to = w.ds[op[2]]
+        to._chainedTo = d
+
+        def late(method):
+            def fire_target(r):
+                try:
+                    method(r)
+                    # The chain goes on with None, where weft's has a ResultConsumedError.
+                    WORLD.notes.add("none-result")
+                    return None
+                except AlreadyCalledError:
+                    if getattr(to, "_cancelled_with_canceller", False):
+                        WORLD.notes.add("late-fire-after-canceller")
+                    raise
+
+            return fire_target
+
+        d.addCallbacks(late(to.callback), late(to.errback))
         return "None"
     if name == "callback":
         return fire(d, op[2])
@@ -281,7 +300,7 @@ def run(ops):
 
 
 class Hang(Exception):
-    """A sequence that did not finish within a second: an endless loop in Twisted."""
+    """A sequence that did not finish within half a second: an endless loop in Twisted."""
 
 
 HUNG = False
@@ -343,7 +362,7 @@ def main():
             continue
         global HUNG
         HUNG = False
-        signal.setitimer(signal.ITIMER_REAL, 2)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
         try:
             lines = run(json.loads(line))
         except Hang:
