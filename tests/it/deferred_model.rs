@@ -12,6 +12,7 @@
 
 mod ops;
 mod reference;
+mod twisted;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -1,0 +1,382 @@
+"""Runs the model-based test's operation sequences on Twisted's real Deferred.
+
+Used by `deferred_model::twisted::weft_agrees_with_twisted` (tests/it/deferred_model/twisted.rs).
+Reads one sequence per line on stdin, a JSON list of operations as that file encodes them, and
+prints its transcript in the exact text of the Rust side's `Transcript::lines()`, then a line
+`end`. Lines starting with `note ` name a documented weft/Twisted difference the sequence reached
+(the Rust side explains a divergence only by one of them).
+
+Mapping: New -> Deferred(canceller) (creator canceller), Add -> addCallback / addErrback /
+addBoth / addCallbacks, Chain -> chainDeferred, Callback/Errback/Pause/Cancel -> the same
+methods, Unpause -> unpause, reported as NotPaused (and not called) when the user's pause count
+is 0 (Twisted would let it go negative; weft returns NotPausedError). Layer cancellers have no
+Twisted equivalent: the Rust side removes them before sequences reach this runner.
+"""
+
+import gc
+import warnings
+import json
+import signal
+import sys
+
+from twisted.internet import defer
+from twisted.internet.defer import AlreadyCalledError, Deferred
+from twisted.python.failure import Failure
+
+MAX_DEFERREDS = 4
+ORIGINAL_CANCELLED = defer.CancelledError
+
+
+class GenericError(Exception):
+    """The test's `GenericError("code N")`."""
+
+    def __init__(self, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+class World:
+    def __init__(self):
+        self.ds = []
+        self.events = []
+        self.notes = set()
+        self.current_cancel = None
+        self.next_cancel = 0
+
+    def new_cancel_id(self):
+        self.next_cancel += 1
+        return ("cancel", self.next_cancel)
+
+
+WORLD = None
+
+
+class TaggedCancelledError(ORIGINAL_CANCELLED):
+    """Twisted's CancelledError, tagged with the cancellation it belongs to: weft gives every
+    CancelledError of one outermost `cancel()` (and the cancels it leads to) the same id."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        w = WORLD
+        self.cid = w.current_cancel if w.current_cancel is not None else w.new_cancel_id()
+
+
+# Twisted's cancel() makes `Failure(CancelledError())` from its module's global.
+defer.CancelledError = TaggedCancelledError
+
+
+def do_cancel(d):
+    w = WORLD
+    if w.current_cancel is not None:
+        d.cancel()
+        return
+    w.current_cancel = w.new_cancel_id()
+    try:
+        d.cancel()
+    finally:
+        w.current_cancel = None
+
+
+def fail_of(f):
+    """A failure as the Rust side's `Fail` Debug text; cancel ids left as tuples."""
+    if f is None:
+        WORLD.notes.add("none-result")
+        return "Consumed"
+    e = f.value
+    if isinstance(e, GenericError):
+        return f"Code({e.code})"
+    if isinstance(e, ORIGINAL_CANCELLED):
+        return ("Cancelled", getattr(e, "cid", None) or WORLD.new_cancel_id())
+    if isinstance(e, AlreadyCalledError):
+        return 'Other("AlreadyCalledError")'
+    if isinstance(e, RecursionError):
+        WORLD.notes.add("recursion")
+    return "Other(" + json.dumps(f"{type(e).__name__}: {e}") + ")"
+
+
+def result_of(r):
+    if isinstance(r, Failure):
+        return ("Err", fail_of(r))
+    if r is None:
+        WORLD.notes.add("none-result")
+        return ("Err", "Consumed")
+    if isinstance(r, int):
+        return ("Ok", r)
+    return ("Err", f"Other({json.dumps(repr(r))})")
+
+
+def make_fn(d_index, uid, action):
+    def fn(inp):
+        w = WORLD
+        w.events.append(("Ran", uid, result_of(inp)))
+        kind = action[0]
+        if kind == "pass":
+            return inp
+        if kind == "add":
+            k = action[1]
+            if isinstance(inp, int):
+                return (inp + k) & 0xFFFFFFFF
+            return k
+        if kind == "fail":
+            return Failure(GenericError(action[1]))
+        j = action[1]
+        if j >= len(w.ds):
+            return inp
+        target = w.ds[j]
+        if kind == "return":
+            if j == d_index:
+                w.notes.add("self-return")
+            if getattr(target, "_runningCallbacks", False):
+                w.notes.add("mid-run-return")
+            if target.called and not isinstance(target.result, Deferred) and target.paused:
+                w.notes.add("paused-return")
+            # A ring: the returned Deferred waits (through others) on this one.
+            seen, cur = 0, target
+            while isinstance(getattr(cur, "result", None), Deferred) and seen < 10:
+                cur = cur.result
+                seen += 1
+                if cur is w.ds[d_index]:
+                    w.notes.add("wait-cycle")
+            return target
+        if kind == "fire":
+            try:
+                target.callback(action[2])
+                ok = True
+            except AlreadyCalledError:
+                ok = False
+                if getattr(target, "_cancelled_with_canceller", False):
+                    w.notes.add("late-fire-after-canceller")
+            w.events.append(("Fired", uid, j, ok))
+            return inp
+        if kind == "cancel":
+            do_cancel(target)
+            return inp
+        raise ValueError(f"unknown action {action!r}")
+
+    return fn
+
+
+def make_canceller(index, kind):
+    def canceller(d):
+        w = WORLD
+        w.events.append(("Canceller", index))
+        d._cancelled_with_canceller = True
+        if kind[0] == "value":
+            d.callback(kind[1])
+        elif kind[0] == "failure":
+            d.errback(Failure(GenericError(kind[1])))
+
+    return canceller
+
+
+def valid(op, n):
+    name = op[0]
+    if name == "new":
+        return n < MAX_DEFERREDS
+    if name == "chain":
+        return op[1] < n and op[2] < n
+    return op[1] < n
+
+
+def user_pauses(d):
+    # Twisted counts its own pause while waiting on a returned Deferred.
+    waiting = d.called and isinstance(d.result, Deferred)
+    return d.paused - (1 if waiting else 0)
+
+
+def fire(d, value_or_failure):
+    try:
+        if isinstance(value_or_failure, Failure):
+            d.errback(value_or_failure)
+        else:
+            d.callback(value_or_failure)
+        return "Some(Ok)"
+    except AlreadyCalledError:
+        if getattr(d, "_cancelled_with_canceller", False):
+            WORLD.notes.add("late-fire-after-canceller")
+        return "Some(AlreadyCalled)"
+
+
+def apply(w, uid, op):
+    name = op[0]
+    if name == "new":
+        index = len(w.ds)
+        d = Deferred(make_canceller(index, op[1]) if op[1] is not None else None)
+        w.ds.append(d)
+        return "None"
+    d = w.ds[op[1]]
+    if name == "add":
+        _, di, shape, first, second = op
+        f1 = make_fn(di, uid, first)
+        if shape == "callback":
+            d.addCallback(f1)
+        elif shape == "errback":
+            d.addErrback(f1)
+        elif shape == "both":
+            d.addBoth(f1)
+        else:
+            d.addCallbacks(f1, make_fn(di, uid, second))
+        return "None"
+    if name == "chain":
+        # Exactly what chainDeferred does (`_chainedTo`, then addCallbacks(to.callback,
+        # to.errback)), with the target's fire wrapped to note a late fire after a cancel.
+        to = w.ds[op[2]]
+        to._chainedTo = d
+
+        def late(method):
+            def fire_target(r):
+                try:
+                    method(r)
+                    # The chain goes on with None, where weft's has a ResultConsumedError.
+                    WORLD.notes.add("none-result")
+                    return None
+                except AlreadyCalledError:
+                    if getattr(to, "_cancelled_with_canceller", False):
+                        WORLD.notes.add("late-fire-after-canceller")
+                    raise
+
+            return fire_target
+
+        d.addCallbacks(late(to.callback), late(to.errback))
+        return "None"
+    if name == "callback":
+        return fire(d, op[2])
+    if name == "errback":
+        return fire(d, Failure(GenericError(op[2])))
+    if name == "pause":
+        d.pause()
+        return "None"
+    if name == "unpause":
+        if user_pauses(d) <= 0:
+            return "Some(NotPaused)"
+        d.unpause()
+        return "Some(Ok)"
+    if name == "cancel":
+        do_cancel(d)
+        return "None"
+    raise ValueError(f"unknown op {op!r}")
+
+
+def seen(d):
+    has_result = (
+        d.called
+        and not d.paused
+        and not d.callbacks
+        and not getattr(d, "_runningCallbacks", False)
+        and not isinstance(d.result, Deferred)
+    )
+    result = None
+    if has_result and d.result is None:
+        WORLD.notes.add("none-result")
+    elif has_result:
+        result = result_of(d.result)
+    return (d.called, d.paused > 0, result)
+
+
+def run(ops):
+    global WORLD
+    w = WORLD = World()
+    outcomes = []
+    steps = []
+    for uid, op in enumerate(ops):
+        try:
+            outcomes.append(apply(w, uid, op) if valid(op, len(w.ds)) else "None")
+        except RecursionError:
+            w.notes.add("recursion")
+            outcomes.append("None")
+        steps.append([seen(d) for d in w.ds])
+    for d in w.ds:
+        while user_pauses(d) > 0:
+            d.unpause()
+    steps.append([seen(d) for d in w.ds])
+    lines = render(w, outcomes, steps)
+    # Let Twisted report what it would report as unhandled (not compared: weft reports on
+    # drop through its own hook); clear references first.
+    for d in w.ds:
+        if isinstance(getattr(d, "result", None), Failure):
+            d.addErrback(lambda _: None)
+    WORLD = None
+    return lines
+
+
+class Hang(Exception):
+    """A sequence that did not finish within half a second: an endless loop in Twisted."""
+
+
+HUNG = False
+
+
+def on_alarm(signum, frame):
+    # Twisted turns an exception in a callback into a Failure, so keep raising until the
+    # endless loop is left.
+    global HUNG
+    HUNG = True
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    raise Hang()
+
+
+def render(w, outcomes, steps):
+    ids = {}
+
+    def fail_text(f):
+        if isinstance(f, tuple):
+            key = f[1]
+            if key not in ids:
+                ids[key] = len(ids)
+            return f"Cancelled({ids[key]})"
+        return f
+
+    def res_text(r):
+        if r[0] == "Ok":
+            return f"Ok({r[1]})"
+        return f"Err({fail_text(r[1])})"
+
+    lines = []
+    for e in w.events:
+        if e[0] == "Ran":
+            lines.append(f"event Ran {{ uid: {e[1]}, input: {res_text(e[2])} }}")
+        elif e[0] == "Fired":
+            ok = "true" if e[3] else "false"
+            lines.append(f"event Fired {{ uid: {e[1]}, target: {e[2]}, ok: {ok} }}")
+        else:
+            lines.append(f"event Canceller {{ d: {e[1]} }}")
+    for i, o in enumerate(outcomes):
+        lines.append(f"op {i} returned {o}")
+    for step, all_seen in enumerate(steps):
+        for di, (called, paused, result) in enumerate(all_seen):
+            r = "None" if result is None else f"Some({res_text(result)})"
+            c = "true" if called else "false"
+            p = "true" if paused else "false"
+            lines.append(f"after step {step}: d{di} Seen {{ called: {c}, paused: {p}, result: {r} }}")
+    lines.extend(f"note {n}" for n in sorted(w.notes))
+    return lines
+
+
+def main():
+    warnings.simplefilter("ignore")
+    sys.setrecursionlimit(2000)
+    signal.signal(signal.SIGALRM, on_alarm)
+    for n, line in enumerate(sys.stdin):
+        line = line.strip()
+        if not line:
+            continue
+        global HUNG
+        HUNG = False
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            lines = run(json.loads(line))
+        except Hang:
+            pass
+        except Exception as e:  # a runner bug: say so, keep going
+            lines = ["error " + json.dumps(f"{type(e).__name__}: {e}")]
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if HUNG:
+            lines = ["note hang"]
+        if n % 256 == 255:
+            gc.collect()
+        sys.stdout.write("\n".join(lines) + "\nend\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
