@@ -172,13 +172,22 @@ fn a_data_stream_over_tcp_delivers_every_byte_in_order_while_pausing_a_slow_read
                 let (protocol, mut stream) = data_stream_with_high_water(16 * 1024);
                 let (r, p, f, h) = (r.clone(), p.clone(), f.clone(), handle.clone());
                 let _reader = ensure_deferred(async move {
+                    let tick = std::time::Duration::from_millis(1);
+                    // First a reader that reads nothing: what arrives piles up past the
+                    // mark, so the connection must pause, and stays paused until the
+                    // stream is read (waiting on the condition, not on a chosen delay,
+                    // which a slow machine or valgrind outran: the reader then kept up
+                    // and never saw the pause). Without a pause this never ends and the
+                    // test's guard fails it.
+                    while !stream.transport().is_some_and(|t| t.is_reading_paused()) {
+                        weft::reactor::defer_later(&h, tick, || ()).await?;
+                    }
+                    p.set(true);
                     while let Some(chunk) = stream.next().await {
                         r.borrow_mut().extend(chunk?);
-                        // A slow consumer: a turn of the reactor or more between chunks
-                        // (a zero delay would run in the same turn); meanwhile a read
-                        // past the mark pauses the connection.
-                        weft::reactor::defer_later(&h, std::time::Duration::from_millis(1), || ()).await?;
-                        p.set(p.get() || stream.transport().is_some_and(|t| t.is_reading_paused()));
+                        // Then a slow consumer: a turn of the reactor or more between
+                        // chunks (a zero delay would run in the same turn).
+                        weft::reactor::defer_later(&h, tick, || ()).await?;
                     }
                     f.set(true);
                     Ok(())
@@ -195,9 +204,9 @@ fn a_data_stream_over_tcp_delivers_every_byte_in_order_while_pausing_a_slow_read
     let _client = reactor.connect_tcp(addr, |_: &Address| Sender { total: TOTAL }, secs(10));
     let f = finished.clone();
     run_until(&reactor, secs(60), move || f.get());
+    assert!(paused_seen.get(), "the slow reader never paused the connection");
     let expected: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
     assert!(*received.borrow() == expected, "{} of {TOTAL} bytes, in order?", received.borrow().len());
-    assert!(paused_seen.get(), "the slow reader never paused the connection");
 }
 
 #[test]
