@@ -15,16 +15,8 @@ use weft::{
 };
 
 use crate::async_helpers::TestException;
-use crate::support::{logs, secs};
+use crate::support::{failure_result_of, logs, secs};
 use crate::sync::start_task;
-
-#[track_caller]
-fn failure<T: std::fmt::Debug + 'static>(d: &Deferred<T>) -> Failure {
-    match d.take_result() {
-        Some(Err(f)) => f,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
 
 /// SY test_async_helpers.py CancellationWrapperTests.test_failure (both wrappers): the
 /// wrapper gets the failure, and the original's failure is consumed (nothing reported).
@@ -36,7 +28,7 @@ fn the_cancellation_wrappers_pass_a_failure_on() {
             let wrapper = if delay { delay_cancellation(&deferred) } else { stop_cancellation(&deferred) };
             deferred.errback(Failure::msg("abc")).unwrap();
             assert!(wrapper.is_called());
-            assert_eq!(failure(&wrapper).as_error().to_string(), "abc");
+            assert_eq!(wrapper.take_result().unwrap().unwrap_err().as_error().to_string(), "abc");
             drop(deferred);
         });
         assert!(errors.is_empty(), "delay: {delay}: {errors:?}");
@@ -65,7 +57,7 @@ fn delay_cancellation_of_a_task_waits_for_it() {
         assert!(!completion.is_called());
         blocking.callback(()).unwrap();
         assert!(completion.is_called());
-        assert!(failure(&wrapper).check::<CancelledError>());
+        failure_result_of::<CancelledError, _>(&wrapper);
     });
     assert!(errors.is_empty(), "{errors:?}");
 }
@@ -81,7 +73,7 @@ fn delay_cancellation_suppresses_a_second_cancel() {
     assert!(!deferred.is_called(), "the original was cancelled");
     let ((), errors) = logs::errors_during(|| {
         deferred.errback(Failure::msg("abc")).unwrap();
-        assert!(failure(&wrapper).check::<CancelledError>());
+        failure_result_of::<CancelledError, _>(&wrapper);
         drop(deferred);
     });
     assert!(errors.is_empty(), "the original's failure was consumed: {errors:?}");
@@ -93,12 +85,12 @@ fn delay_cancellation_suppresses_a_second_cancel() {
 fn delay_cancellation_passes_the_originals_cancelled_error_on() {
     let elsewhere: Deferred<String> = Deferred::new();
     elsewhere.cancel();
-    let cancelled = failure(&elsewhere);
+    let cancelled = elsewhere.take_result().unwrap().unwrap_err();
     let deferred: Deferred<String> = Deferred::new();
     let wrapper = delay_cancellation(&deferred);
     deferred.errback(cancelled.clone()).unwrap();
     assert!(wrapper.is_called());
-    assert!(Failure::ptr_eq(&failure(&wrapper), &cancelled));
+    assert!(Failure::ptr_eq(&wrapper.take_result().unwrap().unwrap_err(), &cancelled));
 }
 
 /// SY test_async_helpers.py TimeoutDeferredTest.test_logcontext_is_preserved_on_cancellation:
@@ -140,7 +132,7 @@ fn timeout_deferred_keeps_log_contexts_on_cancellation() {
     timing_out.add_errback(errback("timingout"));
     clock.pump(&[secs(1)]);
     assert!(was_cancelled.get(), "the non-completing Deferred was not cancelled");
-    assert!(failure(&timing_out).check::<TimeoutError>());
+    failure_result_of::<TimeoutError, _>(&timing_out);
     let one_id = Some("one".to_string());
     assert_eq!(*seen.borrow(), [("orig", one_id.clone()), ("timingout", one_id)]);
     assert_eq!(current_request_id().as_deref(), Some("one"));
@@ -166,7 +158,7 @@ fn concurrently_execute_passes_a_preformed_failure_on() {
         2,
     );
     d1.callback(0).unwrap();
-    let got = failure(&all);
+    let got = all.take_result().unwrap().unwrap_err();
     assert!(Failure::ptr_eq(&got, &f), "{got}");
     assert_eq!(got.location(), f.location());
 }
@@ -187,7 +179,7 @@ fn linearizer_cancel_just_after_acquiring() {
     unblock1.callback(()).unwrap();
     assert!(d1.take_result().unwrap().is_ok());
     d2.cancel();
-    assert!(failure(&d2).check::<CancelledError>());
+    failure_result_of::<CancelledError, _>(&d2);
     assert!(acquired3.is_called(), "the third task did not get the key after the second was cancelled");
     unblock3.callback(()).unwrap();
     assert!(d3.take_result().unwrap().is_ok());
@@ -245,7 +237,7 @@ fn rwlock_cancelling_a_reader_that_holds_the_lock_lets_the_writer_in() {
     let writer = start_rw_nonblocking(&lock, true, "write completed");
     assert!(!writer.is_called());
     reader.cancel();
-    assert!(failure(&reader).check::<CancelledError>());
+    failure_result_of::<CancelledError, _>(&reader);
     assert!(writer.is_called(), "the writer is stuck waiting for a cancelled reader");
     assert_eq!(writer.take_result().unwrap().unwrap(), "write completed");
 }
@@ -258,7 +250,7 @@ fn rwlock_cancelling_a_writer_that_holds_the_lock_lets_the_reader_in() {
     let reader = start_rw_nonblocking(&lock, false, "read completed");
     assert!(!reader.is_called());
     writer.cancel();
-    assert!(failure(&writer).check::<CancelledError>());
+    failure_result_of::<CancelledError, _>(&writer);
     assert!(reader.is_called(), "the reader is stuck waiting for a cancelled writer");
     assert_eq!(reader.take_result().unwrap().unwrap(), "read completed");
 }
@@ -275,7 +267,7 @@ fn rwlock_cancelling_a_waiting_reader() {
     let writer2 = start_rw_nonblocking(&lock, true, "write 2 completed");
     assert!(!writer2.is_called());
     reader.cancel();
-    assert!(failure(&reader).check::<CancelledError>());
+    failure_result_of::<CancelledError, _>(&reader);
     assert!(!writer1.is_called(), "the first writer was cancelled");
     assert!(!writer2.is_called(), "the second writer was cancelled or let in before the first finished");
     unblock_writer1.callback(()).unwrap();
@@ -299,7 +291,8 @@ fn rwlock_cancelling_a_waiting_writer_keeps_the_order() {
     let writer3 = start_rw_nonblocking(&lock, true, "write 3 completed");
     assert!(!writer2.is_called() && !writer3.is_called());
     writer2.cancel();
-    assert!(failure(&writer2).check::<CancelledError>(), "weft: the cancelled writer leaves at once");
+    // weft: the cancelled writer leaves at once.
+    failure_result_of::<CancelledError, _>(&writer2);
     assert!(!reader.is_called(), "the reader was cancelled");
     assert!(!writer1.is_called(), "the first writer was cancelled");
     assert!(!writer3.is_called(), "the third writer was cancelled or let in too early");

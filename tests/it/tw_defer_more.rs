@@ -12,21 +12,13 @@ use weft::{
     DeferredLock, DeferredSemaphore, Failure, FailureGroup, FirstError, ListResult, StringError,
 };
 
-use crate::support::{debugging, logs};
+use crate::support::{debugging, failure_result_of, logs};
 
 /// Twisted's `fakeCallbackCanceller`: a Deferred whose canceller fires it with a value.
 fn callback_canceller() -> Deferred<String> {
     Deferred::with_canceller(|d: &Deferred<String>| {
         d.callback("Callback Result".to_string()).unwrap();
     })
-}
-
-#[track_caller]
-fn cancelled<T: std::fmt::Debug + 'static>(d: &Deferred<T>) -> bool {
-    match d.take_result() {
-        Some(Err(f)) => f.check::<CancelledError>(),
-        other => panic!("expected a failure, got {other:?}"),
-    }
 }
 
 #[track_caller]
@@ -113,8 +105,8 @@ fn cancelling_a_fire_on_one_callback_list_cancels_every_member() {
     let (a, b) = (Deferred::<()>::new(), Deferred::<()>::new());
     let list = DeferredList::new(vec![a.clone(), b.clone()]).fire_on_one_callback(true).into_deferred();
     list.cancel();
-    assert!(cancelled(&a));
-    assert!(cancelled(&b));
+    failure_result_of::<CancelledError, _>(&a);
+    failure_result_of::<CancelledError, _>(&b);
     assert!(list.is_called());
 }
 
@@ -125,7 +117,7 @@ fn cancelling_a_fire_on_one_callback_list_whose_member_callbacks() {
     let b: Deferred<String> = Deferred::new();
     let list = DeferredList::new(vec![a, b.clone()]).fire_on_one_callback(true).into_deferred();
     list.cancel();
-    assert!(cancelled(&b));
+    failure_result_of::<CancelledError, _>(&b);
     match list.take_result().unwrap().unwrap() {
         ListResult::One { index, value } => assert_eq!((index, value.as_str()), (0, "Callback Result")),
         ListResult::All(_) => panic!("expected One"),
@@ -138,8 +130,8 @@ fn cancelling_a_fire_on_one_errback_list() {
     let (a, b) = (Deferred::<()>::new(), Deferred::<()>::new());
     let list = DeferredList::new(vec![a.clone(), b.clone()]).fire_on_one_errback(true).into_deferred();
     list.cancel();
-    assert!(cancelled(&a));
-    assert!(cancelled(&b));
+    failure_result_of::<CancelledError, _>(&a);
+    failure_result_of::<CancelledError, _>(&b);
     let f = list.take_result().unwrap().unwrap_err();
     assert!(f.downcast_ref::<FirstError>().unwrap().failure.check::<CancelledError>());
 }
@@ -165,8 +157,8 @@ fn cancelling_a_list_leaves_deferreds_outside_it_alone() {
     let (a, b, c) = (Deferred::<()>::new(), Deferred::<()>::new(), Deferred::<()>::new());
     let list = DeferredList::new(vec![a.clone(), b.clone()]).into_deferred();
     list.cancel();
-    assert!(cancelled(&a));
-    assert!(cancelled(&b));
+    failure_result_of::<CancelledError, _>(&a);
+    failure_result_of::<CancelledError, _>(&b);
     assert!(!c.is_called());
 }
 
@@ -181,7 +173,7 @@ fn cancelling_a_list_goes_on_past_a_panicking_canceller() {
     let ((), errors) = logs::errors_during(|| {
         list.cancel();
     });
-    assert!(cancelled(&b));
+    failure_result_of::<CancelledError, _>(&b);
     assert_eq!(errors.iter().filter(|e| e.contains("test")).count(), 1, "{errors:?}");
 }
 
@@ -424,7 +416,7 @@ fn cancelling_a_waiting_semaphore_acquire_fails_it() {
     let _held = sem.acquire();
     let d = sem.acquire();
     d.cancel();
-    assert!(cancelled(&d));
+    failure_result_of::<CancelledError, _>(&d);
     assert_eq!(sem.waiting(), 0);
 }
 
