@@ -5,14 +5,15 @@
 //!
 //! The `ObservableDeferred` holds the source and an `Rc` to the shared state; the source's
 //! chain holds the state too, through the one link that records the outcome. The state
-//! owns the observers still waiting, in a `Slab`, as forward references (they fire an
+//! owns the observers still waiting, in a list in the order they observed (the order
+//! they are told, as Synapse walks its list), as forward references (they fire an
 //! observer and cannot cancel it, see `deferred/own.rs`): a source nobody can fire is
 //! freed with the state and the observers nobody holds. An observer that gets an
 //! outcome before the source's (a cancel, which fails it at once: it has no canceller)
-//! stays in the slab until the next sweep: `observe` sweeps out every entry that has an
-//! outcome once the slab has doubled since the last sweep, so the slab holds at most
-//! about twice the observers still waiting and the sweeps cost O(1) amortized per
-//! observer. An observer therefore carries no step of its own (no link, no allocation
+//! stays in the list until the next sweep: `observe` sweeps out every entry that has an
+//! outcome once the list has doubled since the last sweep (keeping the others' order),
+//! so the list holds at most about twice the observers still waiting and the sweeps
+//! cost O(1) amortized per observer. An observer therefore carries no step of its own (no link, no allocation
 //! for one); the fan-out skips the entries that have an outcome. The outcome is stored
 //! once; each observer gets a clone of the value (`T: Clone`, cheap for `Rc`/`Arc`
 //! payloads) or of the [`Failure`] (an `Rc`).
@@ -20,8 +21,6 @@
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
-
-use slab::Slab;
 
 use crate::deferred::{Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
@@ -66,25 +65,25 @@ pub struct ObservableDeferred<T: Clone + 'static> {
 struct State<T: 'static> {
     /// The source's outcome, once it has one; set before any observer is told.
     outcome: RefCell<Option<Result<T, Failure>>>,
-    /// Observers waiting for the outcome, and (until the next sweep) observers that got
-    /// one of their own, by a cancel.
-    observers: RefCell<Slab<DeferredRef<T>>>,
-    /// The slab length at which `observe` sweeps next.
+    /// Observers waiting for the outcome, in the order they observed, and (until the
+    /// next sweep) observers that got one of their own, by a cancel.
+    observers: RefCell<Vec<DeferredRef<T>>>,
+    /// The list's length at which `observe` sweeps next.
     sweep_at: Cell<usize>,
 }
 
-/// The smallest slab length at which `observe` sweeps.
+/// The smallest list length at which `observe` sweeps.
 const FIRST_SWEEP: usize = 64;
 
 impl<T: 'static> State<T> {
-    /// Removes the observers that have an outcome; the next sweep comes once the slab
-    /// has doubled. They are dropped after the borrow ends, since dropping one may run
+    /// Removes the observers that have an outcome, keeping the others' order; the next
+    /// sweep comes once the list has doubled. They are dropped after the borrow ends, since dropping one may run
     /// user code (its unrun steps) that observes again.
     fn sweep(&self) {
         let mut done = Vec::new();
         {
             let mut observers = self.observers.borrow_mut();
-            observers.retain(|_, d| {
+            observers.retain(|d| {
                 let keep = !d.is_called();
                 if !keep {
                     done.push(d.clone());
@@ -102,7 +101,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
     pub fn new(source: Deferred<T>, consume_errors: bool) -> ObservableDeferred<T> {
         let state = Rc::new(State {
             outcome: RefCell::new(None),
-            observers: RefCell::new(Slab::new()),
+            observers: RefCell::new(Vec::new()),
             sweep_at: Cell::new(FIRST_SWEEP),
         });
         let st = state.clone();
@@ -111,7 +110,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
             // The state is set first; then the observers are told from a taken list, so
             // an observer's callback may observe or cancel freely.
             let observers = std::mem::take(&mut *st.observers.borrow_mut());
-            for (_, d) in observers {
+            for d in observers {
                 // One cancelled meanwhile (by an earlier observer's callback, or while
                 // paused) is not told, as a Twisted Deferred cancelled without a canceller
                 // ignores its late result.
@@ -147,7 +146,7 @@ impl<T: Clone + 'static> ObservableDeferred<T> {
         let d = Deferred::new();
         // The source is never cancelled: a cancel stops at the observer.
         d.mark_shield();
-        self.state.observers.borrow_mut().insert(d.to_ref());
+        self.state.observers.borrow_mut().push(d.to_ref());
         d
     }
 
@@ -192,7 +191,7 @@ mod tests {
     use super::*;
 
     /// Observers cancelled and dropped one after another (a cache entry whose requests
-    /// all went away) do not pile up while the source waits: the slab stays within about
+    /// all went away) do not pile up while the source waits: the list stays within about
     /// twice the observers still waiting.
     #[test]
     fn cancelled_observers_are_swept_and_the_list_stays_bounded() {
@@ -206,13 +205,13 @@ mod tests {
             let _ = d.take_result();
             most = most.max(shared.state.observers.borrow().len());
         }
-        assert!(most <= 2 * FIRST_SWEEP, "the slab grew to {most}");
+        assert!(most <= 2 * FIRST_SWEEP, "the list grew to {most}");
         assert_eq!(shared.observer_count(), 10);
         source.callback(3).unwrap();
         assert!(waiting.iter().all(|d| d.result().unwrap().unwrap() == 3));
     }
 
-    /// A swept observer's unrun steps are dropped outside the slab's borrow, so a step
+    /// A swept observer's unrun steps are dropped outside the list's borrow, so a step
     /// whose drop observes again does not find the list borrowed.
     #[test]
     fn a_swept_observers_steps_may_observe_when_dropped() {

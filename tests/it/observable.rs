@@ -176,3 +176,35 @@ fn a_cancelled_observer_leaves_the_list_at_once() {
     assert_eq!(b.result().unwrap().unwrap(), 1);
     assert!(a.result().unwrap().unwrap_err().check::<CancelledError>());
 }
+
+/// Observers are told in the order they observed, as Synapse's list of observers is
+/// walked, also after cancelled observers were swept out and new ones took their place
+/// (the sweep runs once 64 entries are held).
+#[test]
+fn observers_are_told_in_the_order_they_observed_even_after_a_sweep() {
+    let source = Deferred::<u32>::new();
+    let shared = ObservableDeferred::new(source.clone(), false);
+    let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut expected = Vec::new();
+    let mut cancelled = Vec::new();
+    for i in 0..200u32 {
+        let d = shared.observe();
+        let o = order.clone();
+        d.add_callback(move |x| {
+            o.borrow_mut().push(i);
+            x
+        });
+        // Every other one of the first hundred is cancelled, leaving holes to refill.
+        if i < 100 && i % 2 == 0 {
+            d.cancel();
+            cancelled.push(d);
+        } else {
+            expected.push(i);
+        }
+    }
+    source.callback(1).unwrap();
+    assert_eq!(*order.borrow(), expected);
+    for d in cancelled {
+        crate::support::failure_result_of::<CancelledError, _>(&d);
+    }
+}
