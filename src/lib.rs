@@ -103,6 +103,7 @@ mod failure;
 pub mod future;
 pub mod logcontext;
 mod observable;
+mod panics;
 /// The porting guide (`PORTING.md` at the repository root), compiled here so that its
 /// examples run as tests.
 #[doc = include_str!("../PORTING.md")]

@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::mem;
-use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::panic::Location;
 use std::rc::Rc;
 
 use smallvec::SmallVec;
@@ -385,9 +385,7 @@ impl<T: 'static> Deferred<T> {
             forget_if_unused(layers);
         } else {
             for (_, layer) in layers.into_iter().rev() {
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| layer(err))) {
-                    log::error!("a layer canceller panicked: {}", Failure::from_panic(panic));
-                }
+                crate::panics::guarded(module_path!(), "a layer canceller", || layer(err));
             }
         }
         let outcome = match target {
@@ -426,9 +424,7 @@ impl<T: 'static> Deferred<T> {
             if is_debugging() {
                 outcome::record(CancelStep::Canceller(self.inner.core.borrow().created_at));
             }
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| canceller(self))) {
-                log::error!("a canceller panicked: {}", Failure::from_panic(panic));
-            }
+            crate::panics::guarded(module_path!(), "a canceller", || canceller(self));
         }
         // With no canceller of its own, a Deferred built on others (`then`,
         // `timeout_deferred`) cancels them; their failures come back through

@@ -11,7 +11,7 @@
 use std::any::{type_name, Any};
 use std::cell::RefCell;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::panic::Location;
 use std::rc::Rc;
 
 use super::{Deferred, Next};
@@ -197,8 +197,8 @@ impl<T: 'static> Lost<T> {
             // weft's own forwarding fires (a task moving on) never come late with these.
             Next::Wait(_) | Next::Consumed => return,
         };
-        let ran = match self.hook {
-            Some(hook) => catch_unwind(AssertUnwindSafe(|| hook(result))),
+        match self.hook {
+            Some(hook) => crate::panics::guarded(module_path!(), "a lost-result hook", || hook(result)),
             None => {
                 let lost = LostResult {
                     result: result.map(|v| Box::new(v) as Box<dyn Any>),
@@ -208,18 +208,15 @@ impl<T: 'static> Lost<T> {
                     cancel: self.cancel,
                 };
                 let hook = THREAD_HOOK.with(|h| h.borrow().clone());
-                catch_unwind(AssertUnwindSafe(|| {
+                crate::panics::guarded(module_path!(), "a lost-result hook", || {
                     match hook {
                     Some(hook) => hook(lost),
                     None => log::warn!(
                         "lost result: {lost}; it is dropped (Deferred::on_lost_result or set_lost_result_hook can take it back)"
                     ),
                 }
-                }))
+                })
             }
         };
-        if let Err(panic) = ran {
-            log::error!("a lost-result hook panicked: {}", Failure::from_panic(panic));
-        }
     }
 }

@@ -35,7 +35,7 @@ mod tests;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::mem::{self, ManuallyDrop};
-use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::panic::Location;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -838,10 +838,8 @@ impl<T: 'static> Deferred<T> {
         let at = Location::caller();
         self.push_call(
             Box::new(move |r| {
-                let next = match catch_unwind(AssertUnwindSafe(|| f(r).into_next())) {
-                    Ok(next) => next,
-                    Err(panic) => Next::Ready(Err(Failure::from_panic_at(panic, at))),
-                };
+                let next = crate::panics::catching_at(at, || f(r).into_next())
+                    .unwrap_or_else(|failure| Next::Ready(Err(failure)));
                 if target.fire_at(next, at).is_err() {
                     log::debug!("then: the linked deferred was already called; result dropped");
                 }
@@ -1227,9 +1225,7 @@ impl<T: 'static> Inner<T> {
         // Deferred that waited (see `hand_over`).
         let mut current = self;
         loop {
-            match catch_unwind(AssertUnwindSafe(|| {
-                Inner::run_links(&mut current, held, &mut logcontext, &mut at)
-            })) {
+            match crate::panics::caught(|| Inner::run_links(&mut current, held, &mut logcontext, &mut at)) {
                 Ok(()) => return,
                 Err(panic) => match current.after_panic(Failure::from_panic_at(panic, at)) {
                     Some(h) => held = h,
@@ -1594,7 +1590,7 @@ where
     F: FnOnce() -> R,
     R: CallbackResult<T>,
 {
-    match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
+    match crate::panics::catching(|| f().into_next()) {
         Ok(Next::Ready(r)) => {
             let d = Deferred::new();
             d.inner.core.borrow_mut().set_slot(Slot::Ready(r));
@@ -1602,6 +1598,6 @@ where
         }
         Ok(Next::Wait(d)) => d,
         Ok(Next::Consumed) => fail(ResultConsumedError),
-        Err(panic) => fail(Failure::from_panic(panic)),
+        Err(failure) => fail(failure),
     }
 }

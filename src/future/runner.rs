@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::panic::Location;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -387,11 +387,10 @@ impl<T: 'static, F: Future<Output = Result<T, Failure>>> Future for Wrapper<T, F
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let polled = catch_unwind(AssertUnwindSafe(|| self.future.as_mut().poll(cx)));
-        let r = match polled {
+        let r = match crate::panics::catching(|| self.future.as_mut().poll(cx)) {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(r)) => r,
-            Err(panic) => Err(Failure::from_panic(panic)),
+            Err(failure) => Err(failure),
         };
         if r.is_ok() && crate::is_debugging() {
             report_if_swallowed(self.spawned_at);

@@ -4,13 +4,12 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::timers::{DelayedCall, TimeSource, Timers};
 use crate::logcontext::PreserveLoggingContext;
-use crate::{CallbackResult, Deferred, Failure};
+use crate::{CallbackResult, Deferred};
 
 /// What code that needs time asks of a reactor (Twisted's `IReactorTime`): the current
 /// time and calls scheduled for later. Implemented by the real reactor and by [`Clock`].
@@ -182,10 +181,8 @@ where
     let call = time.call_later(
         delay,
         Box::new(move || {
-            let next = match catch_unwind(AssertUnwindSafe(|| f().into_next())) {
-                Ok(next) => next,
-                Err(panic) => crate::deferred::Next::Ready(Err(Failure::from_panic(panic))),
-            };
+            let next = crate::panics::catching(|| f().into_next())
+                .unwrap_or_else(|failure| crate::deferred::Next::Ready(Err(failure)));
             if target.fire(next).is_err() {
                 log::debug!(target: "weft::reactor", "defer_later: Deferred already called");
             }

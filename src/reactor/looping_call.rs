@@ -8,7 +8,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -220,13 +219,13 @@ impl LoopInner {
         this.in_call.set(true);
         let f = this.f.borrow_mut().take();
         let Some(mut f) = f else { return };
-        let next = catch_unwind(AssertUnwindSafe(|| match &mut f {
+        let next = crate::panics::catching(|| match &mut f {
             LoopFn::Plain(f) => f(),
             LoopFn::Counted(f) => match this.count() {
                 0 => Next::Ready(Ok(())),
                 n => f(n),
             },
-        }));
+        });
         *this.f.borrow_mut() = Some(f);
         match next {
             Ok(Next::Ready(r)) => LoopInner::call_done(this, r),
@@ -235,7 +234,7 @@ impl LoopInner {
                 d.add_both(move |r: Result<(), Failure>| LoopInner::call_done(&me, r));
             }
             Ok(Next::Consumed) => LoopInner::call_done(this, Ok(())),
-            Err(panic) => LoopInner::call_done(this, Err(Failure::from_panic(panic))),
+            Err(failure) => LoopInner::call_done(this, Err(failure)),
         }
     }
 

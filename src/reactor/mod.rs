@@ -72,7 +72,6 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -968,13 +967,12 @@ impl fmt::Debug for WeakReactorHandle {
     }
 }
 
-/// Runs a reactor callback, catching and logging a panic so the loop keeps running.
+/// Runs a reactor callback, logging a panic (target `weft::reactor`) so the loop keeps
+/// running (see `panics.rs`).
+#[track_caller]
 pub(crate) fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Option<R> {
-    catching(f).map_err(|failure| log::error!(target: "weft::reactor", "panic in {what}: {failure}")).ok()
+    crate::panics::guarded("weft::reactor", what, f)
 }
 
-/// Runs `f`, turning a panic into a [`PanicError`](crate::PanicError) Failure for the
-/// caller to act on (a connection whose protocol panicked is aborted with it).
-pub(crate) fn catching<R>(f: impl FnOnce() -> R) -> Result<R, crate::Failure> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(crate::Failure::from_panic)
-}
+/// A connection whose protocol panicked is aborted with the panic's failure.
+pub(crate) use crate::panics::catching;

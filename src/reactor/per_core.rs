@@ -19,7 +19,6 @@
 use std::any::Any;
 use std::fmt;
 use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -337,12 +336,12 @@ fn run_one(
     // A stop of this reactor, whoever asked for it, stops the group.
     let group = shared.clone();
     reactor.add_shutdown_trigger(Phase::Before, move || group.stop_all());
-    let outcome = match catch_unwind(AssertUnwindSafe(|| {
+    let outcome = match crate::panics::caught(|| {
         if stop_on_signals {
             reactor.stop_on_signals()?;
         }
         setup(&reactor, index)
-    })) {
+    }) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(ReactorGroupError::Setup { index, error }),
         Err(payload) => Err(ReactorGroupError::Panicked { index, message: panic_message(&*payload) }),

@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::error::Error;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe, Location};
+use std::panic::Location;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -502,9 +502,9 @@ fn worker(pool: Arc<PoolShared>, out: Arc<ThreadShared>) {
 /// had one), and measures what that context used.
 fn run_job(work: Box<dyn FnOnce() -> JobResult + Send>, context: Option<RemoteContext>) -> JobDone {
     let Some(remote) = context else {
-        return JobDone { outcome: catch_unwind(AssertUnwindSafe(work)), stats: ContextStats::default() };
+        return JobDone { outcome: crate::panics::caught(work), stats: ContextStats::default() };
     };
-    let (outcome, stats) = remote.run(|| catch_unwind(AssertUnwindSafe(work)));
+    let (outcome, stats) = remote.run(|| crate::panics::caught(work));
     JobDone { outcome, stats }
 }
 

@@ -2,7 +2,6 @@
 //! (whole, or streamed through a `BodyWriter`), and going on to the next one.
 
 use std::cell::{Cell, RefCell};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 
 use super::exchange::Exchange;
@@ -105,7 +104,7 @@ impl Channel {
         let request = Request { head, body, params, context: ex.ctx.clone(), peer: self.peer.clone() };
         let reply = {
             let _ctx = PreserveLoggingContext::new(ex.ctx.clone());
-            let reply = catch_unwind(AssertUnwindSafe(|| handler.call(request)));
+            let reply = crate::panics::catching(|| handler.call(request));
             if let Ok(crate::web::Reply(ReplyRepr::Later(d))) = &reply {
                 // Added in the request's context, so that a handler's completion (a
                 // timer, a pool result) runs on into writing the response without two
@@ -130,8 +129,7 @@ impl Channel {
                     self.arm_timer();
                 }
             }
-            Err(panic) => {
-                let failure = Failure::from_panic(panic);
+            Err(failure) => {
                 ex.ctx_log_error(&format!("request handler panicked: {failure}"));
                 ex.handler_done.set(true);
                 self.respond(&ex, Response::error(500, ""));
@@ -199,8 +197,7 @@ impl Channel {
                 self.flush_out();
                 let writer = BodyWriter::new(self.me.clone(), ex.clone(), sf, length);
                 let _ctx = PreserveLoggingContext::new(ex.ctx.clone());
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| produce(writer))) {
-                    let failure = Failure::from_panic(panic);
+                if let Err(failure) = crate::panics::catching(|| produce(writer)) {
                     ex.ctx_log_error(&format!("response body producer panicked: {failure}"));
                 }
             }
