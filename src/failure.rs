@@ -318,12 +318,6 @@ impl CancelledError {
         self.location
     }
 
-    /// True if this cancellation was started by calling `cancel()` on `d` itself, rather
-    /// than on something that `d` waited on, or on an unrelated deferred.
-    pub fn cancelled_by<T: 'static>(&self, d: &crate::Deferred<T>) -> bool {
-        d.cancel_started_here() == Some(self.id)
-    }
-
     /// The path this cancellation took, in order: each Deferred it passed into, each
     /// canceller it ran (with where it was added), and where it stopped. Recorded only
     /// while [`set_debugging`](crate::set_debugging) was on when the cancel started;

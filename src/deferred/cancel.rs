@@ -155,6 +155,15 @@ enum Target<T: 'static> {
     Inner(Option<Rc<super::Inner<T>>>),
 }
 
+/// Kept beside the Deferred's cancel, so that `failure.rs` names no `Deferred`.
+impl CancelledError {
+    /// True if this cancellation was started by calling `cancel()` on `d` itself, rather
+    /// than on something that `d` waited on, or on an unrelated deferred.
+    pub fn cancelled_by<T: 'static>(&self, d: &Deferred<T>) -> bool {
+        d.cancel_started_here() == Some(self.id)
+    }
+}
+
 impl<T: 'static> Deferred<T> {
     /// A new Deferred whose creator knows how to stop the work behind it (Twisted's
     /// `Deferred(canceller)`).
