@@ -155,8 +155,10 @@ impl<T: 'static> Deferred<T> {
     /// given back. Without a hook, the thread's hook gets it ([`set_lost_result_hook`];
     /// by default it logs a warning). Replaces a hook set before.
     ///
-    /// The hook runs in the log context current when it was set, at most once; it is
-    /// dropped with the Deferred. A panic in it is logged.
+    /// The hook runs in the log context current when it was set, at most once, even if
+    /// that context has finished by then (a request that ended with the cancel: its work
+    /// goes to the parent, with no warning about late work); it is dropped with the
+    /// Deferred. A panic in it is logged.
     ///
     /// ```
     /// use std::{cell::Cell, rc::Rc};
@@ -173,7 +175,9 @@ impl<T: 'static> Deferred<T> {
     /// ```
     pub fn on_lost_result(&self, hook: impl FnOnce(Result<T, Failure>) + 'static) -> &Self {
         let captured = Captured::capture();
-        let hook: LostHook<T> = Box::new(move |r| captured.run(|| hook(r)));
+        // A late result often comes after the request that added the hook has ended: the
+        // hook runs in its context all the same, without the warning about late work.
+        let hook: LostHook<T> = Box::new(move |r| captured.run_late(|| hook(r)));
         let old = self.inner.core.borrow_mut().cold_mut().extra_mut().on_lost.replace(hook);
         drop(old);
         self

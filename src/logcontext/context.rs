@@ -514,6 +514,22 @@ impl Captured {
         f()
     }
 
+    /// As [`run`](Self::run), for work that comes after its context's request by design
+    /// (a lost-result hook, which runs when a late result arrives, often after the
+    /// request has ended): if the context has finished, the work is charged to its
+    /// parent as usual, without the warning about late work.
+    pub(crate) fn run_late<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _restore = if id_of(&self.0) == current_id() {
+            Restore(None)
+        } else {
+            Restore(Some(switch(self.0.clone())))
+        };
+        if let Some(c) = &self.0 {
+            c.count_late_callback();
+        }
+        f()
+    }
+
     /// Makes the captured context current until the returned guard is dropped; counts
     /// one callback.
     #[inline]
@@ -663,6 +679,16 @@ impl ContextInner {
         self.callbacks.set(self.callbacks.get() + 1);
         if self.finished.get() {
             self.late_work(added_at);
+        }
+    }
+
+    /// A callback that may come after the context finished by design: counted here, or
+    /// (finished) passed on to the parent, without a warning.
+    fn count_late_callback(&self) {
+        if !self.finished.get() {
+            self.callbacks.set(self.callbacks.get() + 1);
+        } else if let Some(parent) = &self.parent {
+            parent.charge(&ContextStats { callbacks: 1, ..Default::default() });
         }
     }
 

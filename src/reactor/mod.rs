@@ -615,7 +615,11 @@ impl ReactorHandle {
     ///
     /// Cancelling before a pool thread picked the work up removes it: `f` never runs.
     /// Once it runs it cannot be stopped; the Deferred fails with `CancelledError` at
-    /// once and the late result is dropped (its CPU is still charged).
+    /// once and the late result goes to the lost-result guard (its CPU is still
+    /// charged): the Deferred's [`on_lost_result`](crate::Deferred::on_lost_result)
+    /// hook if it has one (to give back a connection, say, or `|_| ()` to drop what a
+    /// cancelled request no longer needs), otherwise the thread's, which by default logs
+    /// a warning.
     #[track_caller]
     #[must_use = "the Deferred carries f's result"]
     pub fn defer_to_thread<T, F>(&self, f: F) -> Deferred<T>
@@ -664,8 +668,9 @@ impl ReactorHandle {
     ///
     /// # Cancellation
     ///
-    /// As for `defer_to_thread`; in addition the token of a running job turns true, and
-    /// what the job then returns is dropped.
+    /// As for `defer_to_thread`; in addition the token of a running job turns true. A
+    /// job that then stops with an error is not reported (it did as asked); a value it
+    /// still returns goes to the lost-result guard.
     #[track_caller]
     #[must_use = "the Deferred carries f's result"]
     pub fn defer_to_thread_with_token<T, E, F>(&self, f: F) -> Deferred<T>

@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 
 use super::poll::Waker;
 use super::{guarded, ReactorHandle};
+use crate::deferred::Next;
 use crate::logcontext::{current_context, ContextStats, LoggingContext, RemoteContext};
 use crate::{Deferred, Failure};
 
@@ -346,7 +347,10 @@ impl ReactorThreads {
         }
     }
 
-    /// Queues `f` on the pool; see `ReactorHandle::defer_to_thread_with_token`.
+    /// Queues `f` on the pool; see `ReactorHandle::defer_to_thread_with_token`. The
+    /// Deferred is made at `location`, the caller's place (and so is named there in
+    /// diagnostics and in a lost result's report).
+    #[track_caller]
     pub(crate) fn defer_to_thread<T, E, F>(
         &self,
         reactor: &ReactorHandle,
@@ -382,10 +386,18 @@ impl ReactorThreads {
         let target = d.to_ref();
         let complete: Completer = Box::new(move |r: Result<Payload, Failure>| {
             let outcome = match r {
+                // A value that comes after a cancel goes to the lost-result guard, named
+                // by the caller's place.
                 Ok(b) => match b.downcast::<T>() {
-                    Ok(v) => target.callback(*v).map_err(|_| ()),
+                    Ok(v) => target.fire_at(Next::Ready(Ok(*v)), location).map_err(|_| ()),
                     Err(_) => unreachable!("a job's result has the job's type"),
                 },
+                // A failure after a cancel is the job stopping as its token asked (or
+                // failing anyway): there is nothing in it to give back.
+                Err(f) if target.is_called() => {
+                    log::debug!(target: "weft::reactor", "defer_to_thread: a cancelled job ended with {f}");
+                    Ok(())
+                }
                 Err(f) => target.errback(f).map_err(|_| ()),
             };
             if outcome.is_err() {

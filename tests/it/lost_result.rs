@@ -272,3 +272,28 @@ fn take_granted<G: std::fmt::Debug>(waiting: &mut Vec<Deferred<G>>, held: &mut V
         None => true,
     });
 }
+
+/// A request sets a hook, is cancelled and ends; the late result arrives after: the hook
+/// runs in the request's context (its name in the log lines) with no warning about work
+/// in a finished context, since coming late is what the hook is for.
+#[test]
+fn a_hook_set_in_a_request_that_has_ended_runs_without_a_late_work_warning() {
+    logs::capture();
+    let request = weft::logcontext::LoggingContext::new("GET-7");
+    let seen = Rc::new(RefCell::new(None));
+    let d: Deferred<u32> = Deferred::new();
+    {
+        let _in = request.enter();
+        let s = seen.clone();
+        d.on_lost_result(move |r| {
+            *s.borrow_mut() = Some((r.unwrap(), weft::logcontext::current_request_id()));
+        });
+        d.cancel();
+    }
+    request.finish();
+    d.callback(3).unwrap();
+    assert_eq!(*seen.borrow(), Some((3, Some("GET-7".to_string()))));
+    let warnings: Vec<_> = logs::records().into_iter().filter(|(l, _)| *l <= log::Level::Warn).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let _ = d.take_result();
+}

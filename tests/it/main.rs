@@ -10,6 +10,7 @@ mod cancel_scope;
 mod cancellation;
 mod combinators;
 mod cpu_accounting;
+mod daemon_mix;
 mod deferred_callbacks;
 mod deferred_cancel;
 mod deferred_canceller_chain;

@@ -146,3 +146,40 @@ fn stopping_the_pool_turns_the_running_jobs_tokens() {
     drop(reactor);
     assert_eq!(saw.try_recv(), Ok(true), "the job stopped because of its token, before the drop returned");
 }
+
+/// After a cancel, a job that stops as its token asked (with an error) is not reported:
+/// it did what it was told. A job that still brings a value goes to the lost-result
+/// guard, whose warning names the line that called `defer_to_thread` (not weft's).
+/// One pool thread, so the jobs and their completions come in order, and a last job's
+/// callback says when the earlier completions have been handled.
+#[test]
+fn after_a_cancel_a_stopped_job_is_quiet_and_a_late_value_is_reported_at_the_callers_line() {
+    logs::capture();
+    let reactor = Reactor::new().unwrap();
+    reactor.set_thread_pool_size(1);
+    let (stopped, started, saw) = cooperative_job(&reactor);
+    started.recv_timeout(secs(10)).expect("the job started");
+    stopped.cancel();
+    assert_eq!(saw.recv_timeout(secs(10)), Ok(true));
+    let (go_tx, go) = mpsc::channel::<()>();
+    let (running_tx, running) = mpsc::channel::<()>();
+    let late = reactor.defer_to_thread(move || {
+        running_tx.send(()).unwrap();
+        go.recv_timeout(secs(30)).unwrap();
+        7u32
+    });
+    let line = line!() - 5;
+    running.recv_timeout(secs(10)).expect("the second job started");
+    late.cancel();
+    go_tx.send(()).unwrap();
+    let done = Rc::new(RefCell::new(false));
+    let d = done.clone();
+    reactor.defer_to_thread(|| ()).add_callback(move |()| *d.borrow_mut() = true);
+    run_until(&reactor, secs(10), move || *done.borrow());
+    let warnings: Vec<String> =
+        logs::records().into_iter().filter(|(l, _)| *l <= log::Level::Warn).map(|(_, m)| m).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("lost result: a value of type u32"), "{}", warnings[0]);
+    assert!(warnings[0].contains(&format!("created at tests/it/threads.rs:{line}:")), "{}", warnings[0]);
+    let _ = (stopped.take_result(), late.take_result());
+}

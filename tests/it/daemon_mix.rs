@@ -1,0 +1,136 @@
+//! A small daemon in Synapse's style on weft's HTTP server, under a mix of requests with
+//! debugging on: a shared `ResponseCache`, a `Linearizer` in front of the thread pool,
+//! background processes, a timeout, and clients that disconnect half way (which cancels
+//! their handlers through every layer). The check an outside port made of weft: every
+//! answered request has the right answer, and the log says nothing at warning or error
+//! level, since nothing went wrong (a false warning is a bug too).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::rc::Rc;
+
+use weft::future::cancellable;
+use weft::logcontext::run_as_background_process;
+use weft::reactor::defer_later;
+use weft::web::{Request, Response, Router, Site};
+use weft::{timeout_deferred, Linearizer, Reactor, ResponseCache, TimeoutError};
+
+use crate::support::{debugging, logs, ms, secs, with_http_server};
+use crate::web_server::{read_responses, statuses};
+
+/// The daemon's routes.
+fn daemon(reactor: &Reactor) -> Router {
+    let time = reactor.handle();
+    let cache: ResponseCache<String, String> = ResponseCache::new(&reactor.handle(), "room", ms(5));
+    let linearizer: Rc<Linearizer<String>> = Rc::new(Linearizer::new(1));
+    let (t1, t2, t3, pool) = (time.clone(), time.clone(), time.clone(), time.clone());
+    Router::new()
+        .get(
+            "/cached/{k}",
+            cancellable(move |req: Request| {
+                let (cache, time) = (cache.clone(), t1.clone());
+                let k = req.param("k").unwrap().to_string();
+                async move {
+                    let key = k.clone();
+                    let v = cache
+                        .wrap(k, move || defer_later(&time, ms(2), move || format!("room {key}")))
+                        .await?;
+                    Ok(Response::new(200).body(v))
+                }
+            }),
+        )
+        .get(
+            "/locked/{k}",
+            cancellable(move |req: Request| {
+                let (lin, pool) = (linearizer.clone(), pool.clone());
+                let k = req.param("k").unwrap().to_string();
+                async move {
+                    let _permit = lin.queue(k.clone()).await?;
+                    // A count made after the client went away is of no use to anyone:
+                    // say so, or the lost-result guard warns (as it should for a
+                    // connection or a permit handed back too late).
+                    let n = pool.defer_to_thread(move || k.len()).on_lost_result(drop).clone().await?;
+                    Ok(Response::new(200).body(format!("len {n}")))
+                }
+            }),
+        )
+        .get("/bg", move |_req: Request| {
+            let time = t2.clone();
+            let _: weft::Deferred<Option<()>> =
+                run_as_background_process("prune", move || defer_later(&time, ms(1), || ()));
+            Response::new(200).body("started")
+        })
+        .get("/timeout", move |_req: Request| {
+            let time = t3.clone();
+            let slow = defer_later(&time, secs(5), || "late".to_string());
+            let guarded = timeout_deferred(&slow, ms(3), &time);
+            async move {
+                match guarded.await {
+                    Ok(v) => Ok(Response::new(200).body(v)),
+                    Err(f) if f.check::<TimeoutError>() => Ok(Response::new(504).body("timed out")),
+                    Err(f) => Err(f),
+                }
+            }
+        })
+}
+
+/// What request `i` asks for, and the status and body it must get.
+fn request(i: usize) -> (String, u16, String) {
+    let k = format!("k{}", i % 5);
+    match i % 4 {
+        0 => (format!("/cached/{k}"), 200, format!("room {k}")),
+        1 => (format!("/locked/{k}"), 200, "len 2".to_string()),
+        2 => ("/bg".to_string(), 200, "started".to_string()),
+        _ => ("/timeout".to_string(), 504, "timed out".to_string()),
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: daemon\r\n\r\n")
+}
+
+#[test]
+fn a_daemon_under_a_mix_of_requests_and_disconnects_logs_no_warning() {
+    let _on = debugging(true);
+    logs::capture();
+    let reactor = Reactor::new().unwrap();
+    let site = Site::new(&reactor, daemon(&reactor));
+    let answered = with_http_server(&reactor, &site, secs(60), |addr| {
+        let mut answered = 0;
+        for round in 0..10 {
+            // Clients that send and go away at once: their handlers are cancelled
+            // wherever they wait (the cache, the Linearizer, the pool, the timeout).
+            for i in 0..4 {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(get(&request(round * 4 + i).0).as_bytes()).unwrap();
+            }
+            // A keep-alive client sending one request after another, and one pipelining.
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(secs(20))).unwrap();
+            for i in 0..8 {
+                let (path, status, body) = request(round * 8 + i);
+                s.write_all(get(&path).as_bytes()).unwrap();
+                let text = read_responses(&mut s, 1);
+                assert_eq!(statuses(&text), [status], "{path}: {text}");
+                assert!(text.ends_with(&body), "{path}: {text}");
+                answered += 1;
+            }
+            let mut p = TcpStream::connect(addr).unwrap();
+            p.set_read_timeout(Some(secs(20))).unwrap();
+            let all: String = (0..8).map(|i| get(&request(round + i).0)).collect();
+            p.write_all(all.as_bytes()).unwrap();
+            let text = read_responses(&mut p, 8);
+            let expected: Vec<u16> = (0..8).map(|i| request(round + i).1).collect();
+            assert_eq!(statuses(&text), expected, "{text}");
+            answered += 8;
+        }
+        answered
+    });
+    assert_eq!(answered, 160);
+    // Let the last background processes and cache expiries run out.
+    let (h, done) = (reactor.handle(), reactor.handle());
+    h.call_later(ms(20), move || done.stop());
+    reactor.run();
+    let noisy: Vec<_> = logs::records().into_iter().filter(|(level, _)| *level <= log::Level::Warn).collect();
+    assert!(noisy.is_empty(), "warnings or errors logged: {noisy:#?}");
+}
