@@ -11,11 +11,15 @@ use std::rc::Rc;
 
 use weft::future::cancellable;
 use weft::logcontext::run_as_background_process;
-use weft::reactor::defer_later;
+use weft::reactor::{defer_later, LoopingCall};
+use weft::web::client::Client;
 use weft::web::{Request, Response, Router, Site};
-use weft::{timeout_deferred, Linearizer, Reactor, ResponseCache, TimeoutError};
+use weft::{
+    delay_cancellation, timeout_deferred, CancelScope, Linearizer, Reactor, ReadWriteLock, ResponseCache,
+    TimeoutError,
+};
 
-use crate::support::{debugging, logs, ms, secs, with_http_server};
+use crate::support::{debugging, localhost, logs, ms, secs, with_http_server};
 use crate::web_server::{read_responses, statuses};
 
 /// The daemon's routes.
@@ -131,6 +135,117 @@ fn a_daemon_under_a_mix_of_requests_and_disconnects_logs_no_warning() {
     let (h, done) = (reactor.handle(), reactor.handle());
     h.call_later(ms(20), move || done.stop());
     reactor.run();
+    let noisy: Vec<_> = logs::records().into_iter().filter(|(level, _)| *level <= log::Level::Warn).collect();
+    assert!(noisy.is_empty(), "warnings or errors logged: {noisy:#?}");
+}
+
+/// The second daemon's routes: a proxy to a backend over weft's HTTP client, a
+/// read-write lock, a delayed cancellation and a cancel scope with a deadline.
+fn gateway(reactor: &Reactor, backend: String) -> Router {
+    let time = reactor.handle();
+    let client = Client::new(&reactor.handle());
+    let rw: Rc<ReadWriteLock<String>> = Rc::new(ReadWriteLock::new());
+    let (t1, t2, t3) = (time.clone(), time.clone(), time.clone());
+    Router::new()
+        .get(
+            "/proxy",
+            cancellable(move |_req: Request| {
+                let got = client.get(&backend);
+                async move {
+                    let r = got.await?;
+                    Ok(Response::new(200).body(format!("via {}", r.body_text().unwrap_or(""))))
+                }
+            }),
+        )
+        .get(
+            "/rw/{k}",
+            cancellable(move |req: Request| {
+                let (rw, time) = (rw.clone(), t1.clone());
+                let k: u32 = req.param("k").unwrap().parse().unwrap();
+                async move {
+                    let key = "room".to_string();
+                    let _guard = if k % 2 == 0 { rw.write(key).await? } else { rw.read(key).await? };
+                    defer_later(&time, ms(1), || ()).await?;
+                    Ok(Response::new(200).body("locked"))
+                }
+            }),
+        )
+        .get("/delayed", move |_req: Request| {
+            let work = defer_later(&t2, ms(2), || Response::new(200).body("done"));
+            delay_cancellation(&work)
+        })
+        .get("/scoped", move |_req: Request| {
+            let scope = CancelScope::move_on_after(ms(2), &t3);
+            let slow = defer_later(&t3, secs(5), || "late".to_string());
+            let out = scope.wrap(slow);
+            let reply = weft::Deferred::new();
+            let r = reply.clone();
+            out.add_callback(move |v: Option<String>| {
+                let _ = r.callback(Response::new(200).body(v.unwrap_or_else(|| "moved on".to_string())));
+                None
+            });
+            reply
+        })
+}
+
+fn gateway_request(i: usize) -> (String, String) {
+    match i % 4 {
+        0 => ("/proxy".to_string(), "via backend".to_string()),
+        1 => (format!("/rw/{i}"), "locked".to_string()),
+        2 => ("/delayed".to_string(), "done".to_string()),
+        _ => ("/scoped".to_string(), "moved on".to_string()),
+    }
+}
+
+/// The same check on a gateway to a backend: outbound requests cancelled with their
+/// client, lock waiters, a delayed cancellation, a scope's deadline, and a looping
+/// call in a background process ticking meanwhile.
+#[test]
+fn a_gateway_under_a_mix_of_requests_and_disconnects_logs_no_warning() {
+    let _on = debugging(true);
+    logs::capture();
+    let reactor = Reactor::new().unwrap();
+    let time = reactor.handle();
+    let backend_site = Site::new(
+        &reactor,
+        Router::new().get("/slow", move |_req: Request| {
+            defer_later(&time, ms(3), || Response::new(200).body("backend"))
+        }),
+    );
+    let backend_port = backend_site.listen_tcp(localhost()).unwrap();
+    let backend = format!("http://127.0.0.1:{}/slow", backend_port.port().unwrap());
+    let ticks = Rc::new(std::cell::Cell::new(0u32));
+    let t = ticks.clone();
+    let ticker = LoopingCall::new(reactor.handle(), move || t.set(t.get() + 1));
+    let _: weft::Deferred<Option<()>> = run_as_background_process("ticker", || ticker.start(ms(1), true));
+    let site = Site::new(&reactor, gateway(&reactor, backend));
+    let answered = with_http_server(&reactor, &site, secs(60), |addr| {
+        let mut answered = 0;
+        for round in 0..6 {
+            for i in 0..4 {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(get(&gateway_request(round * 4 + i).0).as_bytes()).unwrap();
+            }
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(secs(20))).unwrap();
+            for i in 0..8 {
+                let (path, body) = gateway_request(round * 8 + i);
+                s.write_all(get(&path).as_bytes()).unwrap();
+                let text = read_responses(&mut s, 1);
+                assert_eq!(statuses(&text), [200], "{path}: {text}");
+                assert!(text.ends_with(&body), "{path}: {text}");
+                answered += 1;
+            }
+        }
+        answered
+    });
+    assert_eq!(answered, 48);
+    ticker.stop();
+    backend_port.stop_listening();
+    let (h, done) = (reactor.handle(), reactor.handle());
+    h.call_later(ms(20), move || done.stop());
+    reactor.run();
+    assert!(ticks.get() > 0);
     let noisy: Vec<_> = logs::records().into_iter().filter(|(level, _)| *level <= log::Level::Warn).collect();
     assert!(noisy.is_empty(), "warnings or errors logged: {noisy:#?}");
 }
