@@ -249,3 +249,68 @@ fn a_gateway_under_a_mix_of_requests_and_disconnects_logs_no_warning() {
     let noisy: Vec<_> = logs::records().into_iter().filter(|(level, _)| *level <= log::Level::Warn).collect();
     assert!(noisy.is_empty(), "warnings or errors logged: {noisy:#?}");
 }
+
+/// A graceful stop with requests in flight: the quick ones are answered, the one still
+/// running at the end of the grace period is cancelled, every connection closes, and
+/// nothing is logged at warning level.
+#[test]
+fn a_graceful_stop_with_requests_in_flight_logs_no_warning() {
+    let _on = debugging(true);
+    logs::capture();
+    let reactor = Reactor::new().unwrap();
+    let (t1, t2) = (reactor.handle(), reactor.handle());
+    let router = daemon(&reactor)
+        .get(
+            "/forever",
+            cancellable(move |_req: Request| {
+                let wait = defer_later(&t1, secs(30), || ());
+                async move {
+                    wait.await?;
+                    Ok(Response::new(200).body("never"))
+                }
+            }),
+        )
+        .get("/quick", move |_req: Request| defer_later(&t2, ms(2), || Response::new(200).body("quick")));
+    let site = Rc::new(Site::new(&reactor, router));
+    let port = site.listen_tcp(localhost()).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
+    let (sent_tx, sent) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let open = |path: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(secs(20))).unwrap();
+            s.write_all(get(path).as_bytes()).unwrap();
+            s
+        };
+        let (mut quick, mut forever) = (open("/quick"), open("/forever"));
+        sent_tx.send(()).unwrap();
+        (read_responses(&mut quick, 1), read_responses(&mut forever, 1))
+    });
+    // Once both requests are in, stop with a grace period the quick one fits in.
+    let drained = Rc::new(std::cell::Cell::new(false));
+    let (s, d, r) = (site.clone(), drained.clone(), reactor.handle());
+    let (got_sent, started) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
+    let poll = LoopingCall::new(reactor.handle(), move || {
+        if !got_sent.get() {
+            got_sent.set(sent.try_recv().is_ok());
+        }
+        if got_sent.get() && !started.get() && s.open_connections() == 2 {
+            started.set(true);
+            let (d, r) = (d.clone(), r.clone());
+            s.shutdown(ms(20)).add_callback(move |()| {
+                d.set(true);
+                r.stop();
+            });
+        }
+    });
+    let _ = poll.start(ms(1), true);
+    crate::support::run_bounded(&reactor, secs(30));
+    poll.stop();
+    assert!(drained.get(), "the site drained");
+    let (quick, forever) = client.join().unwrap();
+    assert_eq!(statuses(&quick), [200], "{quick}");
+    assert!(quick.ends_with("quick"), "{quick}");
+    assert!(!forever.contains(" 200 "), "the endless request was not answered with a 200: {forever}");
+    let noisy: Vec<_> = logs::records().into_iter().filter(|(level, _)| *level <= log::Level::Warn).collect();
+    assert!(noisy.is_empty(), "warnings or errors logged: {noisy:#?}");
+}
