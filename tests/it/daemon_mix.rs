@@ -259,10 +259,14 @@ fn a_graceful_stop_with_requests_in_flight_logs_no_warning() {
     logs::capture();
     let reactor = Reactor::new().unwrap();
     let (t1, t2) = (reactor.handle(), reactor.handle());
+    // How many of the two requests reached their handler.
+    let handled = Rc::new(std::cell::Cell::new(0));
+    let (h1, h2) = (handled.clone(), handled.clone());
     let router = daemon(&reactor)
         .get(
             "/forever",
             cancellable(move |_req: Request| {
+                h1.set(h1.get() + 1);
                 let wait = defer_later(&t1, secs(30), || ());
                 async move {
                     wait.await?;
@@ -270,11 +274,13 @@ fn a_graceful_stop_with_requests_in_flight_logs_no_warning() {
                 }
             }),
         )
-        .get("/quick", move |_req: Request| defer_later(&t2, ms(2), || Response::new(200).body("quick")));
+        .get("/quick", move |_req: Request| {
+            h2.set(h2.get() + 1);
+            defer_later(&t2, ms(2), || Response::new(200).body("quick"))
+        });
     let site = Rc::new(Site::new(&reactor, router));
     let port = site.listen_tcp(localhost()).unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.port().unwrap()));
-    let (sent_tx, sent) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         let open = |path: &str| {
             let mut s = TcpStream::connect(addr).unwrap();
@@ -283,19 +289,15 @@ fn a_graceful_stop_with_requests_in_flight_logs_no_warning() {
             s
         };
         let (mut quick, mut forever) = (open("/quick"), open("/forever"));
-        sent_tx.send(()).unwrap();
         (read_responses(&mut quick, 1), read_responses(&mut forever, 1))
     });
-    // Once both requests are in, stop with a grace period the quick one fits in.
+    // Once both requests are being handled, stop with a grace period the quick one
+    // fits in.
     let drained = Rc::new(std::cell::Cell::new(false));
     let (s, d, r) = (site.clone(), drained.clone(), reactor.handle());
-    let (got_sent, started) = (std::cell::Cell::new(false), std::cell::Cell::new(false));
+    let started = std::cell::Cell::new(false);
     let poll = LoopingCall::new(reactor.handle(), move || {
-        if !got_sent.get() {
-            got_sent.set(sent.try_recv().is_ok());
-        }
-        if got_sent.get() && !started.get() && s.open_connections() == 2 {
-            started.set(true);
+        if handled.get() == 2 && !started.replace(true) {
             let (d, r) = (d.clone(), r.clone());
             s.shutdown(ms(20)).add_callback(move |()| {
                 d.set(true);
