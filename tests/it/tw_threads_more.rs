@@ -1,17 +1,22 @@
 //! Twisted's thread tests ported to weft's `defer_to_thread`, `call_from_thread` and
 //! pool: `test_threads.py` (ReactorThreadsTests, DeferredResultTests,
-//! DeferToThreadPoolTests) and `internet/test/test_threads.py` (ThreadTestsBuilder).
+//! DeferToThreadPoolTests), `internet/test/test_threads.py` (ThreadTestsBuilder), and
+//! `test_threadpool.py` where it maps onto the reactor's pool (its size, threads and busy
+//! counts come from `ReactorHandle::metrics`).
 //!
 //! weft has no `blockingCallFromThread`: its four tests are ported onto the recipe a
 //! porter writes with `call_from_thread` and a channel ([`blocking_call`]). Not ported:
 //! `callMultipleInThread`, a caller-supplied thread pool, `isInIOThread` (weft has none
-//! of them), and the startup subprocess test.
+//! of them), the startup subprocess test, and `ThreadPool`'s own attributes, pickling
+//! and log-context tracker (the pool is not public).
 //!
 //! Every wait is bounded (the reactor by a guard timer, channels by `recv_timeout`), and
 //! nothing depends on how threads are scheduled.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -50,7 +55,7 @@ fn the_pool_size_can_be_set() {
 #[test]
 fn the_pool_is_stopped_before_run_returns() {
     let reactor = Reactor::new().unwrap();
-    let seen = std::rc::Rc::new(std::cell::Cell::new(None));
+    let seen = Rc::new(Cell::new(None));
     let (s, h) = (seen.clone(), reactor.handle());
     let job: Deferred<()> = reactor.defer_to_thread(|| ());
     job.add_callback(move |()| {
@@ -275,4 +280,137 @@ fn blocking_call_waits_for_a_later_error() {
         d
     });
     assert!(got.as_ref().is_err_and(|m| m.starts_with("generic error: spam")), "{got:?}");
+}
+
+// ---- the pool (test_threadpool.py) ----
+
+/// A gate pool jobs wait at until it opens (each wait bounded by 30 s).
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+
+    /// Waits until the gate opens; false if 30 s passed first.
+    fn wait(&self) -> bool {
+        let (open, cv) = &*self.0;
+        let guard = cv.wait_timeout_while(open.lock().unwrap(), secs(30), |open| !*open).unwrap();
+        *guard.0
+    }
+}
+
+/// TW test_threadpool.py ThreadPoolTests.test_start, MemoryBackedTests.test_workBeforeStarting
+/// and test_tooMuchWorkBeforeStarting: the pool starts no thread before there is work,
+/// then one per job waiting for a thread, up to its maximum.
+#[test]
+fn the_pool_starts_a_thread_per_waiting_job_up_to_its_maximum() {
+    for (jobs, threads) in [(5, 5), (50, 10)] {
+        let reactor = Reactor::new().unwrap();
+        reactor.set_thread_pool_size(10);
+        assert_eq!(reactor.metrics().thread_pool.threads, 0);
+        let gate = Gate::default();
+        let done: Vec<Deferred<bool>> = (0..jobs)
+            .map(|_| {
+                let g = gate.clone();
+                reactor.defer_to_thread(move || g.wait())
+            })
+            .collect();
+        assert_eq!(reactor.metrics().thread_pool.threads, threads, "{jobs} jobs");
+        gate.open();
+        let all = done.clone();
+        run_until(&reactor, secs(30), move || all.iter().all(Deferred::has_result));
+        assert!(done.iter().all(|d| success_result_of(d)));
+    }
+}
+
+/// TW test_threadpool.py ThreadPoolTests.test_existingWork: work handed over before the
+/// reactor runs is done, and its Deferred fires once the reactor runs.
+#[test]
+fn work_handed_over_before_the_reactor_runs_is_done() {
+    let reactor = Reactor::new().unwrap();
+    let d: Deferred<&str> = reactor.defer_to_thread(|| "done");
+    assert!(!d.has_result());
+    assert_eq!(success_result_of(&run_until_fired(&reactor, d)), "done");
+}
+
+/// TW test_threadpool.py ThreadPoolTests.test_threadCreationArguments and
+/// test_threadCreationArgumentsCallInThreadWithCallback: once a job is done, neither
+/// the pool nor its thread keeps what the job captured or returned.
+#[test]
+fn a_finished_job_keeps_nothing_it_was_given() {
+    let reactor = Reactor::new().unwrap();
+    let unique = Arc::new("argument");
+    let given = unique.clone();
+    let result: Deferred<Arc<&str>> = reactor.defer_to_thread(move || {
+        assert_eq!(*given, "argument");
+        Arc::new("result")
+    });
+    let result = success_result_of(&run_until_fired(&reactor, result));
+    assert_eq!(Arc::strong_count(&unique), 1, "the job's captures were dropped");
+    assert_eq!(Arc::strong_count(&result), 1, "the result is only the caller's");
+}
+
+/// TW test_threadpool.py ThreadPoolTests.test_callbackThread: Twisted calls `onResult`
+/// on the pool thread that ran the function; weft runs the function on a pool thread and
+/// the Deferred's callbacks on the reactor thread (documented on
+/// `ReactorHandle::defer_to_thread`: it "fires the returned Deferred, on the reactor
+/// thread"; a `Deferred` is not `Send`).
+#[test]
+fn the_callbacks_of_a_job_run_on_the_reactor_thread() {
+    let reactor = Reactor::new().unwrap();
+    let d: Deferred<ThreadId> = reactor.defer_to_thread(|| std::thread::current().id());
+    let seen: Deferred<(ThreadId, ThreadId)> = d.map(|job| (job, std::thread::current().id()));
+    let (job, callback) = success_result_of(&run_until_fired(&reactor, seen));
+    assert_ne!(job, callback);
+    assert_eq!(callback, std::thread::current().id());
+}
+
+/// TW test_threadpool.py ThreadPoolTests.test_workerStateTransition: a thread is busy
+/// while it runs a job and idle once it finished.
+#[test]
+fn a_pool_thread_is_busy_during_a_job_and_idle_after() {
+    let reactor = Reactor::new().unwrap();
+    let gate = Gate::default();
+    let (started_tx, started) = mpsc::channel();
+    let g = gate.clone();
+    let d: Deferred<bool> = reactor.defer_to_thread(move || {
+        started_tx.send(()).unwrap();
+        g.wait()
+    });
+    started.recv_timeout(secs(30)).expect("the job started");
+    let pool = reactor.metrics().thread_pool;
+    assert_eq!((pool.threads, pool.busy), (1, 1));
+    gate.open();
+    let (h, idle) = (reactor.handle(), Rc::new(Cell::new(None)));
+    let i = idle.clone();
+    run_until(&reactor, secs(30), move || {
+        let pool = h.metrics().thread_pool;
+        i.set(Some(pool.threads));
+        pool.busy == 0
+    });
+    assert!(success_result_of(&d));
+    assert_eq!(idle.get(), Some(1), "the thread stayed, idle, until the reactor stopped");
+}
+
+/// TW test_threadpool.py RaceConditionTests.test_synchronization: with room in the pool,
+/// a job that releases three jobs blocked waiting for it runs at once, and they finish.
+#[test]
+fn a_job_can_release_jobs_blocked_on_it() {
+    let reactor = Reactor::new().unwrap();
+    reactor.set_thread_pool_size(10);
+    let gate = Gate::default();
+    let waiters: Vec<Deferred<bool>> = (0..3)
+        .map(|_| {
+            let g = gate.clone();
+            reactor.defer_to_thread(move || g.wait())
+        })
+        .collect();
+    let g = gate.clone();
+    let _opener: Deferred<()> = reactor.defer_to_thread(move || g.open());
+    let all = waiters.clone();
+    run_until(&reactor, secs(30), move || all.iter().all(Deferred::has_result));
+    assert!(waiters.iter().all(|d| success_result_of(d)), "a waiter timed out: the opener did not run");
 }
