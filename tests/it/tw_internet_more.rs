@@ -4,10 +4,8 @@
 //! (`test_internet.py` CallFromThreadTests, CallFromThreadStopsAndWakeUpTests), and the
 //! shutdown event's triggers (`test_internet.py` SystemEventTests, ThreePhaseEventTests).
 //!
-//! Not ported: `DelayedCall` ordering (`test_lt`, `test_le`, `test_gt`, `test_ge`: weft's
-//! `DelayedCall` is `Eq` but not ordered; compare `get_time()`), `str()` formats,
-//! `DelayedCall.seconds()`, removing triggers and events other than shutdown (weft has
-//! neither), the resolver and signal tests.
+//! Not ported: `str()` formats, `DelayedCall.seconds()`, removing triggers and events
+//! other than shutdown (weft has neither), the resolver and signal tests.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -34,6 +32,37 @@ fn a_delayed_call_equals_only_itself() {
     let also_one = clock.call_later(secs(1), || ());
     assert!(zero == zero.clone() && one == one.clone());
     assert!(zero != one && one != also_one);
+}
+
+/// TW test_base.py DelayedCallMixin.test_lt, test_le, test_gt and test_ge: calls compare
+/// by when they run. Before, `DelayedCall` had no ordering (these did not compile).
+#[test]
+#[allow(clippy::nonminimal_bool, clippy::eq_op)] // each operator on its own, as Twisted tests them
+fn delayed_calls_compare_by_when_they_run() {
+    let clock = Clock::new();
+    let zero = clock.call_later(Duration::ZERO, || ());
+    let one = clock.call_later(secs(1), || ());
+    assert!(zero < one && !(one < zero) && !(zero < zero) && !(one < one));
+    assert!(zero <= one && !(one <= zero) && zero <= zero && one <= one);
+    assert!(one > zero && !(zero > one) && !(zero > zero) && !(one > one));
+    assert!(one >= zero && !(zero >= one) && zero >= zero && one >= one);
+}
+
+/// Beyond Twisted (whose calls due at the same time compare as equal in time): weft
+/// orders calls as its clock runs them, so calls due at the same time order by when
+/// they were scheduled (a reset keeps that place), and sorting handles gives the order
+/// `get_delayed_calls` lists.
+#[test]
+fn delayed_calls_due_together_order_as_they_run() {
+    let clock = Clock::new();
+    let first = clock.call_later(secs(2), || ());
+    let second = clock.call_later(secs(1), || ());
+    let third = clock.call_later(secs(1), || ());
+    first.reset(secs(1)).unwrap();
+    let mut sorted = vec![third.clone(), first.clone(), second.clone()];
+    sorted.sort();
+    assert_eq!(sorted, [first, second, third]);
+    assert_eq!(sorted, clock.get_delayed_calls());
 }
 
 // ---- TimeTests (test_internet.py) ----
