@@ -60,6 +60,7 @@ mod tokio_bridge;
 mod tracing_spans;
 mod transport;
 mod tw_add_timeout;
+mod tw_core_more;
 mod tw_defer_more;
 mod tw_futures;
 mod tw_internet_more;

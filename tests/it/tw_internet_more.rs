@@ -533,7 +533,9 @@ fn a_panicking_trigger_is_logged_and_the_rest_run() {
 
 /// TW test_internet.py ThreePhaseEventTests.test_triggersRunOnce: a second shutdown (the
 /// reactor run and stopped again) does not run the triggers again (documented on
-/// `Reactor::run`: "shutdown triggers run once per registration").
+/// `Reactor::run`: "shutdown triggers run once per registration"). With TW test_core.py
+/// SystemEventTestsBuilder.test_stopShutDownEvents: the first `stop()` runs the three
+/// phases in order before `run()` returns.
 #[test]
 fn triggers_run_once() {
     let reactor = Reactor::new().unwrap();
