@@ -59,7 +59,9 @@ use crate::logcontext::Captured;
 /// A scheduled call (Twisted's `IDelayedCall`), returned by `call_later`.
 ///
 /// Dropping a `DelayedCall` does *not* cancel it: the call still runs at its time.
-/// Cloning gives another handle to the same call.
+/// Cloning gives another handle to the same call; handles are equal when they are
+/// handles to the same call, and order as the calls run (by due time, then in the order
+/// they were scheduled).
 #[derive(Clone)]
 pub struct DelayedCall {
     timers: Weak<Timers>,
@@ -314,6 +316,26 @@ impl PartialEq for DelayedCall {
 }
 
 impl Eq for DelayedCall {}
+
+impl PartialOrd for DelayedCall {
+    fn partial_cmp(&self, other: &DelayedCall) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DelayedCall {
+    /// Orders calls as their clock runs them (Twisted compares `DelayedCall`s by time):
+    /// by due time, then, among calls due together, in the order they were first
+    /// scheduled. Only handles to the same call are equal (calls of two clocks that tie
+    /// are told apart by address). A call that ran or was cancelled keeps its last due
+    /// time; a reset moves it, so do not keep handles in a sorted collection across one.
+    fn cmp(&self, other: &DelayedCall) -> Ordering {
+        let (a, b) = (self.call.state(), other.call.state());
+        (a.time.get(), a.seq.get())
+            .cmp(&(b.time.get(), b.seq.get()))
+            .then_with(|| Rc::as_ptr(&self.call).cast::<()>().cmp(&Rc::as_ptr(&other.call).cast::<()>()))
+    }
+}
 
 impl fmt::Debug for DelayedCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

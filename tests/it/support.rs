@@ -53,6 +53,25 @@ pub(crate) fn run_until(reactor: &Reactor, limit: Duration, done: impl Fn() -> b
     check.stop();
 }
 
+thread_local! {
+    /// The handle of the reactor this test thread runs, for `call_from_thread` calls
+    /// (they must be `Send`, so they cannot carry it; they run on this thread).
+    static HOME: RefCell<Option<weft::ReactorHandle>> = const { RefCell::new(None) };
+}
+
+/// A reactor whose handle the `call_from_thread` calls of this thread reach with [`home`].
+pub(crate) fn home_reactor() -> Reactor {
+    let reactor = Reactor::new().unwrap();
+    HOME.with(|h| *h.borrow_mut() = Some(reactor.handle()));
+    reactor
+}
+
+/// The handle [`home_reactor`] left for this thread.
+#[track_caller]
+pub(crate) fn home() -> weft::ReactorHandle {
+    HOME.with(|h| h.borrow().clone().expect("home_reactor() was called on this thread"))
+}
+
 /// One capturing logger for the whole test binary (`log` allows one per process).
 ///
 /// It sits behind weft's `ContextLogger`, so each record carries the request id of the
