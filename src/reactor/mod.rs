@@ -89,7 +89,7 @@ pub use protocol::{
     Address, ConnectTimeoutError, ConnectionAborted, ConnectionDone, Factory, Protocol, PushProducer,
 };
 pub use stream::{Transport, WriteBufferLimitsError};
-pub use threads::{CancelToken, ReactorClosedError, ThreadHandle};
+pub use threads::{BlockingCallError, CancelToken, ReactorClosedError, ThreadHandle};
 pub use timers::{DelayedCall, DelayedCallError};
 pub use udp::{DatagramProtocol, UdpTransport};
 

@@ -63,6 +63,34 @@ impl fmt::Display for ReactorClosedError {
 
 impl std::error::Error for ReactorClosedError {}
 
+/// Why [`ThreadHandle::blocking_call_from_thread`] has no value to return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlockingCallError {
+    /// The call failed: it returned a failure, the Deferred it returned failed, or it
+    /// panicked. The failure's text, since a `Failure` cannot cross threads.
+    Failed(String),
+    /// The call was dropped unfinished: the reactor was dropped first (before it ran
+    /// the call, or while the Deferred it returned was pending), or that Deferred was
+    /// freed without a result. Twisted's caller would wait forever here.
+    Dropped,
+    /// Called on the reactor's own thread, which would wait for itself forever.
+    OnReactorThread,
+}
+
+impl fmt::Display for BlockingCallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockingCallError::Failed(failure) => write!(f, "the blocking call failed: {failure}"),
+            BlockingCallError::Dropped => f.write_str("the blocking call was dropped unfinished"),
+            BlockingCallError::OnReactorThread => {
+                f.write_str("blocking_call_from_thread called on the reactor's own thread")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BlockingCallError {}
+
 /// The thread pool was stopped before the work ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PoolStoppedError;
@@ -126,6 +154,8 @@ struct Pending {
 }
 
 struct ThreadShared {
+    /// The reactor's thread (a reactor never moves).
+    owner: std::thread::ThreadId,
     queue: Mutex<VecDeque<Msg>>,
     waker: Waker,
     closed: AtomicBool,
@@ -137,11 +167,14 @@ type CloseHook = Box<dyn FnOnce() + Send>;
 
 impl ThreadShared {
     fn post(&self, msg: Msg) -> Result<(), ReactorClosedError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(ReactorClosedError);
-        }
         let was_empty = {
             let mut q = lock(&self.queue);
+            // Looked at under the queue's lock, which the reactor's drop takes after
+            // closing to drop what is queued: a message is either refused here or
+            // dropped there, never left in the queue of a reactor that is gone.
+            if self.closed.load(Ordering::Acquire) {
+                return Err(ReactorClosedError);
+            }
             let was_empty = q.is_empty();
             q.push_back(msg);
             was_empty
@@ -166,6 +199,54 @@ impl ThreadHandle {
     /// [`ReactorClosedError`] if the reactor was dropped; `f` is dropped unrun.
     pub fn call_from_thread<F: FnOnce() + Send + 'static>(&self, f: F) -> Result<(), ReactorClosedError> {
         self.shared.post(Msg::Call(Box::new(f)))
+    }
+
+    /// Runs `f` on the reactor thread and blocks this thread until it has an outcome
+    /// (Twisted's `threads.blockingCallFromThread`): `f`'s value, or, if it returns a
+    /// Deferred, that Deferred's result once it has one.
+    ///
+    /// ```
+    /// use weft::reactor::Reactor;
+    ///
+    /// let reactor = Reactor::new().unwrap();
+    /// let handle = reactor.thread_handle();
+    /// let worker = std::thread::spawn(move || {
+    ///     let got = handle.blocking_call_from_thread(|| weft::succeed(20 + 1));
+    ///     handle.stop().unwrap();
+    ///     got
+    /// });
+    /// reactor.run();
+    /// assert_eq!(worker.join().unwrap(), Ok(21));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BlockingCallError`]: `Failed` with the failure's text; `Dropped` if the reactor
+    /// was dropped first (a reactor that is only stopped keeps the call queued, and this
+    /// thread waits, as in Twisted); `OnReactorThread` at once if called on the
+    /// reactor's own thread.
+    pub fn blocking_call_from_thread<T, F, R>(&self, f: F) -> Result<T, BlockingCallError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+        R: crate::CallbackResult<T>,
+    {
+        if std::thread::current().id() == self.shared.owner {
+            return Err(BlockingCallError::OnReactorThread);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, String>>(1);
+        self.call_from_thread(move || {
+            crate::maybe_deferred(f).add_both(move |r: Result<T, Failure>| {
+                let _ = tx.send(r.map_err(|failure| failure.to_string()));
+                Next::Consumed
+            });
+        })
+        .map_err(|_| BlockingCallError::Dropped)?;
+        match rx.recv() {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(failure)) => Err(BlockingCallError::Failed(failure)),
+            Err(_) => Err(BlockingCallError::Dropped),
+        }
     }
 
     /// Asks the reactor to stop, from another thread (as `call_from_thread(reactor.stop)`).
@@ -239,6 +320,7 @@ impl ReactorThreads {
     pub(crate) fn new(waker: Waker) -> ReactorThreads {
         ReactorThreads {
             shared: Arc::new(ThreadShared {
+                owner: std::thread::current().id(),
                 queue: Mutex::new(VecDeque::new()),
                 waker,
                 closed: AtomicBool::new(false),
@@ -482,8 +564,13 @@ impl ReactorThreads {
 }
 
 impl Drop for ReactorThreads {
+    /// Refuses further calls and drops the calls still queued, unrun (outside the lock:
+    /// dropping one may post again, and be refused), so a thread waiting on one (a
+    /// `blocking_call_from_thread`) hears of it.
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
+        let queued = std::mem::take(&mut *lock(&self.shared.queue));
+        drop(queued);
     }
 }
 

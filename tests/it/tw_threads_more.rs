@@ -4,8 +4,7 @@
 //! `test_threadpool.py` where it maps onto the reactor's pool (its size, threads and busy
 //! counts come from `ReactorHandle::metrics`).
 //!
-//! weft has no `blockingCallFromThread`: its four tests are ported onto the recipe a
-//! porter writes with `call_from_thread` and a channel ([`blocking_call`]). Not ported:
+//! `blockingCallFromThread` is `ThreadHandle::blocking_call_from_thread`. Not ported:
 //! `callMultipleInThread`, a caller-supplied thread pool, `isInIOThread` (weft has none
 //! of them), the startup subprocess test, and `ThreadPool`'s own attributes, pickling
 //! and log-context tracker (the pool is not public).
@@ -20,7 +19,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use weft::reactor::{CancelToken, Reactor, ThreadHandle};
+use weft::reactor::{BlockingCallError, CancelToken, Reactor};
 use weft::{CallbackResult, Deferred, Failure};
 
 use crate::support::{
@@ -200,34 +199,13 @@ fn a_call_from_thread_queued_by_a_timer_runs_at_once() {
     run_bounded(&reactor, secs(60));
 }
 
-// ---- blockingCallFromThread, as a porter writes it ----
+// ---- blockingCallFromThread ----
 
-/// What a thread outside the reactor gets back from [`blocking_call`]: the value, or
-/// the failure's message (a `Failure` cannot leave the reactor thread).
-type Blocking<T> = Result<T, String>;
+/// What a thread outside the reactor gets back: the value, or the failure's text.
+type Blocking<T> = Result<T, BlockingCallError>;
 
-/// Twisted's `blockingCallFromThread` written with weft's public API: runs `f` on the
-/// reactor thread, waits for the Deferred it returns (or its value) and hands the
-/// result back to the calling thread, which blocks meanwhile (at most 30 s).
-fn blocking_call<T, F, R>(th: &ThreadHandle, f: F) -> Blocking<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> R + Send + 'static,
-    R: CallbackResult<T>,
-{
-    let (tx, rx) = mpsc::channel::<Blocking<T>>();
-    th.call_from_thread(move || {
-        let d: Deferred<T> = weft::maybe_deferred(f);
-        let _sent: Deferred<()> = d.then(move |r: Result<T, Failure>| {
-            let _ = tx.send(r.map_err(|f| f.to_string()));
-        });
-    })
-    .map_err(|e| e.to_string())?;
-    rx.recv_timeout(secs(30)).map_err(|e| e.to_string())?
-}
-
-/// Runs `f` through [`blocking_call`] from a pool thread, the reactor running meanwhile,
-/// and returns what that thread got.
+/// Runs `f` with `blocking_call_from_thread` from a pool thread, the reactor running
+/// meanwhile, and returns what that thread got.
 fn blocking_call_from_a_pool_thread<T, F, R>(f: F) -> Blocking<T>
 where
     T: Send + std::fmt::Debug + 'static,
@@ -236,8 +214,17 @@ where
 {
     let reactor = home_reactor();
     let th = reactor.thread_handle();
-    let d: Deferred<Blocking<T>> = reactor.defer_to_thread(move || blocking_call(&th, f));
+    let d: Deferred<Blocking<T>> = reactor.defer_to_thread(move || th.blocking_call_from_thread(f));
     success_result_of(&run_until_fired(&reactor, d))
+}
+
+/// The failure's text in a `BlockingCallError::Failed`.
+#[track_caller]
+fn failed_text<T: std::fmt::Debug>(got: &Blocking<T>) -> &str {
+    match got {
+        Err(BlockingCallError::Failed(text)) => text,
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }
 
 /// TW test_threads.py ReactorThreadsTests.test_blockingCallFromThread: a Deferred that
@@ -266,7 +253,7 @@ fn blocking_call_waits_for_a_later_value() {
 fn blocking_call_gets_a_failed_deferreds_error() {
     let got: Blocking<u8> =
         blocking_call_from_a_pool_thread(|| weft::fail(Failure::new(GenericError("bar"))));
-    assert!(got.as_ref().is_err_and(|m| m.starts_with("generic error: bar")), "{got:?}");
+    assert!(failed_text(&got).starts_with("generic error: bar"), "{got:?}");
 }
 
 /// TW test_threads.py ReactorThreadsTests.test_asyncErrorBlockingCallFromThread: a
@@ -279,7 +266,45 @@ fn blocking_call_waits_for_a_later_error() {
         home().call_later(ms(100), move || target.errback(Failure::new(GenericError("spam"))));
         d
     });
-    assert!(got.as_ref().is_err_and(|m| m.starts_with("generic error: spam")), "{got:?}");
+    assert!(failed_text(&got).starts_with("generic error: spam"), "{got:?}");
+}
+
+/// A panic in the call comes back as a failure; the reactor goes on.
+#[test]
+fn blocking_call_reports_a_panic_as_a_failure() {
+    let got: Blocking<u8> = blocking_call_from_a_pool_thread(|| -> u8 { panic!("boom in the call") });
+    assert!(failed_text(&got).contains("boom in the call"), "{got:?}");
+}
+
+/// On the reactor's own thread the call would wait for itself: an error at once, and
+/// `f` does not run.
+#[test]
+fn blocking_call_on_the_reactor_thread_is_refused() {
+    let reactor = weft::Reactor::new().unwrap();
+    let ran = Arc::new(Mutex::new(false));
+    let r = ran.clone();
+    let got = reactor.thread_handle().blocking_call_from_thread(move || *r.lock().unwrap() = true);
+    assert_eq!(got, Err(BlockingCallError::OnReactorThread));
+    assert!(!*ran.lock().unwrap());
+}
+
+/// A reactor dropped with the call still queued (or its Deferred pending) does not
+/// leave the caller waiting forever.
+#[test]
+fn blocking_call_to_a_reactor_dropped_meanwhile_is_dropped() {
+    let reactor = weft::Reactor::new().unwrap();
+    let th = reactor.thread_handle();
+    let (queued_tx, queued) = mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        queued_tx.send(()).unwrap();
+        th.blocking_call_from_thread::<u8, _, _>(Deferred::<u8>::new)
+    });
+    queued.recv_timeout(secs(10)).unwrap();
+    // Run the queued call (which returns a Deferred nobody fires) if it arrived, then
+    // drop the reactor: either way the caller hears of it.
+    let _ = reactor.iterate(Some(Duration::ZERO));
+    drop(reactor);
+    assert_eq!(caller.join().unwrap(), Err(BlockingCallError::Dropped));
 }
 
 // ---- the pool (test_threadpool.py) ----
