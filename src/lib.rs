@@ -86,6 +86,8 @@
 //! | Trio's `CancelScope`, `move_on_after`, `fail_after` (cancel a set of Deferreds and tasks by hand or by deadline, with shields) | [`CancelScope`], [`scope::fail_after`] |
 //! | `DeferredLock`, `DeferredSemaphore` | [`DeferredLock`], [`DeferredSemaphore`] (the lock is a [`Permit`] value, released on drop) |
 //! | `DeferredQueue(size, backlog)`, `QueueOverflow`, `QueueUnderflow` | [`DeferredQueue::new`]; `put` waits for room, [`DeferredQueue::try_put`] fails with [`sync::QueueOverflow`]; `get` past the backlog fails with [`sync::QueueUnderflow`] |
+//! | `task.react` | [`reactor::react`] (returns the result instead of exiting) |
+//! | `threadable.isInIOThread` | [`ThreadHandle::is_in_io_thread`](reactor::ThreadHandle::is_in_io_thread) |
 //! | `threads.blockingCallFromThread` | [`ThreadHandle::blocking_call_from_thread`](reactor::ThreadHandle::blocking_call_from_thread) |
 //! | `threads.deferToThread` | [`ReactorHandle::defer_to_thread`], [`ReactorHandle::defer_to_thread_with_token`] (errors and a cancellation token) |
 //! | Synapse `synapse.util.async_helpers` | [`async_helpers`] (see its table) |

@@ -400,3 +400,42 @@ impl ReactorHandle {
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
+
+/// Twisted's `task.react`: makes a reactor, calls `main` with it, runs the reactor until
+/// what `main` returned has a result, and returns that result: `Ok(Some(value))`, or
+/// the failure (where Twisted logs it and exits with status 1). `Ok(None)` if something
+/// else stopped the reactor first (Twisted exits with status 0 then). The reactor goes
+/// through its whole shutdown (its triggers, its connections) before this returns.
+///
+/// ```
+/// use std::time::Duration;
+/// use weft::reactor::{defer_later, react};
+///
+/// let answer = react(|reactor| defer_later(&reactor.handle(), Duration::from_millis(1), || 42)).unwrap();
+/// assert_eq!(answer, Some(42));
+/// ```
+///
+/// # Errors
+///
+/// The failure `main` ended with (a panic in it included), or the error of making the
+/// reactor.
+pub fn react<T, F, R>(main: F) -> Result<Option<T>, crate::Failure>
+where
+    T: 'static,
+    F: FnOnce(&super::Reactor) -> R,
+    R: crate::CallbackResult<T>,
+{
+    let reactor = super::Reactor::new()?;
+    let outcome: Rc<RefCell<Option<Result<T, crate::Failure>>>> = Rc::default();
+    let (o, handle) = (outcome.clone(), reactor.handle());
+    crate::maybe_deferred(|| main(&reactor)).add_both(move |r: Result<T, crate::Failure>| {
+        *o.borrow_mut() = Some(r);
+        let h = handle.clone();
+        handle.call_when_running(move || h.stop());
+        crate::deferred::Next::Consumed
+    });
+    reactor.run();
+    drop(reactor);
+    let outcome = outcome.borrow_mut().take();
+    outcome.transpose()
+}

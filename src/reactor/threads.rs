@@ -249,6 +249,12 @@ impl ThreadHandle {
         }
     }
 
+    /// True on the reactor's own thread (Twisted's `threadable.isInIOThread`, for this
+    /// reactor).
+    pub fn is_in_io_thread(&self) -> bool {
+        std::thread::current().id() == self.shared.owner
+    }
+
     /// Asks the reactor to stop, from another thread (as `call_from_thread(reactor.stop)`).
     ///
     /// # Errors

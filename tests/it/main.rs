@@ -65,6 +65,7 @@ mod tw_core_more;
 mod tw_defer_more;
 mod tw_futures;
 mod tw_internet_more;
+mod tw_react;
 mod tw_task_more;
 mod tw_threads_more;
 mod udp;

@@ -183,3 +183,13 @@ fn after_a_cancel_a_stopped_job_is_quiet_and_a_late_value_is_reported_at_the_cal
     assert!(warnings[0].contains(&format!("created at tests/it/threads.rs:{line}:")), "{}", warnings[0]);
     let _ = (stopped.take_result(), late.take_result());
 }
+
+/// `is_in_io_thread` is true on the reactor's thread only (Twisted's `isInIOThread`).
+#[test]
+fn is_in_io_thread_only_on_the_reactors_thread() {
+    let reactor = Reactor::new().unwrap();
+    let handle = reactor.thread_handle();
+    assert!(handle.is_in_io_thread());
+    let elsewhere = std::thread::spawn(move || handle.is_in_io_thread()).join().unwrap();
+    assert!(!elsewhere);
+}

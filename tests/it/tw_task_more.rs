@@ -2,7 +2,7 @@
 //! ported to weft's `Clock`, `DelayedCall`, `LoopingCall` and `defer_later`, beyond those
 //! in `time.rs`.
 //!
-//! Not ported: `ReactTests` (weft has no `react`), `test_defaultClock` (a `LoopingCall`
+//! `ReactTests` are in `tw_react.rs`. Not ported: `test_defaultClock` (a `LoopingCall`
 //! always names its clock), `testBadDelay` (a `Duration` cannot be negative), and the
 //! `repr`/deprecation tests.
 

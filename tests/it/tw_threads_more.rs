@@ -5,8 +5,8 @@
 //! counts come from `ReactorHandle::metrics`).
 //!
 //! `blockingCallFromThread` is `ThreadHandle::blocking_call_from_thread`. Not ported:
-//! `callMultipleInThread`, a caller-supplied thread pool, `isInIOThread` (weft has none
-//! of them), the startup subprocess test, and `ThreadPool`'s own attributes, pickling
+//! `callMultipleInThread`, a caller-supplied thread pool (weft has neither; weft's
+//! `isInIOThread` is `ThreadHandle::is_in_io_thread`, tested in `threads.rs`), the startup subprocess test, and `ThreadPool`'s own attributes, pickling
 //! and log-context tracker (the pool is not public).
 //!
 //! Every wait is bounded (the reactor by a guard timer, channels by `recv_timeout`), and
