@@ -19,6 +19,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{guarded, Callback, Closing, DelayedCall, ReactorHandle};
@@ -89,7 +90,8 @@ pub(super) struct Lifecycle {
     /// The `call_when_running` calls of a start, run at the top of the next turn, before
     /// any timer or queued call (Twisted fires its startup event before the loop).
     starting: RefCell<Vec<Callback>>,
-    triggers: RefCell<[Vec<Trigger>; 3]>,
+    /// Each phase's triggers, with their ids, in the order added.
+    triggers: RefCell<[Vec<(u64, Trigger)>; 3]>,
     timeout: Cell<Duration>,
     /// `Some` while stopping.
     shutdown: RefCell<Option<Shutdown>>,
@@ -237,17 +239,41 @@ impl ReactorHandle {
     /// until the [shutdown timeout](Self::set_shutdown_timeout)) before the next phase.
     /// A failure is logged.
     ///
+    /// Returns the trigger's id, for
+    /// [`remove_shutdown_trigger`](Self::remove_shutdown_trigger).
+    ///
     /// # Log context
     ///
     /// `f` runs in the log context current when this was called.
-    pub fn add_shutdown_trigger<F, R>(&self, phase: Phase, f: F)
+    pub fn add_shutdown_trigger<F, R>(&self, phase: Phase, f: F) -> TriggerId
     where
         F: FnOnce() -> R + 'static,
         R: TriggerResult,
     {
         let captured = Captured::capture();
-        self.inner.lifecycle.triggers.borrow_mut()[phase as usize]
-            .push(Box::new(move || captured.run(|| f().into_deferred())));
+        // Unique in the process, so another reactor's id never removes one of ours.
+        static NEXT_TRIGGER: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_TRIGGER.fetch_add(1, Ordering::Relaxed);
+        let lc = &self.inner.lifecycle;
+        lc.triggers.borrow_mut()[phase as usize]
+            .push((id, Box::new(move || captured.run(|| f().into_deferred()))));
+        TriggerId(id)
+    }
+
+    /// Removes a shutdown trigger that has not run (Twisted's
+    /// `removeSystemEventTrigger`); its function is dropped unrun. False if there is no
+    /// such trigger (removed already, run already, or another reactor's), where Twisted
+    /// raises `ValueError`.
+    pub fn remove_shutdown_trigger(&self, id: TriggerId) -> bool {
+        let removed = {
+            let mut triggers = self.inner.lifecycle.triggers.borrow_mut();
+            triggers.iter_mut().find_map(|phase| {
+                let at = phase.iter().position(|(i, _)| *i == id.0)?;
+                Some(phase.remove(at))
+            })
+        };
+        // Dropped outside the borrow: its captures may add or remove triggers.
+        removed.is_some()
     }
 
     /// How long each shutdown phase waits for the Deferreds its triggers returned, and
@@ -379,7 +405,7 @@ impl ReactorHandle {
             self.close_sources(Closing::Graceful);
         }
         let triggers = std::mem::take(&mut lc.triggers.borrow_mut()[phase as usize]);
-        for t in triggers {
+        for (_, t) in triggers {
             let pending = pending.clone();
             guarded("shutdown trigger", move || {
                 if let Some(d) = t() {
@@ -400,6 +426,10 @@ impl ReactorHandle {
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
+
+/// A shutdown trigger's id ([`ReactorHandle::add_shutdown_trigger`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TriggerId(u64);
 
 /// Twisted's `task.react`: makes a reactor, calls `main` with it, runs the reactor until
 /// what `main` returned has a result, and returns that result: `Ok(Some(value))`, or

@@ -79,7 +79,7 @@ use slab::Slab;
 
 pub use clock::defer_later;
 pub use clock::{Clock, ReactorTime};
-pub use lifecycle::{react, Phase, TriggerResult};
+pub use lifecycle::{react, Phase, TriggerId, TriggerResult};
 pub use listen::{ListenOptions, ListeningPort};
 pub use looping_call::LoopingCall;
 pub use memory::MemoryTransport;

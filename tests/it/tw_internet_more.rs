@@ -4,8 +4,8 @@
 //! (`test_internet.py` CallFromThreadTests, CallFromThreadStopsAndWakeUpTests), and the
 //! shutdown event's triggers (`test_internet.py` SystemEventTests, ThreePhaseEventTests).
 //!
-//! Not ported: `str()` formats, `DelayedCall.seconds()`, removing triggers and events
-//! other than shutdown (weft has neither), the resolver and signal tests.
+//! Not ported: `str()` formats, `DelayedCall.seconds()`, events other than shutdown
+//! (weft has none), the resolver and signal tests.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -551,4 +551,42 @@ fn triggers_run_once() {
         run_bounded(&reactor, secs(10));
     }
     assert_eq!(events.take(), ["before", "during", "after"]);
+}
+
+/// TW test_internet.py SystemEventTests.test_removeSystemEventTrigger: a removed trigger
+/// does not run when the shutdown comes; the others do.
+#[test]
+fn a_removed_shutdown_trigger_does_not_run() {
+    let reactor = Reactor::new().unwrap();
+    let events = Rc::new(RefCell::new(Vec::new()));
+    let (e1, e2) = (events.clone(), events.clone());
+    reactor.add_shutdown_trigger(Phase::Before, move || e1.borrow_mut().push("first"));
+    let second = reactor.add_shutdown_trigger(Phase::Before, move || e2.borrow_mut().push("second"));
+    assert!(reactor.remove_shutdown_trigger(second));
+    assert!(events.borrow().is_empty());
+    let h = reactor.handle();
+    reactor.call_when_running(move || h.stop());
+    run_bounded(&reactor, secs(10));
+    assert_eq!(*events.borrow(), ["first"]);
+}
+
+/// TW test_internet.py SystemEventTests.test_removeNonExistentSystemEventTrigger: a
+/// trigger removed already, or another reactor's, is not removed again (false, where
+/// Twisted raises `ValueError`), and the one that ran cannot be removed.
+#[test]
+fn removing_a_trigger_that_is_not_there_says_so() {
+    let reactor = Reactor::new().unwrap();
+    let other = Reactor::new().unwrap();
+    let id = reactor.add_shutdown_trigger(Phase::During, || ());
+    assert!(reactor.remove_shutdown_trigger(id));
+    assert!(!reactor.remove_shutdown_trigger(id));
+    let elsewhere = other.add_shutdown_trigger(Phase::During, || ());
+    let _ = reactor.add_shutdown_trigger(Phase::During, || ());
+    assert!(!reactor.remove_shutdown_trigger(elsewhere), "another reactor's id");
+    assert!(other.remove_shutdown_trigger(elsewhere));
+    let ran = reactor.add_shutdown_trigger(Phase::After, || ());
+    let h = reactor.handle();
+    reactor.call_when_running(move || h.stop());
+    run_bounded(&reactor, secs(10));
+    assert!(!reactor.remove_shutdown_trigger(ran));
 }
