@@ -41,7 +41,9 @@ use crate::{Deferred, Failure};
 pub struct ServerConfig {
     /// A request head (or a body that stops arriving) must be complete within this
     /// time of its first byte (of its last byte, for a body), else `408` and close:
-    /// slowloris protection. Default 30 s.
+    /// slowloris protection. A new connection must also send its first byte within
+    /// this time (else it is closed silently), the idle timeout applying only after its
+    /// first request. Default 30 s.
     pub header_timeout: Duration,
     /// A keep-alive connection with no request for this long is closed. Default 60 s.
     pub idle_timeout: Duration,

@@ -328,3 +328,40 @@ const CONNECTION_PROBES: &[Probe] = &[
 fn connection_close_and_http_1_0_keep_alive() {
     check_router(router(), ServerConfig::default(), CONNECTION_PROBES);
 }
+
+/// A connection that sends nothing is closed, silently, at the header timeout rather
+/// than the (longer) idle timeout, as nginx's `client_header_timeout` does. Failed
+/// before: it stayed open for the idle timeout (the 10 s read guard ran out first).
+#[test]
+fn a_new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let reactor = Reactor::new().unwrap();
+    let mut config = ServerConfig::default();
+    config.header_timeout = ms(200);
+    config.idle_timeout = secs(60);
+    let site = Site::with_config(&reactor, router(), config);
+    let got = with_http_server(&reactor, &site, secs(30), |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("the server closes the silent connection");
+        got
+    });
+    assert!(got.is_empty(), "closed without a response: {:?}", String::from_utf8_lossy(&got));
+}
+
+/// RFC 9110 §4.2.3 (RFC 3986 §6.2.2.2): a percent-encoded unreserved character is the
+/// character itself, so `/hel%6Co` is `/hello`; an encoded reserved one (`%2F`) is not
+/// its character. Failed before: `/hel%6Co` was 404.
+#[test]
+fn percent_encoded_unreserved_characters_match_literal_segments() {
+    check_router(
+        router(),
+        ServerConfig::default(),
+        &[
+            (b"GET /hel%6Co HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
+            (b"GET /%68%65llo HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
+            (b"GET /hello%2F HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+            (b"GET /hel%6 HTTP/1.1\r\nHost: x\r\n\r\n", 404, false),
+        ],
+    );
+}

@@ -87,6 +87,9 @@ pub(crate) struct Channel {
     idle_since: Cell<Duration>,
     /// When the first byte of the head being read arrived.
     head_since: Cell<Option<Duration>>,
+    /// Some byte of a request has arrived on this connection: until then, it is given
+    /// the header timeout rather than the idle timeout to start.
+    spoken: Cell<bool>,
     /// When body bytes last arrived.
     body_since: Cell<Duration>,
     /// A request was refused: the client may still be sending its body.
@@ -140,6 +143,7 @@ impl Channel {
             timer_at: Cell::new(Duration::MAX),
             idle_since: Cell::new(now),
             head_since: Cell::new(None),
+            spoken: Cell::new(false),
             body_since: Cell::new(now),
             now: Cell::new(now),
             refused: Cell::new(false),
@@ -276,6 +280,7 @@ impl Channel {
                     }
                     if self.head_since.get().is_none() {
                         self.head_since.set(Some(now));
+                        self.spoken.set(true);
                     }
                     match parse_head(&buf[pos..], &limits) {
                         HeadParse::Partial => break,

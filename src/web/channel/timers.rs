@@ -33,7 +33,17 @@ impl Channel {
             Reader::Body(_) => Some(self.body_since.get() + config.header_timeout),
             Reader::Head => match self.head_since.get() {
                 Some(t) => Some(t + config.header_timeout),
-                None if self.queue.borrow().is_empty() => Some(self.idle_since.get() + config.idle_timeout),
+                // A new connection that has sent nothing yet gets the header timeout (as
+                // nginx's client_header_timeout), so connections opened and left silent
+                // do not each hold a slot for the whole idle timeout.
+                None if self.queue.borrow().is_empty() => {
+                    let idle = if self.spoken.get() {
+                        config.idle_timeout
+                    } else {
+                        config.idle_timeout.min(config.header_timeout)
+                    };
+                    Some(self.idle_since.get() + idle)
+                }
                 None => None,
             },
             Reader::AwaitTurn(_) | Reader::Stopped => None,
