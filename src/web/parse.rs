@@ -159,6 +159,13 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> HeadParse {
     })
 }
 
+/// Whether the request at the start of `buf` (complete or not, valid or not) is a
+/// `HEAD`: its refusal then gets no body either (RFC 9110 §9.3.2).
+pub(crate) fn is_head_request(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    buf[start..].starts_with(b"HEAD ")
+}
+
 /// A head that is not complete yet: too long already, or wait for more.
 fn partial(buf: &[u8], limits: &Limits) -> HeadParse {
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());

@@ -365,3 +365,29 @@ fn percent_encoded_unreserved_characters_match_literal_segments() {
         ],
     );
 }
+
+/// RFC 9110 §9.3.2: a response to HEAD has no content, the server's own refusals
+/// included (a bad head, a 404, a 408). Failed before: a refused HEAD got the error text
+/// as a body.
+#[test]
+fn refusals_of_a_head_request_have_no_body() {
+    let reactor = Reactor::new().unwrap();
+    let mut config = ServerConfig::default();
+    config.header_timeout = ms(200);
+    let site = Site::with_config(&reactor, router(), config);
+    let texts = with_http_server(&reactor, &site, secs(30), |addr| {
+        let raws: [&[u8]; 4] = [
+            b"HEAD /hello HTTP/1.1\r\n\r\n",
+            b"\r\nHEAD /hello#top HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"HEAD /hello HTTP/1.1\r\nHo",
+        ];
+        raws.iter().map(|raw| probe(addr, raw, true)).collect::<Vec<_>>()
+    });
+    let got: Vec<Vec<u16>> = texts.iter().map(|t| statuses(t)).collect();
+    assert_eq!(got, [[400], [400], [404], [408]], "{texts:?}");
+    for text in &texts {
+        assert!(text.contains("Content-Length: "), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    }
+}

@@ -38,7 +38,8 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use super::parse::{parse_head, BodyReader, Framing, HeadParse, ParsedHead};
+use super::parse::{is_head_request, parse_head, BodyReader, Framing, HeadParse, ParsedHead};
+use super::request::Method;
 use super::router::Lookup;
 use super::server::{HttpTransport, SiteShared};
 use crate::logcontext::{LoggingContext, PreserveLoggingContext};
@@ -113,7 +114,9 @@ enum Reader {
 
 enum Queued {
     Request(ParsedHead, Vec<u8>),
-    Refuse(u16, &'static str),
+    /// A refusal's status and reason, and whether the request was a HEAD (its answer
+    /// then has no body either).
+    Refuse(u16, &'static str, bool),
 }
 
 impl Channel {
@@ -286,7 +289,7 @@ impl Channel {
                         HeadParse::Partial => break,
                         HeadParse::Error(r) => {
                             reader = Reader::Stopped;
-                            self.enqueue(Queued::Refuse(r.status, r.reason));
+                            self.enqueue(Queued::Refuse(r.status, r.reason, is_head_request(&buf[pos..])));
                         }
                         HeadParse::Complete(p) => {
                             pos += p.consumed;
@@ -316,8 +319,9 @@ impl Channel {
                         }
                     }
                     Err(r) => {
+                        let head_only = b.0.head.method == Method::Head;
                         reader = Reader::Stopped;
-                        self.enqueue(Queued::Refuse(r.status, r.reason));
+                        self.enqueue(Queued::Refuse(r.status, r.reason, head_only));
                     }
                 },
             }
@@ -347,7 +351,7 @@ impl Channel {
             }
             other => {
                 let (status, reason) = refusal(&other);
-                self.enqueue(Queued::Refuse(status, reason));
+                self.enqueue(Queued::Refuse(status, reason, p.head.method == Method::Head));
                 Reader::Stopped
             }
         }

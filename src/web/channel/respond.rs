@@ -22,9 +22,9 @@ impl Channel {
 
     pub(super) fn dispatch(&self, q: Queued) {
         match q {
-            Queued::Refuse(status, reason) => {
+            Queued::Refuse(status, reason, head_only) => {
                 self.refused.set(true);
-                let ex = self.exchange(None, false, false);
+                let ex = self.exchange(None, false, head_only);
                 ex.keep_alive.set(false);
                 *self.current.borrow_mut() = Some(ex.clone());
                 ex.handler_done.set(true);

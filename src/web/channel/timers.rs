@@ -8,7 +8,9 @@ use super::exchange::Exchange;
 use super::{Channel, Queued, Reader};
 use crate::logcontext::PreserveLoggingContext;
 use crate::reactor::{DelayedCall, ReactorTime};
+use crate::web::parse::is_head_request;
 use crate::web::response::Response;
+use crate::web::Method;
 
 impl Channel {
     // ---- timers ----
@@ -94,9 +96,13 @@ impl Channel {
             log::debug!(target: "weft::web", "closing an idle connection from {:?}", self.peer);
             self.close_idle();
         } else {
+            let head_only = match &*self.reader.borrow() {
+                Reader::Body(b) => b.0.head.method == Method::Head,
+                _ => is_head_request(&self.inbuf.borrow()),
+            };
             self.stop_reading();
             self.inbuf.borrow_mut().clear();
-            self.enqueue(Queued::Refuse(408, "the request was not received in time"));
+            self.enqueue(Queued::Refuse(408, "the request was not received in time", head_only));
         }
         self.arm_timer();
     }
