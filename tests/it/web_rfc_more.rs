@@ -3,12 +3,14 @@
 //! request-target and version rules, framing edge cases, and the timeouts and
 //! half-closes a proxy's connections meet. `web_rfc.rs` has the first set.
 
+use std::cell::RefCell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::Instant;
 
+use weft::future::cancellable;
 use weft::web::{Method, Request, Response, Router, ServerConfig, Site};
-use weft::Reactor;
+use weft::{Deferred, Reactor, ReactorHandle};
 
 use crate::support::{ms, secs, with_http_server};
 use crate::web_rfc::{check_router, probe, Probe};
@@ -390,4 +392,87 @@ fn refusals_of_a_head_request_have_no_body() {
         assert!(text.contains("Content-Length: "), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
     }
+}
+
+thread_local! {
+    /// The pending answer of the `/pending` handler.
+    static PENDING: RefCell<Option<Deferred<Response>>> = const { RefCell::new(None) };
+    /// The reactor the test runs.
+    static REACTOR: RefCell<Option<ReactorHandle>> = const { RefCell::new(None) };
+}
+
+/// A handler that answers only when `answer_pending` is called (from the client thread).
+fn pending_router(reactor: &Reactor) -> Router {
+    REACTOR.with(|r| *r.borrow_mut() = Some(reactor.handle()));
+    router().get(
+        "/pending",
+        cancellable(|_req: Request| {
+            let d = Deferred::new();
+            PENDING.with(|p| *p.borrow_mut() = Some(d.clone()));
+            d
+        }),
+    )
+}
+
+/// On the reactor thread: answers `/pending` once its handler has started.
+fn answer_pending() {
+    let started = PENDING.with(|p| p.borrow_mut().take());
+    match started {
+        Some(d) => d.callback(Response::new(200).body("answered")).unwrap(),
+        None => {
+            // Not started yet: look again soon.
+            let reactor = REACTOR.with(|r| r.borrow().clone()).unwrap();
+            reactor.call_later(ms(1), answer_pending);
+        }
+    }
+}
+
+/// With `half_close`, a client that sends its requests and shuts its write side while
+/// the first is still being handled (a proxy's half-close) gets the answers to every
+/// request it completed, the last saying `Connection: close`; its unfinished one is
+/// dropped. Failed before: the end of input closed the connection and cancelled the
+/// handler, so nothing came back.
+#[test]
+fn with_half_close_a_half_closed_client_gets_the_answers_still_pending() {
+    let reactor = Reactor::new().unwrap();
+    let mut config = ServerConfig::default();
+    config.half_close = true;
+    let site = Site::with_config(&reactor, pending_router(&reactor), config);
+    let thread = reactor.thread_handle();
+    let text = with_http_server(&reactor, &site, secs(20), move |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(
+            b"GET /pending HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hel",
+        )
+        .unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        thread.call_from_thread(answer_pending).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    assert_eq!(statuses(&text), [200, 200], "{text}");
+    assert!(text.contains("\r\n\r\nansweredHTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("Connection: close\r\n\r\nhello, world\n"), "{text}");
+}
+
+/// Without `half_close` (the default), the end of a client's input is its going away:
+/// a cancellable handler still running is cancelled and nothing is sent.
+#[test]
+fn without_half_close_a_half_closed_client_has_gone() {
+    let reactor = Reactor::new().unwrap();
+    let site = Site::new(&reactor, pending_router(&reactor));
+    let text = with_http_server(&reactor, &site, secs(20), |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(b"GET /pending HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    assert_eq!(text, "", "nothing is sent to a client that has gone");
+    let d = PENDING.with(|p| p.borrow_mut().take()).expect("the handler ran");
+    assert!(d.is_called(), "the handler was cancelled");
 }

@@ -98,6 +98,9 @@ pub(crate) struct Channel {
     /// The last request said it was the last (`Connection: close`, or HTTP/1.0 without
     /// keep-alive).
     client_closes: Cell<bool>,
+    /// The client shut its write side and the connection stays half-open to answer
+    /// the requests already read ([`ServerConfig::half_close`](crate::web::ServerConfig)).
+    read_eof: Cell<bool>,
     /// Closing with only the write side shut, reading and dropping input until then.
     linger_until: Cell<Option<Duration>>,
     /// The reactor's time, read once per event (a read, a handler's completion, a
@@ -152,6 +155,7 @@ impl Channel {
             refused: Cell::new(false),
             client_closes: Cell::new(false),
             linger_until: Cell::new(None),
+            read_eof: Cell::new(false),
         })
     }
 
@@ -190,6 +194,24 @@ impl Channel {
         }
         self.feed(data, now);
         self.arm_timer();
+    }
+
+    /// The client shut its write side. Returns true to keep the connection half-open
+    /// and answer the requests already read (with `half_close` set and some pending);
+    /// false to let it close.
+    pub(crate) fn read_eof(&self) -> bool {
+        if self.lost.get() || !self.site.config.half_close {
+            return false;
+        }
+        self.tick();
+        // Whatever is not a whole request by now never will be.
+        self.stop_reading();
+        self.inbuf.borrow_mut().clear();
+        let busy = self.current.borrow().is_some() || !self.queue.borrow().is_empty();
+        if busy {
+            self.read_eof.set(true);
+        }
+        busy
     }
 
     pub(crate) fn connection_lost(&self, reason: &Failure) {

@@ -154,7 +154,8 @@ impl Channel {
         };
         let status = response.status;
         let version11 = ex.head.as_ref().map_or(true, |h| h.version == crate::web::Version::Http11);
-        let shutting_down_last = self.shutting_down.get() && self.queue.borrow().is_empty();
+        let shutting_down_last =
+            (self.shutting_down.get() || self.read_eof.get()) && self.queue.borrow().is_empty();
         let client_keeps_alive = ex.keep_alive.get();
         let mut close =
             !client_keeps_alive || response.wants_close() || self.closing.get() || shutting_down_last;
@@ -268,7 +269,8 @@ impl Channel {
             || !self.inbuf.borrow().is_empty()
             || !self.queue.borrow().is_empty()
             || !matches!(*self.reader.borrow(), super::Reader::Head | super::Reader::Stopped);
-        let unread = pending || !self.client_closes.get();
+        // After the client's end of input nothing more can arrive: no need to linger.
+        let unread = !self.read_eof.get() && (pending || !self.client_closes.get());
         self.stop_reading();
         let queued = std::mem::take(&mut *self.queue.borrow_mut());
         drop(queued);
