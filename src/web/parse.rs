@@ -207,8 +207,12 @@ fn version_error(buf: &[u8], limits: &Limits) -> HeadParse {
     if !well_formed {
         return HeadParse::Error(Reject::new(400, "malformed request line"));
     }
-    if version[5] != b'1' || version[7] < b'2' {
+    if version[5] != b'1' {
         return HeadParse::Error(Reject::new(505, "HTTP version not supported"));
+    }
+    if version[7] < b'2' {
+        // HTTP/1.0 or 1.1 that httparse refused all the same: something else is wrong.
+        return HeadParse::Error(Reject::new(400, "malformed request line"));
     }
     // HTTP/1.2 to HTTP/1.9: parse a copy saying HTTP/1.1 (at most one more byte than
     // a head may have, so an over-long head is still 431).
