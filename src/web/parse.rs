@@ -237,8 +237,8 @@ struct Target {
 /// Splits a request-target into the path the router matches and the query, as offsets
 /// into the target (RFC 9112 §3.2): origin-form `/p?q`, absolute-form
 /// `http://host/p?q`, asterisk-form `*` (OPTIONS only). CONNECT's authority-form is not
-/// supported. A fragment (`#`) is in none of the forms: 400 (RFC 9112 §3, as for any
-/// invalid request-line).
+/// supported. A fragment (`#`) is in none of the forms, nor a byte past 0x7F: 400
+/// (RFC 9112 §3, as for any invalid request-line).
 fn split_target(method: &Method, target: &str) -> Result<Target, Reject> {
     let len = target.len() as u32;
     if *method == Method::Connect {
@@ -246,6 +246,11 @@ fn split_target(method: &Method, target: &str) -> Result<Target, Reject> {
     }
     if target.contains('#') {
         return Err(Reject::new(400, "a request-target cannot carry a fragment"));
+    }
+    if !target.is_ascii() {
+        // httparse lets bytes past 0x7F through; a URI has none (RFC 3986 §2: they are
+        // sent percent-encoded). hyper refuses them too.
+        return Err(Reject::new(400, "a request-target must be ASCII (percent-encode the rest)"));
     }
     if target == "*" {
         return if *method == Method::Options {

@@ -19,6 +19,7 @@ use crate::web_server::{exchange, read_responses, statuses};
 fn router() -> Router {
     Router::new()
         .get("/hello", |_req: Request| Response::new(200).body("hello, world\n"))
+        .get("/item/{id}", |req: Request| Response::new(200).body(req.param("id").unwrap().to_string()))
         .post("/echo", |req: Request| Response::new(200).body(req.body().to_vec()))
         .get("/host", |req: Request| {
             Response::new(200).body(format!("{}|{}", req.header_str("host").unwrap_or("-"), req.path()))
@@ -118,8 +119,8 @@ fn an_interim_status_from_a_handler_is_answered_500() {
 /// RFC 9112 §3.2 (no form has a fragment; §3: an invalid request-line is 400), RFC 9110
 /// §4.2.4 (userinfo in an http URI is an error), RFC 9110 §2.5 (a higher HTTP/1 minor
 /// version is processed as 1.1; another major version is 505, also after empty lines).
-/// Failed before: fragments were routed (404 or 200), userinfo accepted, HTTP/1.2 was
-/// 505, and a 2.0 request after an empty line was 400.
+/// Failed before: fragments and raw UTF-8 targets were routed (404 or 200), userinfo
+/// accepted, HTTP/1.2 was 505, and a 2.0 request after an empty line was 400.
 #[test]
 fn request_target_and_version_rules() {
     check_router(
@@ -128,6 +129,9 @@ fn request_target_and_version_rules() {
         &[
             (b"GET /hello#top HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
             (b"GET /hello?q=1#top HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
+            // RFC 3986 §2: a URI is ASCII; other bytes are sent percent-encoded.
+            (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
+            (b"GET /item/caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", 200, false),
             (b"GET http://user:pw@example.org/hello HTTP/1.1\r\nHost: example.org\r\n\r\n", 400, true),
             (b"GET http://exa mple.org/hello HTTP/1.1\r\nHost: x\r\n\r\n", 400, true),
             (b"GET /hello HTTP/1.2\r\nHost: x\r\n\r\n", 200, false),
