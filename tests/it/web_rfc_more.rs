@@ -403,6 +403,8 @@ fn refusals_of_a_head_request_have_no_body() {
 thread_local! {
     /// The pending answer of the `/pending` handler.
     static PENDING: RefCell<Option<Deferred<Response>>> = const { RefCell::new(None) };
+    /// The writer of the `/pending-stream` handler's body.
+    static WRITER: RefCell<Option<weft::web::BodyWriter>> = const { RefCell::new(None) };
     /// The reactor the test runs.
     static REACTOR: RefCell<Option<ReactorHandle>> = const { RefCell::new(None) };
 }
@@ -410,14 +412,59 @@ thread_local! {
 /// A handler that answers only when `answer_pending` is called (from the client thread).
 fn pending_router(reactor: &Reactor) -> Router {
     REACTOR.with(|r| *r.borrow_mut() = Some(reactor.handle()));
-    router().get(
-        "/pending",
-        cancellable(|_req: Request| {
-            let d = Deferred::new();
-            PENDING.with(|p| *p.borrow_mut() = Some(d.clone()));
-            d
-        }),
-    )
+    router()
+        .get(
+            "/pending",
+            cancellable(|_req: Request| {
+                let d = Deferred::new();
+                PENDING.with(|p| *p.borrow_mut() = Some(d.clone()));
+                d
+            }),
+        )
+        .get("/pending-stream", |_req: Request| {
+            Response::stream(200, |w| WRITER.with(|s| *s.borrow_mut() = Some(w)))
+        })
+}
+
+/// On the reactor thread: ends the `/pending-stream` body once it has begun.
+fn finish_pending_stream() {
+    match WRITER.with(|s| s.borrow_mut().take()) {
+        Some(w) => {
+            w.write(b"streamed");
+            w.finish();
+        }
+        None => {
+            let reactor = REACTOR.with(|r| r.borrow().clone()).unwrap();
+            reactor.call_later(ms(1), finish_pending_stream);
+        }
+    }
+}
+
+/// With `half_close`, a response whose head went out before the client's end of input
+/// was seen still ends the connection when it is complete. Failed before: the
+/// connection stayed half-open with nothing left to do (the read guard ran out).
+#[test]
+fn with_half_close_a_response_streaming_at_the_end_of_input_closes_after_it() {
+    let reactor = Reactor::new().unwrap();
+    let mut config = ServerConfig::default();
+    config.half_close = true;
+    let site = Site::with_config(&reactor, pending_router(&reactor), config);
+    let thread = reactor.thread_handle();
+    let text = with_http_server(&reactor, &site, secs(20), move |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(b"GET /pending-stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // The head arrives before the client shuts its side, so the server is streaming.
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        thread.call_from_thread(finish_pending_stream).unwrap();
+        let mut all = head.to_vec();
+        s.read_to_end(&mut all).expect("the server closes after the response");
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n8\r\nstreamed\r\n0\r\n\r\n"), "{text}");
 }
 
 /// On the reactor thread: answers `/pending` once its handler has started.

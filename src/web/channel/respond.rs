@@ -246,7 +246,10 @@ impl Channel {
         if !was_current {
             return;
         }
-        if !ex.keep_alive.get() {
+        // After the client's end of input (half_close), the last request answered
+        // ends the connection, even if its head went out before that end was seen.
+        let last_after_eof = self.read_eof.get() && self.queue.borrow().is_empty();
+        if !ex.keep_alive.get() || last_after_eof {
             self.close_now_gracefully();
         } else {
             self.advance();
