@@ -409,7 +409,7 @@ thread_local! {
     static REACTOR: RefCell<Option<ReactorHandle>> = const { RefCell::new(None) };
 }
 
-/// A handler that answers only when `answer_pending` is called (from the client thread).
+/// `/pending` and `/pending-stream` answer only when `answer_when_started` runs.
 fn pending_router(reactor: &Reactor) -> Router {
     REACTOR.with(|r| *r.borrow_mut() = Some(reactor.handle()));
     router()
@@ -426,58 +426,40 @@ fn pending_router(reactor: &Reactor) -> Router {
         })
 }
 
-/// On the reactor thread: ends the `/pending-stream` body once it has begun.
-fn finish_pending_stream() {
-    match WRITER.with(|s| s.borrow_mut().take()) {
-        Some(w) => {
-            w.write(b"streamed");
-            w.finish();
-        }
-        None => {
-            let reactor = REACTOR.with(|r| r.borrow().clone()).unwrap();
-            reactor.call_later(ms(1), finish_pending_stream);
-        }
+/// On the reactor thread: answers `/pending` (or ends the `/pending-stream` body) once
+/// its handler has started.
+fn answer_when_started() {
+    if let Some(d) = PENDING.with(|p| p.borrow_mut().take()) {
+        d.callback(Response::new(200).body("answered")).unwrap();
+    } else if let Some(w) = WRITER.with(|s| s.borrow_mut().take()) {
+        w.write(b"streamed");
+        w.finish();
+    } else {
+        // Not started yet: look again soon.
+        let reactor = REACTOR.with(|r| r.borrow().clone()).unwrap();
+        reactor.call_later(ms(1), answer_when_started);
     }
 }
 
-/// With `half_close`, a response whose head went out before the client's end of input
-/// was seen still ends the connection when it is complete. Failed before: the
-/// connection stayed half-open with nothing left to do (the read guard ran out).
-#[test]
-fn with_half_close_a_response_streaming_at_the_end_of_input_closes_after_it() {
+/// With `half_close` on: sends `raw`, reads `first` bytes, shuts the write side, has
+/// the pending handler answer, and reads until the server closes.
+fn half_closed_exchange(raw: &'static [u8], first: usize) -> String {
     let reactor = Reactor::new().unwrap();
     let mut config = ServerConfig::default();
     config.half_close = true;
     let site = Site::with_config(&reactor, pending_router(&reactor), config);
     let thread = reactor.thread_handle();
-    let text = with_http_server(&reactor, &site, secs(20), move |addr| {
+    with_http_server(&reactor, &site, secs(20), move |addr| {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(secs(10))).unwrap();
-        s.write_all(b"GET /pending-stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        // The head arrives before the client shuts its side, so the server is streaming.
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head).unwrap();
+        s.write_all(raw).unwrap();
+        let mut all = vec![0u8; first];
+        s.read_exact(&mut all).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
-        thread.call_from_thread(finish_pending_stream).unwrap();
-        let mut all = head.to_vec();
-        s.read_to_end(&mut all).expect("the server closes after the response");
+        thread.call_from_thread(answer_when_started).unwrap();
+        s.read_to_end(&mut all).expect("the server closes after the responses");
         String::from_utf8_lossy(&all).into_owned()
-    });
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-    assert!(text.ends_with("\r\n\r\n8\r\nstreamed\r\n0\r\n\r\n"), "{text}");
-}
-
-/// On the reactor thread: answers `/pending` once its handler has started.
-fn answer_pending() {
-    let started = PENDING.with(|p| p.borrow_mut().take());
-    match started {
-        Some(d) => d.callback(Response::new(200).body("answered")).unwrap(),
-        None => {
-            // Not started yet: look again soon.
-            let reactor = REACTOR.with(|r| r.borrow().clone()).unwrap();
-            reactor.call_later(ms(1), answer_pending);
-        }
-    }
+    })
 }
 
 /// With `half_close`, a client that sends its requests and shuts its write side while
@@ -487,27 +469,24 @@ fn answer_pending() {
 /// handler, so nothing came back.
 #[test]
 fn with_half_close_a_half_closed_client_gets_the_answers_still_pending() {
-    let reactor = Reactor::new().unwrap();
-    let mut config = ServerConfig::default();
-    config.half_close = true;
-    let site = Site::with_config(&reactor, pending_router(&reactor), config);
-    let thread = reactor.thread_handle();
-    let text = with_http_server(&reactor, &site, secs(20), move |addr| {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(secs(10))).unwrap();
-        s.write_all(
-            b"GET /pending HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hel",
-        )
-        .unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        thread.call_from_thread(answer_pending).unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        String::from_utf8_lossy(&all).into_owned()
-    });
+    let text = half_closed_exchange(
+        b"GET /pending HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hel",
+        0,
+    );
     assert_eq!(statuses(&text), [200, 200], "{text}");
     assert!(text.contains("\r\n\r\nansweredHTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.ends_with("Connection: close\r\n\r\nhello, world\n"), "{text}");
+}
+
+/// With `half_close`, a response whose head went out before the client's end of input
+/// was seen still ends the connection when it is complete. Failed before: the
+/// connection stayed half-open with nothing left to do (the read guard ran out).
+#[test]
+fn with_half_close_a_response_streaming_at_the_end_of_input_closes_after_it() {
+    // The head arrives before the client shuts its side, so the server is streaming.
+    let text = half_closed_exchange(b"GET /pending-stream HTTP/1.1\r\nHost: x\r\n\r\n", 12);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n8\r\nstreamed\r\n0\r\n\r\n"), "{text}");
 }
 
 /// Without `half_close` (the default), the end of a client's input is its going away:
