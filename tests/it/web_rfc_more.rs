@@ -489,6 +489,37 @@ fn with_half_close_a_response_streaming_at_the_end_of_input_closes_after_it() {
     assert!(text.ends_with("\r\n\r\n8\r\nstreamed\r\n0\r\n\r\n"), "{text}");
 }
 
+/// A graceful shutdown that begins while a response streams closes the connection as
+/// soon as that response is complete. Failed before: the connection stayed open, with
+/// nothing left to do, until the grace period ended (60 s here; the read guard ran out).
+#[test]
+fn a_shutdown_during_a_streamed_response_closes_right_after_it() {
+    thread_local! {
+        static SITE: RefCell<Option<Site>> = const { RefCell::new(None) };
+    }
+    let reactor = Reactor::new().unwrap();
+    let site = Site::new(&reactor, pending_router(&reactor));
+    SITE.with(|s| *s.borrow_mut() = Some(site.clone()));
+    let thread = reactor.thread_handle();
+    let text = with_http_server(&reactor, &site, secs(30), move |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(10))).unwrap();
+        s.write_all(b"GET /pending-stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut all = vec![0u8; 12];
+        s.read_exact(&mut all).unwrap();
+        thread
+            .call_from_thread(|| {
+                let site = SITE.with(|s| s.borrow_mut().take()).unwrap();
+                let _drained = site.shutdown(secs(60));
+                answer_when_started();
+            })
+            .unwrap();
+        s.read_to_end(&mut all).expect("the server closes after the response");
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    assert!(text.ends_with("\r\n\r\n8\r\nstreamed\r\n0\r\n\r\n"), "{text}");
+}
+
 /// Without `half_close` (the default), the end of a client's input is its going away:
 /// a cancellable handler still running is cancelled and nothing is sent.
 #[test]

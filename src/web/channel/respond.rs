@@ -246,10 +246,11 @@ impl Channel {
         if !was_current {
             return;
         }
-        // After the client's end of input (half_close), the last request answered
-        // ends the connection, even if its head went out before that end was seen.
-        let last_after_eof = self.read_eof.get() && self.queue.borrow().is_empty();
-        if !ex.keep_alive.get() || last_after_eof {
+        // After the client's end of input (half_close) or once a graceful shutdown has
+        // begun, the last request answered ends the connection, even if its head went
+        // out (without `Connection: close`) before.
+        let last = (self.read_eof.get() || self.shutting_down.get()) && self.queue.borrow().is_empty();
+        if !ex.keep_alive.get() || last {
             self.close_now_gracefully();
         } else {
             self.advance();
