@@ -83,7 +83,7 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> HeadParse {
         Err(httparse::Error::TooManyHeaders) => {
             return HeadParse::Error(Reject::new(431, "too many header fields"))
         }
-        Err(httparse::Error::Version) => return HeadParse::Error(version_error(buf)),
+        Err(httparse::Error::Version) => return version_error(buf, limits),
         Err(httparse::Error::HeaderName) => {
             return HeadParse::Error(Reject::new(
                 400,
@@ -112,35 +112,44 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> HeadParse {
         start as u32..(start + s.len()) as u32
     };
     let target_span = span(target.as_bytes());
-    let (path, query) = match split_target(&method, target) {
+    let Target { path, query, authority } = match split_target(&method, target) {
         Ok(p) => p,
         Err(r) => return HeadParse::Error(r),
     };
     let base = target_span.start;
     let path = base + path.start..base + path.end;
     let query = query.map(|q| base + q.start..base + q.end);
+    let authority = authority.map(|a| base + a.start..base + a.end);
 
     let mut fields = Fields::default();
     let mut spans: SmallVec<[(Span, Span); 12]> = SmallVec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        spans.push((span(h.name.as_bytes()), span(h.value)));
+        let mut value = span(h.value);
+        if let (Some(a), true) = (&authority, h.name.eq_ignore_ascii_case("host")) {
+            // RFC 9112 §3.2.2: with an absolute-form target, the Host field is
+            // ignored and the target's authority used instead (still checked below:
+            // an HTTP/1.1 request must carry exactly one valid Host field either way).
+            value = a.clone();
+        }
+        spans.push((span(h.name.as_bytes()), value));
         if let Err(r) = fields.note(h.name, h.value) {
             return HeadParse::Error(r);
         }
     }
+    let fields_hosts = fields.hosts;
     let checked = match fields.check(version, &method, limits) {
         Ok(c) => c,
         Err(r) => return HeadParse::Error(r),
     };
-    let head = Head {
-        bytes: SmallVec::from_slice(&buf[..consumed]),
-        method,
-        version,
-        target: target_span,
-        path,
-        query,
-        headers: spans,
-    };
+    let mut bytes = SmallVec::from_slice(&buf[..consumed]);
+    if let (Some(a), 0) = (authority, fields_hosts) {
+        // An HTTP/1.0 absolute-form request without Host: the target's authority is
+        // its host all the same; the field name is kept after the head's bytes.
+        let name = bytes.len() as u32;
+        bytes.extend_from_slice(b"Host");
+        spans.push((name..name + 4, a));
+    }
+    let head = Head { bytes, method, version, target: target_span, path, query, headers: spans };
     HeadParse::Complete(ParsedHead {
         head: Rc::new(head),
         consumed,
@@ -148,6 +157,13 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> HeadParse {
         keep_alive: checked.keep_alive,
         expect_continue: checked.expect_continue,
     })
+}
+
+/// Whether the request at the start of `buf` (complete or not, valid or not) is a
+/// `HEAD`: its refusal then gets no body either (RFC 9110 §9.3.2).
+pub(crate) fn is_head_request(buf: &[u8]) -> bool {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    buf[start..].starts_with(b"HEAD ")
 }
 
 /// A head that is not complete yet: too long already, or wait for more.
@@ -163,42 +179,88 @@ fn partial(buf: &[u8], limits: &Limits) -> HeadParse {
     HeadParse::Partial
 }
 
-/// httparse refuses any version but HTTP/1.0 and HTTP/1.1: another `HTTP/x.y` is 505,
-/// anything else a malformed request line.
-fn version_error(buf: &[u8]) -> Reject {
-    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-    let line = &buf[..line_end];
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
-    let well_formed = version.len() >= 8
+/// httparse refuses any version but HTTP/1.0 and HTTP/1.1. A higher HTTP/1 minor
+/// version is read as HTTP/1.1 (RFC 9110 §2.5: a recipient SHOULD process a message of
+/// a higher minor version as the highest one it implements; h11 does the same), another
+/// `HTTP/x.y` is 505, anything else a malformed request line.
+fn version_error(buf: &[u8], limits: &Limits) -> HeadParse {
+    // httparse skips empty lines before the request line (RFC 9112 §2.2); so do we.
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let Some(line_len) = buf[start..].iter().position(|&b| b == b'\n') else {
+        // The version may still be cut short ("HTTP/1.2" is refused before its line
+        // ends): wait for the whole line, within the usual limits.
+        return partial(buf, limits);
+    };
+    let line = &buf[start..start + line_len];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // `method SP request-target SP HTTP-version`: a space in the target is no version.
+    let mut parts = line.split(|&b| b == b' ');
+    let version = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(version), None) => version,
+        _ => return HeadParse::Error(Reject::new(400, "malformed request line")),
+    };
+    let well_formed = version.len() == 8
         && version.starts_with(b"HTTP/")
         && version[5].is_ascii_digit()
         && version[6] == b'.'
         && version[7].is_ascii_digit();
-    if well_formed {
-        Reject::new(505, "HTTP version not supported")
-    } else {
-        Reject::new(400, "malformed request line")
+    if !well_formed {
+        return HeadParse::Error(Reject::new(400, "malformed request line"));
     }
+    if version[5] != b'1' {
+        return HeadParse::Error(Reject::new(505, "HTTP version not supported"));
+    }
+    if version[7] < b'2' {
+        // HTTP/1.0 or 1.1 that httparse refused all the same: something else is wrong.
+        return HeadParse::Error(Reject::new(400, "malformed request line"));
+    }
+    // HTTP/1.2 to HTTP/1.9: parse a copy saying HTTP/1.1 (at most one more byte than
+    // a head may have, so an over-long head is still 431).
+    let minor = start + line.len() - 1;
+    let mut copy = buf[..buf.len().min(limits.max_head + 1)].to_vec();
+    let Some(digit) = copy.get_mut(minor) else {
+        return HeadParse::Error(Reject::new(431, "request header section too large"));
+    };
+    *digit = b'1';
+    parse_head(&copy, limits)
+}
+
+/// Where a request-target's parts are, as offsets into it.
+struct Target {
+    /// The path the router matches.
+    path: Span,
+    query: Option<Span>,
+    /// The authority of an absolute-form target.
+    authority: Option<Span>,
 }
 
 /// Splits a request-target into the path the router matches and the query, as offsets
 /// into the target (RFC 9112 §3.2): origin-form `/p?q`, absolute-form
 /// `http://host/p?q`, asterisk-form `*` (OPTIONS only). CONNECT's authority-form is not
-/// supported.
-fn split_target(method: &Method, target: &str) -> Result<(Span, Option<Span>), Reject> {
+/// supported. A fragment (`#`) is in none of the forms, nor a byte past 0x7F: 400
+/// (RFC 9112 §3, as for any invalid request-line).
+fn split_target(method: &Method, target: &str) -> Result<Target, Reject> {
     let len = target.len() as u32;
     if *method == Method::Connect {
         return Err(Reject::new(501, "CONNECT is not supported"));
     }
+    if target.contains('#') {
+        return Err(Reject::new(400, "a request-target cannot carry a fragment"));
+    }
+    if !target.is_ascii() {
+        // httparse lets bytes past 0x7F through; a URI has none (RFC 3986 §2: they are
+        // sent percent-encoded). hyper refuses them too.
+        return Err(Reject::new(400, "a request-target must be ASCII (percent-encode the rest)"));
+    }
     if target == "*" {
         return if *method == Method::Options {
-            Ok((0..1, None))
+            Ok(Target { path: 0..1, query: None, authority: None })
         } else {
             Err(Reject::new(400, "the asterisk-form is only for OPTIONS"))
         };
     }
-    let path_start = if target.starts_with('/') {
-        0
+    let (path_start, authority) = if target.starts_with('/') {
+        (0, None)
     } else {
         let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
         let after_scheme = if lower.starts_with("http://") {
@@ -213,15 +275,22 @@ fn split_target(method: &Method, target: &str) -> Result<(Span, Option<Span>), R
         if authority_end == 0 {
             return Err(Reject::new(400, "absolute-form request-target without a host"));
         }
-        (after_scheme + authority_end) as u32
+        let authority = &rest[..authority_end];
+        // RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated as an error.
+        if authority.contains('@') || !valid_host(authority.as_bytes()) {
+            return Err(Reject::new(400, "invalid authority in the request-target"));
+        }
+        let end = (after_scheme + authority_end) as u32;
+        (end, Some(after_scheme as u32..end))
     };
-    match target[path_start as usize..].find('?') {
+    let (path, query) = match target[path_start as usize..].find('?') {
         Some(q) => {
             let q = path_start + q as u32;
-            Ok((path_start..q, Some(q + 1..len)))
+            (path_start..q, Some(q + 1..len))
         }
-        None => Ok((path_start..len, None)),
-    }
+        None => (path_start..len, None),
+    };
+    Ok(Target { path, query, authority })
 }
 
 /// What the header fields said about framing and the connection, gathered in one pass.
@@ -250,15 +319,14 @@ impl Fields {
                 return Err(Reject::new(400, "invalid Host header field"));
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            for item in list_items(value) {
+            // RFC 9112 §6.3 lets a list of identical values ("5, 5") stand for one; an
+            // empty element ("5,", ", 5") is no `1*DIGIT` and is refused, as hyper does.
+            for item in value.split(|&b| b == b',').map(trim) {
                 let n = parse_length(item).ok_or(Reject::new(400, "invalid Content-Length"))?;
                 match self.content_length {
                     Some(m) if m != n => return Err(Reject::new(400, "conflicting Content-Length values")),
                     _ => self.content_length = Some(n),
                 }
-            }
-            if self.content_length.is_none() {
-                return Err(Reject::new(400, "empty Content-Length"));
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             let codings = self.transfer_codings.get_or_insert_with(SmallVec::new);

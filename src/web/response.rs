@@ -17,6 +17,12 @@ use super::stream::BodyWriter;
 /// `Connection` set here are replaced, except that `Connection: close` is honoured and
 /// a `Content-Length` on a [streamed](Response::stream) body makes it length-delimited.
 ///
+/// What the status or method forbids is not sent (RFC 9110 §6.4.1, §8.6): no body on a
+/// `204`, `205` or `304` or to a `HEAD`; no `Content-Length` on a `204`, and
+/// `Content-Length: 0` on a `205`. A `304`, or an empty body to a `HEAD`, keeps a
+/// `Content-Length` set here (it should be what a `200` to a `GET` would carry). A 1xx
+/// status cannot be a handler's answer: the client gets `500` instead.
+///
 /// ```
 /// use weft::web::Response;
 ///
@@ -271,11 +277,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         101 => "Switching Protocols",
+        103 => "Early Hints",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
+        203 => "Non-Authoritative Information",
         204 => "No Content",
+        205 => "Reset Content",
         206 => "Partial Content",
+        300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
         303 => "See Other",
@@ -288,15 +298,20 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
         409 => "Conflict",
         410 => "Gone",
         411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
         417 => "Expectation Failed",
+        421 => "Misdirected Request",
         422 => "Unprocessable Content",
+        426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         499 => "Client Closed Request",

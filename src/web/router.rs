@@ -316,7 +316,7 @@ fn match_path(pattern: &[Segment], path: &str, head: &Head) -> Option<Option<Par
         };
         match seg {
             Segment::Literal(l) => {
-                if **l != *part {
+                if **l != *part && !(part.contains('%') && literal_matches_encoded(l, part)) {
                     return None;
                 }
             }
@@ -346,6 +346,42 @@ fn match_path(pattern: &[Segment], path: &str, head: &Head) -> Option<Option<Par
         return None;
     }
     Some(valid.then_some(params))
+}
+
+/// Whether path segment `part`, which holds `%`, matches `literal` once its
+/// percent-encoded unreserved characters are decoded: `/%7Euser` is `/~user` and
+/// `/hel%6Co` is `/hello` (RFC 9110 §4.2.3, RFC 3986 §6.2.2.2). An encoded reserved
+/// character stays encoded: `a%2Fb` is not `a/b`, nor `a%3Bb` `a;b`.
+fn literal_matches_encoded(literal: &str, part: &str) -> bool {
+    let (lit, raw) = (literal.as_bytes(), part.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while j < raw.len() {
+        let decoded = match raw[j] {
+            b'%' => raw
+                .get(j + 1..j + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .filter(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
+            _ => None,
+        };
+        match decoded {
+            Some(b) => {
+                if lit.get(i) != Some(&b) {
+                    return false;
+                }
+                i += 1;
+                j += 3;
+            }
+            None => {
+                if lit.get(i) != Some(&raw[j]) {
+                    return false;
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    i == lit.len()
 }
 
 /// A parameter's value: a span of the head if it has no `%`, else the decoded text.

@@ -41,7 +41,9 @@ use crate::{Deferred, Failure};
 pub struct ServerConfig {
     /// A request head (or a body that stops arriving) must be complete within this
     /// time of its first byte (of its last byte, for a body), else `408` and close:
-    /// slowloris protection. Default 30 s.
+    /// slowloris protection. A new connection must also send its first byte within
+    /// this time (else it is closed silently), the idle timeout applying only after its
+    /// first request. Default 30 s.
     pub header_timeout: Duration,
     /// A keep-alive connection with no request for this long is closed. Default 60 s.
     pub idle_timeout: Duration,
@@ -64,6 +66,14 @@ pub struct ServerConfig {
     /// called by it) lets in-flight requests run before cancelling and closing.
     /// Default 10 s.
     pub shutdown_grace: Duration,
+    /// What the end of a client's input (it shut its write side: a half-close) means
+    /// while requests are still being answered. `false` (the default, as Twisted and
+    /// hyper): the client has gone; the connection closes and a cancellable handler is
+    /// cancelled. `true`: the requests already read are answered (the last response
+    /// says `Connection: close`), then the connection closes; an unfinished request is
+    /// dropped. Either way a response already written is not cut, and an idle
+    /// connection closes at once.
+    pub half_close: bool,
     /// Log one line per request at `info` level with target `weft::web::access`
     /// (Synapse's "Processed request" line). Default true.
     pub access_log: bool,
@@ -80,6 +90,7 @@ impl Default for ServerConfig {
             max_body: 8 * 1024 * 1024,
             max_pipelined: 32,
             shutdown_grace: Duration::from_secs(10),
+            half_close: false,
             access_log: true,
         }
     }
@@ -443,6 +454,10 @@ impl Protocol for HttpChannel {
 
     fn data_received(&mut self, data: &[u8]) {
         self.receive(data);
+    }
+
+    fn read_connection_lost(&mut self) -> bool {
+        self.channel.read_eof()
     }
 
     fn connection_lost(&mut self, reason: Failure) {

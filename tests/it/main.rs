@@ -72,4 +72,5 @@ mod udp;
 mod web_cancel;
 mod web_client;
 mod web_rfc;
+mod web_rfc_more;
 mod web_server;

@@ -38,7 +38,8 @@ use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use super::parse::{parse_head, BodyReader, Framing, HeadParse, ParsedHead};
+use super::parse::{is_head_request, parse_head, BodyReader, Framing, HeadParse, ParsedHead};
+use super::request::Method;
 use super::router::Lookup;
 use super::server::{HttpTransport, SiteShared};
 use crate::logcontext::{LoggingContext, PreserveLoggingContext};
@@ -87,6 +88,9 @@ pub(crate) struct Channel {
     idle_since: Cell<Duration>,
     /// When the first byte of the head being read arrived.
     head_since: Cell<Option<Duration>>,
+    /// Some byte of a request has arrived on this connection: until then, it is given
+    /// the header timeout rather than the idle timeout to start.
+    spoken: Cell<bool>,
     /// When body bytes last arrived.
     body_since: Cell<Duration>,
     /// A request was refused: the client may still be sending its body.
@@ -94,6 +98,9 @@ pub(crate) struct Channel {
     /// The last request said it was the last (`Connection: close`, or HTTP/1.0 without
     /// keep-alive).
     client_closes: Cell<bool>,
+    /// The client shut its write side and the connection stays half-open to answer
+    /// the requests already read ([`ServerConfig::half_close`](crate::web::ServerConfig)).
+    read_eof: Cell<bool>,
     /// Closing with only the write side shut, reading and dropping input until then.
     linger_until: Cell<Option<Duration>>,
     /// The reactor's time, read once per event (a read, a handler's completion, a
@@ -110,7 +117,9 @@ enum Reader {
 
 enum Queued {
     Request(ParsedHead, Vec<u8>),
-    Refuse(u16, &'static str),
+    /// A refusal's status and reason, and whether the request was a HEAD (its answer
+    /// then has no body either).
+    Refuse(u16, &'static str, bool),
 }
 
 impl Channel {
@@ -140,11 +149,13 @@ impl Channel {
             timer_at: Cell::new(Duration::MAX),
             idle_since: Cell::new(now),
             head_since: Cell::new(None),
+            spoken: Cell::new(false),
             body_since: Cell::new(now),
             now: Cell::new(now),
             refused: Cell::new(false),
             client_closes: Cell::new(false),
             linger_until: Cell::new(None),
+            read_eof: Cell::new(false),
         })
     }
 
@@ -183,6 +194,24 @@ impl Channel {
         }
         self.feed(data, now);
         self.arm_timer();
+    }
+
+    /// The client shut its write side. Returns true to keep the connection half-open
+    /// and answer the requests already read (with `half_close` set and some pending);
+    /// false to let it close.
+    pub(crate) fn read_eof(&self) -> bool {
+        if self.lost.get() || !self.site.config.half_close {
+            return false;
+        }
+        self.tick();
+        // Whatever is not a whole request by now never will be.
+        self.stop_reading();
+        self.inbuf.borrow_mut().clear();
+        let busy = self.current.borrow().is_some() || !self.queue.borrow().is_empty();
+        if busy {
+            self.read_eof.set(true);
+        }
+        busy
     }
 
     pub(crate) fn connection_lost(&self, reason: &Failure) {
@@ -276,12 +305,13 @@ impl Channel {
                     }
                     if self.head_since.get().is_none() {
                         self.head_since.set(Some(now));
+                        self.spoken.set(true);
                     }
                     match parse_head(&buf[pos..], &limits) {
                         HeadParse::Partial => break,
                         HeadParse::Error(r) => {
                             reader = Reader::Stopped;
-                            self.enqueue(Queued::Refuse(r.status, r.reason));
+                            self.enqueue(Queued::Refuse(r.status, r.reason, is_head_request(&buf[pos..])));
                         }
                         HeadParse::Complete(p) => {
                             pos += p.consumed;
@@ -311,8 +341,9 @@ impl Channel {
                         }
                     }
                     Err(r) => {
+                        let head_only = b.0.head.method == Method::Head;
                         reader = Reader::Stopped;
-                        self.enqueue(Queued::Refuse(r.status, r.reason));
+                        self.enqueue(Queued::Refuse(r.status, r.reason, head_only));
                     }
                 },
             }
@@ -342,7 +373,7 @@ impl Channel {
             }
             other => {
                 let (status, reason) = refusal(&other);
-                self.enqueue(Queued::Refuse(status, reason));
+                self.enqueue(Queued::Refuse(status, reason, p.head.method == Method::Head));
                 Reader::Stopped
             }
         }

@@ -21,9 +21,9 @@ impl Channel {
 
     pub(super) fn dispatch(&self, q: Queued) {
         match q {
-            Queued::Refuse(status, reason) => {
+            Queued::Refuse(status, reason, head_only) => {
                 self.refused.set(true);
-                let ex = self.exchange(None, false, false);
+                let ex = self.exchange(None, false, head_only);
                 ex.keep_alive.set(false);
                 *self.current.borrow_mut() = Some(ex.clone());
                 ex.handler_done.set(true);
@@ -139,35 +139,53 @@ impl Channel {
 
     /// Writes `response` for `ex`, the current exchange.
     pub(super) fn respond(&self, ex: &Rc<Exchange>, response: Response) {
+        let response = if response.status < 200 {
+            // A 1xx is interim: sent as the answer, it would leave the client waiting
+            // for a final response that never comes. As hyper does, answer 500 instead.
+            ex.ctx_log_error(&format!(
+                "request handler answered with the interim status {}: sending 500",
+                response.status
+            ));
+            Response::error(500, "")
+        } else {
+            response
+        };
         let status = response.status;
         let version11 = ex.head.as_ref().map_or(true, |h| h.version == crate::web::Version::Http11);
-        let shutting_down_last = self.shutting_down.get() && self.queue.borrow().is_empty();
+        let shutting_down_last =
+            (self.shutting_down.get() || self.read_eof.get()) && self.queue.borrow().is_empty();
         let client_keeps_alive = ex.keep_alive.get();
         let mut close =
             !client_keeps_alive || response.wants_close() || self.closing.get() || shutting_down_last;
-        let no_body = status < 200 || status == 204 || status == 304;
         let Response { headers, body, .. } = response;
         let response_head =
             Response { status, headers, body: crate::web::Body(BodyRepr::Bytes(Default::default())) };
+        let declared = response_head
+            .header_value("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        // What a body the status or method forbids becomes (RFC 9110 §6.4.1, §8.6): 204
+        // has no body and no Content-Length; 205 has none and says so with
+        // `Content-Length: 0`; 304 and HEAD have none but keep a Content-Length the
+        // handler declared (what a 200 or a GET would send; hyper keeps it too).
         let (framing, stream) = match body.0 {
-            _ if no_body => (response::Framing::NoBody, None),
-            BodyRepr::Bytes(b) => (response::Framing::Length(b.len() as u64), Some(Ok(b))),
-            BodyRepr::Stream(f) => {
-                let declared = response_head
-                    .header_value("content-length")
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                match declared {
-                    Some(n) => (response::Framing::Length(n), Some(Err((f, StreamFraming::Length, n)))),
-                    None if version11 => {
-                        (response::Framing::Chunked, Some(Err((f, StreamFraming::Chunked, 0))))
-                    }
-                    None => {
-                        close = true;
-                        (response::Framing::UntilClose, Some(Err((f, StreamFraming::UntilClose, 0))))
-                    }
-                }
+            _ if status == 204 => (response::Framing::NoBody, None),
+            _ if status == 205 => (response::Framing::Length(0), None),
+            _ if status == 304 => {
+                (declared.map_or(response::Framing::NoBody, response::Framing::Length), None)
             }
+            BodyRepr::Bytes(b) => match declared.filter(|_| ex.head_only) {
+                Some(n) if b.is_empty() => (response::Framing::Length(n), None),
+                _ => (response::Framing::Length(b.len() as u64), Some(Ok(b))),
+            },
+            BodyRepr::Stream(f) => match declared {
+                Some(n) => (response::Framing::Length(n), Some(Err((f, StreamFraming::Length, n)))),
+                None if version11 => (response::Framing::Chunked, Some(Err((f, StreamFraming::Chunked, 0)))),
+                None => {
+                    close = true;
+                    (response::Framing::UntilClose, Some(Err((f, StreamFraming::UntilClose, 0))))
+                }
+            },
         };
         let connection = if close {
             Some("close")
@@ -225,7 +243,11 @@ impl Channel {
         if !was_current {
             return;
         }
-        if !ex.keep_alive.get() {
+        // After the client's end of input (half_close) or once a graceful shutdown has
+        // begun, the last request answered ends the connection, even if its head went
+        // out (without `Connection: close`) before.
+        let last = (self.read_eof.get() || self.shutting_down.get()) && self.queue.borrow().is_empty();
+        if !ex.keep_alive.get() || last {
             self.close_now_gracefully();
         } else {
             self.advance();
@@ -248,7 +270,8 @@ impl Channel {
             || !self.inbuf.borrow().is_empty()
             || !self.queue.borrow().is_empty()
             || !matches!(*self.reader.borrow(), super::Reader::Head | super::Reader::Stopped);
-        let unread = pending || !self.client_closes.get();
+        // After the client's end of input nothing more can arrive: no need to linger.
+        let unread = !self.read_eof.get() && (pending || !self.client_closes.get());
         self.stop_reading();
         let queued = std::mem::take(&mut *self.queue.borrow_mut());
         drop(queued);

@@ -8,7 +8,9 @@ use super::exchange::Exchange;
 use super::{Channel, Queued, Reader};
 use crate::logcontext::PreserveLoggingContext;
 use crate::reactor::{DelayedCall, ReactorTime};
+use crate::web::parse::is_head_request;
 use crate::web::response::Response;
+use crate::web::Method;
 
 impl Channel {
     // ---- timers ----
@@ -33,7 +35,17 @@ impl Channel {
             Reader::Body(_) => Some(self.body_since.get() + config.header_timeout),
             Reader::Head => match self.head_since.get() {
                 Some(t) => Some(t + config.header_timeout),
-                None if self.queue.borrow().is_empty() => Some(self.idle_since.get() + config.idle_timeout),
+                // A new connection that has sent nothing yet gets the header timeout (as
+                // nginx's client_header_timeout), so connections opened and left silent
+                // do not each hold a slot for the whole idle timeout.
+                None if self.queue.borrow().is_empty() => {
+                    let idle = if self.spoken.get() {
+                        config.idle_timeout
+                    } else {
+                        config.idle_timeout.min(config.header_timeout)
+                    };
+                    Some(self.idle_since.get() + idle)
+                }
                 None => None,
             },
             Reader::AwaitTurn(_) | Reader::Stopped => None,
@@ -84,9 +96,13 @@ impl Channel {
             log::debug!(target: "weft::web", "closing an idle connection from {:?}", self.peer);
             self.close_idle();
         } else {
+            let head_only = match &*self.reader.borrow() {
+                Reader::Body(b) => b.0.head.method == Method::Head,
+                _ => is_head_request(&self.inbuf.borrow()),
+            };
             self.stop_reading();
             self.inbuf.borrow_mut().clear();
-            self.enqueue(Queued::Refuse(408, "the request was not received in time"));
+            self.enqueue(Queued::Refuse(408, "the request was not received in time", head_only));
         }
         self.arm_timer();
     }
