@@ -6,7 +6,8 @@
 //! --nocapture`; `WEFT_TWISTED_PYTHON` names a Python with Twisted installed (default
 //! `/work/shared/peers/.venv/bin/python`; without one the test says it did NOT run, and
 //! passes), `WEFT_TWISTED_COUNT` the number of sequences (default 20,000) and
-//! `WEFT_TWISTED_SEED` the seed. It prints how many lines it compared strictly and how many
+//! `WEFT_TWISTED_SEED` the seed, `WEFT_TWISTED_LEN` the longest sequence (default 12
+//! operations, layer cancellers included before they are removed). It prints how many lines it compared strictly and how many
 //! it excused, the documented differences reached, and the unhandled-error reports compared.
 //!
 //! Layer cancellers have no Twisted equivalent: `Op::Layer` is removed from every sequence.
@@ -257,7 +258,10 @@ fn renumber_cancels(lines: &[&str]) -> Vec<String> {
 /// The differences documented in ARCHITECTURE.md ("Where weft differs from Twisted on
 /// purpose") and `src/lib.rs`'s porting table that a runner note stands for:
 /// - `none-result`: "Typed chains: `ResultConsumedError` where Twisted leaves `None`" (a
-///   callback gets `None` in Twisted where weft's errback gets `ResultConsumedError`);
+///   callback gets `None` in Twisted where weft's errback gets `ResultConsumedError`; the
+///   runner notes it when a `None` shows and as soon as a Deferred hands its result to the
+///   one waiting on it with links behind that wait, which Twisted runs with `None`, skipping
+///   an errback);
 /// - `self-return`, `wait-cycle`, `recursion`, `hang` (Twisted did not finish the sequence
 ///   within half a second): "A ring of waiting Deferreds fails with
 ///   `WaitCycleError` (Twisted hangs, and its cancel overflows)" (`ChainedToSelfError` for a
@@ -432,10 +436,11 @@ fn weft_agrees_with_twisted() {
     let mut twisted = Twisted::start(&python).expect("start the Twisted runner");
     let count = env_number("WEFT_TWISTED_COUNT", 20_000);
     let seed = env_number("WEFT_TWISTED_SEED", 0x7715_7ED0);
+    let max_len = env_number("WEFT_TWISTED_LEN", 12).max(3) as usize;
     let mut rng = Rng(seed);
     let mut totals = Totals::default();
     for i in 0..count {
-        let mut ops = gen_sequence(&mut rng, 12);
+        let mut ops = gen_sequence(&mut rng, max_len);
         ops.retain(|op| !matches!(op, Op::Layer { .. }));
         match compare(&mut twisted, &ops) {
             Ok(compared) => totals.add(compared),
@@ -454,7 +459,7 @@ fn weft_agrees_with_twisted() {
     }
     let t = &totals;
     eprintln!(
-        "weft agrees with Twisted on {count} sequences from seed {seed:#x}: {} lines compared strictly, \
+        "weft agrees with Twisted on {count} sequences of up to {max_len} operations from seed {seed:#x}: {} lines compared strictly, \
          {} excused after a documented difference; {} sequences reached one: {:?}; unhandled errors \
          compared in {} sequences ({} with reports, {} reports)",
         t.strict,

@@ -34,6 +34,8 @@ from twisted.python.failure import Failure
 
 MAX_DEFERREDS = 4
 ORIGINAL_CANCELLED = defer.CancelledError
+# The link by which a Deferred hands its result to the one waiting on it.
+CONTINUE = defer._CONTINUE
 
 
 class GenericError(Exception):
@@ -56,6 +58,10 @@ class World:
         self.done = (0, 0)
         # The position at the start of the operation under way.
         self.op_start = (0, 0, 0)
+        # The position at the last `check_handovers`.
+        self.safe = (0, 0, 0)
+        # Deferreds with links behind a wait: id -> (Deferred, the continuation link).
+        self.behind = {}
         self.current_cancel = None
         self.next_cancel = 0
 
@@ -66,7 +72,25 @@ class World:
     def begin(self, outcomes, views):
         """An operation (or the final unpauses) begins, after that many outcomes and views."""
         self.done = (outcomes, views)
-        self.op_start = (len(self.events), outcomes, views)
+        self.op_start = self.safe = (len(self.events), outcomes, views)
+
+    def behind_wait(self, d):
+        """A link is about to be added to `d`: if a Deferred waits on `d` (`d` holds its
+        continuation), the link comes behind the wait."""
+        for item in d._callbacks:
+            if item[0][0] is CONTINUE:
+                self.behind.setdefault(id(d), (d, item))
+                return
+
+    def check_handovers(self):
+        """Notes "none-result" if a Deferred handed its result to the one waiting on it since
+        the last check, with links behind: in Twisted they go on with None (an errback among
+        them does not run), in weft with a ResultConsumedError."""
+        for key, (d, item) in list(self.behind.items()):
+            if not any(x is item for x in d._callbacks):
+                del self.behind[key]
+                self.notes.setdefault("none-result", self.safe)
+        self.safe = (len(self.events),) + self.done
 
     def note(self, name):
         """Notes a difference that shows from now on."""
@@ -158,6 +182,7 @@ def result_of(r):
 def make_fn(d_index, uid, action):
     def fn(inp):
         w = WORLD
+        w.check_handovers()
         w.events.append(("Ran", uid, result_of(inp)))
         kind = action[0]
         if kind == "pass":
@@ -174,6 +199,7 @@ def make_fn(d_index, uid, action):
             return inp
         target = w.ds[j]
         if kind == "return":
+            w.behind_wait(target)
             if j == d_index:
                 w.note("self-return")
             if getattr(target, "_runningCallbacks", False):
@@ -209,6 +235,7 @@ def make_fn(d_index, uid, action):
 def make_canceller(index, kind):
     def canceller(d):
         w = WORLD
+        w.check_handovers()
         w.events.append(("Canceller", index))
         d._cancelled_with_canceller = True
         if kind[0] == "value":
@@ -255,6 +282,7 @@ def apply(w, uid, op):
         w.ds.append(d)
         return "None"
     d = w.ds[op[1]]
+    w.behind_wait(d)
     if name == "add":
         _, di, shape, first, second = op
         f1 = make_fn(di, uid, first)
@@ -275,6 +303,7 @@ def apply(w, uid, op):
 
         def late(method):
             def fire_target(r):
+                WORLD.check_handovers()
                 try:
                     method(r)
                     # The chain goes on with None, where weft's has a ResultConsumedError.
@@ -343,6 +372,7 @@ def run(ops):
         except RecursionError:
             w.note_op("recursion")
             w.outcomes.append("None")
+        w.check_handovers()
         w.done = (uid + 1, uid)
         note_stalled(w)
         w.steps.append([seen(d) for d in w.ds])
@@ -350,6 +380,7 @@ def run(ops):
     for d in w.ds:
         while user_pauses(d) > 0:
             d.unpause()
+    w.check_handovers()
     note_stalled(w)
     w.steps.append([seen(d) for d in w.ds])
     # What Twisted will report as unhandled when the Deferreds are collected: the failures
@@ -370,7 +401,7 @@ def collect(w):
     """Drops the world and collects it; the unhandled-error line (`None` if a report came
     from elsewhere)."""
     global WORLD
-    del w.ds[:]
+    vars(w).clear()  # nothing of the world may keep a Deferred alive
     WORLD = None
     gc.collect()
     if HEADLINES[0] != len(REPORTS):
