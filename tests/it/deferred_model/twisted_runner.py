@@ -1,13 +1,15 @@
 """Runs the model-based test's operation sequences on Twisted's real Deferred.
 
 Used by `deferred_model::twisted::weft_agrees_with_twisted` (tests/it/deferred_model/twisted.rs).
-Reads one sequence per line on stdin, a JSON list of operations as that file encodes them, and
-prints its transcript in the exact text of the Rust side's `Transcript::lines()`, then a line
+Reads one sequence per line on stdin, `{"unpause": bool, "ops": [...]}` with the operations as
+that file encodes them (the user's pauses are undone at the end if `unpause`), and prints its
+transcript in the exact text of the Rust side's `Transcript::lines()`, then a line
 `unhandled: N [i, ...]` (how many "Unhandled error in Deferred" reports Twisted logged once the
 sequence's Deferreds were dropped and collected, and from which Deferreds, by index), then a line
 `end`. Lines `note NAME at E O S` name a weft/Twisted difference the sequence reached, and where it
 first showed: after E events, O operation outcomes and the views after S steps (the Rust side
-compares the lines before that point strictly and excuses the rest only for a documented NAME).
+compares the lines before that point strictly and excuses the rest only for a documented NAME);
+`note NAME at end` names one already applied (a paused Deferred's failure, reported as weft does).
 
 Mapping: New -> Deferred(canceller) (creator canceller), Add -> addCallback / addErrback /
 addBoth / addCallbacks, Chain -> chainDeferred, Callback/Errback/Pause/Cancel -> the same
@@ -62,6 +64,8 @@ class World:
         self.safe = (0, 0, 0)
         # Deferreds with links behind a wait: id -> (Deferred, the continuation link).
         self.behind = {}
+        # Deferreds that Twisted will not report, paused, holding a failure (weft does).
+        self.paused_unreported = []
         self.current_cancel = None
         self.next_cancel = 0
 
@@ -362,7 +366,7 @@ def note_stalled(w):
             w.note_op("paused-chainee")
 
 
-def run(ops):
+def run(ops, unpause):
     global WORLD
     w = WORLD = World()
     for uid, op in enumerate(ops):
@@ -378,14 +382,15 @@ def run(ops):
         w.steps.append([seen(d) for d in w.ds])
     w.begin(len(ops), len(ops))
     for d in w.ds:
-        while user_pauses(d) > 0:
+        while unpause and user_pauses(d) > 0:
             d.unpause()
     w.check_handovers()
     note_stalled(w)
     w.steps.append([seen(d) for d in w.ds])
     # What Twisted will report as unhandled when the Deferreds are collected: the failures
-    # their DebugInfo holds, tagged with the Deferred's index. One it holds without
-    # reporting is noted (a paused one is a documented difference).
+    # their DebugInfo holds, tagged with the Deferred's index. A failure it holds without
+    # reporting it is noted; in a paused Deferred that is a documented difference, which
+    # `collect` applies: weft reports it (noted at the end: it excuses nothing).
     w.done = (len(ops), len(ops) + 1)
     for index, d in enumerate(w.ds):
         info = d._debugInfo
@@ -393,7 +398,11 @@ def run(ops):
         if reported is not None:
             reported._weft_model = getattr(reported, "_weft_model", []) + [(SEQUENCE, index)]
         if isinstance(getattr(d, "result", None), Failure) and reported is not d.result:
-            w.note("paused-unreported" if d.paused else "unreported")
+            if d.paused:
+                w.paused_unreported.append(index)
+                w.notes.setdefault("paused-unreported", None)
+            else:
+                w.note("unreported")
     return w
 
 
@@ -401,11 +410,13 @@ def collect(w):
     """Drops the world and collects it; the unhandled-error line (`None` if a report came
     from elsewhere)."""
     global WORLD
+    paused_unreported = w.paused_unreported
     vars(w).clear()  # nothing of the world may keep a Deferred alive
     WORLD = None
     gc.collect()
     if HEADLINES[0] != len(REPORTS):
         return f"unhandled: {HEADLINES[0]} headlines but {len(REPORTS)} reports"
+    REPORTS.extend(paused_unreported)
     names = ", ".join("?" if i is None else str(i) for i in sorted(REPORTS, key=lambda i: (i is None, i)))
     return f"unhandled: {len(REPORTS)} [{names}]"
 
@@ -461,7 +472,7 @@ def render(w):
             c = "true" if called else "false"
             p = "true" if paused else "false"
             lines.append(f"after step {step}: d{di} Seen {{ called: {c}, paused: {p}, result: {r} }}")
-    lines.extend(f"note {n} at {e} {o} {v}" for n, (e, o, v) in sorted(w.notes.items()))
+    lines.extend(f"note {n} at " + ("end" if at is None else "{} {} {}".format(*at)) for n, at in sorted(w.notes.items()))
     return lines
 
 
@@ -486,7 +497,8 @@ def main():
         w = None
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         try:
-            w = run(json.loads(line))
+            sequence = json.loads(line)
+            w = run(sequence["ops"], sequence["unpause"])
         except Hang:
             pass
         except Exception as e:  # a runner bug: say so, keep going

@@ -36,19 +36,20 @@ impl World {
 /// Runs `ops` on weft: what the API showed. What is left is taken, so that no failure is
 /// reported when the world goes.
 pub(super) fn run_weft(ops: &[Op]) -> Transcript {
-    let (transcript, world) = play(ops);
+    let (transcript, world) = play(ops, true);
     for d in world.ds.borrow().iter() {
         let _ = d.take_result();
     }
     transcript
 }
 
-/// Runs `ops` on weft, then drops every Deferred: what the API showed, and the Deferreds
-/// that reported an unhandled error ("Unhandled error in Deferred created at ...") by
-/// index, sorted (`None` for a report naming no Deferred of the sequence).
-pub(super) fn run_weft_dropping(ops: &[Op]) -> (Transcript, Vec<Option<usize>>) {
+/// Runs `ops` on weft (and the final unpauses if `unpause`), then drops every Deferred:
+/// what the API showed, and the Deferreds that reported an unhandled error ("Unhandled
+/// error in Deferred created at ...") by index, sorted (`None` for a report naming no
+/// Deferred of the sequence).
+pub(super) fn run_weft_dropping(ops: &[Op], unpause: bool) -> (Transcript, Vec<Option<usize>>) {
     logs::capture();
-    let (transcript, world) = play(ops);
+    let (transcript, world) = play(ops, unpause);
     let lines = world.lines.take();
     drop(world);
     let mut reports: Vec<Option<usize>> = logs::records()
@@ -66,8 +67,9 @@ pub(super) fn run_weft_dropping(ops: &[Op]) -> (Transcript, Vec<Option<usize>>) 
     (transcript, reports)
 }
 
-/// Runs `ops` and the final unpauses on a new world; what the API showed, and the world.
-fn play(ops: &[Op]) -> (Transcript, Rc<World>) {
+/// Runs `ops` on a new world, then the final unpauses if `unpause` (the last view is taken
+/// either way); what the API showed, and the world.
+fn play(ops: &[Op], unpause: bool) -> (Transcript, Rc<World>) {
     let world = Rc::new(World::default());
     let mut outcomes = Vec::new();
     let mut seen = Vec::new();
@@ -78,7 +80,7 @@ fn play(ops: &[Op]) -> (Transcript, Rc<World>) {
     }
     let ds = world.ds.borrow().clone();
     for d in &ds {
-        while d.unpause().is_ok() {}
+        while unpause && d.unpause().is_ok() {}
     }
     seen.push(seen_all(&world));
     drop(ds);
