@@ -13,17 +13,17 @@
 mod ops;
 mod reference;
 mod twisted;
-mod weft;
+mod weft_side;
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use ::weft::Failure;
+use weft::Failure;
 
 use self::ops::{Action, CancellerKind, Event, LayerKind, Op, Outcome, Seen, Shape};
-use self::weft::run_weft;
+use self::weft_side::run_weft;
 
 /// How many Deferreds a sequence makes at most.
 const MAX_DEFERREDS: usize = 4;
@@ -38,7 +38,7 @@ struct Transcript {
 }
 
 // ---------------------------------------------------------------------------------------
-// The two sides (weft's in `deferred_model/weft.rs`)
+// The two sides (weft's in `deferred_model/weft_side.rs`)
 // ---------------------------------------------------------------------------------------
 
 fn run_model(ops: &[Op]) -> Transcript {

@@ -31,7 +31,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::collections::BTreeMap;
 
 use super::ops::{Action, CancellerKind, Event, Fail, Op, Seen, Shape};
-use super::weft::run_weft_dropping;
+use super::weft_side::run_weft_dropping;
 use super::{gen_sequence, normalise, shrink_with, Rng, Transcript};
 
 /// The Python the test runs unless `WEFT_TWISTED_PYTHON` names another.
