@@ -519,13 +519,9 @@ impl Captured {
     /// request has ended): if the context has finished, the work is charged to its
     /// parent as usual, without the warning about late work.
     pub(crate) fn run_late<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _restore = if id_of(&self.0) == current_id() {
-            Restore(None)
-        } else {
-            Restore(Some(switch(self.0.clone())))
-        };
+        let _restore = self.make_current();
         if let Some(c) = &self.0 {
-            c.count_late_callback();
+            c.count_callback_quietly();
         }
         f()
     }
@@ -534,15 +530,21 @@ impl Captured {
     /// one callback.
     #[inline]
     pub(crate) fn enter(&self) -> Restore {
-        let restore = if id_of(&self.0) == current_id() {
-            Restore(None)
-        } else {
-            Restore(Some(switch(self.0.clone())))
-        };
+        let restore = self.make_current();
         if let Some(c) = &self.0 {
             c.count_callback(None);
         }
         restore
+    }
+
+    /// Makes the captured context current (if it is not) until the guard is dropped.
+    #[inline]
+    fn make_current(&self) -> Restore {
+        if id_of(&self.0) == current_id() {
+            Restore(None)
+        } else {
+            Restore(Some(switch(self.0.clone())))
+        }
     }
 }
 
@@ -682,13 +684,12 @@ impl ContextInner {
         }
     }
 
-    /// A callback that may come after the context finished by design: counted here, or
-    /// (finished) passed on to the parent, without a warning.
-    fn count_late_callback(&self) {
-        if !self.finished.get() {
-            self.callbacks.set(self.callbacks.get() + 1);
-        } else if let Some(parent) = &self.parent {
-            parent.charge(&ContextStats { callbacks: 1, ..Default::default() });
+    /// Counts one callback, without a warning if the context has finished: for work
+    /// that comes after its request by design (a lost-result hook).
+    fn count_callback_quietly(&self) {
+        self.callbacks.set(self.callbacks.get() + 1);
+        if self.finished.get() {
+            self.pass_callback_to_parent();
         }
     }
 
@@ -709,6 +710,12 @@ impl ContextInner {
                 ),
             }
         }
+        self.pass_callback_to_parent();
+    }
+
+    /// A callback ran in this finished context: its parent counts it.
+    #[cold]
+    fn pass_callback_to_parent(&self) {
         if let Some(parent) = &self.parent {
             parent.charge(&ContextStats { callbacks: 1, ..Default::default() });
         }

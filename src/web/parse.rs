@@ -159,16 +159,22 @@ pub(crate) fn parse_head(buf: &[u8], limits: &Limits) -> HeadParse {
     })
 }
 
+/// Where the request line starts: after the empty lines a server ignores before it
+/// (RFC 9112 §2.2; httparse skips them too).
+fn request_line_start(buf: &[u8]) -> usize {
+    buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len())
+}
+
 /// Whether the request at the start of `buf` (complete or not, valid or not) is a
 /// `HEAD`: its refusal then gets no body either (RFC 9110 §9.3.2).
 pub(crate) fn is_head_request(buf: &[u8]) -> bool {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let start = request_line_start(buf);
     buf[start..].starts_with(b"HEAD ")
 }
 
 /// A head that is not complete yet: too long already, or wait for more.
 fn partial(buf: &[u8], limits: &Limits) -> HeadParse {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let start = request_line_start(buf);
     let line = &buf[start..];
     if line.len() > limits.max_request_line + 16 && !line[..limits.max_request_line + 16].contains(&b'\n') {
         return HeadParse::Error(Reject::new(414, "request line too long"));
@@ -184,8 +190,7 @@ fn partial(buf: &[u8], limits: &Limits) -> HeadParse {
 /// a higher minor version as the highest one it implements; h11 does the same), another
 /// `HTTP/x.y` is 505, anything else a malformed request line.
 fn version_error(buf: &[u8], limits: &Limits) -> HeadParse {
-    // httparse skips empty lines before the request line (RFC 9112 §2.2); so do we.
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let start = request_line_start(buf);
     let Some(line_len) = buf[start..].iter().position(|&b| b == b'\n') else {
         // The version may still be cut short ("HTTP/1.2" is refused before its line
         // ends): wait for the whole line, within the usual limits.

@@ -356,30 +356,25 @@ fn literal_matches_encoded(literal: &str, part: &str) -> bool {
     let (lit, raw) = (literal.as_bytes(), part.as_bytes());
     let (mut i, mut j) = (0, 0);
     while j < raw.len() {
-        let decoded = match raw[j] {
-            b'%' => raw
+        // The next character of `part` and how many bytes it took.
+        let unreserved = |b: &u8| b.is_ascii_alphanumeric() || b"-._~".contains(b);
+        let (byte, width) = match raw[j] {
+            b'%' => match raw
                 .get(j + 1..j + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .filter(|&b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)),
-            _ => None,
+                .filter(unreserved)
+            {
+                Some(b) => (b, 3),
+                None => (b'%', 1),
+            },
+            b => (b, 1),
         };
-        match decoded {
-            Some(b) => {
-                if lit.get(i) != Some(&b) {
-                    return false;
-                }
-                i += 1;
-                j += 3;
-            }
-            None => {
-                if lit.get(i) != Some(&raw[j]) {
-                    return false;
-                }
-                i += 1;
-                j += 1;
-            }
+        if lit.get(i) != Some(&byte) {
+            return false;
         }
+        i += 1;
+        j += width;
     }
     i == lit.len()
 }

@@ -160,10 +160,13 @@ impl Channel {
         let Response { headers, body, .. } = response;
         let response_head =
             Response { status, headers, body: crate::web::Body(BodyRepr::Bytes(Default::default())) };
-        let declared = response_head
-            .header_value("content-length")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        // Read only where it matters (304, HEAD, a stream), not for every response.
+        let declared = || {
+            response_head
+                .header_value("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         // What a body the status or method forbids becomes (RFC 9110 §6.4.1, §8.6): 204
         // has no body and no Content-Length; 205 has none and says so with
         // `Content-Length: 0`; 304 and HEAD have none but keep a Content-Length the
@@ -172,13 +175,13 @@ impl Channel {
             _ if status == 204 => (response::Framing::NoBody, None),
             _ if status == 205 => (response::Framing::Length(0), None),
             _ if status == 304 => {
-                (declared.map_or(response::Framing::NoBody, response::Framing::Length), None)
+                (declared().map_or(response::Framing::NoBody, response::Framing::Length), None)
             }
-            BodyRepr::Bytes(b) => match declared.filter(|_| ex.head_only) {
-                Some(n) if b.is_empty() => (response::Framing::Length(n), None),
-                _ => (response::Framing::Length(b.len() as u64), Some(Ok(b))),
+            BodyRepr::Bytes(b) => match (ex.head_only && b.is_empty()).then(declared).flatten() {
+                Some(n) => (response::Framing::Length(n), None),
+                None => (response::Framing::Length(b.len() as u64), Some(Ok(b))),
             },
-            BodyRepr::Stream(f) => match declared {
+            BodyRepr::Stream(f) => match declared() {
                 Some(n) => (response::Framing::Length(n), Some(Err((f, StreamFraming::Length, n)))),
                 None if version11 => (response::Framing::Chunked, Some(Err((f, StreamFraming::Chunked, 0)))),
                 None => {
