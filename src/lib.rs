@@ -104,6 +104,7 @@ pub mod compat;
 mod deferred;
 mod failure;
 pub mod future;
+mod inline_call;
 pub mod logcontext;
 mod observable;
 mod panics;

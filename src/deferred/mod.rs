@@ -5,9 +5,9 @@
 //!
 //! A `Deferred<T>` is an `Rc` handle to one [`Inner`]: a `RefCell<Core>` holding the
 //! current result (the [`Slot`]), the list of links (callback/errback pairs and
-//! continuations) and a few counters. Links are boxed `FnOnce` closures kept in a
-//! `SmallVec` with room for one inline, so a pending Deferred with one callback whose
-//! closure captures nothing lives in a single allocation.
+//! continuations) and a few counters. Links are `FnOnce` closures (kept inline when they
+//! capture at most one word, see `inline_call.rs`) in a `SmallVec` with room for one
+//! inline, so a pending Deferred with one such callback lives in a single allocation.
 //!
 //! The callback loop (`run_loop`) never holds the borrow while user code runs: it takes
 //! the next link and the result out, releases the borrow, calls the link, then stores
@@ -44,6 +44,7 @@ use smallvec::SmallVec;
 use crate::failure::{
     AlreadyCalledError, At, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError, WaitCycleError,
 };
+use crate::inline_call::CallOnce;
 use crate::logcontext::{Captured, Switcher};
 
 /// A single-threaded handle to a result that arrives later (Twisted's `Deferred`).
@@ -244,7 +245,8 @@ impl<T: 'static> CallbackResult<T> for Next<T> {
     }
 }
 
-type Call<T> = Box<dyn FnOnce(Result<T, Failure>) -> Next<T>>;
+/// A step's function, inline when its closure is small (see `inline_call.rs`).
+type Call<T> = CallOnce<Result<T, Failure>, Next<T>>;
 
 /// One step of the chain.
 enum Link<T: 'static> {
@@ -421,25 +423,45 @@ impl<T: 'static> Core<T> {
     /// When the loop stops: if every link ran, empty the list (a spilled one goes back to
     /// inline storage, so the next link added costs no allocation), and take the layer
     /// cancellers whose callbacks have started, for the caller to drop outside the borrow.
+    ///
+    /// The common case (no cold part, the list inline) is a few instructions here; the
+    /// rest is out of line.
     #[inline]
     fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
+        if self.cold.is_none() && !self.links.spilled() {
+            if !self.has_links_to_run() {
+                // Every entry ran and is `None`: forgotten rather than dropped (a call per
+                // entry to the drop glue of `Link`).
+                while let Some(link) = self.links.pop() {
+                    debug_assert!(link.is_none(), "a link that ran is gone");
+                    mem::forget(link);
+                }
+                self.head = 0;
+            }
+            return None;
+        }
+        self.compact_slow()
+    }
+
+    /// [`compact`](Self::compact) with a cold part or a spilled list.
+    #[cold]
+    #[inline(never)]
+    fn compact_slow(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
         if !self.has_links_to_run() && !self.links.is_empty() {
             if let Some(c) = self.cold.as_mut() {
                 c.base += self.links.len() as u32;
             }
             self.head = 0;
-            // Every entry is `None`: there is nothing to drop, so each is forgotten rather
-            // than dropped (which would cost a call per entry to the drop glue of `Link`).
-            // A spilled list goes back to inline storage, so the next link added costs no
-            // allocation.
             if self.links.spilled() {
                 for link in mem::take(&mut self.links) {
                     debug_assert!(link.is_none(), "a link that ran is gone");
                     mem::forget(link);
                 }
-            } else if let Some(link) = self.links.pop() {
-                debug_assert!(link.is_none(), "a link that ran is gone");
-                mem::forget(link);
+            } else {
+                while let Some(link) = self.links.pop() {
+                    debug_assert!(link.is_none(), "a link that ran is gone");
+                    mem::forget(link);
+                }
             }
         }
         let cancel = self.cold.as_mut()?;
@@ -547,10 +569,10 @@ impl<T: 'static> Deferred<T> {
         S: CallbackResult<T>,
     {
         self.push_call(
-            Box::new(move |r: Result<T, Failure>| match r {
+            move |r: Result<T, Failure>| match r {
                 Ok(v) => callback(v).into_next(),
                 Err(f) => errback(f).into_next(),
-            }),
+            },
             Location::caller(),
         );
         self
@@ -570,10 +592,10 @@ impl<T: 'static> Deferred<T> {
         R: CallbackResult<T>,
     {
         self.push_call(
-            Box::new(move |r: Result<T, Failure>| match r {
+            move |r: Result<T, Failure>| match r {
                 Ok(v) => callback(v).into_next(),
                 Err(f) => Next::Ready(Err(f)),
-            }),
+            },
             Location::caller(),
         );
         self
@@ -587,10 +609,10 @@ impl<T: 'static> Deferred<T> {
         S: CallbackResult<T>,
     {
         self.push_call(
-            Box::new(move |r: Result<T, Failure>| match r {
+            move |r: Result<T, Failure>| match r {
                 Ok(v) => Next::Ready(Ok(v)),
                 Err(f) => errback(f).into_next(),
-            }),
+            },
             Location::caller(),
         );
         self
@@ -603,7 +625,7 @@ impl<T: 'static> Deferred<T> {
         F: FnOnce(Result<T, Failure>) -> R + 'static,
         R: CallbackResult<T>,
     {
-        self.push_call(Box::new(move |r| f(r).into_next()), Location::caller());
+        self.push_call(move |r| f(r).into_next(), Location::caller());
         self
     }
 
@@ -617,7 +639,7 @@ impl<T: 'static> Deferred<T> {
     {
         let me = self.downgrade();
         self.push_call(
-            Box::new(move |r| match f(r) {
+            move |r| match f(r) {
                 Ok(next) => next,
                 Err(failure) => {
                     if let Some(me) = me.upgrade() {
@@ -625,7 +647,7 @@ impl<T: 'static> Deferred<T> {
                     }
                     Next::Ready(Err(failure))
                 }
-            }),
+            },
             Location::caller(),
         );
         self
@@ -641,8 +663,11 @@ impl<T: 'static> Deferred<T> {
     /// Adds a call link, capturing the current log context for it (the capture point of
     /// the log-context invariant, see `ARCHITECTURE.md`), with `at`, where it was added.
     #[inline]
-    fn push_call(&self, call: Call<T>, at: &'static Location<'static>) {
-        self.push(Link::Call(call, Captured::capture(), at));
+    fn push_call<F>(&self, call: F, at: &'static Location<'static>)
+    where
+        F: FnOnce(Result<T, Failure>) -> Next<T> + 'static,
+    {
+        self.push(Link::Call(CallOnce::new(call), Captured::capture(), at));
     }
 
     fn push(&self, link: Link<T>) {
@@ -837,14 +862,14 @@ impl<T: 'static> Deferred<T> {
         let target = out.to_ref();
         let at = Location::caller();
         self.push_call(
-            Box::new(move |r| {
+            move |r| {
                 let next = crate::panics::catching_at(at, || f(r).into_next())
                     .unwrap_or_else(|failure| Next::Ready(Err(failure)));
                 if target.fire_at(next, at).is_err() {
                     log::debug!("then: the linked deferred was already called; result dropped");
                 }
                 Next::Consumed
-            }),
+            },
             at,
         );
         // `out` has no canceller of its own: a cancel of it cancels its sources.
@@ -1307,7 +1332,7 @@ impl<T: 'static> Inner<T> {
                     let next = if is_debugging() {
                         this.run_debugged(f, held.into_input(), &captured, at, &mut swallowed)
                     } else {
-                        f(held.into_input())
+                        f.call(held.into_input())
                     };
                     match this.absorb(next) {
                         Some(h) => held = h,
@@ -1376,7 +1401,7 @@ impl<T: 'static> Inner<T> {
     ) -> Next<T> {
         let passed = self.core.borrow().cold.as_ref().and_then(|c| c.extra.as_ref()).map_or(0, |x| x.passed);
         let cancel = outcome::invoker_cancel(&input, passed);
-        let next = f(input);
+        let next = f.call(input);
         match &next {
             Next::Ready(Ok(_)) => {
                 if let Some(cancel) = cancel {
