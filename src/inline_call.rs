@@ -23,9 +23,11 @@
 //!    `ManuallyDrop` before it moves the value out, so `Drop` never sees a moved value,
 //!    and the value moved out is dropped (by the closure's own body, also when it
 //!    panics) at most once.
-//! 2. The table's functions are only ever given a pointer to `storage` of the
-//!    `CallOnce` they were made with; the storage is aligned to a word and at least
-//!    `size_of::<F>()` (or `size_of::<Box<F>>()`) bytes, checked when the table is chosen.
+//! 2. The table's functions are only ever given the `storage` of the `CallOnce` they
+//!    were made with: `call` a bitwise copy of it (a `MaybeUninit` keeps every byte,
+//!    pointers' provenance included) after which the `CallOnce` is forgotten, `drop` a
+//!    pointer to it. The storage is aligned to a word and at least `size_of::<F>()` (or
+//!    `size_of::<Box<F>>()`) bytes, checked when the table is chosen.
 //! 3. Moving a `CallOnce` moves the value in its storage bit for bit, which is always
 //!    sound in Rust (no value may rely on its address unless pinned, and a closure is
 //!    never pinned here).

@@ -228,7 +228,11 @@ fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
     for i in 0..n {
         let (me, next) = (&ds[i], &ds[(i + 1) % n]);
         me.inner.core.borrow_mut().slot = Slot::WaitingWeakly(Rc::downgrade(&next.inner));
-        next.inner.core.borrow_mut().links.push(Some(Link::Continue(me.inner.clone())));
+        next.inner
+            .core
+            .borrow_mut()
+            .links
+            .push(std::mem::ManuallyDrop::new(Some(Link::Continue(me.inner.clone()))));
     }
     let outer = Deferred::<u32>::new();
     let d0 = ds[0].clone();
@@ -243,4 +247,40 @@ fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
     for d in &ds {
         assert!(d.is_called() && !d.is_paused());
     }
+}
+
+#[test]
+fn links_left_are_all_dropped_even_if_one_panics_in_its_drop() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("boom in drop");
+        }
+    }
+    struct Counted(Rc<Cell<u32>>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let drops = Rc::new(Cell::new(0));
+    let d = Deferred::<u64>::new();
+    let (a, c) = (Counted(drops.clone()), Counted(drops.clone()));
+    d.add_callback(move |x| {
+        let _keep = &a;
+        x
+    });
+    let bomb = Bomb;
+    d.add_callback(move |x| {
+        let _keep = &bomb;
+        x
+    });
+    d.add_callback(move |x| {
+        let _keep = &c;
+        x
+    });
+    assert!(d.inner.core.borrow().links.spilled());
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(d)));
+    assert!(dropped.is_err(), "the bomb's panic comes out of the drop");
+    assert_eq!(drops.get(), 2, "the links after the one that panicked are dropped too");
 }
