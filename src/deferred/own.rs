@@ -145,13 +145,19 @@ impl<T: 'static> Inner<T> {
 
     /// The last cancel handle is gone: if the Deferred has no result yet, it gives up the
     /// cancel handles it holds (its sources, the Deferred it waits on).
-    #[cold]
+    ///
+    /// Not cold: every pending Deferred whose caller drops its handle comes here (each
+    /// observer in a fan-out, say), and most hold nothing, which is checked first.
     #[inline(never)]
     fn unclaimed(&self) {
         let Ok(mut core) = self.core.try_borrow_mut() else {
             debug_assert!(false, "a Deferred lost its last cancel handle while its state was borrowed");
             return;
         };
+        let holds_sources = core.cold.as_ref().is_some_and(|c| !c.sources.is_empty());
+        if !holds_sources && !matches!(core.slot, Slot::Waiting(_)) {
+            return;
+        }
         let waited = match &core.slot {
             Slot::Waiting(d) => {
                 let weak = Rc::downgrade(d.inner());
