@@ -152,6 +152,18 @@ impl<T: 'static> DeferredList<T> {
     }
 }
 
+impl<T: 'static> ListState<T> {
+    /// What a member that failed with `f` goes on with: the failure, consumed on the
+    /// caller's behalf if `consume_errors` says so.
+    fn member_goes_on_with(&self, f: Failure) -> Consuming<T> {
+        if self.consume_errors {
+            Err(f)
+        } else {
+            Ok(Next::Ready(Err(f)))
+        }
+    }
+}
+
 impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
     /// Member `index`'s outcome reaches the list: records it and fires `out` when the
     /// options say so. Returns what the member's own chain goes on with.
@@ -164,21 +176,26 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
             };
         }
         self.remaining.set(self.remaining.get() - 1);
-        let (stored, back) = match r {
+        // What the member goes on with is built at the end, from the failure alone: a
+        // `Consuming<T>` held across the calls below would be kept in memory for the
+        // unwinding path and copied out with a store-forwarding stall (`perf annotate`:
+        // a third of this function's time in the `gather` benchmark).
+        let (stored, failed) = match r {
             Ok(value) if self.fire_on_one_callback => {
                 self.results.borrow_mut()[index] = Some(Err(Failure::msg("moved to ListResult::One")));
                 let _ = out.callback(ListResult::One { index, value });
                 return Ok(Next::Consumed);
             }
-            Ok(v) => (Ok(v), Ok(Next::Consumed)),
+            Ok(v) => (Ok(v), None),
             Err(f) => {
-                let back = if self.consume_errors { Err(f.clone()) } else { Ok(Next::Ready(Err(f.clone()))) };
                 if self.fire_on_one_errback {
                     self.results.borrow_mut()[index] = Some(Err(f.clone()));
+                    let back = f.clone();
                     let _ = out.errback(FirstError { failure: f, index });
-                    return back;
+                    return self.member_goes_on_with(back);
                 }
-                (Err(f), back)
+                let back = f.clone();
+                (Err(f), Some(back))
             }
         };
         self.results.borrow_mut()[index] = Some(stored);
@@ -187,7 +204,10 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
             let all = all.into_iter().map(|r| r.expect("every member has a result")).collect();
             let _ = out.callback(ListResult::All(all));
         }
-        back
+        match failed {
+            None => Ok(Next::Consumed),
+            Some(f) => self.member_goes_on_with(f),
+        }
     }
 }
 
