@@ -484,8 +484,6 @@ impl<T: 'static> Core<T> {
     fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
         if self.cold.is_none() && !self.links.spilled() {
             if !self.has_links_to_run() {
-                // Every entry ran and is `None`: forgotten rather than dropped (a call per
-                // entry to the drop glue of `Link`).
                 // Every entry ran and is `None` (an entry has no drop glue).
                 while let Some(link) = self.links.pop() {
                     debug_assert!(link.is_none(), "a link that ran is gone");
