@@ -19,10 +19,10 @@
 //!
 //! 1. `storage` holds a live value of the type `table` was made for (`F`, or `Box<F>`),
 //!    written by [`CallOnce::new`], from then until the value is consumed by `call` or
-//!    dropped by `Drop`, and exactly one of those two happens: `call` takes `self` into a
-//!    `ManuallyDrop` before it moves the value out, so `Drop` never sees a moved value,
-//!    and the value moved out is dropped (by the closure's own body, also when it
-//!    panics) at most once.
+//!    dropped by `Drop`, and exactly one of those two happens: `call` copies the storage
+//!    and the table's `call` out and forgets `self` before it calls, so `Drop` never sees
+//!    a moved value, and the value moved out is dropped (by the closure's own body, also
+//!    when it panics) at most once.
 //! 2. The table's functions are only ever given the `storage` of the `CallOnce` they
 //!    were made with: `call` a bitwise copy of it (a `MaybeUninit` keeps every byte,
 //!    pointers' provenance included) after which the `CallOnce` is forgotten, `drop` a
