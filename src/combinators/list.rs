@@ -188,13 +188,12 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
             }
             Ok(v) => (Ok(v), None),
             Err(f) => {
+                let back = f.clone();
                 if self.fire_on_one_errback {
                     self.results.borrow_mut()[index] = Some(Err(f.clone()));
-                    let back = f.clone();
                     let _ = out.errback(FirstError { failure: f, index });
                     return self.member_goes_on_with(back);
                 }
-                let back = f.clone();
                 (Err(f), Some(back))
             }
         };

@@ -155,15 +155,13 @@ impl<T: 'static> Inner<T> {
             return;
         };
         let holds_sources = core.cold.as_ref().is_some_and(|c| !c.sources.is_empty());
-        if !holds_sources && !matches!(core.slot, Slot::Waiting(_)) {
-            return;
-        }
         let waited = match &core.slot {
             Slot::Waiting(d) => {
                 let weak = Rc::downgrade(d.inner());
                 Some(mem::replace(&mut core.slot, Slot::WaitingWeakly(weak)))
             }
-            Slot::Pending | Slot::WaitingWeakly(_) => None,
+            Slot::Pending | Slot::WaitingWeakly(_) if holds_sources => None,
+            // Fired, or holding nothing to give up.
             _ => return,
         };
         let held: SmallVec<[Counted; 1]> = match core.cold.as_mut() {

@@ -231,7 +231,7 @@ impl ThreadHandle {
         F: FnOnce() -> R + Send + 'static,
         R: crate::CallbackResult<T>,
     {
-        if std::thread::current().id() == self.shared.owner {
+        if self.is_in_io_thread() {
             return Err(BlockingCallError::OnReactorThread);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<T, String>>(1);
