@@ -594,8 +594,19 @@ impl Switcher {
 }
 
 impl Drop for Switcher {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
+        if self.saved.is_some() {
+            self.restore_saved();
+        }
+    }
+}
+
+impl Switcher {
+    /// The drop's work when the switcher switched, out of line: the drop of a loop that
+    /// ran every callback in the context current already (the common case) is one test.
+    #[inline(never)]
+    fn restore_saved(&mut self) {
         if let Some(previous) = self.saved.take() {
             restore(previous);
         }
