@@ -371,6 +371,14 @@ type Entry<T> = ManuallyDrop<Option<Link<T>>>;
 /// the links still in it when it is dropped.
 struct Links<T: 'static>(SmallVec<[Entry<T>; 1]>);
 
+impl<T: 'static> Links<T> {
+    /// Adds `link` at the end, as an entry (no drop glue, see [`Entry`]).
+    #[inline(always)]
+    fn push_link(&mut self, link: Link<T>) {
+        self.0.push(ManuallyDrop::new(Some(link)));
+    }
+}
+
 impl<T: 'static> Default for Links<T> {
     fn default() -> Self {
         Links(SmallVec::new())
@@ -484,10 +492,9 @@ impl<T: 'static> Core<T> {
     fn compact(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
         if self.cold.is_none() && !self.links.spilled() {
             if !self.has_links_to_run() {
-                // Every entry ran and is `None` (an entry has no drop glue).
-                while let Some(link) = self.links.pop() {
-                    debug_assert!(link.is_none(), "a link that ran is gone");
-                }
+                debug_assert!(self.links.iter().all(|link| link.is_none()), "a link that ran is gone");
+                // Entries have no drop glue: clearing only resets the length.
+                self.links.clear();
                 self.head = 0;
             }
             return None;
@@ -721,7 +728,7 @@ impl<T: 'static> Deferred<T> {
     fn push(&self, make: impl FnOnce() -> Link<T>) {
         let run = {
             let mut core = self.inner.core.borrow_mut();
-            core.links.push(ManuallyDrop::new(Some(make())));
+            core.links.push_link(make());
             core.can_run()
         };
         if run {
@@ -1099,7 +1106,7 @@ impl<T: 'static> Inner<T> {
         } else {
             Link::Continue(self.clone())
         };
-        other.links.push(ManuallyDrop::new(Some(link)));
+        other.links.push_link(link);
         let run = other.can_run();
         drop(other);
         let kick = if run { Some(d.inner.clone()) } else { None };

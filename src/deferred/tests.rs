@@ -228,11 +228,7 @@ fn cancel_walk_into_a_ring_of_waiting_deferreds_ends() {
     for i in 0..n {
         let (me, next) = (&ds[i], &ds[(i + 1) % n]);
         me.inner.core.borrow_mut().slot = Slot::WaitingWeakly(Rc::downgrade(&next.inner));
-        next.inner
-            .core
-            .borrow_mut()
-            .links
-            .push(std::mem::ManuallyDrop::new(Some(Link::Continue(me.inner.clone()))));
+        next.inner.core.borrow_mut().links.push_link(Link::Continue(me.inner.clone()));
     }
     let outer = Deferred::<u32>::new();
     let d0 = ds[0].clone();

@@ -465,7 +465,8 @@ pub(crate) struct Restore(Option<Option<Rc<ContextInner>>>);
 /// callback switches only if its context is not current, and the context current when
 /// the switcher was made is restored once, when it is dropped.
 pub(crate) struct Switcher {
-    saved: Option<Option<Rc<ContextInner>>>,
+    /// The context to restore, once the switcher has switched (`Restore(None)` before).
+    saved: Restore,
 }
 
 impl Captured {
@@ -556,8 +557,20 @@ impl Restore {
 }
 
 impl Drop for Restore {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
+        if self.0.is_some() {
+            self.restore_saved();
+        }
+    }
+}
+
+impl Restore {
+    /// The drop's work when there is a context to restore, out of line: the common drop
+    /// (a callback loop that ran every callback in the context current already) is one
+    /// test.
+    #[inline(never)]
+    fn restore_saved(&mut self) {
         if let Some(previous) = self.0.take() {
             restore(previous);
         }
@@ -568,7 +581,7 @@ impl Switcher {
     /// A switcher that has not switched yet.
     #[inline]
     pub(crate) fn new() -> Switcher {
-        Switcher { saved: None }
+        Switcher { saved: Restore(None) }
     }
 
     /// Makes `captured` current for the next callback, which was added at `added_at`
@@ -587,28 +600,8 @@ impl Switcher {
     #[inline(never)]
     fn switch_slow(&mut self, captured: &Captured) {
         let previous = switch(captured.0.clone());
-        if self.saved.is_none() {
-            self.saved = Some(previous);
-        }
-    }
-}
-
-impl Drop for Switcher {
-    #[inline(always)]
-    fn drop(&mut self) {
-        if self.saved.is_some() {
-            self.restore_saved();
-        }
-    }
-}
-
-impl Switcher {
-    /// The drop's work when the switcher switched, out of line: the drop of a loop that
-    /// ran every callback in the context current already (the common case) is one test.
-    #[inline(never)]
-    fn restore_saved(&mut self) {
-        if let Some(previous) = self.saved.take() {
-            restore(previous);
+        if self.saved.0.is_none() {
+            self.saved = Restore(Some(previous));
         }
     }
 }
