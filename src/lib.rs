@@ -118,6 +118,7 @@ pub mod scope;
 pub mod sync;
 pub mod web;
 
+pub use deferred::trim_deferred_pool;
 pub use deferred::{fail, is_debugging, maybe_deferred, set_debugging, succeed, CallbackResult, Deferred};
 pub use deferred::{reset_lost_result_hook, set_lost_result_hook, CancelOutcome, CancelStep, LostResult};
 pub use failure::{

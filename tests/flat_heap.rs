@@ -43,8 +43,10 @@ use support::{localhost, Closer, Ends};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Bytes and blocks in use now.
+/// Bytes and blocks in use now, less the Deferreds kept for reuse (a bounded free
+/// list, emptied first: see `weft::trim_deferred_pool`).
 fn in_use() -> (usize, usize) {
+    weft::trim_deferred_pool();
     let s = GLOBAL.stats();
     (s.bytes_allocated - s.bytes_deallocated, s.allocations - s.deallocations)
 }
@@ -548,8 +550,18 @@ fn allocations_during(work: impl FnOnce()) -> usize {
 /// Issue 15's allocation targets, counted: a pending Deferred with one callback is one
 /// block whether the callback captures nothing or one word (a `Deferred`, an `Rc`): the
 /// closure is kept inline in its link; a larger closure is one block more. A nested
-/// level (a Deferred whose callback returns the next, waiting one) is one block. Returns
-/// what differed from those counts.
+/// level (a Deferred whose callback returns the next, waiting one) is one block. Each of
+/// those is counted with no Deferred kept for reuse; one made after another was dropped
+/// reuses it: no block. Returns what differed from those counts.
+/// Leaves no `Deferred<u64>` kept for reuse but the list that would keep one (so that
+/// dropping one allocates nothing): the next `Deferred::new` allocates. Returns the one
+/// it took from the list.
+fn nothing_kept() -> Deferred<u64> {
+    weft::trim_deferred_pool();
+    drop(Deferred::<u64>::new());
+    Deferred::new()
+}
+
 fn allocation_counts() -> Vec<String> {
     let mut wrong = Vec::new();
     let mut expect = |what: &str, want: usize, got: usize| {
@@ -559,6 +571,7 @@ fn allocation_counts() -> Vec<String> {
     };
     // Warm up the thread-locals a first fire touches.
     drop(weft::succeed(0u64).add_callback(|x| x + 1).clone());
+    let _held = nothing_kept();
     let got = allocations_during(|| {
         let d = Deferred::<u64>::new();
         d.add_callback(|x| x + 1);
@@ -567,6 +580,7 @@ fn allocation_counts() -> Vec<String> {
     });
     expect("a Deferred with a callback capturing nothing", 1, got);
     let shared = Rc::new(Cell::new(0u64));
+    let _held = nothing_kept();
     let got = allocations_during(|| {
         let d = Deferred::<u64>::new();
         let s = shared.clone();
@@ -578,6 +592,7 @@ fn allocation_counts() -> Vec<String> {
     });
     expect("a Deferred with a callback capturing one Rc", 1, got);
     assert_eq!(shared.get(), 3);
+    let _held = nothing_kept();
     let got = allocations_during(|| {
         let d = Deferred::<u64>::new();
         let (a, b, c) = (shared.clone(), shared.clone(), 5u64);
@@ -588,6 +603,15 @@ fn allocation_counts() -> Vec<String> {
         d.callback(1).unwrap();
     });
     expect("a Deferred with a callback capturing three words", 2, got);
+    drop(Deferred::<u64>::new());
+    let got = allocations_during(|| {
+        let d = Deferred::<u64>::new();
+        d.add_callback(|x| x + 1);
+        d.callback(1).unwrap();
+        assert_eq!(value(&d), 2);
+    });
+    expect("a Deferred made after one was dropped (reused)", 0, got);
+    weft::trim_deferred_pool();
     let levels = 1_000;
     let ds: Vec<Deferred<u64>> = (0..levels).map(|_| Deferred::new()).collect();
     let got = allocations_during(|| {

@@ -21,6 +21,7 @@ mod cancel;
 mod lost;
 mod outcome;
 mod own;
+mod pool;
 mod run;
 
 pub(crate) use cancel::{current_cancellation, new_cancellation};
@@ -28,6 +29,7 @@ pub use lost::{reset_lost_result_hook, set_lost_result_hook, LostResult};
 pub(crate) use outcome::{report_task_swallowed, TraceLog};
 pub use outcome::{CancelOutcome, CancelStep};
 pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
+pub use pool::trim_deferred_pool;
 
 #[cfg(test)]
 mod tests;
@@ -103,7 +105,9 @@ use crate::logcontext::{Captured, Switcher};
 ///
 /// # Drop
 ///
-/// Dropping the last handle drops the callbacks that have not run. A Deferred dropped
+/// Dropping the last handle drops the callbacks that have not run (the thread keeps the
+/// Deferred's memory for the next [`new`](Self::new), up to a bound: see
+/// [`trim_deferred_pool`](crate::trim_deferred_pool)). A Deferred dropped
 /// while it holds a Failure that no errback handled logs it once with `log::error!`
 /// ("Unhandled error in Deferred"), as Twisted does at garbage collection, except a
 /// [`ResultConsumedError`] and a failure a combinator or helper consumed on the caller's
@@ -586,6 +590,20 @@ impl<T: 'static> Deferred<T> {
     /// A new Deferred with no result and no canceller.
     #[track_caller]
     pub fn new() -> Deferred<T> {
+        // A Deferred kept for reuse (see `pool.rs`) owns nothing and has no other
+        // reference: only its state is reset.
+        if let Some(inner) = pool::take::<T>() {
+            {
+                let mut core = inner.core.borrow_mut();
+                debug_assert!(core.links.is_empty() && !core.links.spilled() && core.cold.is_none());
+                core.set_slot(Slot::Pending);
+                core.head = 0;
+                core.flags = 0;
+                core.created_at = Location::caller();
+            }
+            inner.handles.set(1);
+            return Deferred { inner };
+        }
         Deferred {
             inner: Rc::new(Inner {
                 core: ManuallyDrop::new(RefCell::new(Core {
@@ -1583,23 +1601,81 @@ fn chain_to<T: 'static>(
 
 impl<T: 'static> Drop for Inner<T> {
     fn drop(&mut self) {
-        let core = self.core.get_mut();
+        Inner::drop_parts(Inner::take_parts(self.core.get_mut()));
+    }
+}
+
+/// What a Deferred owns, taken out of it to be dropped (see [`Inner::take_parts`]).
+type Parts<T> = (Links<T>, Option<Box<cancel::Cold<T>>>, Slot<T>);
+
+impl<T: 'static> Inner<T> {
+    /// The last strong reference to this Deferred (`self`) is going: if no weak one can
+    /// reach it any more and the thread's free list has room, keeps it for reuse.
+    #[inline]
+    pub(super) fn reuse_if_unreached(self: &Rc<Self>) {
+        self.reuse_if_unreached_by_others(0);
+    }
+
+    /// [`reuse_if_unreached`](Self::reuse_if_unreached) when `self` is a clone of the
+    /// last reference and `clones` more of them are held for the moment.
+    #[inline]
+    pub(super) fn reuse_if_unreached_by_others(self: &Rc<Self>, clones: usize) {
+        debug_assert_eq!(Rc::strong_count(self), 1 + clones);
+        if Rc::weak_count(self) == 0 && pool::has_room::<T>() {
+            self.recycle();
+        }
+    }
+
+    /// [`reuse_if_unreached`](Self::reuse_if_unreached) once it may: drops what the
+    /// Deferred owns, as `Drop` would, and keeps it emptied for a later
+    /// [`Deferred::new`] (see `pool.rs`).
+    #[inline(never)]
+    fn recycle(self: &Rc<Self>) {
+        let mut core = self.core.borrow_mut();
+        let owns_nothing = core.links.is_empty()
+            && !core.links.spilled()
+            && core.cold.is_none()
+            && match core.slot {
+                Slot::Pending | Slot::Running | Slot::Consumed => true,
+                Slot::Ready(Ok(_)) => !mem::needs_drop::<T>(),
+                _ => false,
+            };
+        if owns_nothing {
+            // The slot holds nothing to drop (checked above).
+            mem::forget(mem::replace(&mut core.slot, Slot::Consumed));
+            drop(core);
+        } else {
+            let parts = Inner::take_parts(&mut core);
+            drop(core);
+            Inner::drop_parts(parts);
+        }
+        pool::give(self);
+    }
+
+    /// Takes out of `core` everything that owns anything, reporting an unhandled
+    /// failure; what is left owns nothing and is not dropped (see `Inner::core`).
+    #[inline(always)]
+    fn take_parts(core: &mut Core<T>) -> Parts<T> {
         if let Slot::Ready(Err(f)) = &core.slot {
             if core.is_unhandled(f) {
                 log::error!("Unhandled error in Deferred created at {}: {f}", At(core.created_at));
             }
         }
-        // Everything that owns anything is taken out; what is left in `core` owns nothing
-        // and is not dropped (see `Inner::core`).
         let links = mem::take(&mut core.links);
         let cold = core.cold.take();
         let slot = mem::replace(&mut core.slot, Slot::Consumed);
+        (links, cold, slot)
+    }
+
+    /// Drops what [`take_parts`](Self::take_parts) took, skipping the calls to drop glue
+    /// when there is nothing to drop.
+    #[inline(always)]
+    fn drop_parts((links, cold, slot): Parts<T>) {
         let holds_value = matches!(slot, Slot::Ready(Ok(_))) && mem::needs_drop::<T>();
         if !links.is_empty() || links.spilled() || cold.is_some() || holds_value {
             run::drop_bounded((links, cold, slot));
         } else if matches!(slot, Slot::Pending | Slot::Running | Slot::Consumed | Slot::Ready(Ok(_))) {
-            // Nothing to drop (a value here needs no drop, checked above): skip the calls
-            // to drop glue.
+            // Nothing to drop (a value here needs no drop, checked above).
             mem::forget((links, slot));
         } else {
             mem::forget(links);

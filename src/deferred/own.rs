@@ -42,6 +42,9 @@ pub(super) trait Erased {
     fn release_handle(&self, last: bool);
     /// Cancels it, as part of the cancellation under way.
     fn cancel_source(self: Rc<Self>);
+    /// The caller's last reference to it is going and no weak one is left: keeps it for
+    /// reuse if the thread's free list has room (`self` is a clone of that reference).
+    fn reuse(self: Rc<Self>);
 }
 
 impl<T: 'static> Erased for Inner<T> {
@@ -56,14 +59,24 @@ impl<T: 'static> Erased for Inner<T> {
     fn cancel_source(self: Rc<Self>) {
         Deferred::from_inner(self).cancel_at(Location::caller());
     }
+
+    fn reuse(self: Rc<Self>) {
+        self.reuse_if_unreached_by_others(1);
+    }
 }
 
 /// A counted strong reference to a Deferred of any type: one of its cancel handles.
 pub(super) struct Counted(Rc<dyn Erased>);
 
 impl Drop for Counted {
+    /// Gives back this cancel handle; the last reference of all keeps the Deferred for
+    /// reuse if it may (see `pool.rs`).
     fn drop(&mut self) {
-        self.0.release_handle(Rc::strong_count(&self.0) == 1)
+        let last = Rc::strong_count(&self.0) == 1;
+        self.0.release_handle(last);
+        if last {
+            Rc::clone(&self.0).reuse();
+        }
     }
 }
 
@@ -221,10 +234,15 @@ impl<T: 'static> Clone for Deferred<T> {
 impl<T: 'static> Drop for Deferred<T> {
     /// Gives back this handle's claim; the last handle to a pending Deferred that
     /// something else still holds lets go of what it holds only to cancel it (see the
-    /// module docs).
+    /// module docs). The last reference of all keeps the Deferred for reuse if it may
+    /// (see `pool.rs`).
     #[inline]
     fn drop(&mut self) {
-        self.inner.release_handle(Rc::strong_count(&self.inner) == 1)
+        let last = Rc::strong_count(&self.inner) == 1;
+        self.inner.release_handle(last);
+        if last {
+            self.inner.reuse_if_unreached();
+        }
     }
 }
 
@@ -346,6 +364,16 @@ impl AnyDeferred {
 
 /// A weak [`AnyDeferred`].
 pub(crate) struct WeakAnyDeferred(Weak<dyn Erased>);
+
+impl<T: 'static> Drop for DeferredRef<T> {
+    /// The last reference of all keeps the Deferred for reuse if it may (see `pool.rs`).
+    #[inline]
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.0) == 1 {
+            self.0.reuse_if_unreached();
+        }
+    }
+}
 
 impl<T: 'static> Clone for DeferredRef<T> {
     fn clone(&self) -> Self {

@@ -280,3 +280,118 @@ fn links_left_are_all_dropped_even_if_one_panics_in_its_drop() {
     assert!(dropped.is_err(), "the bomb's panic comes out of the drop");
     assert_eq!(drops.get(), 2, "the links after the one that panicked are dropped too");
 }
+
+/// A Deferred dropped by its last handle is kept for reuse (see `pool.rs`): what it held
+/// is dropped at once, and `new` hands it back as new (not fired, no links, not paused,
+/// not a shield, one cancel handle, made where `new` was called).
+#[test]
+fn a_dropped_deferred_comes_back_from_new_as_new() {
+    trim_deferred_pool();
+    let d = Deferred::<u64>::new();
+    let ran = Rc::new(Cell::new(0));
+    let r = ran.clone();
+    d.add_callback(move |x| {
+        r.set(r.get() + 1);
+        x
+    });
+    d.pause();
+    d.mark_shield();
+    d.callback(1).unwrap();
+    let first = Rc::as_ptr(&d.inner);
+    drop(d);
+    assert_eq!((ran.get(), Rc::strong_count(&ran)), (0, 1), "the unrun callback was dropped");
+    assert!(pool::held() > 0);
+    let (again, here) = (Deferred::<u64>::new(), Location::caller());
+    assert_eq!(Rc::as_ptr(&again.inner), first, "the memory is reused");
+    assert_eq!(pool::held(), 0);
+    assert!(!again.is_called() && !again.is_paused() && !again.has_result());
+    assert_eq!(again.inner.handles.get(), 1);
+    {
+        let core = again.inner.core.borrow();
+        assert!(core.links.is_empty() && !core.links.spilled() && core.cold.is_none());
+        assert_eq!((core.head, core.flags), (0, 0));
+        assert_eq!((core.created_at.file(), core.created_at.line()), (here.file(), here.line()));
+    }
+    // Not a shield any more: a cancel fails it.
+    again.cancel();
+    assert!(again.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    let fresh = Deferred::<u64>::new();
+    fresh.add_callback(|x| x * 2);
+    fresh.callback(21).unwrap();
+    assert_eq!(fresh.result().unwrap().unwrap(), 42);
+}
+
+/// A Deferred a weak reference still reaches is freed, not reused: the weak reference
+/// must never upgrade to a Deferred made since.
+#[test]
+fn a_deferred_still_weakly_reached_is_not_reused() {
+    trim_deferred_pool();
+    let d = Deferred::<u64>::new();
+    let weak = d.downgrade();
+    drop(d);
+    assert_eq!(pool::held(), 0);
+    let other = Deferred::<u64>::new();
+    assert!(weak.upgrade().is_none());
+    drop(weak);
+    drop(other);
+    assert!(pool::held() > 0, "with no weak reference left it is kept");
+    trim_deferred_pool();
+}
+
+/// The last reference being a forward reference (an observer's, `then`'s) keeps it too.
+#[test]
+fn a_deferred_whose_last_reference_is_a_forward_one_is_kept() {
+    trim_deferred_pool();
+    let d = Deferred::<u64>::new();
+    let forward = d.to_ref();
+    drop(d);
+    assert_eq!(pool::held(), 0);
+    drop(forward);
+    assert!(pool::held() > 0);
+    trim_deferred_pool();
+}
+
+/// A thread keeps at most `BUDGET` bytes of Deferreds; `trim_deferred_pool` frees them.
+#[test]
+fn the_free_list_keeps_at_most_its_budget_and_trims() {
+    trim_deferred_pool();
+    let one = std::mem::size_of::<Inner<u64>>() + 2 * std::mem::size_of::<usize>();
+    let n = pool::BUDGET / one + 10;
+    let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
+    drop(ds);
+    assert!(pool::held() <= pool::BUDGET && pool::held() + one > pool::BUDGET, "{}", pool::held());
+    trim_deferred_pool();
+    assert_eq!(pool::held(), 0);
+}
+
+/// A thread that ends with Deferreds kept frees them (and its Deferreds dropped late,
+/// from other thread-locals' destructors, are freed as before).
+#[test]
+fn a_thread_ends_with_deferreds_kept() {
+    thread_local! {
+        static LATE: RefCell<Option<Deferred<u64>>> = const { RefCell::new(None) };
+    }
+    std::thread::spawn(|| {
+        drop(Deferred::<u64>::new());
+        assert!(pool::held() > 0);
+        LATE.with(|l| *l.borrow_mut() = Some(Deferred::new()));
+    })
+    .join()
+    .unwrap();
+}
+
+/// A source held by the Deferred built on it (a combinator's member, `then`'s source) is
+/// kept for reuse when that hold is its last reference.
+#[test]
+fn a_deferred_whose_last_reference_is_a_source_hold_is_kept() {
+    trim_deferred_pool();
+    let source = Deferred::<u64>::new();
+    let built = Deferred::<u32>::new();
+    built.add_source(source);
+    assert_eq!(pool::held(), 0);
+    // Fired, the built one lets go of its sources.
+    built.callback(1).unwrap();
+    assert!(pool::held() > 0);
+    let _ = built.take_result();
+    trim_deferred_pool();
+}
