@@ -30,6 +30,7 @@ pub(crate) use outcome::{report_task_swallowed, TraceLog};
 pub use outcome::{CancelOutcome, CancelStep};
 pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 pub use pool::trim_deferred_pool;
+pub(crate) use pool::Decay;
 
 #[cfg(test)]
 mod tests;

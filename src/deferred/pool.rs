@@ -17,9 +17,14 @@
 //! back and resets it. Deferreds freed another way (their last reference a waiting
 //! link or a combinator's hold) are freed as before.
 //!
-//! Bound: at most [`BUDGET`] bytes of free Deferreds per thread, all value types
-//! together; past it a Deferred is freed as before. [`trim_deferred_pool`] frees them
-//! all (after a burst, say); a thread's list is freed when the thread ends.
+//! Bound: at most [`BUDGET`] bytes of free Deferreds per thread (16 MiB), all value
+//! types together; past it a Deferred is freed as before. A reactor running on the
+//! thread gives back what its Deferreds left unused: once a turn it watches the list
+//! ([`Decay`]), and when the least the list held over a second exceeded [`KEEP`]
+//! (256 KiB), it frees the excess, so a burst that comes back within the second keeps its
+//! memory and one that does not gives it back. [`trim_deferred_pool`] frees them all at
+//! once (after a burst, on a thread with no reactor, say); a thread's lists are freed
+//! when the thread ends.
 //!
 //! [`Deferred::new`]: super::Deferred::new
 
@@ -27,19 +32,40 @@ use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::mem;
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::Inner;
 
-/// How many bytes of free Deferreds a thread keeps, all value types together: 2 MiB,
-/// some 16,000 Deferreds of a word-sized value.
-pub(super) const BUDGET: usize = 2 << 20;
+/// How many bytes of free Deferreds a thread keeps, all value types together: 16 MiB,
+/// some 130,000 Deferreds of a word-sized value.
+pub(super) const BUDGET: usize = 16 << 20;
+
+/// How many bytes of free Deferreds a reactor leaves however long they go unused:
+/// 256 KiB, some 2,000 Deferreds of a word-sized value.
+pub(crate) const KEEP: usize = 256 << 10;
+
+/// How long free Deferreds may stay unused before a reactor frees them (short in unit
+/// tests).
+const IDLE_AFTER: Duration = if cfg!(test) { Duration::from_millis(20) } else { Duration::from_secs(1) };
+
+/// A thread's free list of one value type: the emptied Deferreds, and how to free some
+/// of them without knowing the type.
+struct List {
+    id: TypeId,
+    /// A `Vec<Rc<Inner<T>>>`: each the only reference to its Deferred.
+    kept: Box<dyn Any>,
+    /// Frees free Deferreds from `kept` until about the bytes asked for are freed;
+    /// returns the bytes freed.
+    release: fn(&mut dyn Any, usize) -> usize,
+}
 
 thread_local! {
     /// Bytes held in `LISTS` (no destructor: readable to the end of the thread).
     static HELD: Cell<usize> = const { Cell::new(0) };
-    /// The free lists: for each value type, a `Vec<Rc<Inner<T>>>` of emptied Deferreds,
-    /// each the only reference to its Deferred.
-    static LISTS: RefCell<Vec<(TypeId, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
+    /// The least `HELD` has been since a reactor's [`Decay`] began to watch.
+    static LOW: Cell<usize> = const { Cell::new(0) };
+    /// The free lists, one per value type.
+    static LISTS: RefCell<Vec<List>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What one free Deferred of type `T` holds: its `Rc`'s block (the two counts and the
@@ -56,18 +82,31 @@ fn with_list<T: 'static, R>(create: bool, f: impl FnOnce(&mut Vec<Rc<Inner<T>>>)
         .try_with(|lists| {
             let mut lists = lists.try_borrow_mut().ok()?;
             let id = TypeId::of::<Inner<T>>();
-            let i = match lists.iter().position(|(t, _)| *t == id) {
+            let i = match lists.iter().position(|l| l.id == id) {
                 Some(i) => i,
                 None if create => {
-                    lists.push((id, Box::new(Vec::<Rc<Inner<T>>>::new())));
+                    let kept = Box::new(Vec::<Rc<Inner<T>>>::new());
+                    lists.push(List { id, kept, release: release::<T> });
                     lists.len() - 1
                 }
                 None => return None,
             };
-            lists[i].1.downcast_mut::<Vec<Rc<Inner<T>>>>().map(f)
+            lists[i].kept.downcast_mut::<Vec<Rc<Inner<T>>>>().map(f)
         })
         .ok()
         .flatten()
+}
+
+/// A [`List`]'s `release` for `Inner<T>`.
+fn release<T: 'static>(kept: &mut dyn Any, want: usize) -> usize {
+    let Some(kept) = kept.downcast_mut::<Vec<Rc<Inner<T>>>>() else { return 0 };
+    let n = want.div_ceil(cost::<T>()).min(kept.len());
+    // Emptied Deferreds own nothing: dropping them runs no user code.
+    kept.truncate(kept.len() - n);
+    if kept.is_empty() {
+        *kept = Vec::new();
+    }
+    n * cost::<T>()
 }
 
 /// A free Deferred of type `T` (emptied, the only reference to it), if the thread
@@ -78,7 +117,11 @@ pub(super) fn take<T: 'static>() -> Option<Rc<Inner<T>>> {
         return None;
     }
     let inner = with_list(false, Vec::pop).flatten()?;
-    HELD.set(HELD.get() - cost::<T>());
+    let held = HELD.get() - cost::<T>();
+    HELD.set(held);
+    if held < LOW.get() {
+        LOW.set(held);
+    }
     Some(inner)
 }
 
@@ -100,10 +143,12 @@ pub(super) fn give<T: 'static>(inner: &Rc<Inner<T>>) {
 
 /// Frees the Deferreds this thread keeps for reuse.
 ///
-/// When the last handle to a Deferred is dropped, weft keeps its memory, up to 2 MiB per
+/// When the last handle to a Deferred is dropped, weft keeps its memory, up to 16 MiB per
 /// thread, and the next [`Deferred::new`](crate::Deferred::new) on the thread reuses it:
-/// making and dropping Deferreds in bulk then skips the allocator. Call this after a
-/// burst to give that memory back at once; otherwise it is freed when the thread ends.
+/// making and dropping Deferreds in bulk then skips the allocator. A reactor running on
+/// the thread frees what stays unused for a second, beyond 256 KiB. Call this to give it
+/// all back at once (on a thread with no reactor, say); otherwise it is freed when the
+/// thread ends.
 ///
 /// ```
 /// let ds: Vec<weft::Deferred<u32>> = (0..100).map(|_| weft::Deferred::new()).collect();
@@ -114,9 +159,59 @@ pub fn trim_deferred_pool() {
     let lists = LISTS.try_with(|lists| lists.try_borrow_mut().map(|mut l| mem::take(&mut *l)).ok());
     if let Ok(Some(lists)) = lists {
         HELD.set(0);
+        LOW.set(0);
         // Emptied Deferreds own nothing: dropping them runs no user code.
         drop(lists);
     }
+}
+
+/// A reactor's watch over its thread's free lists: gives back what stayed unused.
+#[derive(Debug, Default)]
+pub(crate) struct Decay {
+    /// When the watch began (while the lists hold more than [`KEEP`]).
+    since: Cell<Option<Duration>>,
+}
+
+impl Decay {
+    /// Called once a turn, with the reactor's time (read only while the lists hold more
+    /// than [`KEEP`]): once [`IDLE_AFTER`] has passed since the watch began, frees what
+    /// the lists held all that time beyond `KEEP` (the least they held, less `KEEP`).
+    pub(crate) fn release_idle(&self, now: impl FnOnce() -> Duration) {
+        match self.since.get() {
+            None => {
+                if HELD.get() > KEEP {
+                    self.since.set(Some(now()));
+                    LOW.set(HELD.get());
+                }
+            }
+            Some(since) => {
+                if now().saturating_sub(since) < IDLE_AFTER {
+                    return;
+                }
+                self.since.set(None);
+                release_bytes(LOW.get().saturating_sub(KEEP));
+            }
+        }
+    }
+}
+
+/// Frees about `want` bytes of free Deferreds (at least that much, if held).
+fn release_bytes(mut want: usize) {
+    if want == 0 {
+        return;
+    }
+    let _ = LISTS.try_with(|lists| {
+        let Ok(mut lists) = lists.try_borrow_mut() else { return };
+        for list in lists.iter_mut() {
+            let freed = (list.release)(&mut *list.kept, want);
+            HELD.set(HELD.get().saturating_sub(freed));
+            want = want.saturating_sub(freed);
+            if want == 0 {
+                break;
+            }
+        }
+    });
+    LOW.set(LOW.get().min(HELD.get()));
 }
 
 /// Bytes of free Deferreds this thread keeps (for tests).

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use super::*;
 use crate::CancelledError;
@@ -355,13 +356,64 @@ fn a_deferred_whose_last_reference_is_a_forward_one_is_kept() {
 #[test]
 fn the_free_list_keeps_at_most_its_budget_and_trims() {
     trim_deferred_pool();
-    let one = std::mem::size_of::<Inner<u64>>() + 2 * std::mem::size_of::<usize>();
-    let n = pool::BUDGET / one + 10;
+    let n = pool::BUDGET / ONE + 10;
     let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
     drop(ds);
-    assert!(pool::held() <= pool::BUDGET && pool::held() + one > pool::BUDGET, "{}", pool::held());
+    assert!(pool::held() <= pool::BUDGET && pool::held() + ONE > pool::BUDGET, "{}", pool::held());
     trim_deferred_pool();
     assert_eq!(pool::held(), 0);
+}
+
+/// What one kept `Deferred<u64>` holds.
+const ONE: usize = std::mem::size_of::<Inner<u64>>() + 2 * std::mem::size_of::<usize>();
+
+/// Makes `n` Deferreds and drops them (they are kept).
+fn burst(n: usize) {
+    let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
+    drop(ds);
+}
+
+/// A reactor's watch frees what stayed unused for `IDLE_AFTER`, beyond `KEEP`.
+#[test]
+fn unused_deferreds_beyond_what_a_reactor_keeps_are_freed() {
+    trim_deferred_pool();
+    let ms = Duration::from_millis;
+    let decay = pool::Decay::default();
+    burst(10 * pool::KEEP / ONE);
+    let all = pool::held();
+    assert!(all > 9 * pool::KEEP);
+    decay.release_idle(|| ms(0));
+    decay.release_idle(|| ms(10));
+    assert_eq!(pool::held(), all, "not yet");
+    decay.release_idle(|| ms(20));
+    assert!(pool::held() <= pool::KEEP && pool::held() + ONE > pool::KEEP, "{}", pool::held());
+    // Under `KEEP` the watch does not start again (and reads no time).
+    decay.release_idle(|| unreachable!("no time needed"));
+    trim_deferred_pool();
+}
+
+/// A burst that comes back within `IDLE_AFTER` keeps its memory: what it drew on was
+/// used, and only the part no burst touched is freed.
+#[test]
+fn a_burst_that_comes_back_keeps_its_deferreds() {
+    trim_deferred_pool();
+    let ms = Duration::from_millis;
+    let decay = pool::Decay::default();
+    let n = 10 * pool::KEEP / ONE;
+    burst(2 * n);
+    let all = pool::held();
+    decay.release_idle(|| ms(0));
+    burst(n);
+    decay.release_idle(|| ms(20));
+    // The burst of `n` took half the list and gave it back: the other half went unused.
+    let kept = pool::held();
+    assert!(kept < all && kept + ONE > all - (all / 2 - pool::KEEP), "{kept} of {all}");
+    // The next round keeps what the burst uses.
+    decay.release_idle(|| ms(20));
+    burst(n);
+    decay.release_idle(|| ms(40));
+    assert_eq!(pool::held(), kept);
+    trim_deferred_pool();
 }
 
 /// A thread that ends with Deferreds kept frees them (and its Deferreds dropped late,
