@@ -1632,7 +1632,8 @@ impl<T: 'static> Inner<T> {
     /// [`Deferred::new`] (see `pool.rs`).
     #[inline(never)]
     fn recycle(self: &Rc<Self>) {
-        let mut core = self.core.borrow_mut();
+        // Borrowed (a drop from inside weft's own bookkeeping): freed as before.
+        let Ok(mut core) = self.core.try_borrow_mut() else { return };
         let owns_nothing = core.links.is_empty()
             && !core.links.spilled()
             && core.cold.is_none()

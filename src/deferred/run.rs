@@ -36,6 +36,10 @@ pub(crate) trait Runnable {
 thread_local! {
     static RUN_DEPTH: Cell<u32> = const { Cell::new(0) };
     static RUN_QUEUE: RefCell<VecDeque<Rc<dyn Runnable>>> = const { RefCell::new(VecDeque::new()) };
+    /// True if a loop may have been queued in `RUN_QUEUE` since the outermost loop last
+    /// emptied it (no destructor: reading it costs no registration check), so the
+    /// outermost loop looks at the queue only then.
+    static RUN_QUEUED: Cell<bool> = const { Cell::new(false) };
     static CANCEL_DEPTH: Cell<u32> = const { Cell::new(0) };
     static CANCEL_QUEUE: RefCell<VecDeque<Box<dyn FnOnce()>>> = const { RefCell::new(VecDeque::new()) };
     static DROP_DEPTH: Cell<u32> = const { Cell::new(0) };
@@ -60,6 +64,7 @@ pub(crate) fn run<R: Runnable + 'static>(job: Rc<R>) {
     let depth = RUN_DEPTH.with(Cell::get);
     let mut job = Some(job);
     if depth >= MAX_DEPTH && queued(&RUN_QUEUE, &mut job, |q, j| q.push_back(j)) {
+        RUN_QUEUED.with(|q| q.set(true));
         return;
     }
     let job = job.expect("not queued");
@@ -87,7 +92,8 @@ fn run_at(depth: u32, job: impl FnOnce()) {
     RUN_DEPTH.with(|d| d.set(depth + 1));
     let _restore = DepthGuard(&RUN_DEPTH, depth);
     job();
-    if depth == 0 {
+    if depth == 0 && RUN_QUEUED.with(|q| q.replace(false)) {
+        // Loops queued while these run are taken by the same `while`.
         while let Some(next) = taken(&RUN_QUEUE, VecDeque::pop_front) {
             next.run_loop();
         }
