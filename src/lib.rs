@@ -103,6 +103,7 @@ pub mod combinators;
 pub mod compat;
 mod deferred;
 mod failure;
+mod free_list;
 pub mod future;
 mod inline_call;
 pub mod logcontext;
@@ -118,13 +119,13 @@ pub mod scope;
 pub mod sync;
 pub mod web;
 
-pub use deferred::trim_deferred_pool;
 pub use deferred::{fail, is_debugging, maybe_deferred, set_debugging, succeed, CallbackResult, Deferred};
 pub use deferred::{reset_lost_result_hook, set_lost_result_hook, CancelOutcome, CancelStep, LostResult};
 pub use failure::{
     AlreadyCalledError, CancelId, CancelledError, ChainedToSelfError, Failure, NotPausedError, PanicError,
     ResultConsumedError, StringError, WaitCycleError,
 };
+pub use free_list::trim_free_lists;
 pub use reactor::{Clock, DelayedCall, DelayedCallError, Reactor, ReactorHandle, ReactorTime};
 
 pub use cache::ResponseCache;

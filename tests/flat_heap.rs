@@ -44,9 +44,9 @@ use support::{localhost, Closer, Ends};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// Bytes and blocks in use now, less the Deferreds kept for reuse (a bounded free
-/// list, emptied first: see `weft::trim_deferred_pool`).
+/// list, emptied first: see `weft::trim_free_lists`).
 fn in_use() -> (usize, usize) {
-    weft::trim_deferred_pool();
+    weft::trim_free_lists();
     let s = GLOBAL.stats();
     (s.bytes_allocated - s.bytes_deallocated, s.allocations - s.deallocations)
 }
@@ -557,7 +557,7 @@ fn allocations_during(work: impl FnOnce()) -> usize {
 /// dropping one allocates nothing): the next `Deferred::new` allocates. Returns the one
 /// it took from the list.
 fn nothing_kept() -> Deferred<u64> {
-    weft::trim_deferred_pool();
+    weft::trim_free_lists();
     drop(Deferred::<u64>::new());
     Deferred::new()
 }
@@ -611,7 +611,7 @@ fn allocation_counts() -> Vec<String> {
         assert_eq!(value(&d), 2);
     });
     expect("a Deferred made after one was dropped (reused)", 0, got);
-    weft::trim_deferred_pool();
+    weft::trim_free_lists();
     let levels = 1_000;
     let ds: Vec<Deferred<u64>> = (0..levels).map(|_| Deferred::new()).collect();
     let got = allocations_during(|| {

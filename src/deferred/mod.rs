@@ -21,7 +21,6 @@ mod cancel;
 mod lost;
 mod outcome;
 mod own;
-mod pool;
 mod run;
 
 pub(crate) use cancel::{current_cancellation, new_cancellation};
@@ -29,12 +28,11 @@ pub use lost::{reset_lost_result_hook, set_lost_result_hook, LostResult};
 pub(crate) use outcome::{report_task_swallowed, TraceLog};
 pub use outcome::{CancelOutcome, CancelStep};
 pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
-pub use pool::trim_deferred_pool;
-pub(crate) use pool::Decay;
 
 #[cfg(test)]
 mod tests;
 
+use std::any::TypeId;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::mem::{self, ManuallyDrop};
@@ -47,6 +45,7 @@ use smallvec::SmallVec;
 use crate::failure::{
     AlreadyCalledError, At, ChainedToSelfError, Failure, NotPausedError, ResultConsumedError, WaitCycleError,
 };
+use crate::free_list;
 use crate::inline_call::CallOnce;
 use crate::logcontext::{Captured, Switcher};
 
@@ -108,7 +107,7 @@ use crate::logcontext::{Captured, Switcher};
 ///
 /// Dropping the last handle drops the callbacks that have not run (the thread keeps the
 /// Deferred's memory for the next [`new`](Self::new), up to a bound: see
-/// [`trim_deferred_pool`](crate::trim_deferred_pool)). A Deferred dropped
+/// [`trim_free_lists`](crate::trim_free_lists)). A Deferred dropped
 /// while it holds a Failure that no errback handled logs it once with `log::error!`
 /// ("Unhandled error in Deferred"), as Twisted does at garbage collection, except a
 /// [`ResultConsumedError`] and a failure a combinator or helper consumed on the caller's
@@ -591,9 +590,11 @@ impl<T: 'static> Deferred<T> {
     /// A new Deferred with no result and no canceller.
     #[track_caller]
     pub fn new() -> Deferred<T> {
-        // A Deferred kept for reuse (see `pool.rs`) owns nothing and has no other
+        // A Deferred kept for reuse (see `Inner::recycle`) owns nothing and has no other
         // reference: only its state is reset.
-        if let Some(inner) = pool::take::<T>() {
+        if let Some(inner) =
+            free_list::take::<Inner<T>>(TypeId::of::<Inner<T>>(), free_list::cost_of::<Inner<T>>())
+        {
             {
                 let mut core = inner.core.borrow_mut();
                 debug_assert!(core.links.is_empty() && !core.links.spilled() && core.cold.is_none());
@@ -1622,14 +1623,14 @@ impl<T: 'static> Inner<T> {
     #[inline]
     pub(super) fn reuse_if_unreached_by_others(self: &Rc<Self>, clones: usize) {
         debug_assert_eq!(Rc::strong_count(self), 1 + clones);
-        if Rc::weak_count(self) == 0 && pool::has_room::<T>() {
+        if Rc::weak_count(self) == 0 && free_list::has_room(free_list::cost_of::<Inner<T>>()) {
             self.recycle();
         }
     }
 
     /// [`reuse_if_unreached`](Self::reuse_if_unreached) once it may: drops what the
     /// Deferred owns, as `Drop` would, and keeps it emptied for a later
-    /// [`Deferred::new`] (see `pool.rs`).
+    /// [`Deferred::new`] (see `free_list.rs`).
     #[inline(never)]
     fn recycle(self: &Rc<Self>) {
         // Borrowed (a drop from inside weft's own bookkeeping): freed as before.
@@ -1651,7 +1652,7 @@ impl<T: 'static> Inner<T> {
             drop(core);
             Inner::drop_parts(parts);
         }
-        pool::give(self);
+        free_list::give(TypeId::of::<Inner<T>>(), free_list::cost_of::<Inner<T>>(), self);
     }
 
     /// Takes out of `core` everything that owns anything, reporting an unhandled

@@ -70,7 +70,7 @@ pub(super) struct Counted(Rc<dyn Erased>);
 
 impl Drop for Counted {
     /// Gives back this cancel handle; the last reference of all keeps the Deferred for
-    /// reuse if it may (see `pool.rs`).
+    /// reuse if it may (see `free_list.rs`).
     fn drop(&mut self) {
         let last = Rc::strong_count(&self.0) == 1;
         self.0.release_handle(last);
@@ -235,7 +235,7 @@ impl<T: 'static> Drop for Deferred<T> {
     /// Gives back this handle's claim; the last handle to a pending Deferred that
     /// something else still holds lets go of what it holds only to cancel it (see the
     /// module docs). The last reference of all keeps the Deferred for reuse if it may
-    /// (see `pool.rs`).
+    /// (see `free_list.rs`).
     #[inline]
     fn drop(&mut self) {
         let last = Rc::strong_count(&self.inner) == 1;
@@ -366,7 +366,7 @@ impl AnyDeferred {
 pub(crate) struct WeakAnyDeferred(Weak<dyn Erased>);
 
 impl<T: 'static> Drop for DeferredRef<T> {
-    /// The last reference of all keeps the Deferred for reuse if it may (see `pool.rs`).
+    /// The last reference of all keeps the Deferred for reuse if it may (see `free_list.rs`).
     #[inline]
     fn drop(&mut self) {
         if Rc::strong_count(&self.0) == 1 {

@@ -282,12 +282,12 @@ fn links_left_are_all_dropped_even_if_one_panics_in_its_drop() {
     assert_eq!(drops.get(), 2, "the links after the one that panicked are dropped too");
 }
 
-/// A Deferred dropped by its last handle is kept for reuse (see `pool.rs`): what it held
+/// A Deferred dropped by its last handle is kept for reuse (see `free_list.rs`): what it held
 /// is dropped at once, and `new` hands it back as new (not fired, no links, not paused,
 /// not a shield, one cancel handle, made where `new` was called).
 #[test]
 fn a_dropped_deferred_comes_back_from_new_as_new() {
-    trim_deferred_pool();
+    crate::trim_free_lists();
     let d = Deferred::<u64>::new();
     let ran = Rc::new(Cell::new(0));
     let r = ran.clone();
@@ -301,10 +301,10 @@ fn a_dropped_deferred_comes_back_from_new_as_new() {
     let first = Rc::as_ptr(&d.inner);
     drop(d);
     assert_eq!((ran.get(), Rc::strong_count(&ran)), (0, 1), "the unrun callback was dropped");
-    assert!(pool::held() > 0);
+    assert!(free_list::held() > 0);
     let (again, here) = (Deferred::<u64>::new(), Location::caller());
     assert_eq!(Rc::as_ptr(&again.inner), first, "the memory is reused");
-    assert_eq!(pool::held(), 0);
+    assert_eq!(free_list::held(), 0);
     assert!(!again.is_called() && !again.is_paused() && !again.has_result());
     assert_eq!(again.inner.handles.get(), 1);
     {
@@ -326,42 +326,46 @@ fn a_dropped_deferred_comes_back_from_new_as_new() {
 /// must never upgrade to a Deferred made since.
 #[test]
 fn a_deferred_still_weakly_reached_is_not_reused() {
-    trim_deferred_pool();
+    crate::trim_free_lists();
     let d = Deferred::<u64>::new();
     let weak = d.downgrade();
     drop(d);
-    assert_eq!(pool::held(), 0);
+    assert_eq!(free_list::held(), 0);
     let other = Deferred::<u64>::new();
     assert!(weak.upgrade().is_none());
     drop(weak);
     drop(other);
-    assert!(pool::held() > 0, "with no weak reference left it is kept");
-    trim_deferred_pool();
+    assert!(free_list::held() > 0, "with no weak reference left it is kept");
+    crate::trim_free_lists();
 }
 
 /// The last reference being a forward reference (an observer's, `then`'s) keeps it too.
 #[test]
 fn a_deferred_whose_last_reference_is_a_forward_one_is_kept() {
-    trim_deferred_pool();
+    crate::trim_free_lists();
     let d = Deferred::<u64>::new();
     let forward = d.to_ref();
     drop(d);
-    assert_eq!(pool::held(), 0);
+    assert_eq!(free_list::held(), 0);
     drop(forward);
-    assert!(pool::held() > 0);
-    trim_deferred_pool();
+    assert!(free_list::held() > 0);
+    crate::trim_free_lists();
 }
 
-/// A thread keeps at most `BUDGET` bytes of Deferreds; `trim_deferred_pool` frees them.
+/// A thread keeps at most `BUDGET` bytes of Deferreds; `trim_free_lists` frees them.
 #[test]
 fn the_free_list_keeps_at_most_its_budget_and_trims() {
-    trim_deferred_pool();
-    let n = pool::BUDGET / ONE + 10;
+    crate::trim_free_lists();
+    let n = free_list::BUDGET / ONE + 10;
     let ds: Vec<Deferred<u64>> = (0..n).map(|_| Deferred::new()).collect();
     drop(ds);
-    assert!(pool::held() <= pool::BUDGET && pool::held() + ONE > pool::BUDGET, "{}", pool::held());
-    trim_deferred_pool();
-    assert_eq!(pool::held(), 0);
+    assert!(
+        free_list::held() <= free_list::BUDGET && free_list::held() + ONE > free_list::BUDGET,
+        "{}",
+        free_list::held()
+    );
+    crate::trim_free_lists();
+    assert_eq!(free_list::held(), 0);
 }
 
 /// What one kept `Deferred<u64>` holds.
@@ -376,44 +380,48 @@ fn burst(n: usize) {
 /// A reactor's watch frees what stayed unused for `IDLE_AFTER`, beyond `KEEP`.
 #[test]
 fn unused_deferreds_beyond_what_a_reactor_keeps_are_freed() {
-    trim_deferred_pool();
+    crate::trim_free_lists();
     let ms = Duration::from_millis;
-    let decay = pool::Decay::default();
-    burst(10 * pool::KEEP / ONE);
-    let all = pool::held();
-    assert!(all > 9 * pool::KEEP);
+    let decay = free_list::Decay::default();
+    burst(10 * free_list::KEEP / ONE);
+    let all = free_list::held();
+    assert!(all > 9 * free_list::KEEP);
     decay.release_idle(|| ms(0));
     decay.release_idle(|| ms(10));
-    assert_eq!(pool::held(), all, "not yet");
+    assert_eq!(free_list::held(), all, "not yet");
     decay.release_idle(|| ms(20));
-    assert!(pool::held() <= pool::KEEP && pool::held() + ONE > pool::KEEP, "{}", pool::held());
+    assert!(
+        free_list::held() <= free_list::KEEP && free_list::held() + ONE > free_list::KEEP,
+        "{}",
+        free_list::held()
+    );
     // Under `KEEP` the watch does not start again (and reads no time).
     decay.release_idle(|| unreachable!("no time needed"));
-    trim_deferred_pool();
+    crate::trim_free_lists();
 }
 
 /// A burst that comes back within `IDLE_AFTER` keeps its memory: what it drew on was
 /// used, and only the part no burst touched is freed.
 #[test]
 fn a_burst_that_comes_back_keeps_its_deferreds() {
-    trim_deferred_pool();
+    crate::trim_free_lists();
     let ms = Duration::from_millis;
-    let decay = pool::Decay::default();
-    let n = 10 * pool::KEEP / ONE;
+    let decay = free_list::Decay::default();
+    let n = 10 * free_list::KEEP / ONE;
     burst(2 * n);
-    let all = pool::held();
+    let all = free_list::held();
     decay.release_idle(|| ms(0));
     burst(n);
     decay.release_idle(|| ms(20));
     // The burst of `n` took half the list and gave it back: the other half went unused.
-    let kept = pool::held();
-    assert!(kept < all && kept + ONE > all - (all / 2 - pool::KEEP), "{kept} of {all}");
+    let kept = free_list::held();
+    assert!(kept < all && kept + ONE > all - (all / 2 - free_list::KEEP), "{kept} of {all}");
     // The next round keeps what the burst uses.
     decay.release_idle(|| ms(20));
     burst(n);
     decay.release_idle(|| ms(40));
-    assert_eq!(pool::held(), kept);
-    trim_deferred_pool();
+    assert_eq!(free_list::held(), kept);
+    crate::trim_free_lists();
 }
 
 /// A thread that ends with Deferreds kept frees them (and its Deferreds dropped late,
@@ -425,7 +433,7 @@ fn a_thread_ends_with_deferreds_kept() {
     }
     std::thread::spawn(|| {
         drop(Deferred::<u64>::new());
-        assert!(pool::held() > 0);
+        assert!(free_list::held() > 0);
         LATE.with(|l| *l.borrow_mut() = Some(Deferred::new()));
     })
     .join()
@@ -436,14 +444,14 @@ fn a_thread_ends_with_deferreds_kept() {
 /// kept for reuse when that hold is its last reference.
 #[test]
 fn a_deferred_whose_last_reference_is_a_source_hold_is_kept() {
-    trim_deferred_pool();
+    crate::trim_free_lists();
     let source = Deferred::<u64>::new();
     let built = Deferred::<u32>::new();
     built.add_source(source);
-    assert_eq!(pool::held(), 0);
+    assert_eq!(free_list::held(), 0);
     // Fired, the built one lets go of its sources.
     built.callback(1).unwrap();
-    assert!(pool::held() > 0);
+    assert!(free_list::held() > 0);
     let _ = built.take_result();
-    trim_deferred_pool();
+    crate::trim_free_lists();
 }

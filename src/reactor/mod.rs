@@ -210,9 +210,9 @@ pub(crate) struct Inner {
     /// the source table is compacted only when none is, since a batch holds slot keys.
     dispatching: Cell<u32>,
     sources_sparse: timers::Sparse,
-    /// Gives back the Deferreds the thread keeps for reuse that stay unused
-    /// (`deferred/pool.rs`).
-    deferreds_idle: crate::deferred::Decay,
+    /// Gives back the blocks the thread keeps for reuse that stay unused
+    /// (`free_list.rs`).
+    free_lists_idle: crate::free_list::Decay,
     /// The last turn left events in the readiness queue (each of its waits filled the
     /// event buffer).
     events_left: Cell<bool>,
@@ -249,7 +249,7 @@ impl Reactor {
             events: RefCell::new(Vec::with_capacity(poll::EVENTS_PER_POLL)),
             dispatching: Cell::new(0),
             sources_sparse: timers::Sparse::default(),
-            deferreds_idle: crate::deferred::Decay::default(),
+            free_lists_idle: crate::free_list::Decay::default(),
             events_left: Cell::new(false),
             lifecycle: Lifecycle::new(),
             threads: threads::ReactorThreads::new(waker),
@@ -765,7 +765,7 @@ impl ReactorHandle {
         if inner.dispatching.get() == 0 {
             self.shrink_sources_if_sparse(now);
         }
-        inner.deferreds_idle.release_idle(now);
+        inner.free_lists_idle.release_idle(now);
         // Most turns of a busy server queue no call: skip taking (and dropping) the queue.
         if !inner.soon.borrow().is_empty() {
             let batch = std::mem::take(&mut *inner.soon.borrow_mut());

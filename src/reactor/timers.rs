@@ -46,14 +46,17 @@
 //! a driver turns the loop). A cancel leaves the alarm early: the loop may wake once for
 //! nothing.
 
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
+use std::mem;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use super::poll::Alarm;
+use crate::free_list;
 use crate::logcontext::Captured;
 
 /// A scheduled call (Twisted's `IDelayedCall`), returned by `call_later`.
@@ -118,6 +121,15 @@ pub(crate) struct Timers {
 /// A call taken out of the queue because it is due; the owner runs it outside every
 /// borrow, in the sentinel.
 pub(crate) struct Due(Rc<DynCall>);
+
+impl Drop for Due {
+    /// The last reference keeps the call for reuse if it may (see [`reuse`]).
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.0) == 1 {
+            reuse(&self.0);
+        }
+    }
+}
 
 impl Due {
     /// When the call was due (on the timers' clock).
@@ -185,10 +197,10 @@ impl Timers {
     pub(crate) fn schedule<F: FnOnce() + 'static>(self: &Rc<Self>, delay: Duration, f: F) -> DelayedCall {
         let time = self.now().saturating_add(delay);
         let captured = Captured::capture();
-        let call: Rc<DynCall> = if captured.is_sentinel() {
-            Rc::new(Call::new(time, f))
+        let call = if captured.is_sentinel() {
+            make_call(time, f)
         } else {
-            Rc::new(Call::new(time, move || captured.run(f)))
+            make_call(time, move || captured.run(f))
         };
         self.wheel.borrow_mut().insert(call.clone());
         self.follow_earliest();
@@ -243,6 +255,15 @@ impl Timers {
     pub(crate) fn clear(&self) {
         let old = std::mem::take(&mut *self.wheel.borrow_mut());
         drop(old); // `TimerWheel::drop` cancels what was pending.
+    }
+}
+
+impl Drop for DelayedCall {
+    /// The last reference keeps the call for reuse if it may (see [`reuse`]).
+    fn drop(&mut self) {
+        if Rc::strong_count(&self.call) == 1 {
+            reuse(&self.call);
+        }
     }
 }
 
@@ -393,6 +414,41 @@ impl<F: FnOnce()> Call<Cell<Option<F>>> {
     }
 }
 
+/// A call to run `f` at `time`: one kept for reuse if the thread has one of its type
+/// (see `free_list.rs`), else a new allocation.
+fn make_call<F: FnOnce() + 'static>(time: Duration, f: F) -> Rc<DynCall> {
+    let id = TypeId::of::<Cell<Option<F>>>();
+    if let Some(call) = free_list::take::<DynCall>(id, free_list::cost_of::<Call<Cell<Option<F>>>>()) {
+        if let Some(slot) = call.callback.as_any().downcast_ref::<Cell<Option<F>>>() {
+            let info = &call.info;
+            info.state.set(CallState::Pending);
+            info.key.set(key(time));
+            info.time.set(time);
+            info.seq.set(0);
+            info.index.set(0);
+            slot.set(Some(f));
+            return call;
+        }
+    }
+    Rc::new(Call::new(time, f))
+}
+
+/// The last reference to `call` (a handle's, or the one the turn ran it from) is going:
+/// keeps it for a later call of its type if the thread's free list has room. No entry
+/// of the wheel refers to it (an entry, tombstones included, holds a reference), and
+/// there are no weak references to calls, so nothing can reach it once kept.
+#[inline]
+fn reuse(call: &Rc<DynCall>) {
+    debug_assert_eq!(Rc::strong_count(call), 1);
+    let cost = mem::size_of_val::<DynCall>(call) + 2 * mem::size_of::<usize>();
+    if !free_list::has_room(cost) {
+        return;
+    }
+    // Run or cancelled, the callback is gone already; drop it if not.
+    call.discard();
+    free_list::give(call.callback.kind(), cost, call);
+}
+
 impl DynCall {
     #[inline]
     fn state(&self) -> &CallInfo {
@@ -414,9 +470,13 @@ impl DynCall {
 trait Callback {
     fn run(&self);
     fn discard(&self);
+    /// The callback as `Any`, to refill a call kept for reuse with a callback of its type.
+    fn as_any(&self) -> &dyn Any;
+    /// The callback's type: the key of the free list its call goes to.
+    fn kind(&self) -> TypeId;
 }
 
-impl<F: FnOnce()> Callback for Cell<Option<F>> {
+impl<F: FnOnce() + 'static> Callback for Cell<Option<F>> {
     fn run(&self) {
         if let Some(f) = self.take() {
             f();
@@ -425,6 +485,14 @@ impl<F: FnOnce()> Callback for Cell<Option<F>> {
 
     fn discard(&self) {
         drop(self.take());
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn kind(&self) -> TypeId {
+        TypeId::of::<Self>()
     }
 }
 
@@ -1222,6 +1290,68 @@ mod tests {
         timers.shrink_if_sparse(|| SHRINK_AFTER / 2);
         burst(&timers);
         assert_eq!(timers.wheel.borrow().capacity(), peak);
+    }
+
+    /// Runs every call due at `now`, as the reactor's turn does.
+    fn run_due(timers: &Rc<Timers>, now: Duration) {
+        while let Some(due) = timers.pop_due(now) {
+            due.run();
+        }
+    }
+
+    /// A call that ran, and whose handle is gone, is kept and reused by the next call of
+    /// its type: it runs the new callback once, at its own time, and its handle is fresh.
+    #[test]
+    fn a_call_that_ran_is_reused_by_the_next_of_its_type() {
+        crate::trim_free_lists();
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let runs = Rc::new(RefCell::new(Vec::new()));
+        let schedule = |delay: u64, tag: u64| {
+            let r = runs.clone();
+            timers.schedule(ms(delay), move || r.borrow_mut().push(tag))
+        };
+        let first = schedule(1, 1);
+        let first_ptr = Rc::as_ptr(&first.call) as *const ();
+        drop(first);
+        run_due(&timers, ms(1));
+        assert!(crate::free_list::held() > 0, "kept once run with no handle left");
+        let second = schedule(5, 2);
+        assert_eq!(Rc::as_ptr(&second.call) as *const (), first_ptr, "reused");
+        assert_eq!(crate::free_list::held(), 0);
+        assert!(second.is_active());
+        // (The manual clock stays at 0: `pop_due` is given the time, it does not set it.)
+        assert_eq!(second.get_time(), Some(ms(5)));
+        // Order among equal deadlines still follows scheduling.
+        let third = schedule(5, 3);
+        run_due(&timers, ms(4));
+        assert_eq!(*runs.borrow(), [1], "not due before its time");
+        run_due(&timers, ms(5));
+        assert_eq!(*runs.borrow(), [1, 2, 3]);
+        assert_eq!(second.cancel(), Err(super::DelayedCallError::AlreadyCalled));
+        drop((second, third));
+        crate::trim_free_lists();
+    }
+
+    /// A call whose handle is still held is not reused: the handle keeps reporting on the
+    /// call it was given for. A cancelled call drops its callback at once, reused or not.
+    #[test]
+    fn a_call_still_held_is_not_reused_and_a_cancel_drops_the_callback() {
+        crate::trim_free_lists();
+        let timers = Timers::new(TimeSource::Manual(Default::default()));
+        let token = Rc::new(());
+        let t = token.clone();
+        let kept = timers.schedule(ms(1), move || drop(t));
+        run_due(&timers, ms(1));
+        assert_eq!(crate::free_list::held(), 0, "its handle still holds it");
+        let t = token.clone();
+        let other = timers.schedule(ms(1), move || drop(t));
+        assert!(kept != other);
+        assert_eq!(kept.cancel(), Err(super::DelayedCallError::AlreadyCalled));
+        other.cancel().unwrap();
+        assert_eq!(Rc::strong_count(&token), 1, "the cancelled callback was dropped at once");
+        drop(other);
+        drop(kept);
+        crate::trim_free_lists();
     }
 }
 
