@@ -51,8 +51,7 @@ struct List {
     kept: Box<dyn Any>,
     /// What each block holds, in bytes.
     cost: usize,
-    /// Frees blocks from `kept` until at least the bytes asked for (or all) are freed;
-    /// returns how many blocks it freed.
+    /// Frees this many blocks from `kept` (or all it has); returns how many it freed.
     release: fn(&mut dyn Any, usize) -> usize,
 }
 

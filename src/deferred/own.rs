@@ -42,8 +42,9 @@ pub(super) trait Erased {
     fn release_handle(&self, last: bool);
     /// Cancels it, as part of the cancellation under way.
     fn cancel_source(self: Rc<Self>);
-    /// The caller's last reference to it is going and no weak one is left: keeps it for
-    /// reuse if the thread's free list has room (`self` is a clone of that reference).
+    /// The caller's reference to it, the last strong one, is going: keeps it for reuse
+    /// if no weak one is left and the thread's free list has room (`self` is a clone of
+    /// that reference).
     fn reuse(self: Rc<Self>);
 }
 

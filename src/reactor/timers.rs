@@ -123,7 +123,7 @@ pub(crate) struct Timers {
 pub(crate) struct Due(Rc<DynCall>);
 
 impl Drop for Due {
-    /// The last reference keeps the call for reuse if it may (see [`reuse`]).
+    /// The last reference keeps the call for reuse if it may (see `reuse`).
     fn drop(&mut self) {
         if Rc::strong_count(&self.0) == 1 {
             reuse(&self.0);
@@ -259,7 +259,7 @@ impl Timers {
 }
 
 impl Drop for DelayedCall {
-    /// The last reference keeps the call for reuse if it may (see [`reuse`]).
+    /// The last reference keeps the call for reuse if it may (see `reuse`).
     fn drop(&mut self) {
         if Rc::strong_count(&self.call) == 1 {
             reuse(&self.call);
