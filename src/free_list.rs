@@ -15,7 +15,7 @@
 //! has to be reinterpreted. A list keeps the `Rc` itself, emptied, as the only reference
 //! to it (no other strong one, and no weak one: nothing can reach it but the list), and
 //! hands it back to be refilled by the same type. The owners decide what "emptied"
-//! means and when a block may be kept (see `Inner::recycle` and `timers::reuse`).
+//! means and when a block may be kept (see `Inner::recycle` and `timers::reuse_if_last`).
 //!
 //! Bound: at most [`BUDGET`] bytes per thread (16 MiB), all types together; past it a
 //! block is freed as before. A reactor running on the thread gives back what stays
@@ -122,6 +122,18 @@ pub(crate) fn take<X: ?Sized + 'static>(id: TypeId, cost: usize) -> Option<Rc<X>
         LOW.set(held);
     }
     Some(block)
+}
+
+/// [`take`] for a sized type kept under its own `TypeId`.
+#[inline]
+pub(crate) fn take_sized<X: 'static>() -> Option<Rc<X>> {
+    take(TypeId::of::<X>(), cost_of::<X>())
+}
+
+/// [`give`] for a sized type kept under its own `TypeId`.
+#[inline]
+pub(crate) fn give_sized<X: 'static>(block: &Rc<X>) {
+    give(TypeId::of::<X>(), cost_of::<X>(), block)
 }
 
 /// True if the thread would keep one more block of `cost` bytes.

@@ -32,7 +32,6 @@ pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 #[cfg(test)]
 mod tests;
 
-use std::any::TypeId;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::mem::{self, ManuallyDrop};
@@ -592,9 +591,7 @@ impl<T: 'static> Deferred<T> {
     pub fn new() -> Deferred<T> {
         // A Deferred kept for reuse (see `Inner::recycle`) owns nothing and has no other
         // reference: only its state is reset.
-        if let Some(inner) =
-            free_list::take::<Inner<T>>(TypeId::of::<Inner<T>>(), free_list::cost_of::<Inner<T>>())
-        {
+        if let Some(inner) = free_list::take_sized::<Inner<T>>() {
             {
                 let mut core = inner.core.borrow_mut();
                 debug_assert!(core.links.is_empty() && !core.links.spilled() && core.cold.is_none());
@@ -1611,18 +1608,11 @@ impl<T: 'static> Drop for Inner<T> {
 type Parts<T> = (Links<T>, Option<Box<cancel::Cold<T>>>, Slot<T>);
 
 impl<T: 'static> Inner<T> {
-    /// The last strong reference to this Deferred (`self`) is going: if no weak one can
-    /// reach it any more and the thread's free list has room, keeps it for reuse.
+    /// The last strong reference to this Deferred (`self`, or a clone of it held for
+    /// the call) is going: if no weak one can reach it any more and the thread's free
+    /// list has room, keeps it for reuse.
     #[inline]
     pub(super) fn reuse_if_unreached(self: &Rc<Self>) {
-        self.reuse_if_unreached_by_others(0);
-    }
-
-    /// [`reuse_if_unreached`](Self::reuse_if_unreached) when `self` is a clone of the
-    /// last reference and `clones` more of them are held for the moment.
-    #[inline]
-    pub(super) fn reuse_if_unreached_by_others(self: &Rc<Self>, clones: usize) {
-        debug_assert_eq!(Rc::strong_count(self), 1 + clones);
         if Rc::weak_count(self) == 0 && free_list::has_room(free_list::cost_of::<Inner<T>>()) {
             self.recycle();
         }
@@ -1652,7 +1642,7 @@ impl<T: 'static> Inner<T> {
             drop(core);
             Inner::drop_parts(parts);
         }
-        free_list::give(TypeId::of::<Inner<T>>(), free_list::cost_of::<Inner<T>>(), self);
+        free_list::give_sized(self);
     }
 
     /// Takes out of `core` everything that owns anything, reporting an unhandled

@@ -62,7 +62,7 @@ impl<T: 'static> Erased for Inner<T> {
     }
 
     fn reuse(self: Rc<Self>) {
-        self.reuse_if_unreached_by_others(1);
+        self.reuse_if_unreached();
     }
 }
 

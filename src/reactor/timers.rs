@@ -123,11 +123,9 @@ pub(crate) struct Timers {
 pub(crate) struct Due(Rc<DynCall>);
 
 impl Drop for Due {
-    /// The last reference keeps the call for reuse if it may (see `reuse`).
+    /// The last reference keeps the call for reuse if it may (see `reuse_if_last`).
     fn drop(&mut self) {
-        if Rc::strong_count(&self.0) == 1 {
-            reuse(&self.0);
-        }
+        reuse_if_last(&self.0);
     }
 }
 
@@ -259,11 +257,9 @@ impl Timers {
 }
 
 impl Drop for DelayedCall {
-    /// The last reference keeps the call for reuse if it may (see `reuse`).
+    /// The last reference keeps the call for reuse if it may (see `reuse_if_last`).
     fn drop(&mut self) {
-        if Rc::strong_count(&self.call) == 1 {
-            reuse(&self.call);
-        }
+        reuse_if_last(&self.call);
     }
 }
 
@@ -399,18 +395,32 @@ struct Call<C: ?Sized> {
 
 type DynCall = Call<dyn Callback>;
 
+impl CallInfo {
+    /// A pending call's bookkeeping, due at `time` (its order is given when inserted).
+    fn new(time: Duration) -> CallInfo {
+        CallInfo {
+            state: Cell::new(CallState::Pending),
+            key: Cell::new(key(time)),
+            time: Cell::new(time),
+            seq: Cell::new(0),
+            index: Cell::new(0),
+        }
+    }
+
+    /// Makes it what [`new`](Self::new) makes, for a call kept for reuse.
+    fn renew(&self, time: Duration) {
+        let CallInfo { state, key, time, seq, index } = CallInfo::new(time);
+        self.state.set(state.into_inner());
+        self.key.set(key.into_inner());
+        self.time.set(time.into_inner());
+        self.seq.set(seq.into_inner());
+        self.index.set(index.into_inner());
+    }
+}
+
 impl<F: FnOnce()> Call<Cell<Option<F>>> {
     fn new(time: Duration, f: F) -> Self {
-        Call {
-            info: CallInfo {
-                state: Cell::new(CallState::Pending),
-                key: Cell::new(key(time)),
-                time: Cell::new(time),
-                seq: Cell::new(0),
-                index: Cell::new(0),
-            },
-            callback: Cell::new(Some(f)),
-        }
+        Call { info: CallInfo::new(time), callback: Cell::new(Some(f)) }
     }
 }
 
@@ -420,12 +430,7 @@ fn make_call<F: FnOnce() + 'static>(time: Duration, f: F) -> Rc<DynCall> {
     let id = TypeId::of::<Cell<Option<F>>>();
     if let Some(call) = free_list::take::<DynCall>(id, free_list::cost_of::<Call<Cell<Option<F>>>>()) {
         if let Some(slot) = call.callback.as_any().downcast_ref::<Cell<Option<F>>>() {
-            let info = &call.info;
-            info.state.set(CallState::Pending);
-            info.key.set(key(time));
-            info.time.set(time);
-            info.seq.set(0);
-            info.index.set(0);
+            call.info.renew(time);
             slot.set(Some(f));
             return call;
         }
@@ -433,11 +438,20 @@ fn make_call<F: FnOnce() + 'static>(time: Duration, f: F) -> Rc<DynCall> {
     Rc::new(Call::new(time, f))
 }
 
-/// The last reference to `call` (a handle's, or the one the turn ran it from) is going:
-/// keeps it for a later call of its type if the thread's free list has room. No entry
-/// of the wheel refers to it (an entry, tombstones included, holds a reference), and
-/// there are no weak references to calls, so nothing can reach it once kept.
-#[inline]
+/// A reference to `call` (a handle's, or the one the turn ran it from) is going: if it
+/// is the last, keeps the call for a later one of its type (see [`reuse`]). The test is
+/// inline: most drops of a handle are not the last.
+#[inline(always)]
+fn reuse_if_last(call: &Rc<DynCall>) {
+    if Rc::strong_count(call) == 1 {
+        reuse(call);
+    }
+}
+
+/// The last reference to `call` is going: keeps it for a later call of its type if the
+/// thread's free list has room. No entry of the wheel refers to it (an entry, tombstones
+/// included, holds a reference), and there are no weak references to calls, so nothing
+/// can reach it once kept.
 fn reuse(call: &Rc<DynCall>) {
     debug_assert_eq!(Rc::strong_count(call), 1);
     let cost = mem::size_of_val::<DynCall>(call) + 2 * mem::size_of::<usize>();
