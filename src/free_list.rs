@@ -17,6 +17,13 @@
 //! hands it back to be refilled by the same type. The owners decide what "emptied"
 //! means and when a block may be kept (see `Inner::recycle` and `timers::reuse_if_last`).
 //!
+//! The thread also keeps emptied vectors ([`give_buffer`], [`take_buffer`]): a timer
+//! wheel's slot that grew to thousands of entries in a burst, once emptied, is kept, and
+//! the next slot (of any wheel on the thread) about to grow that large takes it instead
+//! of growing by reallocation. Only vectors of 32 KiB to 4 MiB, at most 8 MiB of them
+//! in all (smaller ones glibc serves from its bins; larger ones it maps and grows with
+//! `mremap`), and a vector goes only to one that needs at least a quarter of it.
+//!
 //! Bound: at most [`BUDGET`] bytes per thread (16 MiB), all types together; past it a
 //! block is freed as before. A reactor running on the thread gives back what stays
 //! unused: once a turn it watches the lists ([`Decay`]), and when the least they held
@@ -58,11 +65,38 @@ struct List {
 thread_local! {
     /// Bytes held in `LISTS` (no destructor: readable to the end of the thread).
     static HELD: Cell<usize> = const { Cell::new(0) };
+    /// Bytes of `HELD` in `BUFFERS`.
+    static BUFFERED: Cell<usize> = const { Cell::new(0) };
     /// The least `HELD` has been since a reactor's [`Decay`] began to watch.
     static LOW: Cell<usize> = const { Cell::new(0) };
     /// The free lists, one per type.
     static LISTS: RefCell<Vec<List>> = const { RefCell::new(Vec::new()) };
+    /// The kept buffers, one pool per element type.
+    static BUFFERS: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
 }
+
+/// A thread's emptied vectors of one element type (see [`give_buffer`]).
+struct Buffers {
+    /// The element type.
+    id: TypeId,
+    /// A `Vec<Vec<E>>` of empty vectors.
+    kept: Box<dyn Any>,
+    /// Frees kept vectors, largest first, until about this many bytes are freed (or all
+    /// are); returns how many bytes it freed.
+    release: fn(&mut dyn Any, usize) -> usize,
+}
+
+/// How many emptied vectors a thread keeps per element type.
+const BUFFERS_PER_TYPE: usize = 64;
+
+/// The smallest vector kept (in bytes): smaller ones come from glibc's bins, cheaply.
+const BUFFER_MIN: usize = 32 << 10;
+
+/// The largest vector kept (in bytes), and the most all kept vectors may hold together:
+/// the rest of the budget stays for the blocks of the free lists. (A vector larger than
+/// this grows and shrinks with `mremap`, which glibc's larger blocks get anyway.)
+const BUFFER_MAX: usize = BUDGET / 4;
+const BUFFERS_MAX: usize = BUDGET / 2;
 
 /// What an `Rc<X>` of a sized `X` holds: its block (the two counts and the value).
 pub(crate) const fn cost_of<X>() -> usize {
@@ -152,6 +186,89 @@ pub(crate) fn give<X: ?Sized + 'static>(id: TypeId, cost: usize, block: &Rc<X>) 
     }
 }
 
+/// Keeps `v`'s memory (it must be empty: a vector with elements is simply dropped) for a
+/// later [`take_buffer`] of its element type, within the thread's budget: a vector that
+/// fills up in bulk (a timer wheel's slot in a burst, say) then takes it rather than
+/// growing by reallocation into memory that glibc gave back, and faulting it in again.
+pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
+    let bytes = v.capacity() * mem::size_of::<E>();
+    if !v.is_empty() || !(BUFFER_MIN..=BUFFER_MAX).contains(&bytes) || !has_room(bytes) {
+        return;
+    }
+    let _ = BUFFERS.try_with(|pools| {
+        let Ok(mut pools) = pools.try_borrow_mut() else { return };
+        let id = TypeId::of::<E>();
+        let i = match pools.iter().position(|p| p.id == id) {
+            Some(i) => i,
+            None => {
+                let kept = Box::new(Vec::<Vec<E>>::new());
+                pools.push(Buffers { id, kept, release: release_buffers::<E> });
+                pools.len() - 1
+            }
+        };
+        let Some(kept) = pools[i].kept.downcast_mut::<Vec<Vec<E>>>() else { return };
+        if kept.len() < BUFFERS_PER_TYPE && BUFFERED.get() + bytes <= BUFFERS_MAX {
+            kept.push(v);
+            add_buffered(bytes, 0);
+            return;
+        }
+        // Full: the smallest kept vector makes way for a larger one.
+        let Some(smallest) = (0..kept.len()).min_by_key(|&j| kept[j].capacity()) else { return };
+        let freed = kept[smallest].capacity() * mem::size_of::<E>();
+        if freed < bytes && BUFFERED.get() + bytes - freed <= BUFFERS_MAX {
+            drop(mem::replace(&mut kept[smallest], v));
+            add_buffered(bytes, freed);
+        }
+    });
+}
+
+/// The smallest kept empty vector of element type `E` with room for more than `len`
+/// elements and no more than four times that, if the thread keeps one (see
+/// [`give_buffer`]): for a vector of `len` elements about to grow.
+pub(crate) fn take_buffer<E: 'static>(len: usize) -> Option<Vec<E>> {
+    if HELD.get() == 0 || (4 * len).saturating_mul(mem::size_of::<E>()) < BUFFER_MIN {
+        return None;
+    }
+    let v = BUFFERS
+        .try_with(|pools| {
+            let mut pools = pools.try_borrow_mut().ok()?;
+            let pool = pools.iter_mut().find(|p| p.id == TypeId::of::<E>())?;
+            let kept = pool.kept.downcast_mut::<Vec<Vec<E>>>()?;
+            // Among equals, the one kept last: the most likely still in cache.
+            let fits = (0..kept.len()).rev().filter(|&j| (len + 1..=4 * len).contains(&kept[j].capacity()));
+            let best = fits.min_by_key(|&j| kept[j].capacity())?;
+            Some(kept.swap_remove(best))
+        })
+        .ok()
+        .flatten()?;
+    add_buffered(0, v.capacity() * mem::size_of::<E>());
+    LOW.set(LOW.get().min(HELD.get()));
+    Some(v)
+}
+
+/// Counts `added` bytes more and `removed` bytes fewer kept in `BUFFERS`.
+fn add_buffered(added: usize, removed: usize) {
+    HELD.set(HELD.get() + added - removed);
+    BUFFERED.set(BUFFERED.get() + added - removed);
+}
+
+/// A [`Buffers`]' `release` for vectors of `E`: frees the largest first until `want`
+/// bytes are freed (or all are).
+fn release_buffers<E: 'static>(kept: &mut dyn Any, want: usize) -> usize {
+    let Some(kept) = kept.downcast_mut::<Vec<Vec<E>>>() else { return 0 };
+    kept.sort_unstable_by_key(Vec::capacity);
+    let mut freed = 0;
+    while freed < want {
+        // Empty vectors: dropping them runs no user code.
+        let Some(v) = kept.pop() else { break };
+        freed += v.capacity() * mem::size_of::<E>();
+    }
+    if kept.is_empty() {
+        *kept = Vec::new();
+    }
+    freed
+}
+
 /// Frees the Deferreds and scheduled calls this thread keeps for reuse.
 ///
 /// When the last handle to a Deferred is dropped, or a call scheduled with `call_later`
@@ -169,11 +286,13 @@ pub(crate) fn give<X: ?Sized + 'static>(id: TypeId, cost: usize, block: &Rc<X>) 
 /// ```
 pub fn trim_free_lists() {
     let lists = LISTS.try_with(|lists| lists.try_borrow_mut().map(|mut l| mem::take(&mut *l)).ok());
-    if let Ok(Some(lists)) = lists {
+    let pools = BUFFERS.try_with(|pools| pools.try_borrow_mut().map(|mut p| mem::take(&mut *p)).ok());
+    if let (Ok(Some(lists)), Ok(Some(pools))) = (lists, pools) {
         HELD.set(0);
+        BUFFERED.set(0);
         LOW.set(0);
-        // Emptied blocks own nothing: dropping them runs no user code.
-        drop(lists);
+        // Emptied blocks and empty vectors own nothing: dropping them runs no user code.
+        drop((lists, pools));
     }
 }
 
@@ -223,6 +342,19 @@ fn release_bytes(mut want: usize) {
             }
         }
     });
+    if want > 0 {
+        let _ = BUFFERS.try_with(|pools| {
+            let Ok(mut pools) = pools.try_borrow_mut() else { return };
+            for pool in pools.iter_mut() {
+                let freed = (pool.release)(&mut *pool.kept, want);
+                add_buffered(0, freed);
+                want = want.saturating_sub(freed);
+                if want == 0 {
+                    break;
+                }
+            }
+        });
+    }
     LOW.set(LOW.get().min(HELD.get()));
 }
 
@@ -230,4 +362,83 @@ fn release_bytes(mut want: usize) {
 #[cfg(test)]
 pub(crate) fn held() -> usize {
     HELD.get()
+}
+
+/// Bytes of kept vectors this thread holds (for tests).
+#[cfg(test)]
+pub(crate) fn buffered() -> usize {
+    BUFFERED.get()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty vector of `n` words.
+    fn words(n: usize) -> Vec<u64> {
+        Vec::with_capacity(n)
+    }
+
+    /// A vector of 8-byte words is kept only in its size range, empty, and goes to a
+    /// vector about to outgrow `len` only if it has room for more than `len` and no
+    /// more than four times that.
+    #[test]
+    fn a_kept_vector_goes_to_the_next_that_would_grow_into_its_size() {
+        trim_free_lists();
+        let n = BUFFER_MIN / 8; // 32 KiB of words
+        give_buffer(words(n / 2)); // too small to keep
+        give_buffer(vec![1u64; n]); // not empty
+        give_buffer(words(BUFFER_MAX / 8 + 1)); // too large
+        assert_eq!((held(), buffered()), (0, 0));
+        give_buffer(words(n));
+        let bytes = n * 8;
+        assert_eq!((held(), buffered()), (bytes, bytes));
+        assert!(take_buffer::<u32>(n / 2).is_none(), "kept for its element type only");
+        assert!(take_buffer::<u64>(n / 8).is_none(), "more than four times what it needs");
+        assert!(take_buffer::<u64>(n).is_none(), "no room for more");
+        let v = take_buffer::<u64>(n / 2).expect("fits");
+        assert!(v.is_empty() && v.capacity() >= n);
+        assert_eq!((held(), buffered()), (0, 0));
+        // The smallest that fits, and among equals the one kept last.
+        let (a, b, c) = (words(4 * n), words(2 * n), words(2 * n));
+        let c_at = c.as_ptr();
+        give_buffer(a);
+        give_buffer(b);
+        give_buffer(c);
+        assert_eq!(take_buffer::<u64>(n).map(|v| v.as_ptr()), Some(c_at));
+        trim_free_lists();
+        assert_eq!((held(), buffered()), (0, 0));
+        drop(v);
+    }
+
+    /// Kept vectors hold at most half the budget; past it the smallest kept makes way
+    /// for a larger one; a reactor's decay frees them with the rest.
+    #[test]
+    fn kept_vectors_stay_within_their_share_and_decay() {
+        trim_free_lists();
+        let each = BUFFER_MAX / 8; // a quarter of the budget, in words
+        for _ in 0..3 {
+            give_buffer(words(each));
+        }
+        assert_eq!(buffered(), BUFFERS_MAX, "two of three kept");
+        give_buffer(words(BUFFER_MIN / 8));
+        assert_eq!(buffered(), BUFFERS_MAX, "no room for a smaller one");
+        trim_free_lists();
+        for _ in 0..BUFFERS_PER_TYPE {
+            give_buffer(words(BUFFER_MIN / 8));
+        }
+        give_buffer(words(BUFFER_MIN / 4));
+        assert_eq!(
+            buffered(),
+            (BUFFERS_PER_TYPE + 1) * BUFFER_MIN,
+            "a larger one took a smaller one's place"
+        );
+        // A reactor's watch: unused for the idle time, all but `KEEP` goes.
+        let decay = Decay::default();
+        decay.release_idle(|| Duration::ZERO);
+        decay.release_idle(|| IDLE_AFTER);
+        assert!(held() <= KEEP && held() == buffered(), "{} bytes left", held());
+        trim_free_lists();
+        assert_eq!((held(), buffered()), (0, 0));
+    }
 }

@@ -34,8 +34,9 @@
 //! once for nothing, then the wheel has moved past it); the exact `next_deadline` scans
 //! that one slot again.
 //!
-//! Memory: the slots' vectors are given back to a small pool of spares when emptied,
-//! and once the queue has stayed under a quarter of its peak for a second (past 1,024
+//! Memory: the slots' vectors are given back to a small pool of spares when emptied
+//! (large ones to the thread, for the next slot or run about to grow that large, of
+//! this wheel or another: `free_list::give_buffer`), and once the queue has stayed under a quarter of its peak for a second (past 1,024
 //! entries), checked once a turn (`Sparse`), tombstones are purged and every vector is
 //! shrunk, so a spike gives its memory back and a burst that repeats keeps it.
 //!
@@ -737,7 +738,10 @@ impl TimerWheel {
     #[cold]
     fn release(&mut self) {
         self.spare = Vec::new();
-        self.ready.run = VecDeque::new();
+        let run = mem::take(&mut self.ready.run);
+        if run.capacity() > SPARE_MAX_CAPACITY {
+            free_list::give_buffer(Vec::from(run));
+        }
         self.ready.heap.shrink_to(READY_HEAP_FIRST);
     }
 
@@ -757,6 +761,16 @@ impl TimerWheel {
                     }
                 }
                 slot.min = slot.min.min(entry.deadline);
+                if slot.entries.len() == slot.entries.capacity() && slot.entries.len() >= SPARE_MAX_CAPACITY {
+                    // About to grow: into a larger vector the thread kept, if any (the
+                    // entries keep their indexes).
+                    if let Some(mut larger) = free_list::take_buffer(slot.entries.len()) {
+                        larger.append(&mut slot.entries);
+                        let emptied = mem::replace(&mut slot.entries, larger);
+                        self.recycle(emptied);
+                    }
+                }
+                let slot = &mut self.slots[level * SLOTS + s];
                 entry.call.state().index.set(slot.entries.len() as u32);
                 slot.entries.push(entry);
                 self.occupied[level] |= 1 << s;
@@ -781,8 +795,15 @@ impl TimerWheel {
                     if let Some(spare) = self.spare.pop() {
                         *run = VecDeque::from(spare);
                     }
+                } else if run.len() == run.capacity() && run.len() >= SPARE_MAX_CAPACITY {
+                    if let Some(larger) = free_list::take_buffer(run.len()) {
+                        let mut larger = VecDeque::from(larger);
+                        larger.extend(run.drain(..));
+                        let emptied = mem::replace(run, larger);
+                        self.recycle(Vec::from(emptied));
+                    }
                 }
-                run.push_back(entry);
+                self.ready.run.push_back(entry);
             }
         }
     }
@@ -855,10 +876,13 @@ impl TimerWheel {
         std::mem::take(&mut slot.entries)
     }
 
-    /// Keeps an emptied vector for reuse, if it is small and the pool is not full.
+    /// Keeps an emptied vector for reuse: a small one in the wheel's pool (if not full),
+    /// a larger one in the thread's (see `free_list::give_buffer`).
     fn recycle(&mut self, v: Vec<Entry>) {
         debug_assert!(v.is_empty());
-        if self.spare.len() < SPARES && v.capacity() <= SPARE_MAX_CAPACITY && v.capacity() > 0 {
+        if v.capacity() > SPARE_MAX_CAPACITY {
+            free_list::give_buffer(v);
+        } else if self.spare.len() < SPARES && v.capacity() > 0 {
             self.spare.push(v);
         }
     }
@@ -1184,6 +1208,13 @@ impl Drop for TimerWheel {
                 call.discard();
             }
         }
+        // The emptied vectors can serve the thread's next wheel.
+        for slot in &mut self.slots {
+            if slot.entries.capacity() > SPARE_MAX_CAPACITY {
+                free_list::give_buffer(mem::take(&mut slot.entries));
+            }
+        }
+        self.release();
     }
 }
 
@@ -1366,6 +1397,54 @@ mod tests {
         drop(other);
         drop(kept);
         crate::trim_free_lists();
+    }
+    /// A slot that grew large in a burst keeps its vector on the thread once emptied,
+    /// and the next wheel's slot that grows that large takes it instead of growing by
+    /// reallocation; its calls keep their places (cancels find them, the rest run in
+    /// order). The same for the run of calls due now.
+    #[test]
+    fn a_large_emptied_vector_serves_the_next_burst_of_the_thread() {
+        use crate::free_list::buffered;
+        crate::trim_free_lists();
+        let burst = |timers: &Rc<Timers>,
+                     delay: u64,
+                     n: u64,
+                     runs: &Rc<RefCell<Vec<u64>>>|
+         -> Vec<super::DelayedCall> {
+            (0..n)
+                .map(|i| {
+                    let r = runs.clone();
+                    timers.schedule(ms(delay), move || r.borrow_mut().push(i))
+                })
+                .collect()
+        };
+        let runs = Rc::new(RefCell::new(Vec::new()));
+        // 5,000 calls 10 s away share one slot.
+        let first = Timers::new(TimeSource::Manual(Default::default()));
+        burst(&first, 10_000, 5_000, &runs).iter().for_each(|h| h.cancel().unwrap());
+        let kept = buffered();
+        assert!(kept >= 5_000 * std::mem::size_of::<super::Entry>(), "the slot's vector kept: {kept}");
+        drop(first);
+        let second = Timers::new(TimeSource::Manual(Default::default()));
+        let handles = burst(&second, 10_000, 5_000, &runs);
+        assert!(buffered() < kept, "taken by the slot as it grew");
+        for h in handles.iter().step_by(2) {
+            h.cancel().unwrap();
+        }
+        run_due(&second, ms(10_000));
+        let odd: Vec<u64> = (1..5_000).step_by(2).collect();
+        assert_eq!(*runs.borrow(), odd);
+        assert!(buffered() >= kept, "given back once emptied");
+        // The run of calls due now grows into it the same way.
+        runs.borrow_mut().clear();
+        let now = burst(&second, 0, 5_000, &runs);
+        assert!(buffered() < kept, "taken by the run as it grew");
+        now[4_999].cancel().unwrap();
+        run_due(&second, ms(10_000));
+        assert_eq!(*runs.borrow(), (0..4_999).collect::<Vec<u64>>());
+        drop((now, handles, second));
+        crate::trim_free_lists();
+        assert_eq!(buffered(), 0);
     }
 }
 
