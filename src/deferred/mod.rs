@@ -560,6 +560,21 @@ impl<T: 'static> Core<T> {
         }
     }
 
+    /// True if a Deferred waits on this one (a continuation link is still to run).
+    fn has_waiter(&self) -> bool {
+        self.links[self.head as usize..]
+            .iter()
+            .any(|l| matches!(&**l, Some(Link::Continue(_) | Link::ContinueWeakly(_))))
+    }
+
+    /// A callback loop stops (the chain waits): no loop runs any more, and the spent
+    /// links are cleared (what `compact` takes, for the caller to drop outside the borrow).
+    #[inline]
+    fn stop_loop(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
+        self.set_running(false);
+        self.compact()
+    }
+
     /// True if a step still to run holds another Deferred strongly (a continuation or a
     /// `chain_deferred` step): only then can this one reach another through strong links.
     fn has_forward_links(&self) -> bool {
@@ -1023,7 +1038,7 @@ impl<T: 'static> Inner<T> {
             // borrow.
             core.cold.as_mut().map(|c| c.take_on_fire(&next))
         };
-        if let Some(held) = self.absorb(next) {
+        if let Some(held) = self.absorb(next, false) {
             self.start(held);
         }
         match unused {
@@ -1040,6 +1055,26 @@ impl<T: 'static> Inner<T> {
         value: T,
         at: &'static Location<'static>,
     ) -> Result<(), AlreadyCalledError<T>> {
+        // The common case in one borrow: a plain Deferred (no cold part: no canceller,
+        // no sources, nothing to record while not debugging), not fired, with links to
+        // run and no loop of its own, fired where a loop may start (what `fire_at` and
+        // `start` do, without writing the result to the slot and reading it back).
+        let mut core = self.core.borrow_mut();
+        if !core.is_called()
+            && core.cold.is_none()
+            && core.is_idle()
+            && core.has_links_to_run()
+            && !is_debugging()
+            && run::may_run_now()
+        {
+            core.set_slot(Slot::Running);
+            core.set_running(true);
+            drop(core);
+            let me = self.clone();
+            run::run_now(move || me.run_held(Held::Result(Ok(value))));
+            return Ok(());
+        }
+        drop(core);
         self.fire_at(Next::Ready(Ok(value)), at).map_err(|next| match next {
             Next::Ready(Ok(v)) => self.already_called(v, at),
             _ => unreachable!("fire hands back what it was given"),
@@ -1074,18 +1109,20 @@ impl<T: 'static> Inner<T> {
     /// A Deferred to wait on is handled here: if it already has a result the result is
     /// taken at once (Twisted steals it too); otherwise the other Deferred gets a
     /// continuation link that hands its result back here, and the slot becomes `Waiting`.
+    /// Called by a callback loop (`in_loop`), the loop's stop is done here too, in the
+    /// same borrow: the Deferred is no longer running, and its spent links are cleared.
     #[inline]
-    fn absorb(self: &Rc<Self>, next: Next<T>) -> Option<Held<T>> {
+    fn absorb(self: &Rc<Self>, next: Next<T>, in_loop: bool) -> Option<Held<T>> {
         match next {
             Next::Ready(r) => Some(Held::Result(r)),
             Next::Consumed => Some(Held::Consumed),
-            Next::Wait(d) => self.wait_on(d),
+            Next::Wait(d) => self.wait_on(d, in_loop),
         }
     }
 
     /// The `Next::Wait` case of [`absorb`](Self::absorb).
     #[inline(never)]
-    fn wait_on(self: &Rc<Self>, d: Deferred<T>) -> Option<Held<T>> {
+    fn wait_on(self: &Rc<Self>, d: Deferred<T>, in_loop: bool) -> Option<Held<T>> {
         if Rc::ptr_eq(&d.inner, self) {
             return Some(Held::Result(Err(Failure::new(ChainedToSelfError))));
         }
@@ -1097,17 +1134,18 @@ impl<T: 'static> Inner<T> {
                 _ => unreachable!("matched above"),
             },
             Slot::Consumed if idle => return Some(Held::Result(Err(Failure::new(ResultConsumedError)))),
-            Slot::Waiting(_) | Slot::WaitingWeakly(_) if self.has_waiter() => {
-                let next = other.slot.waited().expect("waiting");
-                drop(other);
-                if waits_on(next, self) {
-                    return Some(Held::Result(Err(Failure::new(WaitCycleError))));
-                }
-                other = d.inner.core.borrow_mut();
-            }
             _ => {}
         }
         let mut core = self.core.borrow_mut();
+        if other.slot.is_waiting() && core.has_waiter() {
+            let next = other.slot.waited().expect("waiting");
+            drop((core, other));
+            if waits_on(next, self) {
+                return Some(Held::Result(Err(Failure::new(WaitCycleError))));
+            }
+            other = d.inner.core.borrow_mut();
+            core = self.core.borrow_mut();
+        }
         let link = if core.has_forward_links() {
             // Only a Deferred with pending `chain_deferred` steps or waiters can reach
             // `d` through strong links, and close a ring with this continuation.
@@ -1138,9 +1176,14 @@ impl<T: 'static> Inner<T> {
         // exactly while `d` holds its continuation, so that a ring closed by the loop
         // kicked below (its callback returning this one) is seen by the check above.
         core.set_slot(waiting);
+        let Some(d) = kick else {
+            let dead = if in_loop { core.stop_loop() } else { None };
+            drop(core);
+            drop((unheld, dead));
+            return None;
+        };
         drop(core);
         drop(unheld);
-        let d = kick?;
         d.kick();
         // The other Deferred may have reached our continuation already and resumed us
         // (`resume` leaves the result in our slot); otherwise we wait.
@@ -1149,6 +1192,9 @@ impl<T: 'static> Inner<T> {
             Slot::Ready(r) => Some(Held::Result(r)),
             waiting @ (Slot::Waiting(_) | Slot::WaitingWeakly(_)) => {
                 core.set_slot(waiting);
+                let dead = if in_loop { core.stop_loop() } else { None };
+                drop(core);
+                drop(dead);
                 None
             }
             other => {
@@ -1156,14 +1202,6 @@ impl<T: 'static> Inner<T> {
                 unreachable!("only resume moves a waiting slot on")
             }
         }
-    }
-
-    /// True if a Deferred waits on this one (a continuation link is still to run).
-    fn has_waiter(&self) -> bool {
-        let core = self.core.borrow();
-        core.links[core.head as usize..]
-            .iter()
-            .any(|l| matches!(&**l, Some(Link::Continue(_) | Link::ContinueWeakly(_))))
     }
 
     /// Undoes one pause; false if the Deferred was not paused.
@@ -1407,9 +1445,9 @@ impl<T: 'static> Inner<T> {
                     } else {
                         f.call(held.into_input())
                     };
-                    match this.absorb(next) {
+                    match this.absorb(next, true) {
                         Some(h) => held = h,
-                        None => return this.stop_waiting(),
+                        None => return,
                     }
                 }
                 Some(Link::Collect(collector, index)) => {
@@ -1420,9 +1458,9 @@ impl<T: 'static> Inner<T> {
                             Next::Ready(Err(failure))
                         }
                     };
-                    match this.absorb(next) {
+                    match this.absorb(next, true) {
                         Some(h) => held = h,
-                        None => return this.stop_waiting(),
+                        None => return,
                     }
                 }
                 Some(Link::Continue(outer)) => match this.hand_over(&outer, held) {
@@ -1551,16 +1589,6 @@ impl<T: 'static> Inner<T> {
     fn mark_handled(&self, failure: &Failure) {
         let previous = self.core.borrow_mut().cold_mut().handled.replace(failure.clone());
         drop(previous);
-    }
-
-    /// The loop stops because the chain now waits on another Deferred, whose
-    /// continuation resumes it.
-    fn stop_waiting(&self) {
-        let mut core = self.core.borrow_mut();
-        core.set_running(false);
-        let dead = core.compact();
-        drop(core);
-        drop(dead);
     }
 }
 

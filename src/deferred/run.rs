@@ -79,6 +79,7 @@ pub(crate) fn may_run_now() -> bool {
 
 /// Runs a callback loop (`job`) now, as [`run`] does below [`MAX_DEPTH`] (the caller
 /// checked [`may_run_now`]): for a loop that starts with a result in hand.
+#[inline]
 pub(crate) fn run_now(job: impl FnOnce()) {
     let depth = RUN_DEPTH.with(Cell::get);
     debug_assert!(depth < MAX_DEPTH, "run_now past the depth bound");
