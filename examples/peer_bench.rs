@@ -9,6 +9,8 @@
 //! Subcommands: `chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|
 //! reactor-timers N` measure one scenario at size N; `echo-server PORT` serves TCP echo on
 //! 127.0.0.1 (and `http-server PORT` HTTP/1.1, once `weft::web` provides it).
+//! `floor-chain-nested|floor-cancel-chain N` measure the same scenarios on a minimal model
+//! of the protocol (`benches/compare/floor_model.rs`): the floor under weft's rows.
 //!
 //! Each measurement prints one JSON line, the schema every peer in `benches/compare/`
 //! shares: `{"impl","bench","n","unit","results":[{"variant","ns_per_op","min_ns_per_op",
@@ -33,6 +35,9 @@ use weft::{gather_results, CancelledError, Deferred, Failure, ObservableDeferred
 
 #[path = "../benches/compare/harness.rs"]
 mod harness;
+
+#[path = "../benches/compare/floor_model.rs"]
+mod floor_model;
 use harness::{rep, Budget, Rep};
 
 /// Measures one variant with the shared harness (warm-up, timed repetitions, and one
@@ -89,6 +94,44 @@ fn chain_nested(n: usize) -> Rep {
     let t2 = Instant::now();
     assert_eq!(ds[0].take_result().unwrap().unwrap(), 7);
     rep(t0, &[("build", t1), ("fire", t2)])
+}
+
+/// floor-chain-nested N — chain-nested on the minimal model of the protocol
+/// (`benches/compare/floor_model.rs`), callbacks stored inline: the floor under weft's
+/// row, measured the same way. Not a peer: `run_peers.sh` does not run it.
+fn floor_chain_nested(n: usize) -> Rep {
+    use floor_model::{Inline, Next, D};
+    let t0 = Instant::now();
+    let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
+    for i in (0..n - 1).rev() {
+        ds[i].add_callback(Inline(|next, _| Next::Wait(next), ds[i + 1].clone()));
+        ds[i].callback(Ok(0));
+    }
+    let t1 = Instant::now();
+    ds[n - 1].callback(Ok(7));
+    let t2 = Instant::now();
+    assert_eq!(ds[0].result(), Some(Ok(7)));
+    rep(t0, &[("build", t1), ("fire", t2)])
+}
+
+/// floor-cancel-chain N — cancel-chain on the minimal model, as `floor-chain-nested`.
+fn floor_cancel_chain(n: usize) -> Rep {
+    use floor_model::{Inline, Next, D};
+    let t0 = Instant::now();
+    let ran = Rc::new(Cell::new(0u32));
+    let inner = D::<Inline>::with_canceller(ran.clone());
+    let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
+    for i in (0..n).rev() {
+        let next = if i + 1 < n { ds[i + 1].clone() } else { inner.clone() };
+        ds[i].add_callback(Inline(|next, _| Next::Wait(next), next));
+        ds[i].callback(Ok(0));
+    }
+    let t1 = Instant::now();
+    ds[0].cancel();
+    let t2 = Instant::now();
+    assert_eq!(ran.get(), 1);
+    assert_eq!(ds[0].result(), Some(Err(())));
+    rep(t0, &[("build", t1), ("cancel", t2)])
 }
 
 /// fanout N — unit "observer". t0; src = Deferred; obs = ObservableDeferred(src);
@@ -312,7 +355,7 @@ fn http_server(port: u16) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers> N | echo-server PORT | http-server PORT");
+        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers|floor-chain-nested|floor-cancel-chain> N | echo-server PORT | http-server PORT");
         std::process::exit(2)
     };
     let cmd = args.first().map(String::as_str).unwrap_or_else(|| usage());
@@ -323,6 +366,12 @@ fn main() {
         "chain-nested" => emit("chain-nested", arg, "level", vec![v("deferred", chain_nested)]),
         "fanout" => emit("fanout", arg, "observer", vec![v("observable_deferred", fanout)]),
         "cancel-chain" => emit("cancel-chain", arg, "layer", vec![v("deferred", cancel_chain)]),
+        "floor-chain-nested" => {
+            emit("floor-chain-nested", arg, "level", vec![v("model_inline", floor_chain_nested)])
+        }
+        "floor-cancel-chain" => {
+            emit("floor-cancel-chain", arg, "layer", vec![v("model_inline", floor_cancel_chain)])
+        }
         "gather" => emit("gather", arg, "member", vec![v("gather_results", gather)]),
         "timers" => emit("timers", arg, "timer", vec![v("virtual_clock", timers)]),
         "timers-cancel" => emit("timers-cancel", arg, "timer", vec![v("virtual_clock", timers_cancel)]),
