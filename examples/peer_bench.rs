@@ -9,7 +9,7 @@
 //! Subcommands: `chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|
 //! reactor-timers N` measure one scenario at size N; `echo-server PORT` serves TCP echo on
 //! 127.0.0.1 (and `http-server PORT` HTTP/1.1, once `weft::web` provides it).
-//! `floor-chain-nested|floor-cancel-chain N` measure the same scenarios on a minimal model
+//! `floor-chain-nested|floor-cancel-chain|floor-fanout N` measure the same scenarios on a minimal model
 //! of the protocol (`benches/compare/floor_model.rs`): the floor under weft's rows.
 //!
 //! Each measurement prints one JSON line, the schema every peer in `benches/compare/`
@@ -132,6 +132,28 @@ fn floor_cancel_chain(n: usize) -> Rep {
     assert_eq!(ran.get(), 1);
     assert_eq!(ds[0].result(), Some(Err(())));
     rep(t0, &[("build", t1), ("cancel", t2)])
+}
+
+/// floor-fanout N — fanout on the minimal model, as `floor-chain-nested`: N observers
+/// (a Deferred with one callback each, kept in a list, the caller's handle dropped), then
+/// each fired with 1 in turn.
+fn floor_fanout(n: usize) -> Rep {
+    use floor_model::{Sum, D};
+    let t0 = Instant::now();
+    let sum = Rc::new(Cell::new(0u64));
+    let mut observers: Vec<D<Sum>> = Vec::new();
+    for _ in 0..n {
+        let d = D::new();
+        d.add_callback(Sum(sum.clone()));
+        observers.push(d.clone());
+    }
+    let t1 = Instant::now();
+    for d in std::mem::take(&mut observers) {
+        d.callback(Ok(1));
+    }
+    let t2 = Instant::now();
+    assert_eq!(sum.get(), n as u64);
+    rep(t0, &[("observe", t1), ("fire", t2)])
 }
 
 /// fanout N — unit "observer". t0; src = Deferred; obs = ObservableDeferred(src);
@@ -355,7 +377,7 @@ fn http_server(port: u16) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers|floor-chain-nested|floor-cancel-chain> N | echo-server PORT | http-server PORT");
+        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers|floor-chain-nested|floor-cancel-chain|floor-fanout> N | echo-server PORT | http-server PORT");
         std::process::exit(2)
     };
     let cmd = args.first().map(String::as_str).unwrap_or_else(|| usage());
@@ -369,6 +391,7 @@ fn main() {
         "floor-chain-nested" => {
             emit("floor-chain-nested", arg, "level", vec![v("model_inline", floor_chain_nested)])
         }
+        "floor-fanout" => emit("floor-fanout", arg, "observer", vec![v("model_inline", floor_fanout)]),
         "floor-cancel-chain" => {
             emit("floor-cancel-chain", arg, "layer", vec![v("model_inline", floor_cancel_chain)])
         }

@@ -19,7 +19,9 @@
 //! loop, pausing, the trampoline's depth bound, ring and cycle checks, debugging, and
 //! any type but `u64`. Two ways to store a callback: inline (a function and the one
 //! Deferred it captures: what weft's `CallOnce` does, with no allocation), and boxed
-//! (`Box<dyn FnOnce>`, what a link costs in safe Rust without an inline store).
+//! (`Box<dyn FnOnce>`, what a link costs in safe Rust without an inline store); and a
+//! fan-out observer's callback (`Sum`, inline). A fan-out here is a list of Deferreds
+//! each fired in turn; no source Deferred, no clone of the result (a `u64`).
 
 #![allow(dead_code)] // Each includer uses part of it.
 
@@ -42,8 +44,6 @@ pub type V = Result<u64, ()>;
 
 /// What a callback returns: a value, or a Deferred to wait on.
 pub enum Next<S: Store> {
-    /// (The loop handles a value, as weft's does; these scenarios never return one.)
-    #[allow(dead_code)]
     Ready(V),
     Wait(D<S>),
 }
@@ -223,6 +223,7 @@ impl<S: Store> Drop for D<S> {
 thread_local! {
     static INLINE: RefCell<Vec<Rc<RefCell<Node<Inline>>>>> = const { RefCell::new(Vec::new()) };
     static BOXED: RefCell<Vec<Rc<RefCell<Node<Boxed>>>>> = const { RefCell::new(Vec::new()) };
+    static SUM: RefCell<Vec<Rc<RefCell<Node<Sum>>>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The callback stored inline: a function and the one Deferred it captures.
@@ -248,5 +249,22 @@ impl Store for Boxed {
 
     fn with_free<R>(f: impl FnOnce(&mut Vec<Rc<RefCell<Node<Self>>>>) -> R) -> R {
         BOXED.with(|l| f(&mut l.borrow_mut()))
+    }
+}
+
+/// A callback that adds the value to a shared sum and passes it on (a fan-out observer's),
+/// stored inline.
+pub struct Sum(pub Rc<Cell<u64>>);
+
+impl Store for Sum {
+    fn call(self, value: V) -> Next<Sum> {
+        if let Ok(v) = value {
+            self.0.set(self.0.get() + v);
+        }
+        Next::Ready(value)
+    }
+
+    fn with_free<R>(f: impl FnOnce(&mut Vec<Rc<RefCell<Node<Self>>>>) -> R) -> R {
+        SUM.with(|l| f(&mut l.borrow_mut()))
     }
 }

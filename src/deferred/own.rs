@@ -197,7 +197,7 @@ impl<T: 'static> Inner<T> {
         }
         let held = self.handles.get() > 0;
         let list = &mut core.cold_mut().sources;
-        list.reserve(sources.len());
+        list.reserve_exact(sources.len());
         list.extend(sources.map(|source| {
             if held {
                 source.retain();
