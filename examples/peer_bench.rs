@@ -9,7 +9,7 @@
 //! Subcommands: `chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|
 //! reactor-timers N` measure one scenario at size N; `echo-server PORT` serves TCP echo on
 //! 127.0.0.1 (and `http-server PORT` HTTP/1.1, once `weft::web` provides it).
-//! `floor-chain-nested|floor-cancel-chain|floor-fanout N` measure the same scenarios on a minimal model
+//! `floor-chain-nested|floor-cancel-chain|floor-fanout|floor-gather N` measure the same scenarios on a minimal model
 //! of the protocol (`benches/compare/floor_model.rs`): the floor under weft's rows.
 //!
 //! Each measurement prints one JSON line, the schema every peer in `benches/compare/`
@@ -154,6 +154,25 @@ fn floor_fanout(n: usize) -> Rep {
     let t2 = Instant::now();
     assert_eq!(sum.get(), n as u64);
     rep(t0, &[("observe", t1), ("fire", t2)])
+}
+
+/// floor-gather N — gather on the minimal model, as `floor-chain-nested`: N Deferreds,
+/// gathered (a link each to a shared state), then each fired.
+fn floor_gather(n: usize) -> Rep {
+    use floor_model::{Gather, Member, D};
+    let t0 = Instant::now();
+    let ds: Vec<D<Member>> = (0..n).map(|_| D::new()).collect();
+    let t1 = Instant::now();
+    let state = Gather::new(ds.clone());
+    let t2 = Instant::now();
+    for (i, d) in ds.iter().enumerate() {
+        d.callback(Ok(i as u64));
+    }
+    let t3 = Instant::now();
+    let values = state.values.borrow_mut().take().expect("gathered");
+    assert_eq!(values.len(), n);
+    assert_eq!(values[n - 1], n as u64 - 1);
+    rep(t0, &[("create", t1), ("gather", t2), ("fire", t3)])
 }
 
 /// fanout N — unit "observer". t0; src = Deferred; obs = ObservableDeferred(src);
@@ -377,7 +396,7 @@ fn http_server(port: u16) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers|floor-chain-nested|floor-cancel-chain|floor-fanout> N | echo-server PORT | http-server PORT");
+        eprintln!("usage: peer_bench <chain|chain-nested|fanout|cancel-chain|gather|timers|timers-cancel|reactor-timers|floor-chain-nested|floor-cancel-chain|floor-fanout|floor-gather> N | echo-server PORT | http-server PORT");
         std::process::exit(2)
     };
     let cmd = args.first().map(String::as_str).unwrap_or_else(|| usage());
@@ -392,6 +411,7 @@ fn main() {
             emit("floor-chain-nested", arg, "level", vec![v("model_inline", floor_chain_nested)])
         }
         "floor-fanout" => emit("floor-fanout", arg, "observer", vec![v("model_inline", floor_fanout)]),
+        "floor-gather" => emit("floor-gather", arg, "member", vec![v("model_inline", floor_gather)]),
         "floor-cancel-chain" => {
             emit("floor-cancel-chain", arg, "layer", vec![v("model_inline", floor_cancel_chain)])
         }

@@ -21,7 +21,9 @@
 //! Deferred it captures: what weft's `CallOnce` does, with no allocation), and boxed
 //! (`Box<dyn FnOnce>`, what a link costs in safe Rust without an inline store); and a
 //! fan-out observer's callback (`Sum`, inline). A fan-out here is a list of Deferreds
-//! each fired in turn; no source Deferred, no clone of the result (a `u64`).
+//! each fired in turn; no source Deferred, no clone of the result (a `u64`). A gather
+//! (`Gather`, `Member`) gives each member a link that hands its value to a shared state,
+//! and the last one collects them; no failures, no Deferred for the outcome.
 
 #![allow(dead_code)] // Each includer uses part of it.
 
@@ -224,6 +226,7 @@ thread_local! {
     static INLINE: RefCell<Vec<Rc<RefCell<Node<Inline>>>>> = const { RefCell::new(Vec::new()) };
     static BOXED: RefCell<Vec<Rc<RefCell<Node<Boxed>>>>> = const { RefCell::new(Vec::new()) };
     static SUM: RefCell<Vec<Rc<RefCell<Node<Sum>>>>> = const { RefCell::new(Vec::new()) };
+    static MEMBER: RefCell<Vec<Rc<RefCell<Node<Member>>>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The callback stored inline: a function and the one Deferred it captures.
@@ -266,5 +269,53 @@ impl Store for Sum {
 
     fn with_free<R>(f: impl FnOnce(&mut Vec<Rc<RefCell<Node<Self>>>>) -> R) -> R {
         SUM.with(|l| f(&mut l.borrow_mut()))
+    }
+}
+
+/// A gather's state: one slot per member, how many are still to come, the members held
+/// until then (as weft's list holds them, for a cancel), and the values once all came.
+pub struct Gather {
+    results: RefCell<Vec<Option<u64>>>,
+    remaining: Cell<usize>,
+    members: RefCell<Vec<D<Member>>>,
+    pub values: RefCell<Option<Vec<u64>>>,
+}
+
+impl Gather {
+    /// Gathers `members`' values, in order (a failure is not modelled).
+    pub fn new(members: Vec<D<Member>>) -> Rc<Gather> {
+        let n = members.len();
+        let state = Rc::new(Gather {
+            results: RefCell::new(vec![None; n]),
+            remaining: Cell::new(n),
+            members: RefCell::new(Vec::new()),
+            values: RefCell::new(None),
+        });
+        for (index, d) in members.iter().enumerate() {
+            d.add_callback(Member(state.clone(), index));
+        }
+        *state.members.borrow_mut() = members;
+        state
+    }
+}
+
+/// A gather's link on member `.1`: hands its value to the state.
+pub struct Member(pub Rc<Gather>, pub usize);
+
+impl Store for Member {
+    fn call(self, value: V) -> Next<Member> {
+        let Member(state, index) = self;
+        state.results.borrow_mut()[index] = value.ok();
+        state.remaining.set(state.remaining.get() - 1);
+        if state.remaining.get() == 0 {
+            let all = mem::take(&mut *state.results.borrow_mut());
+            *state.values.borrow_mut() = Some(all.into_iter().map(|v| v.expect("every member")).collect());
+            drop(mem::take(&mut *state.members.borrow_mut()));
+        }
+        Next::Ready(value)
+    }
+
+    fn with_free<R>(f: impl FnOnce(&mut Vec<Rc<RefCell<Node<Self>>>>) -> R) -> R {
+        MEMBER.with(|l| f(&mut l.borrow_mut()))
     }
 }
