@@ -20,9 +20,10 @@
 //! The thread also keeps emptied vectors ([`give_buffer`], [`take_buffer`]): a timer
 //! wheel's slot that grew to thousands of entries in a burst, once emptied, is kept, and
 //! the next slot (of any wheel on the thread) about to grow that large takes it instead
-//! of growing by reallocation. Only vectors of 32 KiB to 4 MiB, at most 8 MiB of them
+//! of growing by reallocation. Only vectors of 128 KiB to 4 MiB, at most 8 MiB of them
 //! in all (smaller ones glibc serves from its bins; larger ones it maps and grows with
-//! `mremap`), and a vector goes only to one that needs at least a quarter of it.
+//! `mremap`), and a vector goes only to one that needs at least a quarter of it (a
+//! larger kept one makes smaller ones go when they are 8 MiB).
 //!
 //! Bound: at most [`BUDGET`] bytes per thread (16 MiB), all types together; past it a
 //! block is freed as before. A reactor running on the thread gives back what stays
@@ -86,11 +87,10 @@ struct Buffers {
     release: fn(&mut dyn Any, usize) -> usize,
 }
 
-/// How many emptied vectors a thread keeps per element type.
-const BUFFERS_PER_TYPE: usize = 64;
-
-/// The smallest vector kept (in bytes): smaller ones come from glibc's bins, cheaply.
-const BUFFER_MIN: usize = 32 << 10;
+/// The smallest vector kept (in bytes): smaller ones come from glibc's bins, cheaply,
+/// and the copy into a kept one costs more than growing them (128 KiB is also where
+/// glibc starts to map blocks of their own).
+const BUFFER_MIN: usize = 128 << 10;
 
 /// The largest vector kept (in bytes), and the most all kept vectors may hold together:
 /// the rest of the budget stays for the blocks of the free lists. (A vector larger than
@@ -207,18 +207,17 @@ pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
             }
         };
         let Some(kept) = pools[i].kept.downcast_mut::<Vec<Vec<E>>>() else { return };
-        if kept.len() < BUFFERS_PER_TYPE && BUFFERED.get() + bytes <= BUFFERS_MAX {
-            kept.push(v);
-            add_buffered(bytes, 0);
-            return;
+        // Full: smaller kept vectors of this type make way for a larger one.
+        while BUFFERED.get() + bytes > BUFFERS_MAX {
+            let Some(smallest) = (0..kept.len()).min_by_key(|&j| kept[j].capacity()) else { return };
+            if kept[smallest].capacity() >= v.capacity() {
+                return;
+            }
+            // Empty vectors: dropping them runs no user code.
+            add_buffered(0, kept.swap_remove(smallest).capacity() * mem::size_of::<E>());
         }
-        // Full: the smallest kept vector makes way for a larger one.
-        let Some(smallest) = (0..kept.len()).min_by_key(|&j| kept[j].capacity()) else { return };
-        let freed = kept[smallest].capacity() * mem::size_of::<E>();
-        if freed < bytes && BUFFERED.get() + bytes - freed <= BUFFERS_MAX {
-            drop(mem::replace(&mut kept[smallest], v));
-            add_buffered(bytes, freed);
-        }
+        kept.push(v);
+        add_buffered(bytes, 0);
     });
 }
 
@@ -385,7 +384,7 @@ mod tests {
     #[test]
     fn a_kept_vector_goes_to_the_next_that_would_grow_into_its_size() {
         trim_free_lists();
-        let n = BUFFER_MIN / 8; // 32 KiB of words
+        let n = BUFFER_MIN / 8; // the least kept, in words
         give_buffer(words(n / 2)); // too small to keep
         give_buffer(vec![1u64; n]); // not empty
         give_buffer(words(BUFFER_MAX / 8 + 1)); // too large
@@ -411,8 +410,8 @@ mod tests {
         drop(v);
     }
 
-    /// Kept vectors hold at most half the budget; past it the smallest kept makes way
-    /// for a larger one; a reactor's decay frees them with the rest.
+    /// Kept vectors hold at most half the budget; past it smaller ones make way for a
+    /// larger one; a reactor's decay frees them with the rest.
     #[test]
     fn kept_vectors_stay_within_their_share_and_decay() {
         trim_free_lists();
@@ -424,15 +423,15 @@ mod tests {
         give_buffer(words(BUFFER_MIN / 8));
         assert_eq!(buffered(), BUFFERS_MAX, "no room for a smaller one");
         trim_free_lists();
-        for _ in 0..BUFFERS_PER_TYPE {
+        for _ in 0..BUFFERS_MAX / BUFFER_MIN {
             give_buffer(words(BUFFER_MIN / 8));
         }
+        assert_eq!(buffered(), BUFFERS_MAX);
         give_buffer(words(BUFFER_MIN / 4));
-        assert_eq!(
-            buffered(),
-            (BUFFERS_PER_TYPE + 1) * BUFFER_MIN,
-            "a larger one took a smaller one's place"
-        );
+        assert_eq!(buffered(), BUFFERS_MAX, "two smaller ones made way for a larger one");
+        let larger = take_buffer::<u64>(BUFFER_MIN / 8 + 1).expect("the larger one is kept");
+        assert_eq!(larger.capacity(), BUFFER_MIN / 4);
+        assert_eq!(buffered(), BUFFERS_MAX - 2 * BUFFER_MIN);
         // A reactor's watch: unused for the idle time, all but `KEEP` goes.
         let decay = Decay::default();
         decay.release_idle(|| Duration::ZERO);
