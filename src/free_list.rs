@@ -92,10 +92,12 @@ struct Buffers {
 /// glibc starts to map blocks of their own).
 const BUFFER_MIN: usize = 128 << 10;
 
-/// The largest vector kept (in bytes), and the most all kept vectors may hold together:
-/// the rest of the budget stays for the blocks of the free lists. (A vector larger than
-/// this grows and shrinks with `mremap`, which glibc's larger blocks get anyway.)
+/// The largest vector kept (in bytes): a larger one grows and shrinks with `mremap`,
+/// which glibc's larger blocks get anyway.
 const BUFFER_MAX: usize = BUDGET / 4;
+
+/// The most all kept vectors may hold together (in bytes): the rest of the budget stays
+/// for the blocks of the free lists.
 const BUFFERS_MAX: usize = BUDGET / 2;
 
 /// What an `Rc<X>` of a sized `X` holds: its block (the two counts and the value).

@@ -35,10 +35,11 @@
 //! that one slot again.
 //!
 //! Memory: the slots' vectors are given back to a small pool of spares when emptied
-//! (large ones to the thread, for the next slot or run about to grow that large, of
-//! this wheel or another: `free_list::give_buffer`), and once the queue has stayed under a quarter of its peak for a second (past 1,024
-//! entries), checked once a turn (`Sparse`), tombstones are purged and every vector is
-//! shrunk, so a spike gives its memory back and a burst that repeats keeps it.
+//! (large ones to the thread, for the next slot or run about to grow that large, of this
+//! wheel or another: `free_list::give_buffer`), and once the queue has stayed under a
+//! quarter of its peak for a second (past 1,024 entries), checked once a turn
+//! (`Sparse`), tombstones are purged and every vector is shrunk, so a spike gives its
+//! memory back and a burst that repeats keeps it.
 //!
 //! The reactor's queue also keeps its [`Alarm`] (a `timerfd` in the readiness queue) no
 //! later than the earliest deadline: `schedule`, `reset` and `delay` ask the alarm for
@@ -1208,13 +1209,16 @@ impl Drop for TimerWheel {
                 call.discard();
             }
         }
-        // The emptied vectors can serve the thread's next wheel.
+        // The emptied vectors (drained above) can serve the thread's next wheel.
         for slot in &mut self.slots {
             if slot.entries.capacity() > SPARE_MAX_CAPACITY {
                 free_list::give_buffer(mem::take(&mut slot.entries));
             }
         }
-        self.release();
+        let run = mem::take(&mut self.ready.run);
+        if run.capacity() > SPARE_MAX_CAPACITY {
+            free_list::give_buffer(Vec::from(run));
+        }
     }
 }
 
@@ -1398,6 +1402,7 @@ mod tests {
         drop(kept);
         crate::trim_free_lists();
     }
+
     /// A slot that grew large in a burst keeps its vector on the thread once emptied,
     /// and the next wheel's slot that grows that large takes it instead of growing by
     /// reallocation; its calls keep their places (cancels find them, the rest run in
