@@ -105,6 +105,11 @@ pub(crate) const fn cost_of<X>() -> usize {
     mem::size_of::<X>() + 2 * mem::size_of::<usize>()
 }
 
+/// [`cost_of`] for the value `x` (of a type that may be unsized).
+pub(crate) fn cost_of_val<X: ?Sized>(x: &X) -> usize {
+    mem::size_of_val(x) + 2 * mem::size_of::<usize>()
+}
+
 /// Runs `f` on the thread's list for `id` (blocks of `cost` bytes held as `Rc<X>`),
 /// making it if `create`; `None` if there is none, or the thread is ending.
 #[inline(always)]
@@ -227,7 +232,7 @@ pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
 /// elements and no more than four times that, if the thread keeps one (see
 /// [`give_buffer`]): for a vector of `len` elements about to grow.
 pub(crate) fn take_buffer<E: 'static>(len: usize) -> Option<Vec<E>> {
-    if HELD.get() == 0 || (4 * len).saturating_mul(mem::size_of::<E>()) < BUFFER_MIN {
+    if (4 * len).saturating_mul(mem::size_of::<E>()) < BUFFER_MIN || HELD.get() == 0 {
         return None;
     }
     let v = BUFFERS

@@ -32,7 +32,7 @@ pub(crate) use own::{AnyDeferred, DeferredRef, WeakAnyDeferred, WeakDeferred};
 #[cfg(test)]
 mod tests;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::fmt;
 use std::mem::{self, ManuallyDrop};
 use std::panic::Location;
@@ -567,12 +567,11 @@ impl<T: 'static> Core<T> {
             .any(|l| matches!(&**l, Some(Link::Continue(_) | Link::ContinueWeakly(_))))
     }
 
-    /// A callback loop stops (the chain waits): no loop runs any more, and the spent
-    /// links are cleared (what `compact` takes, for the caller to drop outside the borrow).
+    /// True if a fire with a result in hand may run the callback loop at once: no loop
+    /// of its own, not paused, links to run, and the trampoline's depth allows.
     #[inline]
-    fn stop_loop(&mut self) -> Option<Vec<(u32, cancel::LayerCanceller)>> {
-        self.set_running(false);
-        self.compact()
+    fn may_start_now(&self) -> bool {
+        self.is_idle() && self.has_links_to_run() && run::may_run_now()
     }
 
     /// True if a step still to run holds another Deferred strongly (a continuation or a
@@ -1060,13 +1059,7 @@ impl<T: 'static> Inner<T> {
         // run and no loop of its own, fired where a loop may start (what `fire_at` and
         // `start` do, without writing the result to the slot and reading it back).
         let mut core = self.core.borrow_mut();
-        if !core.is_called()
-            && core.cold.is_none()
-            && core.is_idle()
-            && core.has_links_to_run()
-            && !is_debugging()
-            && run::may_run_now()
-        {
+        if !core.is_called() && core.cold.is_none() && !is_debugging() && core.may_start_now() {
             core.set_slot(Slot::Running);
             core.set_running(true);
             drop(core);
@@ -1177,9 +1170,8 @@ impl<T: 'static> Inner<T> {
         // kicked below (its callback returning this one) is seen by the check above.
         core.set_slot(waiting);
         let Some(d) = kick else {
-            let dead = if in_loop { core.stop_loop() } else { None };
-            drop(core);
-            drop((unheld, dead));
+            Inner::stop_waiting(core, in_loop);
+            drop(unheld);
             return None;
         };
         drop(core);
@@ -1192,15 +1184,26 @@ impl<T: 'static> Inner<T> {
             Slot::Ready(r) => Some(Held::Result(r)),
             waiting @ (Slot::Waiting(_) | Slot::WaitingWeakly(_)) => {
                 core.set_slot(waiting);
-                let dead = if in_loop { core.stop_loop() } else { None };
-                drop(core);
-                drop(dead);
+                Inner::stop_waiting(core, in_loop);
                 None
             }
             other => {
                 core.set_slot(other);
                 unreachable!("only resume moves a waiting slot on")
             }
+        }
+    }
+
+    /// The chain now waits (the slot says so, in `core`): a callback loop that got here
+    /// (`in_loop`) stops in the same borrow, no longer running, its spent links cleared
+    /// (dropped outside the borrow).
+    #[inline]
+    fn stop_waiting(mut core: RefMut<'_, Core<T>>, in_loop: bool) {
+        if in_loop {
+            core.set_running(false);
+            let dead = core.compact();
+            drop(core);
+            drop(dead);
         }
     }
 
@@ -1226,7 +1229,7 @@ impl<T: 'static> Inner<T> {
     /// reading it back; otherwise stores it and kicks as usual.
     fn start(self: &Rc<Self>, held: Held<T>) {
         let mut core = self.core.borrow_mut();
-        if core.is_idle() && core.has_links_to_run() && run::may_run_now() {
+        if core.may_start_now() {
             core.set_running(true);
             drop(core);
             let me = self.clone();

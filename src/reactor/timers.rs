@@ -456,7 +456,7 @@ fn reuse_if_last(call: &Rc<DynCall>) {
 /// can reach it once kept.
 fn reuse(call: &Rc<DynCall>) {
     debug_assert_eq!(Rc::strong_count(call), 1);
-    let cost = mem::size_of_val::<DynCall>(call) + 2 * mem::size_of::<usize>();
+    let cost = free_list::cost_of_val::<DynCall>(call);
     if !free_list::has_room(cost) {
         return;
     }
@@ -738,11 +738,9 @@ impl TimerWheel {
 
     #[cold]
     fn release(&mut self) {
-        self.spare = Vec::new();
         let run = mem::take(&mut self.ready.run);
-        if run.capacity() > SPARE_MAX_CAPACITY {
-            free_list::give_buffer(Vec::from(run));
-        }
+        self.recycle(Vec::from(run));
+        self.spare = Vec::new();
         self.ready.heap.shrink_to(READY_HEAP_FIRST);
     }
 
@@ -762,14 +760,12 @@ impl TimerWheel {
                     }
                 }
                 slot.min = slot.min.min(entry.deadline);
-                if slot.entries.len() == slot.entries.capacity() && slot.entries.len() >= SPARE_MAX_CAPACITY {
-                    // About to grow: into a larger vector the thread kept, if any (the
-                    // entries keep their indexes).
-                    if let Some(mut larger) = free_list::take_buffer(slot.entries.len()) {
-                        larger.append(&mut slot.entries);
-                        let emptied = mem::replace(&mut slot.entries, larger);
-                        self.recycle(emptied);
-                    }
+                // About to grow: into a larger vector the thread kept, if any (the
+                // entries keep their indexes).
+                if let Some(mut larger) = kept_for_growth(slot.entries.len(), slot.entries.capacity()) {
+                    larger.append(&mut slot.entries);
+                    let emptied = mem::replace(&mut slot.entries, larger);
+                    self.recycle(emptied);
                 }
                 let slot = &mut self.slots[level * SLOTS + s];
                 entry.call.state().index.set(slot.entries.len() as u32);
@@ -796,13 +792,11 @@ impl TimerWheel {
                     if let Some(spare) = self.spare.pop() {
                         *run = VecDeque::from(spare);
                     }
-                } else if run.len() == run.capacity() && run.len() >= SPARE_MAX_CAPACITY {
-                    if let Some(larger) = free_list::take_buffer(run.len()) {
-                        let mut larger = VecDeque::from(larger);
-                        larger.extend(run.drain(..));
-                        let emptied = mem::replace(run, larger);
-                        self.recycle(Vec::from(emptied));
-                    }
+                } else if let Some(larger) = kept_for_growth(run.len(), run.capacity()) {
+                    let mut larger = VecDeque::from(larger);
+                    larger.extend(run.drain(..));
+                    let emptied = mem::replace(run, larger);
+                    self.recycle(Vec::from(emptied));
                 }
                 self.ready.run.push_back(entry);
             }
@@ -1186,6 +1180,17 @@ impl Ready {
     }
 }
 
+/// For a full vector of `len` entries (`capacity`) about to grow: a larger one the
+/// thread kept, if it has one (see `free_list::take_buffer`).
+#[inline]
+fn kept_for_growth(len: usize, capacity: usize) -> Option<Vec<Entry>> {
+    if len == capacity {
+        free_list::take_buffer(len)
+    } else {
+        None
+    }
+}
+
 /// Where an entry goes: see [`TimerWheel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
@@ -1210,15 +1215,10 @@ impl Drop for TimerWheel {
             }
         }
         // The emptied vectors (drained above) can serve the thread's next wheel.
-        for slot in &mut self.slots {
-            if slot.entries.capacity() > SPARE_MAX_CAPACITY {
-                free_list::give_buffer(mem::take(&mut slot.entries));
-            }
+        for slot in mem::take(&mut self.slots) {
+            self.recycle(slot.entries);
         }
-        let run = mem::take(&mut self.ready.run);
-        if run.capacity() > SPARE_MAX_CAPACITY {
-            free_list::give_buffer(Vec::from(run));
-        }
+        self.release();
     }
 }
 
