@@ -40,6 +40,8 @@ pub(super) trait Erased {
     fn retain(&self);
     /// Gives back one cancel handle (see [`Inner::release_handle`]).
     fn release_handle(&self, last: bool);
+    /// How many cancel handles it has.
+    fn handles(&self) -> u32;
     /// Cancels it, as part of the cancellation under way.
     fn cancel_source(self: Rc<Self>);
     /// The caller's reference to it, the last strong one, is going: keeps it for reuse
@@ -55,6 +57,10 @@ impl<T: 'static> Erased for Inner<T> {
 
     fn release_handle(&self, last: bool) {
         Inner::release_handle(self, last)
+    }
+
+    fn handles(&self) -> u32 {
+        self.handles.get()
     }
 
     fn cancel_source(self: Rc<Self>) {
@@ -127,11 +133,20 @@ impl Source {
         }
     }
 
-    /// Turns a held source into a released one; returns the cancel handle to drop.
+    /// Turns a held source into a released one. Its cancel handle is given back at once
+    /// if it is neither the source's last handle nor its last reference (nothing runs
+    /// then but two counts going down, so the caller's borrow may be held); otherwise it
+    /// is returned, for the caller to drop outside its borrow. So a combinator whose
+    /// members are still held elsewhere lets go of them in place, with no second list.
     pub(super) fn release(&mut self) -> Option<Counted> {
         let Source::Held(c) = self else { return None };
+        let quiet = Rc::strong_count(&c.0) > 1 && c.0.handles() > 1;
         let weak = Rc::downgrade(&c.0);
         match mem::replace(self, Source::Released(weak)) {
+            Source::Held(c) if quiet => {
+                drop(c);
+                None
+            }
             Source::Held(c) => Some(c),
             Source::Released(_) => unreachable!("matched above"),
         }

@@ -455,3 +455,28 @@ fn a_deferred_whose_last_reference_is_a_source_hold_is_kept() {
     let _ = built.take_result();
     crate::trim_free_lists();
 }
+
+/// A Deferred that loses its last cancel handle gives back its hold on each source: at
+/// once, in place, for a source held elsewhere too, and after its borrow for one whose
+/// last handle it was, which then gives back its own holds in turn. Nothing is lost: the
+/// sources still fire into it.
+#[test]
+fn an_unclaimed_deferred_gives_back_its_hold_on_each_source() {
+    let shared: Deferred<u8> = Deferred::new();
+    let upstream: Deferred<u8> = Deferred::new();
+    let only = upstream.clone().map(|x| x);
+    let list = crate::gather_results(vec![shared.clone(), only], false);
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    list.add_callback(move |v| {
+        *s.borrow_mut() = v.clone();
+        v
+    });
+    assert_eq!((shared.inner.handles.get(), upstream.inner.handles.get()), (2, 2));
+    drop(list);
+    assert_eq!(shared.inner.handles.get(), 1, "the list's hold is given back");
+    assert_eq!(upstream.inner.handles.get(), 1, "so is the hold of the member only the list held");
+    upstream.callback(7).unwrap();
+    shared.callback(1).unwrap();
+    assert_eq!(*seen.borrow(), [1, 7]);
+}
