@@ -28,10 +28,12 @@
 //! The thread also keeps emptied vectors ([`give_buffer`], [`take_buffer`]): a timer
 //! wheel's slot that grew to thousands of entries in a burst, once emptied, is kept, and
 //! the next slot (of any wheel on the thread) about to grow that large takes it instead
-//! of growing by reallocation. Only vectors of 128 KiB to 4 MiB, at most 8 MiB of them
-//! in all (smaller ones glibc serves from its bins; larger ones it maps and grows with
-//! `mremap`), and a vector goes only to one that needs at least a quarter of it (a
-//! larger kept one makes smaller ones go when they are 8 MiB).
+//! of growing by reallocation; a combinator's list of members and of their results, made
+//! for thousands of members and let go of when it fires, serves the next one. Only
+//! vectors of 128 KiB to 4 MiB, at most 8 MiB of them in all (smaller ones glibc serves
+//! from its bins; larger ones it maps and grows with `mremap`), and a vector goes only
+//! to one that needs at least a quarter of it (a larger kept one makes smaller ones go
+//! when they are 8 MiB).
 //!
 //! Bound: at most [`BUDGET`] bytes per thread (16 MiB), all types together; past it a
 //! block is freed as before. A reactor running on the thread gives back what stays
@@ -305,11 +307,11 @@ pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
     });
 }
 
-/// The smallest kept empty vector of element type `E` with room for more than `len`
+/// The smallest kept empty vector of element type `E` with room for at least `room`
 /// elements and no more than four times that, if the thread keeps one (see
-/// [`give_buffer`]): for a vector of `len` elements about to grow.
-pub(crate) fn take_buffer<E: 'static>(len: usize) -> Option<Vec<E>> {
-    if (4 * len).saturating_mul(mem::size_of::<E>()) < BUFFER_MIN || HELD.get() == 0 {
+/// [`give_buffer`]).
+pub(crate) fn take_buffer<E: 'static>(room: usize) -> Option<Vec<E>> {
+    if (4 * room).saturating_mul(mem::size_of::<E>()) < BUFFER_MIN || HELD.get() == 0 {
         return None;
     }
     let v = BUFFERS
@@ -318,7 +320,7 @@ pub(crate) fn take_buffer<E: 'static>(len: usize) -> Option<Vec<E>> {
             let pool = pools.iter_mut().find(|p| p.id == TypeId::of::<E>())?;
             let kept = pool.kept.downcast_mut::<Vec<Vec<E>>>()?;
             // Among equals, the one kept last: the most likely still in cache.
-            let fits = (0..kept.len()).rev().filter(|&j| (len + 1..=4 * len).contains(&kept[j].capacity()));
+            let fits = (0..kept.len()).rev().filter(|&j| (room..=4 * room).contains(&kept[j].capacity()));
             let best = fits.min_by_key(|&j| kept[j].capacity())?;
             Some(kept.swap_remove(best))
         })
@@ -462,9 +464,9 @@ mod tests {
         Vec::with_capacity(n)
     }
 
-    /// A vector of 8-byte words is kept only in its size range, empty, and goes to a
-    /// vector about to outgrow `len` only if it has room for more than `len` and no
-    /// more than four times that.
+    /// A vector of 8-byte words is kept only in its size range, empty, and goes to one
+    /// that needs room for `room` words only if it has that room and no more than four
+    /// times that.
     #[test]
     fn a_kept_vector_goes_to_the_next_that_would_grow_into_its_size() {
         trim_free_lists();
@@ -478,8 +480,8 @@ mod tests {
         assert_eq!((held(), buffered()), (bytes, bytes));
         assert!(take_buffer::<u32>(n / 2).is_none(), "kept for its element type only");
         assert!(take_buffer::<u64>(n / 8).is_none(), "more than four times what it needs");
-        assert!(take_buffer::<u64>(n).is_none(), "no room for more");
-        let v = take_buffer::<u64>(n / 2).expect("fits");
+        assert!(take_buffer::<u64>(n + 1).is_none(), "no room for one more");
+        let v = take_buffer::<u64>(n / 2 + 1).expect("fits");
         assert!(v.is_empty() && v.capacity() >= n);
         assert_eq!((held(), buffered()), (0, 0));
         // The smallest that fits, and among equals the one kept last.
@@ -488,7 +490,7 @@ mod tests {
         give_buffer(a);
         give_buffer(b);
         give_buffer(c);
-        assert_eq!(take_buffer::<u64>(n).map(|v| v.as_ptr()), Some(c_at));
+        assert_eq!(take_buffer::<u64>(n + 1).map(|v| v.as_ptr()), Some(c_at));
         trim_free_lists();
         assert_eq!((held(), buffered()), (0, 0));
         drop(v);

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::{join_members, Deliver, FirstError};
 use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
+use crate::free_list;
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -117,8 +118,12 @@ impl<T: 'static> DeferredList<T> {
     #[track_caller]
     pub fn into_deferred(self) -> Deferred<ListResult<T>> {
         let n = self.members.len();
+        // A vector the thread kept, if it has one of the size (see `free_list.rs`).
+        let mut results = free_list::take_buffer(n).unwrap_or_default();
+        results.reserve_exact(n);
+        results.resize_with(n, || None);
         let state = Rc::new(ListState {
-            results: RefCell::new((0..n).map(|_| None).collect()),
+            results: RefCell::new(results),
             remaining: Cell::new(n),
             fire_on_one_callback: self.fire_on_one_callback,
             fire_on_one_errback: self.fire_on_one_errback,
@@ -199,8 +204,11 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
         };
         self.results.borrow_mut()[index] = Some(stored);
         if self.remaining.get() == 0 {
-            let all = std::mem::take(&mut *self.results.borrow_mut());
-            let all = all.into_iter().map(|r| r.expect("every member has a result")).collect();
+            // The outcomes go to a vector of their own; the list's is kept for the next
+            // list of its size on the thread.
+            let mut results = std::mem::take(&mut *self.results.borrow_mut());
+            let all = results.drain(..).map(|r| r.expect("every member has a result")).collect();
+            free_list::give_buffer(results);
             let _ = out.callback(ListResult::All(all));
         }
         match failed {

@@ -145,3 +145,30 @@ fn a_member_freed_after_the_list_lost_its_handles_counts_as_cancelled() {
     }
     let _ = kept.take_result();
 }
+
+/// A gather of thousands of members keeps its list of members and its list of outcomes
+/// for the next one on the thread, which makes neither anew; the values are unchanged.
+#[test]
+fn a_large_gather_keeps_its_vectors_for_the_next() {
+    use crate::free_list::buffered;
+    crate::trim_free_lists();
+    let n = 20_000;
+    let run = |before_firing: &dyn Fn()| {
+        let ds: Vec<Deferred<u32>> = (0..n).map(|_| Deferred::new()).collect();
+        let all = gather_results(ds.clone(), false);
+        before_firing();
+        for (i, d) in ds.iter().enumerate().rev() {
+            d.callback(i as u32).unwrap();
+        }
+        let values = all.take_result().unwrap().unwrap();
+        assert!(values.iter().enumerate().all(|(i, &v)| v == i as u32));
+    };
+    run(&|| assert_eq!(buffered(), 0));
+    let kept = buffered();
+    // The outcomes' vector, and the members' (an entry is at least a fat pointer).
+    let least = n * (std::mem::size_of::<Option<Result<u32, Failure>>>() + 16);
+    assert!(kept >= least, "{kept} bytes kept, at least {least} expected");
+    run(&|| assert_eq!(buffered(), 0, "the second gather took both"));
+    assert_eq!(buffered(), kept);
+    crate::trim_free_lists();
+}

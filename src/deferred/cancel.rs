@@ -95,7 +95,7 @@ impl<T: 'static> Cold<T> {
             canceller: None,
             base: 0,
             layers: Vec::new(),
-            sources: Sources::new(),
+            sources: Sources::default(),
             suppress_already_called: false,
             started_here: None,
             cancel_fire: CancelFire::Off,

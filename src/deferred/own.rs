@@ -33,6 +33,7 @@ use smallvec::SmallVec;
 
 use super::{run, Deferred, Inner, Next, Slot};
 use crate::failure::{AlreadyCalledError, Failure};
+use crate::free_list;
 
 /// A Deferred of any type, as a Deferred built on it holds it.
 pub(super) trait Erased {
@@ -113,8 +114,50 @@ pub(super) enum Source {
     Released(Weak<dyn Erased>),
 }
 
-/// The sources of one Deferred; `then`'s single source is stored inline.
-pub(super) type Sources = SmallVec<[Source; 1]>;
+/// The sources of one Deferred; `then`'s single source is stored inline. A combinator's
+/// list of thousands is made in a vector the thread kept, and its vector kept again once
+/// it is let go of (see `free_list::give_buffer`), so that a gather that comes back does
+/// not fault fresh memory in for it each time.
+#[derive(Default)]
+pub(super) struct Sources(SmallVec<[Source; 1]>);
+
+impl Sources {
+    /// Room for `n` more sources.
+    fn reserve_exact(&mut self, n: usize) {
+        if self.0.is_empty() && !self.0.spilled() {
+            if let Some(kept) = free_list::take_buffer(n) {
+                self.0 = SmallVec::from_vec(kept);
+                return;
+            }
+        }
+        self.0.reserve_exact(n);
+    }
+}
+
+impl std::ops::Deref for Sources {
+    type Target = SmallVec<[Source; 1]>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Sources {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Sources {
+    /// Drops the sources, then keeps a large list's vector for the next one.
+    fn drop(&mut self) {
+        if self.0.spilled() {
+            let mut list = mem::take(&mut self.0).into_vec();
+            list.clear();
+            free_list::give_buffer(list);
+        }
+    }
+}
 
 impl Source {
     /// The source, if it is alive.

@@ -1185,7 +1185,7 @@ impl Ready {
 #[inline]
 fn kept_for_growth(len: usize, capacity: usize) -> Option<Vec<Entry>> {
     if len == capacity {
-        free_list::take_buffer(len)
+        free_list::take_buffer(len + 1)
     } else {
         None
     }
