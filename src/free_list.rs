@@ -61,69 +61,67 @@ pub(crate) const KEEP: usize = 256 << 10;
 /// tests).
 const IDLE_AFTER: Duration = if cfg!(test) { Duration::from_millis(20) } else { Duration::from_secs(1) };
 
-/// A thread's free list of one type.
+/// A thread's free list of one type, or its kept vectors of one element type.
 struct List {
-    /// The type the blocks are kept for (the owner's choice of key).
+    /// The type the blocks are kept for (the owner's choice of key), or `Vec<E>` for
+    /// vectors of `E`.
     id: TypeId,
-    /// The blocks, each `Rc` the only reference to its block.
+    /// The blocks or vectors, each the only reference to its memory.
     kept: Kept,
-    /// What each block holds, in bytes.
-    cost: usize,
 }
 
-/// The blocks of one [`List`].
+/// What one [`List`] keeps.
 enum Kept {
     /// Blocks of a sized type, each an `Rc<X>` (see the module docs).
     Sized(Vec<Rc<dyn Any>>),
-    /// Blocks of an unsized type `X`.
-    Unsized {
-        /// A `Vec<Rc<X>>`.
-        kept: Box<dyn Any>,
-        /// Frees this many blocks from `kept` (or all it has); returns how many it freed.
-        release: fn(&mut dyn Any, usize) -> usize,
-    },
+    /// Blocks of an unsized type `X`: a `Vec<Rc<X>>`.
+    Unsized(Typed),
+    /// Empty vectors of element type `E` (see [`give_buffer`]): a `Vec<Vec<E>>`.
+    Buffers(Typed),
+}
+
+/// A list of a type named only where it is made, and what frees from it.
+struct Typed {
+    kept: Box<dyn Any>,
+    /// Frees until about this many bytes are freed (or all are); returns how many it
+    /// freed.
+    release: fn(&mut dyn Any, usize) -> usize,
 }
 
 impl Kept {
-    /// Frees `n` blocks (or all there are); returns how many it freed.
-    fn release(&mut self, n: usize) -> usize {
+    /// Frees until about `want` bytes are freed (or all are); returns how many it freed.
+    fn release(&mut self, want: usize) -> usize {
         match self {
-            Kept::Sized(blocks) => {
-                let n = n.min(blocks.len());
-                // Emptied blocks own nothing: dropping them runs no user code.
-                blocks.truncate(blocks.len() - n);
-                if blocks.is_empty() {
-                    *blocks = Vec::new();
-                }
-                n
-            }
-            Kept::Unsized { kept, release } => release(&mut **kept, n),
+            Kept::Sized(blocks) => release_last(blocks, want, |b| cost_of_val(&**b)),
+            Kept::Unsized(t) | Kept::Buffers(t) => (t.release)(&mut *t.kept, want),
         }
     }
+}
+
+/// Frees the last of `kept` until `want` bytes are freed (or all are); returns how many
+/// it freed. Emptied blocks and empty vectors own nothing: dropping them runs no user
+/// code.
+fn release_last<B>(kept: &mut Vec<B>, want: usize, bytes: impl Fn(&B) -> usize) -> usize {
+    let mut freed = 0;
+    while freed < want {
+        let Some(b) = kept.pop() else { break };
+        freed += bytes(&b);
+    }
+    if kept.is_empty() {
+        *kept = Vec::new();
+    }
+    freed
 }
 
 thread_local! {
     /// Bytes held in `LISTS` (no destructor: readable to the end of the thread).
     static HELD: Cell<usize> = const { Cell::new(0) };
-    /// Bytes of `HELD` in `BUFFERS`.
+    /// Bytes of `HELD` in kept vectors.
     static BUFFERED: Cell<usize> = const { Cell::new(0) };
     /// The least `HELD` has been since a reactor's [`Decay`] began to watch.
     static LOW: Cell<usize> = const { Cell::new(0) };
-    /// The free lists, one per type.
+    /// The free lists, one per type, and the kept vectors, one list per element type.
     static LISTS: RefCell<Vec<List>> = const { RefCell::new(Vec::new()) };
-    /// The kept buffers, one pool per element type.
-    static BUFFERS: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A thread's emptied vectors of one element type (see [`give_buffer`]).
-struct Buffers {
-    /// The element type.
-    id: TypeId,
-    /// A `Vec<Vec<E>>` of empty vectors.
-    kept: Box<dyn Any>,
-    /// Frees kept vectors, largest first, until about this many bytes are freed (or all
-    /// are); returns how many bytes it freed.
-    release: fn(&mut dyn Any, usize) -> usize,
 }
 
 /// The smallest vector kept (in bytes): smaller ones come from glibc's bins, cheaply,
@@ -149,22 +147,22 @@ pub(crate) fn cost_of_val<X: ?Sized>(x: &X) -> usize {
     mem::size_of_val(x) + 2 * mem::size_of::<usize>()
 }
 
+/// What a kept vector of `E` holds, in bytes.
+fn bytes_of<E>(v: &Vec<E>) -> usize {
+    v.capacity() * mem::size_of::<E>()
+}
+
 /// Runs `f` on the thread's list for `id`, making it with `make` if there is none and
 /// `make` is given; `None` if there is none, or the thread is ending.
 #[inline(always)]
-fn with_list<R>(
-    id: TypeId,
-    make: Option<fn() -> Kept>,
-    cost: usize,
-    f: impl FnOnce(&mut Kept) -> R,
-) -> Option<R> {
+fn with_list<R>(id: TypeId, make: Option<fn() -> Kept>, f: impl FnOnce(&mut Kept) -> R) -> Option<R> {
     LISTS
         .try_with(|lists| {
             let mut lists = lists.try_borrow_mut().ok()?;
             let i = match lists.iter().position(|l| l.id == id) {
                 Some(i) => i,
                 None => {
-                    lists.push(List { id, kept: make?(), cost });
+                    lists.push(List { id, kept: make?() });
                     lists.len() - 1
                 }
             };
@@ -181,19 +179,22 @@ fn sized_list() -> Kept {
 
 /// An empty list of blocks of the unsized type `X` (see [`Kept`]).
 fn unsized_list<X: ?Sized + 'static>() -> Kept {
-    Kept::Unsized { kept: Box::new(Vec::<Rc<X>>::new()), release: release::<X> }
+    fn release<X: ?Sized + 'static>(kept: &mut dyn Any, want: usize) -> usize {
+        let Some(kept) = kept.downcast_mut::<Vec<Rc<X>>>() else { return 0 };
+        release_last(kept, want, |b| cost_of_val(&**b))
+    }
+    Kept::Unsized(Typed { kept: Box::new(Vec::<Rc<X>>::new()), release: release::<X> })
 }
 
-/// The `release` of a list of blocks of the unsized type `X`: frees `n` of them (or all).
-fn release<X: ?Sized + 'static>(kept: &mut dyn Any, n: usize) -> usize {
-    let Some(kept) = kept.downcast_mut::<Vec<Rc<X>>>() else { return 0 };
-    let n = n.min(kept.len());
-    // Emptied blocks own nothing: dropping them runs no user code.
-    kept.truncate(kept.len() - n);
-    if kept.is_empty() {
-        *kept = Vec::new();
+/// An empty list of vectors of `E` (see [`Kept`]).
+fn buffer_list<E: 'static>() -> Kept {
+    /// Frees the largest first.
+    fn release<E: 'static>(kept: &mut dyn Any, want: usize) -> usize {
+        let Some(kept) = kept.downcast_mut::<Vec<Vec<E>>>() else { return 0 };
+        kept.sort_unstable_by_key(Vec::capacity);
+        release_last(kept, want, bytes_of)
     }
-    n
+    Kept::Buffers(Typed { kept: Box::new(Vec::<Vec<E>>::new()), release: release::<E> })
 }
 
 /// A free block kept for `id` (emptied, the only reference to it), if the thread keeps
@@ -203,19 +204,19 @@ pub(crate) fn take<X: ?Sized + 'static>(id: TypeId, cost: usize) -> Option<Rc<X>
     if HELD.get() == 0 {
         return None;
     }
-    let block = with_list(id, None, cost, |kept| match kept {
-        Kept::Unsized { kept, .. } => kept.downcast_mut::<Vec<Rc<X>>>()?.pop(),
-        Kept::Sized(_) => None,
+    let block = with_list(id, None, |kept| match kept {
+        Kept::Unsized(t) => t.kept.downcast_mut::<Vec<Rc<X>>>()?.pop(),
+        _ => None,
     })
     .flatten()?;
     taken(cost);
     Some(block)
 }
 
-/// Counts a block of `cost` bytes taken from the lists.
+/// Counts `bytes` taken from the lists.
 #[inline]
-fn taken(cost: usize) {
-    let held = HELD.get() - cost;
+fn taken(bytes: usize) {
+    let held = HELD.get() - bytes;
     HELD.set(held);
     if held < LOW.get() {
         LOW.set(held);
@@ -228,10 +229,10 @@ pub(crate) fn take_sized<X: 'static>() -> Option<Rc<X>> {
     if HELD.get() == 0 {
         return None;
     }
-    let block = with_list(TypeId::of::<X>(), None, cost_of::<X>(), |kept| match kept {
+    let block = with_list(TypeId::of::<X>(), None, |kept| match kept {
         // Kept under `X`'s `TypeId`, so of type `X`.
         Kept::Sized(blocks) => blocks.pop()?.downcast::<X>().ok(),
-        Kept::Unsized { .. } => None,
+        _ => None,
     })
     .flatten()?;
     taken(cost_of::<X>());
@@ -243,9 +244,9 @@ pub(crate) fn take_sized<X: 'static>() -> Option<Rc<X>> {
 #[inline]
 pub(crate) fn give_sized<X: 'static>(block: &Rc<X>) {
     debug_assert!(Rc::weak_count(block) == 0, "a block with a weak reference is not reused");
-    let kept = with_list(TypeId::of::<X>(), Some(sized_list), cost_of::<X>(), |kept| match kept {
+    let kept = with_list(TypeId::of::<X>(), Some(sized_list), |kept| match kept {
         Kept::Sized(blocks) => blocks.push(block.clone()),
-        Kept::Unsized { .. } => debug_assert!(false, "a sized type's list holds sized blocks"),
+        _ => debug_assert!(false, "a sized type's list holds sized blocks"),
     });
     if kept.is_some() {
         HELD.set(HELD.get() + cost_of::<X>());
@@ -263,9 +264,9 @@ pub(crate) fn has_room(cost: usize) -> bool {
 #[inline]
 pub(crate) fn give<X: ?Sized + 'static>(id: TypeId, cost: usize, block: &Rc<X>) {
     debug_assert!(Rc::weak_count(block) == 0, "a block with a weak reference is not reused");
-    let kept = with_list(id, Some(unsized_list::<X>), cost, |kept| match kept {
-        Kept::Unsized { kept, .. } => kept.downcast_mut::<Vec<Rc<X>>>().map(|list| list.push(block.clone())),
-        Kept::Sized(_) => None,
+    let kept = with_list(id, Some(unsized_list::<X>), |kept| match kept {
+        Kept::Unsized(t) => t.kept.downcast_mut::<Vec<Rc<X>>>().map(|list| list.push(block.clone())),
+        _ => None,
     });
     if kept.flatten().is_some() {
         HELD.set(HELD.get() + cost);
@@ -277,22 +278,13 @@ pub(crate) fn give<X: ?Sized + 'static>(id: TypeId, cost: usize, block: &Rc<X>) 
 /// fills up in bulk (a timer wheel's slot in a burst, say) then takes it rather than
 /// growing by reallocation into memory that glibc gave back, and faulting it in again.
 pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
-    let bytes = v.capacity() * mem::size_of::<E>();
+    let bytes = bytes_of(&v);
     if !v.is_empty() || !(BUFFER_MIN..=BUFFER_MAX).contains(&bytes) || !has_room(bytes) {
         return;
     }
-    let _ = BUFFERS.try_with(|pools| {
-        let Ok(mut pools) = pools.try_borrow_mut() else { return };
-        let id = TypeId::of::<E>();
-        let i = match pools.iter().position(|p| p.id == id) {
-            Some(i) => i,
-            None => {
-                let kept = Box::new(Vec::<Vec<E>>::new());
-                pools.push(Buffers { id, kept, release: release_buffers::<E> });
-                pools.len() - 1
-            }
-        };
-        let Some(kept) = pools[i].kept.downcast_mut::<Vec<Vec<E>>>() else { return };
+    with_list(TypeId::of::<Vec<E>>(), Some(buffer_list::<E>), |kept| {
+        let Kept::Buffers(t) = kept else { return };
+        let Some(kept) = t.kept.downcast_mut::<Vec<Vec<E>>>() else { return };
         // Full: smaller kept vectors of this type make way for a larger one.
         while BUFFERED.get() + bytes > BUFFERS_MAX {
             let Some(smallest) = (0..kept.len()).min_by_key(|&j| kept[j].capacity()) else { return };
@@ -300,10 +292,11 @@ pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
                 return;
             }
             // Empty vectors: dropping them runs no user code.
-            add_buffered(0, kept.swap_remove(smallest).capacity() * mem::size_of::<E>());
+            buffered_taken(bytes_of(&kept.swap_remove(smallest)));
         }
         kept.push(v);
-        add_buffered(bytes, 0);
+        HELD.set(HELD.get() + bytes);
+        BUFFERED.set(BUFFERED.get() + bytes);
     });
 }
 
@@ -314,44 +307,23 @@ pub(crate) fn take_buffer<E: 'static>(room: usize) -> Option<Vec<E>> {
     if (4 * room).saturating_mul(mem::size_of::<E>()) < BUFFER_MIN || HELD.get() == 0 {
         return None;
     }
-    let v = BUFFERS
-        .try_with(|pools| {
-            let mut pools = pools.try_borrow_mut().ok()?;
-            let pool = pools.iter_mut().find(|p| p.id == TypeId::of::<E>())?;
-            let kept = pool.kept.downcast_mut::<Vec<Vec<E>>>()?;
-            // Among equals, the one kept last: the most likely still in cache.
-            let fits = (0..kept.len()).rev().filter(|&j| (room..=4 * room).contains(&kept[j].capacity()));
-            let best = fits.min_by_key(|&j| kept[j].capacity())?;
-            Some(kept.swap_remove(best))
-        })
-        .ok()
-        .flatten()?;
-    add_buffered(0, v.capacity() * mem::size_of::<E>());
-    LOW.set(LOW.get().min(HELD.get()));
+    let v = with_list(TypeId::of::<Vec<E>>(), None, |kept| {
+        let Kept::Buffers(t) = kept else { return None };
+        let kept = t.kept.downcast_mut::<Vec<Vec<E>>>()?;
+        // Among equals, the one kept last: the most likely still in cache.
+        let fits = (0..kept.len()).rev().filter(|&j| (room..=4 * room).contains(&kept[j].capacity()));
+        let best = fits.min_by_key(|&j| kept[j].capacity())?;
+        Some(kept.swap_remove(best))
+    })
+    .flatten()?;
+    buffered_taken(bytes_of(&v));
     Some(v)
 }
 
-/// Counts `added` bytes more and `removed` bytes fewer kept in `BUFFERS`.
-fn add_buffered(added: usize, removed: usize) {
-    HELD.set(HELD.get() + added - removed);
-    BUFFERED.set(BUFFERED.get() + added - removed);
-}
-
-/// A [`Buffers`]' `release` for vectors of `E`: frees the largest first until `want`
-/// bytes are freed (or all are).
-fn release_buffers<E: 'static>(kept: &mut dyn Any, want: usize) -> usize {
-    let Some(kept) = kept.downcast_mut::<Vec<Vec<E>>>() else { return 0 };
-    kept.sort_unstable_by_key(Vec::capacity);
-    let mut freed = 0;
-    while freed < want {
-        // Empty vectors: dropping them runs no user code.
-        let Some(v) = kept.pop() else { break };
-        freed += v.capacity() * mem::size_of::<E>();
-    }
-    if kept.is_empty() {
-        *kept = Vec::new();
-    }
-    freed
+/// Counts `bytes` of kept vectors taken (or freed) from the lists.
+fn buffered_taken(bytes: usize) {
+    taken(bytes);
+    BUFFERED.set(BUFFERED.get() - bytes);
 }
 
 /// Frees the Deferreds and scheduled calls this thread keeps for reuse.
@@ -371,13 +343,12 @@ fn release_buffers<E: 'static>(kept: &mut dyn Any, want: usize) -> usize {
 /// ```
 pub fn trim_free_lists() {
     let lists = LISTS.try_with(|lists| lists.try_borrow_mut().map(|mut l| mem::take(&mut *l)).ok());
-    let pools = BUFFERS.try_with(|pools| pools.try_borrow_mut().map(|mut p| mem::take(&mut *p)).ok());
-    if let (Ok(Some(lists)), Ok(Some(pools))) = (lists, pools) {
+    if let Ok(Some(lists)) = lists {
         HELD.set(0);
         BUFFERED.set(0);
         LOW.set(0);
         // Emptied blocks and empty vectors own nothing: dropping them runs no user code.
-        drop((lists, pools));
+        drop(lists);
     }
 }
 
@@ -419,27 +390,17 @@ fn release_bytes(mut want: usize) {
     let _ = LISTS.try_with(|lists| {
         let Ok(mut lists) = lists.try_borrow_mut() else { return };
         for list in lists.iter_mut() {
-            let freed = list.kept.release(want.div_ceil(list.cost)) * list.cost;
+            let freed = list.kept.release(want);
             HELD.set(HELD.get().saturating_sub(freed));
+            if let Kept::Buffers(_) = list.kept {
+                BUFFERED.set(BUFFERED.get().saturating_sub(freed));
+            }
             want = want.saturating_sub(freed);
             if want == 0 {
                 break;
             }
         }
     });
-    if want > 0 {
-        let _ = BUFFERS.try_with(|pools| {
-            let Ok(mut pools) = pools.try_borrow_mut() else { return };
-            for pool in pools.iter_mut() {
-                let freed = (pool.release)(&mut *pool.kept, want);
-                add_buffered(0, freed);
-                want = want.saturating_sub(freed);
-                if want == 0 {
-                    break;
-                }
-            }
-        });
-    }
     LOW.set(LOW.get().min(HELD.get()));
 }
 
