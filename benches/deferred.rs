@@ -3,6 +3,10 @@
 //! callback at 1,000), nested chaining of depth 1,000, and cancel through 100 layers of
 //! cancellers (on one Deferred, and through 100 chained Deferreds).
 //!
+//! The nested and chained-cancel scenarios also run on the minimal model of the protocol
+//! (`benches/compare/floor_model.rs`, which says what it keeps and what it leaves out), in
+//! the same group: the floor under weft's figure on this machine.
+//!
 //! Before the criterion groups it prints the heap bytes of a pending Deferred with one
 //! callback (target: under 128), measured as the resident-memory growth of one million
 //! of them, allocator overhead included.
@@ -13,6 +17,11 @@ use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use weft::{CancelledError, Deferred, Failure};
+
+#[path = "compare/floor_model.rs"]
+mod model;
+
+use model::{Boxed, Inline, Next, D};
 
 fn chain(c: &mut Criterion) {
     let mut g = c.benchmark_group("chain_add_fire");
@@ -46,6 +55,29 @@ fn nested(c: &mut Criterion) {
             }
             ds[n - 1].callback(black_box(7)).unwrap();
             assert_eq!(ds[0].take_result().unwrap().unwrap(), 7);
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter(format!("model, inline call, depth {n}")), |b| {
+        b.iter(|| {
+            let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
+            for i in (0..n - 1).rev() {
+                ds[i].add_callback(Inline(|next, _| Next::Wait(next), ds[i + 1].clone()));
+                ds[i].callback(Ok(0));
+            }
+            ds[n - 1].callback(Ok(black_box(7)));
+            assert_eq!(ds[0].result(), Some(Ok(7)));
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter(format!("model, boxed call, depth {n}")), |b| {
+        b.iter(|| {
+            let ds: Vec<D<Boxed>> = (0..n).map(|_| D::new()).collect();
+            for i in (0..n - 1).rev() {
+                let next = ds[i + 1].clone();
+                ds[i].add_callback(Boxed(Box::new(move |_| Next::Wait(next))));
+                ds[i].callback(Ok(0));
+            }
+            ds[n - 1].callback(Ok(black_box(7)));
+            assert_eq!(ds[0].result(), Some(Ok(7)));
         })
     });
     g.finish();
@@ -90,6 +122,23 @@ fn cancel(c: &mut Criterion) {
             assert_eq!(ran.get(), 1);
         })
     });
+    g.bench_function(
+        BenchmarkId::from_parameter(format!("model, inline call, {n} chained deferreds")),
+        |b| {
+            b.iter(|| {
+                let ran = Rc::new(Cell::new(0u32));
+                let inner = D::<Inline>::with_canceller(ran.clone());
+                let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
+                for i in (0..n).rev() {
+                    let next = if i + 1 < n { ds[i + 1].clone() } else { inner.clone() };
+                    ds[i].add_callback(Inline(|next, _| Next::Wait(next), next));
+                    ds[i].callback(Ok(0));
+                }
+                ds[0].cancel();
+                assert!(ds[0].result() == Some(Err(())) && ran.get() == 1);
+            })
+        },
+    );
     g.finish();
 }
 

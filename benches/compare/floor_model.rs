@@ -1,5 +1,5 @@
 //! The floor under a nested level: a minimal model of the Deferred protocol in safe
-//! Rust, for `benches/floor.rs` (beside weft, in criterion) and `examples/peer_bench.rs`
+//! Rust, for `benches/deferred.rs` (beside weft, in criterion) and `examples/peer_bench.rs`
 //! (`floor-chain-nested`, `floor-cancel-chain`: the peers' scenarios, measured the same
 //! way), both of which include this file (`#[path] mod floor_model;`).
 //!
