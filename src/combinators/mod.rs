@@ -101,8 +101,5 @@ fn join_members<T: 'static, O: 'static, S: Deliver<T, O>>(
     state: Rc<S>,
 ) {
     let step: Rc<dyn Collect<T>> = Rc::new(MemberStep { state, out: out.to_ref() });
-    for (index, member) in members.iter().enumerate() {
-        member.add_collect(step.clone(), index);
-    }
-    out.add_sources(members);
+    out.join(members, step);
 }

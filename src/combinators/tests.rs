@@ -146,6 +146,42 @@ fn a_member_freed_after_the_list_lost_its_handles_counts_as_cancelled() {
     let _ = kept.take_result();
 }
 
+/// Members that have a result when the list is made hand it over once every member has
+/// its link, in member order; the pending ones are held (a cancel reaches them), and a
+/// member given twice gives its value to the first of its two places.
+#[test]
+fn a_list_made_of_fired_and_pending_members_joins_them_all() {
+    let (pending, weak) = members::<u8>(1);
+    let twice = crate::succeed(7u8);
+    let list = DeferredList::new(vec![crate::succeed(1), pending[0].clone(), twice.clone(), twice])
+        .consume_errors(true)
+        .into_deferred();
+    drop(pending);
+    assert_eq!(alive(&weak), 1, "the list holds the member still pending");
+    assert!(!list.is_called());
+    list.cancel();
+    assert_eq!(alive(&weak), 0);
+    match list.take_result().unwrap().unwrap() {
+        ListResult::All(r) => {
+            assert_eq!(*r[0].as_ref().unwrap(), 1);
+            assert!(r[1].as_ref().unwrap_err().check::<CancelledError>());
+            assert_eq!(*r[2].as_ref().unwrap(), 7);
+            assert!(r[3].as_ref().unwrap_err().check::<crate::ResultConsumedError>());
+        }
+        ListResult::One { .. } => unreachable!(),
+    }
+
+    // The first member to have failed, among several that failed before the list was
+    // made, is the one reported; the others keep their failures.
+    let (a, b) = (crate::fail::<u8>(Failure::msg("a")), crate::fail::<u8>(Failure::msg("b")));
+    let pending: Deferred<u8> = Deferred::new();
+    let all = gather_results(vec![pending.clone(), a, b.clone()], false);
+    let first = all.take_result().unwrap().unwrap_err();
+    assert_eq!(first.downcast_ref::<crate::FirstError>().unwrap().index, 1);
+    assert!(b.take_result().unwrap().unwrap_err().to_string().starts_with("b "));
+    pending.callback(0).unwrap();
+}
+
 /// A gather of thousands of members keeps its list of members and its list of outcomes
 /// for the next one on the thread, which makes neither anew; the values are unchanged.
 #[test]

@@ -1241,6 +1241,15 @@ impl<T: 'static> Inner<T> {
         }
     }
 
+    /// Adds the link `make` makes without running anything; true if the Deferred could
+    /// run it now (the caller kicks it, outside its own borrows).
+    #[inline]
+    fn push_quietly(&self, make: impl FnOnce() -> Link<T>) -> bool {
+        let mut core = self.core.borrow_mut();
+        core.links.push_link(make());
+        core.can_run()
+    }
+
     /// Starts the callback loop if it can run and is not running already.
     fn kick(self: &Rc<Self>) {
         {
