@@ -329,22 +329,29 @@ impl<T: 'static> Slot<T> {
     }
 }
 
+/// A Deferred's block. The field order is fixed (`repr(C)`, here and in [`Core`]) so
+/// that what a pass over many Deferreds touches, the cancel-handle count, the borrow
+/// flag, the slot, `head`, `flags` and the creation site, lies in the 64 bytes after
+/// the reference counts, the links after them: glibc hands these 120-byte blocks out at
+/// 48 mod 64, so those 64 bytes are one cache line, and making a Deferred from the free
+/// list touches one line where it touched two (see `ARCHITECTURE.md`, costs).
+#[repr(C)]
 pub(crate) struct Inner<T: 'static> {
-    /// The state. `Inner`'s `Drop` takes out everything in it that owns anything (the
-    /// slot's value, the links, the cold part); what is left owns nothing, so it is not
-    /// dropped (`ManuallyDrop`), which saves calls to drop glue on every Deferred freed.
-    core: ManuallyDrop<RefCell<Core<T>>>,
     /// How many cancel handles the Deferred has: public `Deferred` handles, a waiting
     /// Deferred's `Slot::Waiting`, and sources held by a Deferred built on this one (see
     /// `own.rs`). At zero nobody can cancel it any more, and a pending one lets go of what
     /// it holds only to be able to cancel it.
     handles: Cell<u32>,
+    /// The state. `Inner`'s `Drop` takes out everything in it that owns anything (the
+    /// slot's value, the links, the cold part); what is left owns nothing, so it is not
+    /// dropped (`ManuallyDrop`), which saves calls to drop glue on every Deferred freed.
+    core: ManuallyDrop<RefCell<Core<T>>>,
 }
 
+/// A Deferred's state (see [`Inner`] for the field order).
+#[repr(C)]
 struct Core<T: 'static> {
     slot: Slot<T>,
-    /// Links in the order added. `links[..head]` have run (their entries are `None`).
-    links: Links<T>,
     /// Index in `links` of the next link to run.
     head: u32,
     /// Bit 0 ([`RUNNING`]): a callback loop is on the stack (or queued) for this
@@ -358,6 +365,8 @@ struct Core<T: 'static> {
     /// Where the Deferred was created (the caller of `new`, `succeed`, `then`, a
     /// combinator, ...), for diagnostics.
     created_at: &'static Location<'static>,
+    /// Links in the order added. `links[..head]` have run (their entries are `None`).
+    links: Links<T>,
 }
 
 /// A link as the list holds it: an entry with no drop glue of its own (the list drops
