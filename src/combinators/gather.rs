@@ -1,13 +1,19 @@
 //! `gather_results` and `unwrap_first_error`.
 
-use super::{DeferredList, FirstError, ListResult};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use super::{cancel_members, join_members, Deliver, FirstError};
+use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
+use crate::free_list;
 use crate::{Deferred, Failure};
 
 /// Waits for every Deferred in `members` and fires with their values in order, or fails
 /// with a [`FirstError`] naming the first member to fail (Twisted's `gatherResults`).
 ///
 /// With `consume_errors`, member failures are consumed on the caller's behalf: never
-/// reported as unhandled by the members (see [`DeferredList`]'s `consume_errors`).
+/// reported as unhandled by the members (see
+/// [`DeferredList::consume_errors`](crate::DeferredList::consume_errors)).
 ///
 /// ```
 /// use weft::{gather_results, succeed, Deferred, FirstError, Failure};
@@ -27,18 +33,84 @@ use crate::{Deferred, Failure};
 /// Cancelling the result cancels every member without a result; the first member's
 /// `CancelledError` comes back wrapped in a `FirstError` (unwrap it with
 /// [`unwrap_first_error`]). The result holds the members until it settles (or has no
-/// handle left), as a [`DeferredList`] does.
+/// handle left), as a [`DeferredList`](crate::DeferredList) does.
 #[must_use = "the gathered Deferred carries the values"]
 #[track_caller]
 pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: bool) -> Deferred<Vec<T>> {
-    DeferredList::new(members).fire_on_one_errback(true).consume_errors(consume_errors).into_deferred().map(
-        |r| -> Result<Vec<T>, Failure> {
-            match r {
-                ListResult::All(results) => results.into_iter().collect(),
-                ListResult::One { .. } => unreachable!("fire_on_one_callback is off"),
+    let n = members.len();
+    // A vector the thread kept, if it has one of the size (see `free_list.rs`).
+    let mut values = free_list::take_buffer(n).unwrap_or_default();
+    values.reserve_exact(n);
+    values.resize_with(n, || None);
+    let state =
+        Rc::new(GatherState { values: RefCell::new(values), remaining: Cell::new(n), consume_errors });
+    let st = state.clone();
+    let out = Deferred::with_canceller(move |out: &Deferred<Vec<T>>| {
+        // The gather's sources are its members, in order (added below).
+        cancel_members(out, |index| {
+            if st.values.borrow()[index].is_none() {
+                if let Some(cancelled) = current_cancellation() {
+                    let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
+                }
             }
-        },
-    )
+        });
+    });
+    if n == 0 {
+        let _ = out.callback(Vec::new());
+        return out;
+    }
+    join_members(&out, members, state);
+    out
+}
+
+/// What the members' chains of a [`gather_results`] share. Twisted's `gatherResults`
+/// is a `DeferredList` with `fireOnOneErrback` and a callback that takes the values out
+/// of its list of outcomes; here each value goes straight to its place, so there is no
+/// list of outcomes to make, walk and copy again, and no second Deferred.
+struct GatherState<T: 'static> {
+    values: RefCell<Vec<Option<T>>>,
+    remaining: Cell<usize>,
+    consume_errors: bool,
+}
+
+impl<T: 'static> Deliver<T, Vec<T>> for GatherState<T> {
+    /// Member `index`'s outcome reaches the gather: a value goes to its place, and the
+    /// last one fires `out` with them all; the first failure fails `out` with a
+    /// [`FirstError`]. Returns what the member's own chain goes on with, as for a
+    /// member of a `DeferredList`.
+    fn deliver(&self, out: &DeferredRef<Vec<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
+        if out.is_called() {
+            // The gather already fired: the member keeps its result.
+            return match r {
+                Err(f) if self.consume_errors => Err(f),
+                r => Ok(Next::Ready(r)),
+            };
+        }
+        match r {
+            Ok(value) => {
+                self.values.borrow_mut()[index] = Some(value);
+                let remaining = self.remaining.get() - 1;
+                self.remaining.set(remaining);
+                if remaining == 0 {
+                    // The values go to a vector of their own; this one is kept for the
+                    // next gather of its size on the thread.
+                    let mut values = std::mem::take(&mut *self.values.borrow_mut());
+                    let all = values.drain(..).map(|v| v.expect("every member has a value")).collect();
+                    free_list::give_buffer(values);
+                    let _ = out.callback(all);
+                }
+                Ok(Next::Consumed)
+            }
+            Err(f) => {
+                let _ = out.errback(FirstError { failure: f.clone(), index });
+                if self.consume_errors {
+                    Err(f)
+                } else {
+                    Ok(Next::Ready(Err(f)))
+                }
+            }
+        }
+    }
 }
 
 /// An errback that replaces a [`FirstError`] with the failure it wraps (Synapse's

@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
-use super::{join_members, Deliver, FirstError};
+use super::{cancel_members, join_members, Deliver, FirstError};
 use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
 use crate::free_list;
 use crate::{Deferred, Failure};
@@ -131,22 +131,14 @@ impl<T: 'static> DeferredList<T> {
         });
         let st = state.clone();
         let out = Deferred::with_canceller(move |out: &Deferred<ListResult<T>>| {
-            // The list's sources are its members, in order (added below). Taken for the
-            // whole loop: the list may fire (and let go of them) after the first cancel,
-            // and the rest are still to be cancelled, as in Twisted.
-            for (index, member) in out.sources().into_iter().enumerate() {
-                match member {
-                    // A member that already has a result ignores the cancel.
-                    Some(d) => d.cancel(),
-                    None if !out.is_called() && st.results.borrow()[index].is_none() => {
-                        // Freed unfired: it can never fire, so it counts as cancelled.
-                        if let Some(cancelled) = current_cancellation() {
-                            let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
-                        }
+            // The list's sources are its members, in order (added below).
+            cancel_members(out, |index| {
+                if st.results.borrow()[index].is_none() {
+                    if let Some(cancelled) = current_cancellation() {
+                        let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
                     }
-                    None => {}
                 }
-            }
+            });
         });
         if n == 0 && !self.fire_on_one_callback {
             let _ = out.callback(ListResult::All(Vec::new()));

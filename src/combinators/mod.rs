@@ -93,6 +93,22 @@ impl<T: 'static, O: 'static, S: Deliver<T, O>> Collect<T> for MemberStep<S, O> {
     }
 }
 
+/// The canceller of a list or a gather: cancels every member `out` still holds, in
+/// order (one that already has a result ignores it), upgrading them all first: `out`
+/// may fire, and let go of them, after the first cancel, and the rest are still to be
+/// cancelled, as in Twisted. A member freed unfired (possible only once `out` lost its
+/// handles) can never fire: `freed_unfired` is called with its index while `out` has
+/// no result, to count it as cancelled.
+fn cancel_members<O: 'static>(out: &Deferred<O>, mut freed_unfired: impl FnMut(usize)) {
+    for (index, member) in out.sources().into_iter().enumerate() {
+        match member {
+            Some(d) => d.cancel(),
+            None if !out.is_called() => freed_unfired(index),
+            None => {}
+        }
+    }
+}
+
 /// Gives each of `members` a step that hands its outcome to `state`, then makes `out`
 /// hold the members until it fires, so that its canceller reaches them.
 fn join_members<T: 'static, O: 'static, S: Deliver<T, O>>(

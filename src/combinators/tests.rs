@@ -182,7 +182,40 @@ fn a_list_made_of_fired_and_pending_members_joins_them_all() {
     pending.callback(0).unwrap();
 }
 
-/// A gather of thousands of members keeps its list of members and its list of outcomes
+/// Cancelling a gather cancels every member, also those after the first cancel failed
+/// the gather; the first one's `CancelledError` comes back in a `FirstError`.
+#[test]
+fn a_cancelled_gather_cancels_every_member_and_reports_the_first() {
+    let done = crate::succeed(0u8);
+    let (a, b): (Deferred<u8>, Deferred<u8>) = (Deferred::new(), Deferred::new());
+    let all = gather_results(vec![done, a.clone(), b.clone()], true);
+    all.cancel();
+    let f = all.take_result().unwrap().unwrap_err();
+    let first = f.downcast_ref::<crate::FirstError>().unwrap();
+    assert_eq!(first.index, 1);
+    assert!(first.failure.check::<CancelledError>());
+    for member in [a, b] {
+        assert!(member.take_result().unwrap().unwrap_err().check::<CancelledError>());
+    }
+}
+
+/// A gather that lost its handles and is cancelled through a weak upgrade counts a
+/// member freed unfired as cancelled, but not one that gave its value before it went.
+#[test]
+fn a_member_that_gave_its_value_and_went_is_not_counted_as_cancelled() {
+    let given: Deferred<u8> = Deferred::new();
+    let kept: Deferred<u8> = Deferred::new();
+    let weak_all = gather_results(vec![given.clone(), kept.clone()], true).downgrade();
+    given.callback(1).unwrap();
+    drop(given);
+    let all = weak_all.upgrade().expect("kept's chain holds the gather");
+    all.cancel();
+    let f = all.take_result().unwrap().unwrap_err();
+    assert_eq!(f.downcast_ref::<crate::FirstError>().unwrap().index, 1);
+    assert!(kept.take_result().unwrap().unwrap_err().check::<CancelledError>());
+}
+
+/// A gather of thousands of members keeps its list of members and its list of values
 /// for the next one on the thread, which makes neither anew; the values are unchanged.
 #[test]
 fn a_large_gather_keeps_its_vectors_for_the_next() {
@@ -201,8 +234,8 @@ fn a_large_gather_keeps_its_vectors_for_the_next() {
     };
     run(&|| assert_eq!(buffered(), 0));
     let kept = buffered();
-    // The outcomes' vector, and the members' (an entry is at least a fat pointer).
-    let least = n * (std::mem::size_of::<Option<Result<u32, Failure>>>() + 16);
+    // The values' vector, and the members' (an entry is at least a fat pointer).
+    let least = n * (std::mem::size_of::<Option<u32>>() + 16);
     assert!(kept >= least, "{kept} bytes kept, at least {least} expected");
     run(&|| assert_eq!(buffered(), 0, "the second gather took both"));
     assert_eq!(buffered(), kept);
