@@ -3,7 +3,9 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use super::{cancel_members, join_members, Deliver, FirstError};
+use super::{
+    cancel_members, join_members, member_goes_on_with, member_keeps, take_filled, Deliver, FirstError,
+};
 use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
 use crate::free_list;
 use crate::{Deferred, Failure};
@@ -80,11 +82,7 @@ impl<T: 'static> Deliver<T, Vec<T>> for GatherState<T> {
     /// member of a `DeferredList`.
     fn deliver(&self, out: &DeferredRef<Vec<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
         if out.is_called() {
-            // The gather already fired: the member keeps its result.
-            return match r {
-                Err(f) if self.consume_errors => Err(f),
-                r => Ok(Next::Ready(r)),
-            };
+            return member_keeps(r, self.consume_errors);
         }
         match r {
             Ok(value) => {
@@ -92,22 +90,13 @@ impl<T: 'static> Deliver<T, Vec<T>> for GatherState<T> {
                 let remaining = self.remaining.get() - 1;
                 self.remaining.set(remaining);
                 if remaining == 0 {
-                    // The values go to a vector of their own; this one is kept for the
-                    // next gather of its size on the thread.
-                    let mut values = std::mem::take(&mut *self.values.borrow_mut());
-                    let all = values.drain(..).map(|v| v.expect("every member has a value")).collect();
-                    free_list::give_buffer(values);
-                    let _ = out.callback(all);
+                    let _ = out.callback(take_filled(&self.values));
                 }
                 Ok(Next::Consumed)
             }
             Err(f) => {
                 let _ = out.errback(FirstError { failure: f.clone(), index });
-                if self.consume_errors {
-                    Err(f)
-                } else {
-                    Ok(Next::Ready(Err(f)))
-                }
+                member_goes_on_with(f, self.consume_errors)
             }
         }
     }

@@ -4,7 +4,9 @@ use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
-use super::{cancel_members, join_members, Deliver, FirstError};
+use super::{
+    cancel_members, join_members, member_goes_on_with, member_keeps, take_filled, Deliver, FirstError,
+};
 use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
 use crate::free_list;
 use crate::{Deferred, Failure};
@@ -149,28 +151,12 @@ impl<T: 'static> DeferredList<T> {
     }
 }
 
-impl<T: 'static> ListState<T> {
-    /// What a member that failed with `f` goes on with: the failure, consumed on the
-    /// caller's behalf if `consume_errors` says so.
-    fn member_goes_on_with(&self, f: Failure) -> Consuming<T> {
-        if self.consume_errors {
-            Err(f)
-        } else {
-            Ok(Next::Ready(Err(f)))
-        }
-    }
-}
-
 impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
     /// Member `index`'s outcome reaches the list: records it and fires `out` when the
     /// options say so. Returns what the member's own chain goes on with.
     fn deliver(&self, out: &DeferredRef<ListResult<T>>, index: usize, r: Result<T, Failure>) -> Consuming<T> {
         if out.is_called() {
-            // The list already fired: the member keeps its result.
-            return match r {
-                Err(f) if self.consume_errors => Err(f),
-                r => Ok(Next::Ready(r)),
-            };
+            return member_keeps(r, self.consume_errors);
         }
         self.remaining.set(self.remaining.get() - 1);
         // What the member goes on with is built at the end, from the failure alone: a
@@ -189,23 +175,18 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
                 if self.fire_on_one_errback {
                     self.results.borrow_mut()[index] = Some(Err(f.clone()));
                     let _ = out.errback(FirstError { failure: f, index });
-                    return self.member_goes_on_with(back);
+                    return member_goes_on_with(back, self.consume_errors);
                 }
                 (Err(f), Some(back))
             }
         };
         self.results.borrow_mut()[index] = Some(stored);
         if self.remaining.get() == 0 {
-            // The outcomes go to a vector of their own; the list's is kept for the next
-            // list of its size on the thread.
-            let mut results = std::mem::take(&mut *self.results.borrow_mut());
-            let all = results.drain(..).map(|r| r.expect("every member has a result")).collect();
-            free_list::give_buffer(results);
-            let _ = out.callback(ListResult::All(all));
+            let _ = out.callback(ListResult::All(take_filled(&self.results)));
         }
         match failed {
             None => Ok(Next::Consumed),
-            Some(f) => self.member_goes_on_with(f),
+            Some(f) => member_goes_on_with(f, self.consume_errors),
         }
     }
 }

@@ -24,11 +24,13 @@ mod race;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::error::Error;
 use std::fmt;
 use std::rc::Rc;
 
-use crate::deferred::{Collect, Consuming, DeferredRef};
+use crate::deferred::{Collect, Consuming, DeferredRef, Next};
+use crate::free_list;
 use crate::{Deferred, Failure};
 
 pub use gather::{gather_results, unwrap_first_error};
@@ -91,6 +93,36 @@ impl<T: 'static, O: 'static, S: Deliver<T, O>> Collect<T> for MemberStep<S, O> {
     fn collect(&self, index: usize, result: Result<T, Failure>) -> Consuming<T> {
         self.state.deliver(&self.out, index, result)
     }
+}
+
+/// What the chain of a member that failed with `f` goes on with once the failure reached
+/// a list or a gather: the failure, consumed on the caller's behalf if `consume_errors`
+/// says so.
+fn member_goes_on_with<T>(f: Failure, consume_errors: bool) -> Consuming<T> {
+    if consume_errors {
+        Err(f)
+    } else {
+        Ok(Next::Ready(Err(f)))
+    }
+}
+
+/// What the chain of a member goes on with when its outcome `r` reaches a list or a
+/// gather that already fired: the outcome itself (the member keeps it).
+fn member_keeps<T>(r: Result<T, Failure>, consume_errors: bool) -> Consuming<T> {
+    match r {
+        Err(f) => member_goes_on_with(f, consume_errors),
+        r => Ok(Next::Ready(r)),
+    }
+}
+
+/// Moves the values out of a list's or a gather's slots, every one filled by now, into
+/// a vector of their own, and gives the slots' vector to the thread's kept vectors for
+/// the next combinator of its size (see `free_list.rs`).
+fn take_filled<U: 'static>(slots: &RefCell<Vec<Option<U>>>) -> Vec<U> {
+    let mut slots = std::mem::take(&mut *slots.borrow_mut());
+    let all = slots.drain(..).map(|v| v.expect("every member has delivered")).collect();
+    free_list::give_buffer(slots);
+    all
 }
 
 /// The canceller of a list or a gather: cancels every member `out` still holds, in
