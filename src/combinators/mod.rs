@@ -141,8 +141,9 @@ fn cancel_members<O: 'static>(out: &Deferred<O>, mut freed_unfired: impl FnMut(u
     }
 }
 
-/// Gives each of `members` a step that hands its outcome to `state`, then makes `out`
-/// hold the members until it fires, so that its canceller reaches them.
+/// Gives each of `members` a step that hands its outcome to `state`, and makes `out`
+/// hold the members until it fires, so that its canceller reaches them (one pass over
+/// the members: [`Deferred::join`]).
 fn join_members<T: 'static, O: 'static, S: Deliver<T, O>>(
     out: &Deferred<O>,
     members: Vec<Deferred<T>>,
