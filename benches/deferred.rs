@@ -21,7 +21,7 @@ use weft::{CancelledError, Deferred, Failure};
 #[path = "compare/floor_model.rs"]
 mod model;
 
-use model::{Boxed, Inline, Next, D};
+use model::{Boxed, Next, D};
 
 fn chain(c: &mut Criterion) {
     let mut g = c.benchmark_group("chain_add_fire");
@@ -59,11 +59,7 @@ fn nested(c: &mut Criterion) {
     });
     g.bench_function(BenchmarkId::from_parameter(format!("model, inline call, depth {n}")), |b| {
         b.iter(|| {
-            let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
-            for i in (0..n - 1).rev() {
-                ds[i].add_callback(Inline(|next, _| Next::Wait(next), ds[i + 1].clone()));
-                ds[i].callback(Ok(0));
-            }
+            let ds = model::nested_chain(n);
             ds[n - 1].callback(Ok(black_box(7)));
             assert_eq!(ds[0].result(), Some(Ok(7)));
         })
@@ -126,14 +122,7 @@ fn cancel(c: &mut Criterion) {
         BenchmarkId::from_parameter(format!("model, inline call, {n} chained deferreds")),
         |b| {
             b.iter(|| {
-                let ran = Rc::new(Cell::new(0u32));
-                let inner = D::<Inline>::with_canceller(ran.clone());
-                let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
-                for i in (0..n).rev() {
-                    let next = if i + 1 < n { ds[i + 1].clone() } else { inner.clone() };
-                    ds[i].add_callback(Inline(|next, _| Next::Wait(next), next));
-                    ds[i].callback(Ok(0));
-                }
+                let (ds, ran) = model::cancel_chain(n);
                 ds[0].cancel();
                 assert!(ds[0].result() == Some(Err(())) && ran.get() == 1);
             })

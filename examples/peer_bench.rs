@@ -100,13 +100,8 @@ fn chain_nested(n: usize) -> Rep {
 /// (`benches/compare/floor_model.rs`), callbacks stored inline: the floor under weft's
 /// row, measured the same way. Not a peer: `run_peers.sh` does not run it.
 fn floor_chain_nested(n: usize) -> Rep {
-    use floor_model::{Inline, Next, D};
     let t0 = Instant::now();
-    let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
-    for i in (0..n - 1).rev() {
-        ds[i].add_callback(Inline(|next, _| Next::Wait(next), ds[i + 1].clone()));
-        ds[i].callback(Ok(0));
-    }
+    let ds = floor_model::nested_chain(n);
     let t1 = Instant::now();
     ds[n - 1].callback(Ok(7));
     let t2 = Instant::now();
@@ -116,16 +111,8 @@ fn floor_chain_nested(n: usize) -> Rep {
 
 /// floor-cancel-chain N — cancel-chain on the minimal model, as `floor-chain-nested`.
 fn floor_cancel_chain(n: usize) -> Rep {
-    use floor_model::{Inline, Next, D};
     let t0 = Instant::now();
-    let ran = Rc::new(Cell::new(0u32));
-    let inner = D::<Inline>::with_canceller(ran.clone());
-    let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
-    for i in (0..n).rev() {
-        let next = if i + 1 < n { ds[i + 1].clone() } else { inner.clone() };
-        ds[i].add_callback(Inline(|next, _| Next::Wait(next), next));
-        ds[i].callback(Ok(0));
-    }
+    let (ds, ran) = floor_model::cancel_chain(n);
     let t1 = Instant::now();
     ds[0].cancel();
     let t2 = Instant::now();

@@ -201,14 +201,19 @@ fn buffer_list<E: 'static>() -> Kept {
 /// one; `cost` is what it holds.
 #[inline]
 pub(crate) fn take<X: ?Sized + 'static>(id: TypeId, cost: usize) -> Option<Rc<X>> {
-    if HELD.get() == 0 {
-        return None;
-    }
-    let block = with_list(id, None, |kept| match kept {
+    take_from(id, cost, |kept| match kept {
         Kept::Unsized(t) => t.kept.downcast_mut::<Vec<Rc<X>>>()?.pop(),
         _ => None,
     })
-    .flatten()?;
+}
+
+/// What `pick` takes from the thread's list for `id`, counted as `cost` bytes taken.
+#[inline(always)]
+fn take_from<B>(id: TypeId, cost: usize, pick: impl FnOnce(&mut Kept) -> Option<B>) -> Option<B> {
+    if HELD.get() == 0 {
+        return None;
+    }
+    let block = with_list(id, None, pick).flatten()?;
     taken(cost);
     Some(block)
 }
@@ -226,17 +231,11 @@ fn taken(bytes: usize) {
 /// [`take`] for a sized type kept under its own `TypeId`.
 #[inline]
 pub(crate) fn take_sized<X: 'static>() -> Option<Rc<X>> {
-    if HELD.get() == 0 {
-        return None;
-    }
-    let block = with_list(TypeId::of::<X>(), None, |kept| match kept {
+    take_from(TypeId::of::<X>(), cost_of::<X>(), |kept| match kept {
         // Kept under `X`'s `TypeId`, so of type `X`.
         Kept::Sized(blocks) => blocks.pop()?.downcast::<X>().ok(),
         _ => None,
     })
-    .flatten()?;
-    taken(cost_of::<X>());
-    Some(block)
 }
 
 /// [`give`] for a sized type kept under its own `TypeId`, with no type check (see the

@@ -242,6 +242,33 @@ impl Store for Inline {
     }
 }
 
+/// The nested scenario's chain on the model, callbacks inline: `n` Deferreds, each but
+/// the last fired with a callback that returns the next, so each waits on the next; firing
+/// the last (with `Ok(v)`) hands `v` back up to the first.
+pub fn nested_chain(n: usize) -> Vec<D<Inline>> {
+    let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
+    for i in (0..n - 1).rev() {
+        ds[i].add_callback(Inline(|next, _| Next::Wait(next), ds[i + 1].clone()));
+        ds[i].callback(Ok(0));
+    }
+    ds
+}
+
+/// The chained-cancel scenario's chain on the model: `n` Deferreds each waiting on the
+/// next, the last on one whose canceller counts its runs in the `Rc` returned; a cancel
+/// of the first walks down to it.
+pub fn cancel_chain(n: usize) -> (Vec<D<Inline>>, Rc<Cell<u32>>) {
+    let ran = Rc::new(Cell::new(0u32));
+    let inner = D::<Inline>::with_canceller(ran.clone());
+    let ds: Vec<D<Inline>> = (0..n).map(|_| D::new()).collect();
+    for i in (0..n).rev() {
+        let next = if i + 1 < n { ds[i + 1].clone() } else { inner.clone() };
+        ds[i].add_callback(Inline(|next, _| Next::Wait(next), next));
+        ds[i].callback(Ok(0));
+    }
+    (ds, ran)
+}
+
 /// The callback boxed.
 pub struct Boxed(pub Box<dyn FnOnce(V) -> Next<Boxed>>);
 

@@ -1,13 +1,10 @@
 //! `gather_results` and `unwrap_first_error`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 
-use super::{
-    cancel_members, join_members, member_goes_on_with, member_keeps, take_filled, Deliver, FirstError,
-};
-use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
-use crate::free_list;
+use super::{cancel_members, join_members, member_goes_on_with, member_keeps, Deliver, FirstError, Slots};
+use crate::deferred::{Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Waits for every Deferred in `members` and fires with their values in order, or fails
@@ -40,22 +37,11 @@ use crate::{Deferred, Failure};
 #[track_caller]
 pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: bool) -> Deferred<Vec<T>> {
     let n = members.len();
-    // A vector the thread kept, if it has one of the size (see `free_list.rs`).
-    let mut values = free_list::take_buffer(n).unwrap_or_default();
-    values.reserve_exact(n);
-    values.resize_with(n, || None);
-    let state =
-        Rc::new(GatherState { values: RefCell::new(values), remaining: Cell::new(n), consume_errors });
+    let state = Rc::new(GatherState { values: Slots::new(n), remaining: Cell::new(n), consume_errors });
     let st = state.clone();
     let out = Deferred::with_canceller(move |out: &Deferred<Vec<T>>| {
         // The gather's sources are its members, in order (added below).
-        cancel_members(out, |index| {
-            if st.values.borrow()[index].is_none() {
-                if let Some(cancelled) = current_cancellation() {
-                    let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
-                }
-            }
-        });
+        cancel_members(out, &*st, &st.values);
     });
     if n == 0 {
         let _ = out.callback(Vec::new());
@@ -70,7 +56,7 @@ pub fn gather_results<T: 'static>(members: Vec<Deferred<T>>, consume_errors: boo
 /// of its list of outcomes; here each value goes straight to its place, so there is no
 /// list of outcomes to make, walk and copy again, and no second Deferred.
 struct GatherState<T: 'static> {
-    values: RefCell<Vec<Option<T>>>,
+    values: Slots<T>,
     remaining: Cell<usize>,
     consume_errors: bool,
 }
@@ -86,11 +72,11 @@ impl<T: 'static> Deliver<T, Vec<T>> for GatherState<T> {
         }
         match r {
             Ok(value) => {
-                self.values.borrow_mut()[index] = Some(value);
+                self.values.fill(index, value);
                 let remaining = self.remaining.get() - 1;
                 self.remaining.set(remaining);
                 if remaining == 0 {
-                    let _ = out.callback(take_filled(&self.values));
+                    let _ = out.callback(self.values.take_filled());
                 }
                 Ok(Next::Consumed)
             }

@@ -1,14 +1,11 @@
 //! `DeferredList`: wait for many Deferreds of one type.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 
-use super::{
-    cancel_members, join_members, member_goes_on_with, member_keeps, take_filled, Deliver, FirstError,
-};
-use crate::deferred::{current_cancellation, Consuming, DeferredRef, Next};
-use crate::free_list;
+use super::{cancel_members, join_members, member_goes_on_with, member_keeps, Deliver, FirstError, Slots};
+use crate::deferred::{Consuming, DeferredRef, Next};
 use crate::{Deferred, Failure};
 
 /// Collects the outcomes of several Deferreds (Twisted's `DeferredList`).
@@ -70,7 +67,7 @@ pub enum ListResult<T> {
 
 /// What the members' chains share: the outcomes so far and the options.
 struct ListState<T: 'static> {
-    results: RefCell<Vec<Option<Result<T, Failure>>>>,
+    results: Slots<Result<T, Failure>>,
     remaining: Cell<usize>,
     fire_on_one_callback: bool,
     fire_on_one_errback: bool,
@@ -121,11 +118,8 @@ impl<T: 'static> DeferredList<T> {
     pub fn into_deferred(self) -> Deferred<ListResult<T>> {
         let n = self.members.len();
         // A vector the thread kept, if it has one of the size (see `free_list.rs`).
-        let mut results = free_list::take_buffer(n).unwrap_or_default();
-        results.reserve_exact(n);
-        results.resize_with(n, || None);
         let state = Rc::new(ListState {
-            results: RefCell::new(results),
+            results: Slots::new(n),
             remaining: Cell::new(n),
             fire_on_one_callback: self.fire_on_one_callback,
             fire_on_one_errback: self.fire_on_one_errback,
@@ -134,13 +128,7 @@ impl<T: 'static> DeferredList<T> {
         let st = state.clone();
         let out = Deferred::with_canceller(move |out: &Deferred<ListResult<T>>| {
             // The list's sources are its members, in order (added below).
-            cancel_members(out, |index| {
-                if st.results.borrow()[index].is_none() {
-                    if let Some(cancelled) = current_cancellation() {
-                        let _ = st.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
-                    }
-                }
-            });
+            cancel_members(out, &*st, &st.results);
         });
         if n == 0 && !self.fire_on_one_callback {
             let _ = out.callback(ListResult::All(Vec::new()));
@@ -165,7 +153,7 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
         // a third of this function's time in the `gather` benchmark).
         let (stored, failed) = match r {
             Ok(value) if self.fire_on_one_callback => {
-                self.results.borrow_mut()[index] = Some(Err(Failure::msg("moved to ListResult::One")));
+                self.results.fill(index, Err(Failure::msg("moved to ListResult::One")));
                 let _ = out.callback(ListResult::One { index, value });
                 return Ok(Next::Consumed);
             }
@@ -173,16 +161,16 @@ impl<T: 'static> Deliver<T, ListResult<T>> for ListState<T> {
             Err(f) => {
                 let back = f.clone();
                 if self.fire_on_one_errback {
-                    self.results.borrow_mut()[index] = Some(Err(f.clone()));
+                    self.results.fill(index, Err(f.clone()));
                     let _ = out.errback(FirstError { failure: f, index });
                     return member_goes_on_with(back, self.consume_errors);
                 }
                 (Err(f), Some(back))
             }
         };
-        self.results.borrow_mut()[index] = Some(stored);
+        self.results.fill(index, stored);
         if self.remaining.get() == 0 {
-            let _ = out.callback(ListResult::All(take_filled(&self.results)));
+            let _ = out.callback(ListResult::All(self.results.take_filled()));
         }
         match failed {
             None => Ok(Next::Consumed),

@@ -29,7 +29,7 @@ use std::error::Error;
 use std::fmt;
 use std::rc::Rc;
 
-use crate::deferred::{Collect, Consuming, DeferredRef, Next};
+use crate::deferred::{current_cancellation, Collect, Consuming, DeferredRef, Next};
 use crate::free_list;
 use crate::{Deferred, Failure};
 
@@ -115,27 +115,61 @@ fn member_keeps<T>(r: Result<T, Failure>, consume_errors: bool) -> Consuming<T> 
     }
 }
 
-/// Moves the values out of a list's or a gather's slots, every one filled by now, into
-/// a vector of their own, and gives the slots' vector to the thread's kept vectors for
-/// the next combinator of its size (see `free_list.rs`).
-fn take_filled<U: 'static>(slots: &RefCell<Vec<Option<U>>>) -> Vec<U> {
-    let mut slots = std::mem::take(&mut *slots.borrow_mut());
-    let all = slots.drain(..).map(|v| v.expect("every member has delivered")).collect();
-    free_list::give_buffer(slots);
-    all
+/// What a list or a gather keeps of each member: one slot per member, in member order,
+/// filled when the member delivers (a list's outcomes, a gather's values). The vector is
+/// one the thread kept, if it has one of the size, and goes back to the thread's kept
+/// vectors when the values are taken out (see `free_list.rs`).
+struct Slots<U: 'static>(RefCell<Vec<Option<U>>>);
+
+impl<U: 'static> Slots<U> {
+    /// `n` empty slots.
+    fn new(n: usize) -> Slots<U> {
+        let mut slots = free_list::take_buffer(n).unwrap_or_default();
+        slots.reserve_exact(n);
+        slots.resize_with(n, || None);
+        Slots(RefCell::new(slots))
+    }
+
+    /// Fills slot `index`.
+    fn fill(&self, index: usize, value: U) {
+        self.0.borrow_mut()[index] = Some(value);
+    }
+
+    /// True if member `index` has delivered.
+    fn is_filled(&self, index: usize) -> bool {
+        self.0.borrow()[index].is_some()
+    }
+
+    /// Moves the values out, every slot filled by now, into a vector of their own, and
+    /// gives the slots' vector to the thread's kept vectors for the next combinator of
+    /// its size.
+    fn take_filled(&self) -> Vec<U> {
+        let mut slots = std::mem::take(&mut *self.0.borrow_mut());
+        let all = slots.drain(..).map(|v| v.expect("every member has delivered")).collect();
+        free_list::give_buffer(slots);
+        all
+    }
 }
 
 /// The canceller of a list or a gather: cancels every member `out` still holds, in
 /// order (one that already has a result ignores it), upgrading them all first: `out`
 /// may fire, and let go of them, after the first cancel, and the rest are still to be
 /// cancelled, as in Twisted. A member freed unfired (possible only once `out` lost its
-/// handles) can never fire: `freed_unfired` is called with its index while `out` has
-/// no result, to count it as cancelled.
-fn cancel_members<O: 'static>(out: &Deferred<O>, mut freed_unfired: impl FnMut(usize)) {
+/// handles) can never fire: while `out` has no result, it is delivered to `state` as
+/// cancelled, unless it delivered before it went (its slot in `slots` is filled).
+fn cancel_members<T: 'static, O: 'static, U: 'static, S: Deliver<T, O>>(
+    out: &Deferred<O>,
+    state: &S,
+    slots: &Slots<U>,
+) {
     for (index, member) in out.sources().into_iter().enumerate() {
         match member {
             Some(d) => d.cancel(),
-            None if !out.is_called() => freed_unfired(index),
+            None if !out.is_called() && !slots.is_filled(index) => {
+                if let Some(cancelled) = current_cancellation() {
+                    let _ = state.deliver(&out.to_ref(), index, Err(Failure::new(cancelled)));
+                }
+            }
             None => {}
         }
     }

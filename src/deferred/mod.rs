@@ -744,13 +744,6 @@ impl<T: 'static> Deferred<T> {
         self
     }
 
-    /// Crate-internal: a step handing this Deferred's outcome to `collector` as member
-    /// `index` (see [`Collect`]).
-    pub(crate) fn add_collect(&self, collector: Rc<dyn Collect<T>>, index: usize) -> &Self {
-        self.push(move || Link::Collect(collector, index));
-        self
-    }
-
     /// Adds a call link, capturing the current log context for it (the capture point of
     /// the log-context invariant, see `ARCHITECTURE.md`), with `at`, where it was added.
     #[inline]
@@ -766,12 +759,7 @@ impl<T: 'static> Deferred<T> {
     /// pushed, so that its parts are stored straight into the list (see [`Entry`]).
     #[inline(always)]
     fn push(&self, make: impl FnOnce() -> Link<T>) {
-        let run = {
-            let mut core = self.inner.core.borrow_mut();
-            core.links.push_link(make());
-            core.can_run()
-        };
-        if run {
+        if self.inner.push_quietly(make) {
             self.inner.kick();
         }
     }
@@ -1251,8 +1239,9 @@ impl<T: 'static> Inner<T> {
     }
 
     /// Adds the link `make` makes without running anything; true if the Deferred could
-    /// run it now (the caller kicks it, outside its own borrows).
-    #[inline]
+    /// run it now (the caller kicks it, outside its own borrows). The link is built
+    /// inside the borrow, as [`Deferred::push`] says why.
+    #[inline(always)]
     fn push_quietly(&self, make: impl FnOnce() -> Link<T>) -> bool {
         let mut core = self.core.borrow_mut();
         core.links.push_link(make());

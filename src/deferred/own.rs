@@ -326,30 +326,26 @@ impl<T: 'static> Deferred<T> {
     }
 
     /// Gives each of `members` a link handing its outcome to `step` (with its index) and
-    /// holds them as this Deferred's sources, in order (a combinator's join). One pass
-    /// over the members does both while this Deferred has a cancel handle: each member's
+    /// holds them as this Deferred's sources, in order (a combinator's join). This
+    /// Deferred is one the combinator just made: pending, with the maker's handle, so
+    /// its holds are cancel handles. One pass over the members does both: each member's
     /// block is touched once, and each handle handed over becomes the hold (its count
     /// goes up and back down, never to zero, so nothing runs inside the borrow). A member
     /// that could run the link at once (it has a result) is kicked after the pass, in
     /// order, as its step may fire this Deferred.
     pub(crate) fn join<S: 'static>(&self, members: Vec<Deferred<S>>, step: Rc<dyn Collect<S>>) {
         let mut core = self.inner.core.borrow_mut();
-        if !matches!(core.slot, Slot::Pending) || self.inner.handles.get() == 0 {
-            drop(core);
-            for (index, member) in members.iter().enumerate() {
-                member.add_collect(step.clone(), index);
-            }
-            let sources = members.iter().map(|s| s.inner.clone() as Rc<dyn Erased>);
-            self.inner.add_sources(sources);
-            return;
-        }
+        debug_assert!(
+            matches!(core.slot, Slot::Pending) && self.inner.handles.get() > 0,
+            "a combinator joins its members to the Deferred it just made"
+        );
         let mut ready: SmallVec<[Deferred<S>; 1]> = SmallVec::new();
         let list = &mut core.cold_mut().sources;
         list.reserve_exact(members.len());
-        let join_one = |(index, handle): (usize, Deferred<S>)| {
+        let hold = |(index, handle): (usize, Deferred<S>)| {
             Source::Held(Counted(join_one(handle, index, &step, &mut ready)))
         };
-        list.extend(members.into_iter().enumerate().map(join_one));
+        list.extend(members.into_iter().enumerate().map(hold));
         drop(core);
         for member in ready {
             member.inner.kick();
