@@ -30,16 +30,25 @@
 //! the next slot (of any wheel on the thread) about to grow that large takes it instead
 //! of growing by reallocation; a combinator's list of members and of their results, made
 //! for thousands of members and let go of when it fires, serves the next one. Only
-//! vectors of 128 KiB to 4 MiB, at most 8 MiB of them in all (smaller ones glibc serves
-//! from its bins; larger ones it maps and grows with `mremap`), and a vector goes only
-//! to one that needs at least a quarter of it (a larger kept one makes smaller ones go
-//! when they are 8 MiB).
+//! vectors of 128 KiB (smaller ones glibc serves from its bins) to a quarter of the
+//! bound below (4 MiB; 32 MiB under a watch), at most half of it in all, and a vector
+//! goes only to one that needs at least a quarter of it (a larger kept one makes
+//! smaller ones go when they are at that half).
 //!
 //! Bound: at most [`BUDGET`] bytes per thread (16 MiB), all types together; past it a
 //! block is freed as before. A reactor running on the thread gives back what stays
 //! unused: once a turn it watches the lists ([`Decay`]), and when the least they held
 //! over a second exceeded [`KEEP`] (256 KiB), it frees the excess, so a burst that comes
 //! back within the second keeps its memory and one that does not gives it back.
+//! While such a watch exists on the thread (a reactor, or a test `Clock`, which watches
+//! at each `advance`), the bound is [`WATCHED_BUDGET`] (128 MiB, a million scheduled
+//! calls): what the watch does not free within a second is only what a burst that
+//! came back within that second used again. When the thread's last watch goes, the
+//! limit goes back to `BUDGET` and the next block given back frees the excess (not the
+//! drop itself: a test or a bench's round that makes its next `Clock` at once finds
+//! the blocks the last one left). Past 16 MiB, blocks from glibc cost a
+//! million timers a quarter of their time (`malloc_consolidate`, `_int_malloc`,
+//! `_int_free` and the page faults of the heap's top, trimmed after each burst).
 //! [`trim_free_lists`] frees them all at once (after a burst, on a thread with no
 //! reactor, say); a thread's lists are freed when the thread ends.
 
@@ -52,6 +61,10 @@ use std::time::Duration;
 /// How many bytes of free blocks a thread keeps, all types together: 16 MiB, some
 /// 130,000 Deferreds of a word-sized value.
 pub(crate) const BUDGET: usize = 16 << 20;
+
+/// How many bytes of free blocks a thread keeps, all types together, while a [`Decay`]
+/// watches its lists: 128 MiB, a million scheduled calls of a small callback.
+pub(crate) const WATCHED_BUDGET: usize = 128 << 20;
 
 /// How many bytes of free blocks a reactor leaves however long they go unused: 256 KiB,
 /// some 2,000 Deferreds of a word-sized value.
@@ -120,6 +133,11 @@ thread_local! {
     static BUFFERED: Cell<usize> = const { Cell::new(0) };
     /// The least `HELD` has been since a reactor's [`Decay`] began to watch.
     static LOW: Cell<usize> = const { Cell::new(0) };
+    /// The most `HELD` may reach: [`BUDGET`], or [`WATCHED_BUDGET`] while a [`Decay`]
+    /// exists on the thread.
+    static LIMIT: Cell<usize> = const { Cell::new(BUDGET) };
+    /// How many [`Decay`]s exist on the thread.
+    static WATCHES: Cell<usize> = const { Cell::new(0) };
     /// The free lists, one per type, and the kept vectors, one list per element type.
     static LISTS: RefCell<Vec<List>> = const { RefCell::new(Vec::new()) };
 }
@@ -129,13 +147,19 @@ thread_local! {
 /// glibc starts to map blocks of their own).
 const BUFFER_MIN: usize = 128 << 10;
 
-/// The largest vector kept (in bytes): a larger one grows and shrinks with `mremap`,
-/// which glibc's larger blocks get anyway.
-const BUFFER_MAX: usize = BUDGET / 4;
+/// The largest vector kept (in bytes): a quarter of the limit, 4 MiB (32 MiB under a
+/// watch: a million timers' wheel slots of 262,144 entries and their cascades, which
+/// glibc would map, fault in and unmap again each burst; with the 4 MiB cap a million
+/// timers cost 82.6 ns each against 73.0, `peer_bench timers`).
+fn buffer_max() -> usize {
+    LIMIT.get() / 4
+}
 
-/// The most all kept vectors may hold together (in bytes): the rest of the budget stays
-/// for the blocks of the free lists.
-const BUFFERS_MAX: usize = BUDGET / 2;
+/// The most all kept vectors may hold together (in bytes), half the limit: the rest
+/// stays for the blocks of the free lists.
+fn buffers_max() -> usize {
+    LIMIT.get() / 2
+}
 
 /// What an `Rc<X>` of a sized `X` holds: its block (the two counts and the value).
 pub(crate) const fn cost_of<X>() -> usize {
@@ -255,7 +279,18 @@ pub(crate) fn give_sized<X: 'static>(block: &Rc<X>) {
 /// True if the thread would keep one more block of `cost` bytes.
 #[inline]
 pub(crate) fn has_room(cost: usize) -> bool {
-    HELD.get() + cost <= BUDGET
+    if HELD.get() + cost <= LIMIT.get() {
+        return true;
+    }
+    shed();
+    false
+}
+
+/// Frees what the lists hold beyond their limit: what they kept under a watch that has
+/// since gone (see [`Decay`]'s `drop`).
+#[cold]
+fn shed() {
+    release_bytes(HELD.get().saturating_sub(LIMIT.get()));
 }
 
 /// Keeps a clone of `block` (emptied; with the clone gone, its only strong reference,
@@ -278,14 +313,14 @@ pub(crate) fn give<X: ?Sized + 'static>(id: TypeId, cost: usize, block: &Rc<X>) 
 /// growing by reallocation into memory that glibc gave back, and faulting it in again.
 pub(crate) fn give_buffer<E: 'static>(v: Vec<E>) {
     let bytes = bytes_of(&v);
-    if !v.is_empty() || !(BUFFER_MIN..=BUFFER_MAX).contains(&bytes) || !has_room(bytes) {
+    if !v.is_empty() || !(BUFFER_MIN..=buffer_max()).contains(&bytes) || !has_room(bytes) {
         return;
     }
     with_list(TypeId::of::<Vec<E>>(), Some(buffer_list::<E>), |kept| {
         let Kept::Buffers(t) = kept else { return };
         let Some(kept) = t.kept.downcast_mut::<Vec<Vec<E>>>() else { return };
         // Full: smaller kept vectors of this type make way for a larger one.
-        while BUFFERED.get() + bytes > BUFFERS_MAX {
+        while BUFFERED.get() + bytes > buffers_max() {
             let Some(smallest) = (0..kept.len()).min_by_key(|&j| kept[j].capacity()) else { return };
             if kept[smallest].capacity() >= v.capacity() {
                 return;
@@ -329,7 +364,8 @@ fn buffered_taken(bytes: usize) {
 ///
 /// When the last handle to a Deferred is dropped, or a call scheduled with `call_later`
 /// has run or been cancelled and its last handle is dropped, weft keeps its memory, up to
-/// 16 MiB per thread, and the next [`Deferred::new`](crate::Deferred::new) (or call
+/// 16 MiB per thread (128 MiB while a reactor or a [`Clock`](crate::Clock) exists on
+/// it), and the next [`Deferred::new`](crate::Deferred::new) (or call
 /// scheduled) of the same type on the thread reuses it: making and dropping them in bulk
 /// then skips the allocator. A reactor running on the thread frees what stays unused for
 /// a second, beyond 256 KiB. Call this to give it all back at once (on a thread with no
@@ -352,10 +388,33 @@ pub fn trim_free_lists() {
 }
 
 /// A reactor's watch over its thread's free lists: gives back what stayed unused.
-#[derive(Debug, Default)]
+/// While one exists on the thread, the lists may hold up to [`WATCHED_BUDGET`].
+#[derive(Debug)]
 pub(crate) struct Decay {
     /// When the watch began (while the lists hold more than [`KEEP`]).
     since: Cell<Option<Duration>>,
+}
+
+impl Default for Decay {
+    fn default() -> Decay {
+        let _ = WATCHES.try_with(|w| w.set(w.get() + 1));
+        let _ = LIMIT.try_with(|l| l.set(WATCHED_BUDGET));
+        Decay { since: Cell::new(None) }
+    }
+}
+
+impl Drop for Decay {
+    /// The thread's last watch gone, the limit goes back to [`BUDGET`]; the next block
+    /// given back frees the excess (see [`has_room`]), so a reactor or a `Clock` made
+    /// again at once (a test or a bench's next round) finds the blocks the last one left.
+    fn drop(&mut self) {
+        let _ = WATCHES.try_with(|w| {
+            w.set(w.get() - 1);
+            if w.get() == 0 {
+                LIMIT.set(BUDGET);
+            }
+        });
+    }
 }
 
 impl Decay {
@@ -433,7 +492,7 @@ mod tests {
         let n = BUFFER_MIN / 8; // the least kept, in words
         give_buffer(words(n / 2)); // too small to keep
         give_buffer(vec![1u64; n]); // not empty
-        give_buffer(words(BUFFER_MAX / 8 + 1)); // too large
+        give_buffer(words(buffer_max() / 8 + 1)); // too large
         assert_eq!((held(), buffered()), (0, 0));
         give_buffer(words(n));
         let bytes = n * 8;
@@ -461,23 +520,23 @@ mod tests {
     #[test]
     fn kept_vectors_stay_within_their_share_and_decay() {
         trim_free_lists();
-        let each = BUFFER_MAX / 8; // a quarter of the budget, in words
+        let each = buffer_max() / 8; // a quarter of the budget, in words
         for _ in 0..3 {
             give_buffer(words(each));
         }
-        assert_eq!(buffered(), BUFFERS_MAX, "two of three kept");
+        assert_eq!(buffered(), buffers_max(), "two of three kept");
         give_buffer(words(BUFFER_MIN / 8));
-        assert_eq!(buffered(), BUFFERS_MAX, "no room for a smaller one");
+        assert_eq!(buffered(), buffers_max(), "no room for a smaller one");
         trim_free_lists();
-        for _ in 0..BUFFERS_MAX / BUFFER_MIN {
+        for _ in 0..buffers_max() / BUFFER_MIN {
             give_buffer(words(BUFFER_MIN / 8));
         }
-        assert_eq!(buffered(), BUFFERS_MAX);
+        assert_eq!(buffered(), buffers_max());
         give_buffer(words(BUFFER_MIN / 4));
-        assert_eq!(buffered(), BUFFERS_MAX, "two smaller ones made way for a larger one");
+        assert_eq!(buffered(), buffers_max(), "two smaller ones made way for a larger one");
         let larger = take_buffer::<u64>(BUFFER_MIN / 8 + 1).expect("the larger one is kept");
         assert_eq!(larger.capacity(), BUFFER_MIN / 4);
-        assert_eq!(buffered(), BUFFERS_MAX - 2 * BUFFER_MIN);
+        assert_eq!(buffered(), buffers_max() - 2 * BUFFER_MIN);
         // A reactor's watch: unused for the idle time, all but `KEEP` goes.
         let decay = Decay::default();
         decay.release_idle(|| Duration::ZERO);

@@ -368,6 +368,34 @@ fn the_free_list_keeps_at_most_its_budget_and_trims() {
     assert_eq!(free_list::held(), 0);
 }
 
+/// While a watch exists on the thread (a reactor's, a `Clock`'s), the lists keep up to
+/// `WATCHED_BUDGET`; once the last watch goes, the next block given back frees what is
+/// beyond `BUDGET`, and a watch made before that finds everything still kept.
+#[test]
+fn a_watched_thread_keeps_more_and_sheds_it_once_unwatched() {
+    crate::trim_free_lists();
+    let n = free_list::BUDGET / ONE + 1000;
+    let clock = crate::Clock::new();
+    burst(n);
+    assert_eq!(free_list::held(), n * ONE, "all kept while a clock watches");
+    drop(clock);
+    assert_eq!(free_list::held(), n * ONE, "the drop itself frees nothing");
+    let again = free_list::Decay::default();
+    burst(n);
+    assert_eq!(free_list::held(), n * ONE, "a watch made at once finds them all");
+    drop(again);
+    burst(1);
+    assert!(free_list::held() <= free_list::BUDGET, "{}", free_list::held());
+    assert!(free_list::held() + ONE > free_list::BUDGET, "only the excess is freed");
+    // Two watches: the limit stays up until both are gone.
+    let (a, b) = (free_list::Decay::default(), free_list::Decay::default());
+    drop(a);
+    burst(n);
+    assert_eq!(free_list::held(), n * ONE);
+    drop(b);
+    crate::trim_free_lists();
+}
+
 /// What one kept `Deferred<u64>` holds.
 const ONE: usize = std::mem::size_of::<Inner<u64>>() + 2 * std::mem::size_of::<usize>();
 

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::timers::{DelayedCall, TimeSource, Timers};
 use crate::logcontext::PreserveLoggingContext;
@@ -54,12 +54,18 @@ pub trait ReactorTime {
 #[derive(Clone)]
 pub struct Clock {
     timers: Rc<Timers>,
+    /// The watch over the thread's free lists, kept at each `advance` as a reactor keeps
+    /// it at each turn (on the real clock: the memory is real), and when it began.
+    free_lists_idle: Rc<(crate::free_list::Decay, Instant)>,
 }
 
 impl Clock {
     /// A clock at time zero with nothing scheduled.
     pub fn new() -> Clock {
-        Clock { timers: Timers::new(TimeSource::Manual(Default::default())) }
+        Clock {
+            timers: Timers::new(TimeSource::Manual(Default::default())),
+            free_lists_idle: Rc::new((Default::default(), Instant::now())),
+        }
     }
 
     /// Moves time forward by `amount` and runs every call that is due, in order,
@@ -78,6 +84,8 @@ impl Clock {
             let _sentinel = PreserveLoggingContext::sentinel();
             call.run();
         }
+        let (decay, start) = &*self.free_lists_idle;
+        decay.release_idle(|| start.elapsed());
     }
 
     /// Advances by each of `timings` in turn (Twisted's `pump`).
