@@ -131,7 +131,7 @@ thread_local! {
     static HELD: Cell<usize> = const { Cell::new(0) };
     /// Bytes of `HELD` in kept vectors.
     static BUFFERED: Cell<usize> = const { Cell::new(0) };
-    /// The least `HELD` has been since a reactor's [`Decay`] began to watch.
+    /// The least `HELD` has been since a [`Decay`] began to watch.
     static LOW: Cell<usize> = const { Cell::new(0) };
     /// The most `HELD` may reach: [`BUDGET`], or [`WATCHED_BUDGET`] while a [`Decay`]
     /// exists on the thread.
@@ -387,16 +387,19 @@ pub fn trim_free_lists() {
     }
 }
 
-/// A reactor's watch over its thread's free lists: gives back what stayed unused.
-/// While one exists on the thread, the lists may hold up to [`WATCHED_BUDGET`].
+/// A reactor's (or a `Clock`'s) watch over its thread's free lists: gives back what
+/// stayed unused. While one exists on the thread, the lists may hold up to
+/// [`WATCHED_BUDGET`].
 #[derive(Debug)]
 pub(crate) struct Decay {
     /// When the watch began (while the lists hold more than [`KEEP`]).
     since: Cell<Option<Duration>>,
 }
 
-impl Default for Decay {
-    fn default() -> Decay {
+impl Decay {
+    /// A watch on this thread's lists; from now until it (and every other) is dropped,
+    /// they may hold up to [`WATCHED_BUDGET`].
+    pub(crate) fn new() -> Decay {
         let _ = WATCHES.try_with(|w| w.set(w.get() + 1));
         let _ = LIMIT.try_with(|l| l.set(WATCHED_BUDGET));
         Decay { since: Cell::new(None) }
@@ -418,9 +421,10 @@ impl Drop for Decay {
 }
 
 impl Decay {
-    /// Called once a turn, with the reactor's time (read only while the lists hold more
-    /// than [`KEEP`]): once [`IDLE_AFTER`] has passed since the watch began, frees what
-    /// the lists held all that time beyond `KEEP` (the least they held, less `KEEP`).
+    /// Called once a turn (a `Clock`: once an `advance`), with the real time (read only
+    /// while the lists hold more than [`KEEP`]): once [`IDLE_AFTER`] has passed since the
+    /// watch began, frees what the lists held all that time beyond `KEEP` (the least they
+    /// held, less `KEEP`).
     pub(crate) fn release_idle(&self, now: impl FnOnce() -> Duration) {
         match self.since.get() {
             None => {
@@ -538,7 +542,7 @@ mod tests {
         assert_eq!(larger.capacity(), BUFFER_MIN / 4);
         assert_eq!(buffered(), buffers_max() - 2 * BUFFER_MIN);
         // A reactor's watch: unused for the idle time, all but `KEEP` goes.
-        let decay = Decay::default();
+        let decay = Decay::new();
         decay.release_idle(|| Duration::ZERO);
         decay.release_idle(|| IDLE_AFTER);
         assert!(held() <= KEEP && held() == buffered(), "{} bytes left", held());

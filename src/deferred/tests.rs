@@ -380,7 +380,7 @@ fn a_watched_thread_keeps_more_and_sheds_it_once_unwatched() {
     assert_eq!(free_list::held(), n * ONE, "all kept while a clock watches");
     drop(clock);
     assert_eq!(free_list::held(), n * ONE, "the drop itself frees nothing");
-    let again = free_list::Decay::default();
+    let again = free_list::Decay::new();
     burst(n);
     assert_eq!(free_list::held(), n * ONE, "a watch made at once finds them all");
     drop(again);
@@ -388,7 +388,7 @@ fn a_watched_thread_keeps_more_and_sheds_it_once_unwatched() {
     assert!(free_list::held() <= free_list::BUDGET, "{}", free_list::held());
     assert!(free_list::held() + ONE > free_list::BUDGET, "only the excess is freed");
     // Two watches: the limit stays up until both are gone.
-    let (a, b) = (free_list::Decay::default(), free_list::Decay::default());
+    let (a, b) = (free_list::Decay::new(), free_list::Decay::new());
     drop(a);
     burst(n);
     assert_eq!(free_list::held(), n * ONE);
@@ -410,7 +410,7 @@ fn burst(n: usize) {
 fn unused_deferreds_beyond_what_a_reactor_keeps_are_freed() {
     crate::trim_free_lists();
     let ms = Duration::from_millis;
-    let decay = free_list::Decay::default();
+    let decay = free_list::Decay::new();
     burst(10 * free_list::KEEP / ONE);
     let all = free_list::held();
     assert!(all > 9 * free_list::KEEP);
@@ -434,7 +434,7 @@ fn unused_deferreds_beyond_what_a_reactor_keeps_are_freed() {
 fn a_burst_that_comes_back_keeps_its_deferreds() {
     crate::trim_free_lists();
     let ms = Duration::from_millis;
-    let decay = free_list::Decay::default();
+    let decay = free_list::Decay::new();
     let n = 10 * free_list::KEEP / ONE;
     burst(2 * n);
     let all = free_list::held();

@@ -64,7 +64,7 @@ impl Clock {
     pub fn new() -> Clock {
         Clock {
             timers: Timers::new(TimeSource::Manual(Default::default())),
-            free_lists_idle: Rc::new((Default::default(), Instant::now())),
+            free_lists_idle: Rc::new((crate::free_list::Decay::new(), Instant::now())),
         }
     }
 

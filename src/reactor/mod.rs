@@ -249,7 +249,7 @@ impl Reactor {
             events: RefCell::new(Vec::with_capacity(poll::EVENTS_PER_POLL)),
             dispatching: Cell::new(0),
             sources_sparse: timers::Sparse::default(),
-            free_lists_idle: crate::free_list::Decay::default(),
+            free_lists_idle: crate::free_list::Decay::new(),
             events_left: Cell::new(false),
             lifecycle: Lifecycle::new(),
             threads: threads::ReactorThreads::new(waker),
