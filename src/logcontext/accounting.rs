@@ -7,7 +7,8 @@
 //! Reading the thread's CPU clock is a system call (about 1 µs on a virtual machine), too
 //! dear for every switch: a server interleaving requests switches on nearly every
 //! callback. So a switch reads the CPU's time-stamp counter instead (through `quanta`,
-//! about 10 ns, no system call; the monotonic clock where there is no usable counter) and
+//! 5 to 20 ns depending on the machine, no system call; the monotonic clock where there
+//! is no usable counter) and
 //! charges the ticks since the previous switch to the context being left, as *pending*
 //! time; the first charge after a settlement also puts the context on the thread's list
 //! of contexts to settle.
