@@ -133,11 +133,14 @@ thread_local! {
     static BUFFERED: Cell<usize> = const { Cell::new(0) };
     /// The least `HELD` has been since a [`Decay`] began to watch.
     static LOW: Cell<usize> = const { Cell::new(0) };
-    /// The most `HELD` may reach: [`BUDGET`], or [`WATCHED_BUDGET`] while a [`Decay`]
-    /// exists on the thread.
-    static LIMIT: Cell<usize> = const { Cell::new(BUDGET) };
-    /// How many [`Decay`]s exist on the thread.
+    /// How many [`Decay`]s exist on the thread (no destructor: readable to the end of
+    /// the thread).
     static WATCHES: Cell<usize> = const { Cell::new(0) };
+    /// The most `HELD` may reach: [`BUDGET`], or [`WATCHED_BUDGET`] while `WATCHES` is
+    /// not zero. Kept apart from `WATCHES` (set where it changes) for [`has_room`], on
+    /// every last drop: one load there, where deciding from the count cost about three
+    /// instructions more per block given back (callgrind).
+    static LIMIT: Cell<usize> = const { Cell::new(BUDGET) };
     /// The free lists, one per type, and the kept vectors, one list per element type.
     static LISTS: RefCell<Vec<List>> = const { RefCell::new(Vec::new()) };
 }
@@ -396,31 +399,27 @@ pub(crate) struct Decay {
     since: Cell<Option<Duration>>,
 }
 
+impl Drop for Decay {
+    /// With the thread's last watch gone, the limit is [`BUDGET`] again; the next block
+    /// given back frees the excess (see [`has_room`]), so a reactor or a `Clock` made
+    /// again at once (a test or a bench's next round) finds the blocks the last one left.
+    fn drop(&mut self) {
+        WATCHES.set(WATCHES.get() - 1);
+        if WATCHES.get() == 0 {
+            LIMIT.set(BUDGET);
+        }
+    }
+}
+
 impl Decay {
     /// A watch on this thread's lists; from now until it (and every other) is dropped,
     /// they may hold up to [`WATCHED_BUDGET`].
     pub(crate) fn new() -> Decay {
-        let _ = WATCHES.try_with(|w| w.set(w.get() + 1));
-        let _ = LIMIT.try_with(|l| l.set(WATCHED_BUDGET));
+        WATCHES.set(WATCHES.get() + 1);
+        LIMIT.set(WATCHED_BUDGET);
         Decay { since: Cell::new(None) }
     }
-}
 
-impl Drop for Decay {
-    /// The thread's last watch gone, the limit goes back to [`BUDGET`]; the next block
-    /// given back frees the excess (see [`has_room`]), so a reactor or a `Clock` made
-    /// again at once (a test or a bench's next round) finds the blocks the last one left.
-    fn drop(&mut self) {
-        let _ = WATCHES.try_with(|w| {
-            w.set(w.get() - 1);
-            if w.get() == 0 {
-                LIMIT.set(BUDGET);
-            }
-        });
-    }
-}
-
-impl Decay {
     /// Called once a turn (a `Clock`: once an `advance`), with the real time (read only
     /// while the lists hold more than [`KEEP`]): once [`IDLE_AFTER`] has passed since the
     /// watch began, frees what the lists held all that time beyond `KEEP` (the least they
