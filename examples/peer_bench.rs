@@ -340,14 +340,15 @@ fn echo_server(port: u16) {
 /// /sleep/<ms>` (0..=60000): the same after `ms` on a reactor timer; anything else 404
 /// (a known path with another method: 405). No access log.
 ///
-/// Each request runs in its own log context, whose CPU time is read from the thread's
-/// CPU clock at every switch (a system call; weft's default, as Synapse's `getrusage`).
-/// `WEFT_CONTEXT_CLOCK=monotonic` (or `off`) measures the same server with the cheaper
-/// clock (`weft::logcontext::set_cpu_clock`).
+/// Each request runs in its own log context, charged CPU time by weft's default clock
+/// (the time-stamp counter, settled against the thread's CPU clock).
+/// `WEFT_CONTEXT_CLOCK=per-switch`, `monotonic` or `off` measures the same server with
+/// another clock (`weft::logcontext::set_cpu_clock`).
 fn http_server(port: u16) {
     use weft::logcontext::{set_cpu_clock, CpuClock};
     use weft::web::{Request, Response, Router, ServerConfig, Site};
     match std::env::var("WEFT_CONTEXT_CLOCK").as_deref() {
+        Ok("per-switch") => set_cpu_clock(CpuClock::ThreadPerSwitch),
         Ok("monotonic") => set_cpu_clock(CpuClock::Monotonic),
         Ok("off") => set_cpu_clock(CpuClock::Off),
         _ => {}

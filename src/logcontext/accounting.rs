@@ -7,11 +7,21 @@
 //! Reading the thread's CPU clock is a system call (about 1 µs on a virtual machine), too
 //! dear for every switch: a server interleaving requests switches on nearly every
 //! callback. So a switch reads the CPU's time-stamp counter instead (through `quanta`,
-//! 5 to 20 ns depending on the machine, no system call; the monotonic clock where there
+//! 5 to 40 ns depending on the machine, no system call; the monotonic clock where there
 //! is no usable counter) and
-//! charges the ticks since the previous switch to the context being left, as *pending*
+//! charges the ticks since the previous read to the context being left, as *pending*
 //! time; the first charge after a settlement also puts the context on the thread's list
 //! of contexts to settle.
+//!
+//! Where the counter is slow and switches dense, that read is most of a switch's cost
+//! (on an Intel VM it made a switch 50 ns instead of 12). So when a read finds the
+//! stretches since the previous one [`DENSE`] (under a microsecond each on average), the
+//! next comes after twice as many switches, up to eight; the switches in between count
+//! the stretch each ends (on the context, and the context once on the thread's window
+//! list), and the read shares the window's ticks equally among its stretches. A window
+//! that was not dense brings back a read at every switch; so does the end of each
+//! reactor turn, so that no window spans the wait for events. A settlement, a context
+//! finishing and a read of a running context's stats close the open window first.
 //!
 //! A *settlement* reads the thread's CPU clock (once a millisecond of pending time has
 //! gone by since the last read; see `context::window_scale`) and turns every listed context's
@@ -22,7 +32,8 @@
 //! when a context finishes, and when a context's stats are read (so what `stats()`
 //! reports never goes down).
 //!
-//! So `cpu_time` is never more than the time the context was current, and over each
+//! So `cpu_time` is never more than the time the context was current (under dense
+//! switching: than its share of the windows it ran in), and over each
 //! window between two reads the total charged to contexts is the CPU the thread used
 //! while they were current, as far as the time pending at the read can absorb what the
 //! window's earlier settlements charged by the previous ratio (the thread CPU clock also
@@ -38,9 +49,10 @@ use std::time::Duration;
 pub struct ContextStats {
     /// CPU time spent while this context was current, as the [`CpuClock`] measures it:
     /// by default the time it was current, read from the CPU's time-stamp counter at each
-    /// switch and settled against the thread's CPU clock once per reactor turn (see
-    /// [CPU time](crate::logcontext#cpu-time)): never more than the time it was current,
-    /// scaled down when the thread was preempted or blocked meanwhile.
+    /// switch (every few where switches are dense) and settled against the thread's CPU
+    /// clock once per reactor turn (see [CPU time](crate::logcontext#cpu-time)): never
+    /// more than the time it was current (under dense switching, than its share of the
+    /// windows it ran in), scaled down when the thread was preempted or blocked meanwhile.
     pub cpu_time: Duration,
     /// Callbacks, cancellers and scheduled calls run in this context.
     pub callbacks: u64,
@@ -69,19 +81,32 @@ impl ContextStats {
 /// How time is charged to contexts; see [`set_cpu_clock`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuClock {
-    /// Thread CPU time, estimated: the time-stamp counter at each switch (a few
-    /// nanoseconds), settled at the end of each reactor turn in which a context ran, when
-    /// a context finishes and when its stats are read, against the thread's CPU clock
-    /// (`CLOCK_THREAD_CPUTIME_ID`, one system call, read at most once per millisecond of
-    /// settled time). The default.
+    /// Thread CPU time, estimated: the time-stamp counter at each switch, or every few
+    /// switches where they come under a microsecond apart (the window's time shared
+    /// equally among its stretches), settled at the end of each reactor turn in which a
+    /// context ran, when a context finishes and when its stats are read, against the
+    /// thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`, one system call, read at most once
+    /// per millisecond of settled time). The default.
     #[default]
     Thread,
-    /// The time-stamp counter alone: wall time while the context was current, which is
-    /// CPU time as long as callbacks do not block and the thread is not preempted; no
-    /// system call at all.
+    /// As [`Thread`](Self::Thread), but the counter is read at every switch, however
+    /// dense: each stretch is timed on its own and charged to its context alone, so a
+    /// slow callback among many short ones is never shared with its neighbours, at one
+    /// counter read per switch (5 to 40 ns by machine).
+    ThreadPerSwitch,
+    /// The time-stamp counter alone, read at every switch: wall time while the context
+    /// was current, exact per stretch, which is CPU time as long as callbacks do not
+    /// block and the thread is not preempted; no system call at all.
     Monotonic,
     /// No clock: `cpu_time` stays zero and switches read no clock.
     Off,
+}
+
+impl CpuClock {
+    /// Whether pending time is settled against the thread's CPU clock.
+    pub(super) fn settles(self) -> bool {
+        matches!(self, CpuClock::Thread | CpuClock::ThreadPerSwitch)
+    }
 }
 
 /// Chooses how time is charged to contexts on this thread ([`CpuClock::Thread`] by
@@ -90,22 +115,42 @@ pub fn set_cpu_clock(clock: CpuClock) {
     super::context::set_clock(clock)
 }
 
+/// Switches that come on average less than this apart are *dense*: the default clock
+/// then reads the counter every few switches instead of at each (see
+/// [CPU time](crate::logcontext#cpu-time)). A read costs 5 to 40 ns by machine, so above
+/// this it is at most 4 % of the work it times.
+pub(super) const DENSE: Duration = Duration::from_micros(1);
+
 /// The time-stamp counter (`quanta`'s raw reading; the monotonic clock in nanoseconds
-/// where the CPU has no usable counter), calibrated once per process.
-fn counter() -> &'static quanta::Clock {
-    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
-    COUNTER.get_or_init(quanta::Clock::new)
+/// where the CPU has no usable counter), calibrated once per process, and [`DENSE`] in
+/// its ticks.
+fn counter() -> &'static (quanta::Clock, u64) {
+    static COUNTER: OnceLock<(quanta::Clock, u64)> = OnceLock::new();
+    COUNTER.get_or_init(|| {
+        let clock = quanta::Clock::new();
+        // `delta` is linear in ticks: scale a long span down to `DENSE`.
+        const SPAN: u64 = 1 << 30;
+        let span = clock.delta(0, SPAN).as_nanos().max(1);
+        let dense = (u128::from(SPAN) * DENSE.as_nanos() / span).max(1);
+        (clock, u64::try_from(dense).unwrap_or(u64::MAX))
+    })
 }
 
 /// Ticks of the time-stamp counter now.
 #[inline]
 pub(super) fn ticks() -> u64 {
-    counter().raw()
+    counter().0.raw()
+}
+
+/// [`DENSE`] in ticks of the time-stamp counter.
+#[inline]
+pub(super) fn dense_ticks() -> u64 {
+    counter().1
 }
 
 /// How long `ticks` ticks of the time-stamp counter last.
 pub(super) fn ticks_to_duration(ticks: u64) -> Duration {
-    counter().delta(0, ticks)
+    counter().0.delta(0, ticks)
 }
 
 /// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): one system call.

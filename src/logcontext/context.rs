@@ -75,6 +75,9 @@ struct ContextInner {
     pending: Cell<u64>,
     /// On the thread's list of contexts to settle.
     listed: Cell<bool>,
+    /// Stretches it was current for in the thread's open window (see [`State::skip`]);
+    /// on the thread's `WINDOW` while above zero.
+    stretches: Cell<u32>,
 }
 
 /// The thread's switch bookkeeping. Nothing in it needs dropping, so reading it is a
@@ -84,9 +87,26 @@ struct State {
     /// The address of the current context (0 for the sentinel), to compare without
     /// touching the `Rc` in `CURRENT`.
     id: Cell<usize>,
-    /// The time-stamp counter at the last switch (0 before the first with a clock on).
+    /// The time-stamp counter at the last read (0 before the first with a clock on).
     mark: Cell<u64>,
     cpu_clock: Cell<CpuClock>,
+    /// Switches left before the next read of the counter. Zero (a read at every switch)
+    /// but where switches are dense (see [`next_stride`]): then the switches in between
+    /// only count the stretch each ends, and the read shares the time since the mark
+    /// among the window's stretches.
+    skip: Cell<u32>,
+    /// Reads come every `stride` switches (1 to [`MAX_STRIDE`]).
+    stride: Cell<u32>,
+    /// Stretches ended in the open window (since the mark) without a read: 0 when the
+    /// window is closed.
+    stretches: Cell<u32>,
+    /// Reads of the counter, for the tests.
+    #[cfg(test)]
+    reads: Cell<u64>,
+    /// The tests' [`accounting::DENSE`] in ticks, if not 0: so that what they check
+    /// does not depend on how fast the machine (or valgrind) runs.
+    #[cfg(test)]
+    dense: Cell<u64>,
     /// Contexts are listed in `TO_SETTLE`.
     unsettled: Cell<bool>,
     /// The thread's CPU time at the last settlement, or (before the first) when the
@@ -108,6 +128,13 @@ impl State {
             id: Cell::new(0),
             mark: Cell::new(0),
             cpu_clock: Cell::new(CpuClock::Thread),
+            skip: Cell::new(0),
+            stride: Cell::new(1),
+            stretches: Cell::new(0),
+            #[cfg(test)]
+            reads: Cell::new(0),
+            #[cfg(test)]
+            dense: Cell::new(0),
             unsettled: Cell::new(false),
             settled_cpu: Cell::new(Duration::ZERO),
             window: Cell::new(0),
@@ -122,6 +149,9 @@ thread_local! {
     /// The contexts charged since the last settlement (weakly: a context dropped
     /// meanwhile settles itself as it finishes).
     static TO_SETTLE: RefCell<Vec<Weak<ContextInner>>> = const { RefCell::new(Vec::new()) };
+    /// The contexts with stretches in the open window (weakly: a context finishing
+    /// closes the window first, so every one is alive or the one finishing).
+    static WINDOW: RefCell<Vec<Weak<ContextInner>>> = const { RefCell::new(Vec::new()) };
     /// The current context; `None` is the sentinel. Its address is `STATE.id`.
     static CURRENT: Current = const { Current(Cell::new(None)) };
 }
@@ -191,6 +221,7 @@ impl LoggingContext {
                 span,
                 pending: Cell::new(0),
                 listed: Cell::new(false),
+                stretches: Cell::new(0),
             })),
         }
     }
@@ -856,31 +887,144 @@ fn switch_state(new: Option<Rc<ContextInner>>) -> Option<Rc<ContextInner>> {
     })
 }
 
-/// Charges the current context `c` the time since the last switch, as a switch would.
+/// Charges the current context `c` the time since the last read, reading the counter
+/// now (closing the open window, if any).
 fn charge_running(c: &Rc<ContextInner>) {
-    STATE.with(|cur| charge_since_mark(cur, Some(c)))
+    STATE.with(|cur| {
+        let clock = cur.cpu_clock.get();
+        if clock != CpuClock::Off {
+            charge_read(cur, clock, Some(c), None);
+        }
+    })
 }
 
-/// Moves the mark to now and charges `c` (the context that was current, if any) the
-/// ticks since the mark, pending until settled; nothing while the clock is off.
+/// At a switch: charges `c` (the context being left, if any) the stretch that ends,
+/// pending until settled; nothing while the clock is off. Reads the counter unless
+/// switches are dense (then only every [`State::stride`] switches).
 #[inline]
 fn charge_since_mark(cur: &State, c: Option<&Rc<ContextInner>>) {
     let clock = cur.cpu_clock.get();
     if clock == CpuClock::Off {
         return;
     }
+    let skip = cur.skip.get();
+    if skip != 0 {
+        cur.skip.set(skip - 1);
+        count_stretch(cur, c);
+        return;
+    }
+    charge_read(cur, clock, c, None);
+}
+
+/// Reads the counter, moves the mark to now and charges the ticks since the mark: all
+/// to `c` (the context whose stretch ends, if any) when the window is closed, else
+/// shared among the window's stretches, `c`'s included (`finishing`, if given, is a
+/// context in the window that is being settled and may be past its last handle). Then
+/// picks the next stride.
+#[inline]
+fn charge_read(cur: &State, clock: CpuClock, c: Option<&Rc<ContextInner>>, finishing: Option<&ContextInner>) {
     let now = accounting::ticks();
     let mark = cur.mark.replace(now);
-    match c {
-        Some(c) => {
-            c.pending.set(c.pending.get() + now.saturating_sub(mark));
-            if clock == CpuClock::Thread && !c.listed.get() {
-                list_to_settle(c);
+    let elapsed = now.saturating_sub(mark);
+    #[cfg(test)]
+    cur.reads.set(cur.reads.get() + 1);
+    if cur.stretches.get() == 0 {
+        match c {
+            Some(c) => {
+                c.pending.set(c.pending.get() + elapsed);
+                if clock.settles() && !c.listed.get() {
+                    list_to_settle(c);
+                }
+            }
+            // The thread's first switch (it leaves the sentinel).
+            None if mark == 0 && clock.settles() => base_settlement(cur),
+            None => {}
+        }
+        if clock == CpuClock::Thread {
+            next_stride(cur, elapsed, 1);
+        }
+    } else {
+        count_stretch(cur, c);
+        let stretches = share_window(cur, clock, elapsed, finishing);
+        next_stride(cur, elapsed, stretches);
+    }
+}
+
+/// Most switches between two reads of the counter.
+const MAX_STRIDE: u32 = 8;
+
+/// After a read that closed `stretches` stretches lasting `elapsed` ticks: if they were
+/// dense (under [`accounting::DENSE`] each on average), the next read comes after twice
+/// as many switches (up to [`MAX_STRIDE`]); otherwise at the next switch again.
+#[inline]
+fn next_stride(cur: &State, elapsed: u64, stretches: u32) {
+    #[cfg(not(test))]
+    let dense = accounting::dense_ticks();
+    #[cfg(test)]
+    let dense = match cur.dense.get() {
+        0 => accounting::dense_ticks(),
+        ticks => ticks,
+    };
+    let stride = if elapsed < u64::from(stretches).saturating_mul(dense) {
+        (cur.stride.get() * 2).min(MAX_STRIDE)
+    } else {
+        1
+    };
+    cur.stride.set(stride);
+    cur.skip.set(stride - 1);
+}
+
+/// Counts a stretch of `c` (if not the sentinel) in the open window.
+#[inline]
+fn count_stretch(cur: &State, c: Option<&Rc<ContextInner>>) {
+    cur.stretches.set(cur.stretches.get() + 1);
+    if let Some(c) = c {
+        let s = c.stretches.get();
+        c.stretches.set(s + 1);
+        if s == 0 && WINDOW.try_with(|w| w.borrow_mut().push(Rc::downgrade(c))).is_err() {
+            // The thread is ending: its share stays with the sentinel.
+            c.stretches.set(0);
+        }
+    }
+}
+
+/// Closes the open window: shares `elapsed` ticks among its stretches, equally (the
+/// sentinel's share, and the remainder of the division, are charged to no one), and
+/// returns how many there were.
+#[cold]
+#[inline(never)]
+fn share_window(cur: &State, clock: CpuClock, elapsed: u64, finishing: Option<&ContextInner>) -> u32 {
+    let stretches = cur.stretches.replace(0);
+    let each = elapsed / u64::from(stretches.max(1));
+    let share = |c: &ContextInner| {
+        let s = u64::from(c.stretches.replace(0));
+        c.pending.set(c.pending.get() + each * s);
+    };
+    // Nothing below runs user code or drops a context (each upgrade is not the last
+    // handle), so the window stays borrowed throughout.
+    let _ = WINDOW.try_with(|w| {
+        for member in w.borrow_mut().drain(..) {
+            if let Some(c) = member.upgrade() {
+                share(&c);
+                if clock.settles() && !c.listed.get() {
+                    list_to_settle(&c);
+                }
+            } else if let Some(f) = finishing.filter(|f| std::ptr::eq(member.as_ptr(), *f)) {
+                // Past its last handle: its settlement commits it as `also`.
+                share(f);
             }
         }
-        // The thread's first switch (it leaves the sentinel).
-        None if mark == 0 && clock == CpuClock::Thread => base_settlement(cur),
-        None => {}
+    });
+    stretches
+}
+
+/// Closes the open window, if any, at a point that is not a switch: the current
+/// context's stretch so far counts as one of the window's.
+fn close_window(finishing: Option<&ContextInner>) {
+    let (open, clock) = STATE.with(|cur| (cur.stretches.get() > 0, cur.cpu_clock.get()));
+    if open && clock != CpuClock::Off {
+        let current = current_rc();
+        STATE.with(|cur| charge_read(cur, clock, current.as_ref(), finishing));
     }
 }
 
@@ -909,18 +1053,23 @@ fn list_to_settle(c: &Rc<ContextInner>) {
 /// of the thread's CPU clock, and their pending time becomes CPU time. The reactor calls
 /// this at the end of each turn; it does nothing if no context was charged.
 pub(crate) fn settle_turn() {
-    if STATE.with(|cur| cur.unsettled.get()) {
+    let (unsettled, open) = STATE.with(|cur| (cur.unsettled.get(), cur.stretches.get() > 0));
+    if unsettled || open {
         settle(None);
     }
+    // The next switch reads the counter: no window spans the wait for events.
+    STATE.with(|cur| cur.skip.set(0));
 }
 
-/// Settles the listed contexts, and `also` (a context finishing, or whose stats are
-/// read; it may be listed, or being dropped and so no longer reachable from the list).
-/// With the monotonic clock there is no list: `also`'s pending time is charged as it is.
+/// Closes the open window, then settles the listed contexts, and `also` (a context
+/// finishing, or whose stats are read; it may be listed, or being dropped and so no
+/// longer reachable from the list). With the monotonic clock there is no list: `also`'s
+/// pending time is charged as it is.
 fn settle(also: Option<&ContextInner>) {
+    close_window(also);
     let also = also.filter(|c| c.pending.get() > 0);
     let clock = STATE.with(|cur| cur.cpu_clock.get());
-    if clock != CpuClock::Thread || !STATE.with(|cur| cur.unsettled.get()) {
+    if !clock.settles() || !STATE.with(|cur| cur.unsettled.get()) {
         if let Some(c) = also {
             c.commit(Scale::ONE);
         }
@@ -1020,8 +1169,11 @@ pub(super) fn set_clock(clock: CpuClock) {
     STATE.with(|cur| {
         cur.cpu_clock.set(clock);
         cur.mark.set(if clock == CpuClock::Off { 0 } else { accounting::ticks() });
+        // The settlement closed the window; the new clock starts with a read per switch.
+        cur.stride.set(1);
+        cur.skip.set(0);
         // Settlements start afresh: the other clocks did not keep `settled_cpu`.
-        if clock == CpuClock::Thread {
+        if clock.settles() {
             base_settlement(cur);
         }
     })
@@ -1031,7 +1183,12 @@ pub(super) fn set_clock(clock: CpuClock) {
 mod tests {
     use std::time::Duration;
 
-    use super::{accounting, window_scale, State, MIN_WINDOW};
+    use std::rc::Rc;
+
+    use super::{
+        accounting, close_window, settle_turn, switch, window_scale, ContextInner, LoggingContext, State,
+        MAX_STRIDE, MIN_WINDOW, STATE,
+    };
 
     /// Settlements of a few microseconds each read the CPU clock only once a millisecond
     /// of pending time has gone by: the window grows until then, and the read empties it.
@@ -1054,5 +1211,209 @@ mod tests {
         let expected =
             (250 * accounting::ticks_to_duration(ticks_per_10us).as_nanos() / MIN_WINDOW.as_nanos()) as i32;
         assert!((reads - expected).abs() <= 1 && reads >= 1, "{reads} reads, expected about {expected}");
+    }
+
+    /// Runs `f` on a fresh thread (a first switch, no window, its own `STATE`), with
+    /// stretches dense below `dense` ticks.
+    fn on_a_thread<R: Send + 'static>(dense: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
+        std::thread::spawn(move || {
+            STATE.with(|cur| cur.dense.set(dense));
+            f()
+        })
+        .join()
+        .expect("the test thread panicked")
+    }
+
+    fn inner(ctx: &LoggingContext) -> Rc<ContextInner> {
+        ctx.inner.clone().expect("not the sentinel")
+    }
+
+    fn reads() -> u64 {
+        STATE.with(|cur| cur.reads.get())
+    }
+
+    fn mark() -> u64 {
+        STATE.with(|cur| cur.mark.get())
+    }
+
+    /// Switches alternately into `a` and `b`, `n` times (the thread is in `a` first).
+    fn alternate(a: &Rc<ContextInner>, b: &Rc<ContextInner>, n: usize) {
+        for i in 0..n {
+            drop(switch(Some(if i % 2 == 0 { b.clone() } else { a.clone() })));
+        }
+    }
+
+    /// Switches in pairs (into `b`, back into `a`) until `done`, at most 1000 pairs.
+    fn alternate_until(a: &Rc<ContextInner>, b: &Rc<ContextInner>, done: impl Fn(&State) -> bool) {
+        for _ in 0..1000 {
+            if STATE.with(|cur| done(cur)) {
+                return;
+            }
+            alternate(a, b, 2);
+        }
+        panic!("not reached in 1000 pairs of switches");
+    }
+
+    /// Where every stretch is dense, the counter is read every eighth switch once the
+    /// stride has grown, and the reads share all the time between them: what the two
+    /// contexts are charged is the time from the first read to the last, less at most
+    /// a tick per stretch (the division's remainder), and equal halves.
+    #[test]
+    fn dense_switches_read_the_counter_every_few_and_lose_no_time() {
+        let (reads, charged, span, (a, b)) = on_a_thread(u64::MAX / 64, || {
+            let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
+            let (a, b) = (inner(&ca), inner(&cb));
+            drop(switch(Some(a.clone())));
+            let (start, reads_before) = (mark(), reads());
+            alternate(&a, &b, 1000);
+            // In `a` again, 1000 being even: its stretch so far counts too.
+            close_window(None);
+            let (reads, span) = (reads() - reads_before, mark() - start);
+            let (pa, pb) = (a.pending.get(), b.pending.get());
+            drop(switch(None));
+            (reads, pa + pb, span, (pa, pb))
+        });
+        // Strides 2, 4, then 8: 3 reads for the first 6 switches, 124 for the next 992,
+        // one at switch 999 (stride 8 again), and the close.
+        assert!(reads <= 1000 / u64::from(MAX_STRIDE) + 4, "{reads} reads for 1000 switches");
+        assert!(charged <= span && span - charged <= 1001, "charged {charged} of {span} ticks");
+        // Every closed window held as many stretches of `a` as of `b`, but the last.
+        assert!(a.abs_diff(b) <= span / 100 + 8, "a {a}, b {b} of {span} ticks");
+    }
+
+    /// Where no stretch is dense, every switch reads the counter and charges the
+    /// context it leaves exactly the time since the previous switch.
+    #[test]
+    fn sparse_switches_read_the_counter_at_each() {
+        let (reads, charged, span) = on_a_thread(1, || {
+            let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
+            let (a, b) = (inner(&ca), inner(&cb));
+            drop(switch(Some(a.clone())));
+            let (start, reads_before) = (mark(), reads());
+            alternate(&a, &b, 100);
+            let (reads, span) = (reads() - reads_before, mark() - start);
+            let charged = a.pending.get() + b.pending.get();
+            drop(switch(None));
+            (reads, charged, span)
+        });
+        assert_eq!(reads, 100);
+        assert_eq!(charged, span, "every tick from the first read to the last");
+    }
+
+    /// `CpuClock::ThreadPerSwitch` reads the counter at every switch however dense, and
+    /// settles what it charged against the thread's CPU clock.
+    #[test]
+    fn the_per_switch_clock_reads_at_every_switch() {
+        let (reads, charged, span, cpu) = on_a_thread(u64::MAX / 64, || {
+            super::set_clock(super::CpuClock::ThreadPerSwitch);
+            let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
+            let (a, b) = (inner(&ca), inner(&cb));
+            drop(switch(Some(a.clone())));
+            let (start, reads_before) = (mark(), reads());
+            alternate(&a, &b, 100);
+            let (reads, span) = (reads() - reads_before, mark() - start);
+            let charged = a.pending.get() + b.pending.get();
+            drop(switch(None));
+            (reads, charged, span, ca.stats().cpu_time + cb.stats().cpu_time)
+        });
+        assert_eq!((reads, charged), (100, span));
+        assert!(cpu > std::time::Duration::ZERO && cpu <= accounting::ticks_to_duration(span + span / 2));
+    }
+
+    /// A slow stretch after dense ones is shared with its window's other stretches (it
+    /// gets at least its own share), and the read that closes that window brings back a
+    /// read at every switch.
+    #[test]
+    fn a_slow_stretch_after_dense_ones_brings_back_a_read_per_switch() {
+        let ms =
+            (1..).map(|t: u64| t << 10).find(|&t| accounting::ticks_to_duration(t) >= MIN_WINDOW).unwrap();
+        let (stride_before, slow_charged, slow_ticks, reads_after, stride_after) =
+            on_a_thread(ms, move || {
+                let (ca, cb, cs) =
+                    (LoggingContext::new("a"), LoggingContext::new("b"), LoggingContext::new("slow"));
+                let (a, b, slow) = (inner(&ca), inner(&cb), inner(&cs));
+                drop(switch(Some(a.clone())));
+                alternate(&a, &b, 100);
+                let stride_before = STATE.with(|cur| cur.stride.get());
+                // Into `slow` between two reads, for 20 ms.
+                alternate_until(&a, &b, |cur| cur.skip.get() >= 2);
+                drop(switch(Some(slow.clone())));
+                let entered = accounting::ticks();
+                while accounting::ticks() - entered < 20 * ms {
+                    std::hint::spin_loop();
+                }
+                let slow_ticks = accounting::ticks() - entered;
+                drop(switch(Some(a.clone())));
+                // Dense switches until the read that closes the window.
+                let (reads_before, mut next) = (reads(), &b);
+                for _ in 0..=MAX_STRIDE {
+                    if reads() > reads_before {
+                        break;
+                    }
+                    drop(switch(Some(next.clone())));
+                    next = if Rc::ptr_eq(next, &a) { &b } else { &a };
+                }
+                let stride_after = STATE.with(|cur| cur.stride.get());
+                let reads_before = reads();
+                drop(switch(Some(next.clone())));
+                let reads_after = reads() - reads_before;
+                let slow_charged = slow.pending.get();
+                drop(switch(None));
+                (stride_before, slow_charged, slow_ticks, reads_after, stride_after)
+            });
+        assert_eq!(stride_before, MAX_STRIDE, "dense switches read every eighth");
+        assert!(slow_charged >= slow_ticks / u64::from(MAX_STRIDE), "{slow_charged} of {slow_ticks} ticks");
+        assert_eq!((stride_after, reads_after), (1, 1), "the next switch reads again");
+    }
+
+    /// A context dropped inside an open window (its last handle gone, so it finishes
+    /// there) is charged its share of the window, and its parent gets it.
+    #[test]
+    fn a_context_dropped_inside_a_window_is_charged_its_share() {
+        let (shared_before, parent_cpu) = on_a_thread(u64::MAX / 64, || {
+            let parent = LoggingContext::new("parent");
+            let (ca, cb, cc) = (
+                LoggingContext::new("a"),
+                LoggingContext::new("b"),
+                LoggingContext::with_parent("c", &parent),
+            );
+            let (a, b, c) = (inner(&ca), inner(&cb), inner(&cc));
+            drop(switch(Some(a.clone())));
+            alternate(&a, &b, 20);
+            alternate_until(&a, &b, |cur| cur.skip.get() >= 3);
+            // Into `c` and out of it without a read.
+            drop(switch(Some(c.clone())));
+            drop(switch(Some(a.clone())));
+            let shared_before = (c.stretches.get(), c.pending.get(), c.cpu_time.get());
+            drop((cc, c));
+            let parent_cpu = parent.stats().cpu_time;
+            drop(switch(None));
+            (shared_before, parent_cpu)
+        });
+        assert_eq!(shared_before, (1, 0, std::time::Duration::ZERO), "c's stretch was in the open window");
+        assert!(parent_cpu > std::time::Duration::ZERO, "c's share reached its parent");
+    }
+
+    /// The end of a reactor turn closes the open window and makes the next switch read
+    /// the counter, so that no window spans the wait for events.
+    #[test]
+    fn the_end_of_a_turn_closes_the_window() {
+        let (open_before, after, charged) = on_a_thread(u64::MAX / 64, || {
+            let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
+            let (a, b) = (inner(&ca), inner(&cb));
+            drop(switch(Some(a.clone())));
+            alternate(&a, &b, 20);
+            alternate_until(&a, &b, |cur| cur.stretches.get() > 0 && cur.skip.get() >= 2);
+            let open_before = STATE.with(|cur| cur.stretches.get());
+            drop(switch(None));
+            settle_turn();
+            let after =
+                STATE.with(|cur| (cur.stretches.get(), cur.skip.get(), a.stretches.get(), b.stretches.get()));
+            let charged = ca.stats().cpu_time + cb.stats().cpu_time;
+            (open_before, after, charged)
+        });
+        assert!(open_before > 0, "the window was open");
+        assert_eq!(after, (0, 0, 0, 0), "closed, and the next switch reads");
+        assert!(charged > std::time::Duration::ZERO);
     }
 }

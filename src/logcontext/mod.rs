@@ -76,30 +76,44 @@
 //! # CPU time
 //!
 //! A switch charges the context it leaves the time since the previous switch, read from
-//! the CPU's time-stamp counter (through `quanta`: about 5 to 10 ns, no system call; the
-//! monotonic clock where the CPU has no usable counter). That time is *pending* until a
+//! the CPU's time-stamp counter (through `quanta`: 5 to 40 ns by machine, no system call;
+//! the monotonic clock where the CPU has no usable counter). Where switches are dense
+//! (under a microsecond apart on average, as when a server interleaves many requests'
+//! short callbacks), even that read would be most of a switch's cost, so the default
+//! clock reads it every 2, 4 or 8 switches instead (twice as far apart after each
+//! window found dense, back to every switch after one that was not, and at the first
+//! switch of each reactor turn): the switches in between only count the *stretch* each
+//! ends, and the read shares the window's time equally among its stretches. That time is
+//! *pending* until a
 //! settlement reads the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`, a system call of
 //! about 1 µs on a virtual machine) and turns the pending time of every context charged
 //! since the previous settlement into CPU time: scaled down by the ratio of the CPU the
 //! thread used to the time pending if the thread used less (it was preempted, or a
 //! callback blocked), as it is otherwise. The reactor settles at the end of each turn in
 //! which a context was charged; a context also settles when it finishes and when its
-//! [`stats`](LoggingContext::stats) are read. A settlement reads the CPU clock only once
+//! [`stats`](LoggingContext::stats) are read (each closing the open window first). A
+//! settlement reads the CPU clock only once
 //! a millisecond of pending time has been settled since the last read (a server whose
 //! requests finish in microseconds would otherwise pay a system call per request); a
 //! smaller one scales by the ratio the last read found, and the next read settles the
 //! difference on what is pending then.
 //!
-//! So [`ContextStats::cpu_time`] is never more than the time the context was current,
-//! a callback that sleeps a millisecond or more is not charged its sleep (a shorter one
-//! is charged by the previous window's ratio, evened out at the next read), and over
-//! each window between two reads the
-//! contexts together are charged the CPU the thread used while they were current (the
-//! thread's clock also counts the sentinel's work between them, which can only raise the
-//! ratio), as far as the time pending at the read can absorb; within a settlement, time
-//! is shared by how long each context was current.
-//! [`set_cpu_clock`] can charge the counter's time unsettled ([`CpuClock::Monotonic`]:
-//! wall time while current, no system call at all) or turn charging off.
+//! So [`ContextStats::cpu_time`] is never more than the time the context was current
+//! (where switches are dense: than its share of the windows it ran in, each at most
+//! eight stretches long; a slow callback that follows dense ones can see up to seven
+//! eighths of its time charged to the contexts of its window, once, before reads come
+//! at every switch again), a callback that sleeps a millisecond or more is not charged
+//! its sleep (a shorter one is charged by the previous window's ratio, evened out at the
+//! next read), and over each window between two reads of the CPU clock the contexts
+//! together are charged the CPU the thread used while they were current (the thread's
+//! clock also counts the sentinel's work between them, which can only raise the ratio),
+//! as far as the time pending at the read can absorb; within a settlement, time is
+//! shared by how long each context was current.
+//! [`set_cpu_clock`] can read the counter at every switch however dense
+//! ([`CpuClock::ThreadPerSwitch`]: no window shared, to find which request a slow
+//! callback belongs to), charge the counter's time unsettled ([`CpuClock::Monotonic`]:
+//! wall time while current, read at every switch, no system call at all) or turn
+//! charging off.
 
 mod accounting;
 pub(crate) mod context;

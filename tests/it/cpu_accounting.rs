@@ -173,3 +173,47 @@ fn contexts_sharing_a_turn_are_charged_what_each_used() {
     assert!(heavy.cpu_time >= ms(18), "heavy: {heavy:?}");
     assert!(light.cpu_time * 4 < heavy.cpu_time, "light: {light:?}, heavy: {heavy:?}");
 }
+
+/// Many requests whose callbacks interleave densely in one turn (the default clock then
+/// reads the time-stamp counter every few switches and shares each window's time among
+/// its callbacks), then one that burns 8 ms: the contexts together are charged no more
+/// than the time they were current (adding the callbacks, then the turn) and at least
+/// the burn; the heavy one at least the eighth of its burn that its window can share
+/// away.
+#[test]
+fn dense_callbacks_share_windows_and_a_heavy_one_keeps_its_share() {
+    let reactor = Reactor::new().unwrap();
+    let lights: Vec<_> = (0..8).map(|i| LoggingContext::new(format!("light {i}"))).collect();
+    let heavy = LoggingContext::new("heavy");
+    let started = Instant::now();
+    let d = weft::Deferred::<u64>::new();
+    for round in 0..200 {
+        for light in &lights {
+            let _in = PreserveLoggingContext::new(light.clone());
+            d.add_callback(|x| std::hint::black_box(x + 1));
+        }
+        if round == 150 {
+            let _in = PreserveLoggingContext::new(heavy.clone());
+            d.add_callback(|x| {
+                burn(ms(8));
+                x
+            });
+        }
+    }
+    let turn = Rc::new(RefCell::new(None));
+    let (t, fire) = (turn.clone(), d.clone());
+    reactor.call_later(Duration::ZERO, move || {
+        fire.callback(0).unwrap();
+        *t.borrow_mut() = Some(started.elapsed());
+    });
+    let t = turn.clone();
+    run_until(&reactor, secs(30), move || t.borrow().is_some());
+    assert_eq!(d.take_result().unwrap().unwrap(), 1600);
+    let took = turn.borrow().unwrap();
+    let light: Duration = lights.iter().map(|l| l.stats().cpu_time).sum();
+    let heavy = heavy.stats().cpu_time;
+    assert!(lights.iter().all(|l| l.stats().callbacks == 200));
+    assert!(heavy >= ms(8) / 9, "heavy: {heavy:?}");
+    assert!(light + heavy <= took, "charged {light:?} + {heavy:?} over {took:?}");
+    assert!(light + heavy >= ms(8) * 9 / 10, "charged {light:?} + {heavy:?} for an 8 ms burn");
+}
