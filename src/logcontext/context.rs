@@ -8,6 +8,8 @@ use std::panic::Location;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use super::accounting::{self, ContextStats, CpuClock, Scale};
 use crate::failure::At;
 
@@ -150,8 +152,10 @@ thread_local! {
     /// meanwhile settles itself as it finishes).
     static TO_SETTLE: RefCell<Vec<Weak<ContextInner>>> = const { RefCell::new(Vec::new()) };
     /// The contexts with stretches in the open window (weakly: a context finishing
-    /// closes the window first, so every one is alive or the one finishing).
-    static WINDOW: RefCell<Vec<Weak<ContextInner>>> = const { RefCell::new(Vec::new()) };
+    /// closes the window first, so every one is alive or the one finishing). A window
+    /// holds at most [`MAX_STRIDE`] stretches, so it never leaves the inline array.
+    static WINDOW: RefCell<SmallVec<[Weak<ContextInner>; MAX_STRIDE as usize]>> =
+        const { RefCell::new(SmallVec::new_const()) };
     /// The current context; `None` is the sentinel. Its address is `STATE.id`.
     static CURRENT: Current = const { Current(Cell::new(None)) };
 }
