@@ -934,12 +934,7 @@ fn charge_read(cur: &State, clock: CpuClock, c: Option<&Rc<ContextInner>>, finis
     cur.reads.set(cur.reads.get() + 1);
     if cur.stretches.get() == 0 {
         match c {
-            Some(c) => {
-                c.pending.set(c.pending.get() + elapsed);
-                if clock.settles() && !c.listed.get() {
-                    list_to_settle(c);
-                }
-            }
+            Some(c) => add_pending(c, elapsed, clock),
             // The thread's first switch (it leaves the sentinel).
             None if mark == 0 && clock.settles() => base_settlement(cur),
             None => {}
@@ -951,6 +946,15 @@ fn charge_read(cur: &State, clock: CpuClock, c: Option<&Rc<ContextInner>>, finis
         count_stretch(cur, c);
         let stretches = share_window(cur, clock, elapsed, finishing);
         next_stride(cur, elapsed, stretches);
+    }
+}
+
+/// Adds `ticks` to `c`'s pending time, and lists it to settle if `clock` settles.
+#[inline]
+fn add_pending(c: &Rc<ContextInner>, ticks: u64, clock: CpuClock) {
+    c.pending.set(c.pending.get() + ticks);
+    if clock.settles() && !c.listed.get() {
+        list_to_settle(c);
     }
 }
 
@@ -1000,22 +1004,16 @@ fn count_stretch(cur: &State, c: Option<&Rc<ContextInner>>) {
 fn share_window(cur: &State, clock: CpuClock, elapsed: u64, finishing: Option<&ContextInner>) -> u32 {
     let stretches = cur.stretches.replace(0);
     let each = elapsed / u64::from(stretches.max(1));
-    let share = |c: &ContextInner| {
-        let s = u64::from(c.stretches.replace(0));
-        c.pending.set(c.pending.get() + each * s);
-    };
+    let share = |c: &ContextInner| each * u64::from(c.stretches.replace(0));
     // Nothing below runs user code or drops a context (each upgrade is not the last
     // handle), so the window stays borrowed throughout.
     let _ = WINDOW.try_with(|w| {
         for member in w.borrow_mut().drain(..) {
             if let Some(c) = member.upgrade() {
-                share(&c);
-                if clock.settles() && !c.listed.get() {
-                    list_to_settle(&c);
-                }
+                add_pending(&c, share(&c), clock);
             } else if let Some(f) = finishing.filter(|f| std::ptr::eq(member.as_ptr(), *f)) {
                 // Past its last handle: its settlement commits it as `also`.
-                share(f);
+                f.pending.set(f.pending.get() + share(f));
             }
         }
     });
@@ -1286,20 +1284,38 @@ mod tests {
         assert!(halves.0 == halves.1 && halves.0 > 0, "{halves:?}");
     }
 
+    /// What [`alternate_from_the_sentinel`] did: the two contexts, the reads of the
+    /// counter after the first, the ticks from the first read to the last, and the
+    /// pending ticks of the two by the last read.
+    struct Alternation {
+        a: LoggingContext,
+        b: LoggingContext,
+        reads: u64,
+        span: u64,
+        charged: u64,
+    }
+
+    /// From the sentinel, enters a new context `a`, switches `n` times between it and a
+    /// new `b`, and goes back to the sentinel.
+    fn alternate_from_the_sentinel(n: usize) -> Alternation {
+        let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
+        let (a, b) = (inner(&ca), inner(&cb));
+        drop(switch(Some(a.clone())));
+        let (start, reads_before) = (mark(), reads());
+        alternate(&a, &b, n);
+        let (reads, span) = (reads() - reads_before, mark() - start);
+        let charged = a.pending.get() + b.pending.get();
+        drop(switch(None));
+        Alternation { a: ca, b: cb, reads, span, charged }
+    }
+
     /// Where no stretch is dense, every switch reads the counter and charges the
     /// context it leaves exactly the time since the previous switch.
     #[test]
     fn sparse_switches_read_the_counter_at_each() {
         let (reads, charged, span) = on_a_thread(1, || {
-            let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
-            let (a, b) = (inner(&ca), inner(&cb));
-            drop(switch(Some(a.clone())));
-            let (start, reads_before) = (mark(), reads());
-            alternate(&a, &b, 100);
-            let (reads, span) = (reads() - reads_before, mark() - start);
-            let charged = a.pending.get() + b.pending.get();
-            drop(switch(None));
-            (reads, charged, span)
+            let run = alternate_from_the_sentinel(100);
+            (run.reads, run.charged, run.span)
         });
         assert_eq!(reads, 100);
         assert_eq!(charged, span, "every tick from the first read to the last");
@@ -1311,16 +1327,10 @@ mod tests {
     fn the_per_switch_clock_reads_at_every_switch() {
         let (reads, charged, span, (pending, cpu)) = on_a_thread(u64::MAX / 64, || {
             super::set_clock(super::CpuClock::ThreadPerSwitch);
-            let (ca, cb) = (LoggingContext::new("a"), LoggingContext::new("b"));
-            let (a, b) = (inner(&ca), inner(&cb));
-            drop(switch(Some(a.clone())));
-            let (start, reads_before) = (mark(), reads());
-            alternate(&a, &b, 100);
-            let (reads, span) = (reads() - reads_before, mark() - start);
-            let charged = a.pending.get() + b.pending.get();
-            drop(switch(None));
-            let pending = accounting::ticks_to_duration(a.pending.get() + b.pending.get());
-            (reads, charged, span, (pending, ca.stats().cpu_time + cb.stats().cpu_time))
+            let run = alternate_from_the_sentinel(100);
+            let pending = inner(&run.a).pending.get() + inner(&run.b).pending.get();
+            let cpu = run.a.stats().cpu_time + run.b.stats().cpu_time;
+            (run.reads, run.charged, run.span, (accounting::ticks_to_duration(pending), cpu))
         });
         assert_eq!((reads, charged), (100, span));
         assert!(cpu > std::time::Duration::ZERO && cpu <= pending, "{cpu:?} settled of {pending:?} pending");
